@@ -1,0 +1,141 @@
+//! Group commit: one flusher task per log turns everything appenders queued
+//! into one write and one fdatasync.
+//!
+//! The flusher never waits on a timer. It sleeps until there is work, takes
+//! *everything* queued (the batch), writes it, fdatasyncs, publishes the new
+//! durable point and wakes the appenders it covers, then immediately looks
+//! again: whatever queued while the device was busy is the next batch.
+//!
+//! # Write path, in order (per batch)
+//!
+//! 1. Appenders encode records into the open chunk (memory only) and wait.
+//! 2. The flusher takes all chunks. For a chunk that starts a new segment:
+//!    seal the previous segment's index (`msync(MS_ASYNC)`, not a barrier),
+//!    create the file, `fallocate` it, write the segment header block,
+//!    **fdatasync(segment)**, **fsync(directory)**, create its index.
+//! 3. Write the chunk (block aligned, the partial last block rewritten from
+//!    memory) with one `pwrite` through io_uring.
+//! 4. **fdatasync(segment)**. Only now are the chunk's records durable.
+//! 5. Push index entries (memory stores into the mapped index), advance the
+//!    durable point, wake the appenders: their `append` returns.
+//! 6. If cursors changed: write the next cursor slot, **fdatasync(cursors)**,
+//!    wake the cursor setters. Cursors never reach disk before the records
+//!    they point past (they were set after those records were queued, and
+//!    step 4 of the same or an earlier batch covered them).
+//!
+//! Any error in steps 2-6 fails the log for good (`Error::Fatal`): after a
+//! failed fdatasync the kernel may have dropped the dirty pages, so retrying
+//! could acknowledge data that is not on disk.
+
+use std::future::poll_fn;
+use std::rc::{Rc, Weak};
+use std::task::Poll;
+
+use crate::env::{Env, LogFile};
+use crate::error::Result;
+use crate::log::Shared;
+use crate::segment::BLOCK;
+use crate::state::Chunk;
+
+/// Body of the flusher task spawned by [`crate::Log::open`]. Holds only a
+/// weak reference while idle, so dropping every `Log` handle ends it.
+pub(crate) async fn run_flusher<E: Env>(weak: Weak<Shared<E>>) {
+    loop {
+        let Some(shared) = wait_for_work(&weak).await else {
+            return;
+        };
+        if let Err(e) = flush_once(&shared).await {
+            let mut st = shared.st.borrow_mut();
+            tracing::error!(dir = %shared.dir.display(), error = %e, "log failed; no further appends");
+            st.failed = Some(e.to_string());
+            st.wake_all();
+            return;
+        }
+    }
+}
+
+/// Resolves to the log when there is work; `None` when the log was dropped
+/// or closed with nothing left to do.
+async fn wait_for_work<E: Env>(weak: &Weak<Shared<E>>) -> Option<Rc<Shared<E>>> {
+    poll_fn(|cx| {
+        let Some(shared) = weak.upgrade() else {
+            return Poll::Ready(None);
+        };
+        let mut st = shared.st.borrow_mut();
+        if st.failed.is_some() {
+            return Poll::Ready(None);
+        }
+        if st.has_work() {
+            drop(st);
+            return Poll::Ready(Some(shared));
+        }
+        if st.closed {
+            return Poll::Ready(None);
+        }
+        st.flusher = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
+}
+
+async fn flush_once<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
+    let batch = shared.st.borrow_mut().take_batch();
+    for chunk in batch {
+        write_chunk(shared, chunk).await?;
+    }
+    write_cursors(shared).await
+}
+
+async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result<()> {
+    if let Some(header) = chunk.new_segment {
+        shared.seal_active()?;
+        let (file, segment) = shared.create_segment(header).await?;
+        let mut st = shared.st.borrow_mut();
+        st.active_file = Rc::new(file);
+        st.segments.insert(header.first, segment);
+    }
+    let file = shared.st.borrow().active_file.clone();
+    let data_end = chunk.end();
+    let padded = chunk.buf.len().div_ceil(BLOCK as usize) * BLOCK as usize;
+    chunk.buf.resize(padded, 0);
+    file.write_at(std::mem::take(&mut chunk.buf), chunk.file_pos)
+        .await?;
+    file.sync_data().await?;
+    let mut st = shared.st.borrow_mut();
+    let last = *chunk.records.last().expect("chunk has records");
+    let (_, segment) = st.segments.iter_mut().next_back().expect("active segment");
+    for entry in &chunk.records {
+        debug_assert_eq!(entry.seq, segment.next_seq());
+        segment.index.push(entry.offset, entry.at)?;
+    }
+    segment.data_end = data_end;
+    segment.last_ts = last.at;
+    st.durable_next = last.seq.next();
+    st.wake_all();
+    Ok(())
+}
+
+async fn write_cursors<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
+    let (snapshot, version, file) = {
+        let st = shared.st.borrow();
+        if st.cursor_version == st.durable_cursor_version {
+            return Ok(());
+        }
+        let snapshot = crate::cursor::Snapshot {
+            generation: st.durable_cursors.generation + 1,
+            values: st.cursors.clone(),
+        };
+        (snapshot, st.cursor_version, st.cursor_file.clone())
+    };
+    file.write_at(
+        snapshot.encode(),
+        snapshot.slot() * crate::cursor::SLOT_BYTES as u64,
+    )
+    .await?;
+    file.sync_data().await?;
+    let mut st = shared.st.borrow_mut();
+    st.durable_cursors = snapshot;
+    st.durable_cursor_version = version;
+    st.wake_all();
+    Ok(())
+}

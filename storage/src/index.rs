@@ -1,0 +1,365 @@
+//! Per-segment index: a memory-mapped cache mapping sequence to file offset
+//! and timestamp. Never trusted over the log: recovery checks it against
+//! the segment and rebuilds it by scanning when it is missing or
+//! inconsistent.
+//!
+//! # Layout
+//!
+//! File `{first_sequence:020}.idx`, all integers little endian:
+//!
+//! ```text
+//! offset 0:  { u32 magic = "TNI1" | u16 version = 1 | u16 flags (bit 0: sealed)
+//!            | u64 first_sequence | u64 segment_salt
+//!            | u64 entry_count    (sealed only, else 0)
+//!            | u64 data_end       (sealed only: offset after the last record)
+//!            | u32 entries_crc    (sealed only: crc32 of all entries)
+//!            | zero padding to byte 60
+//!            | u32 header_crc = crc32(bytes 0..60) }
+//! offset 64: entry[i] for sequence first_sequence + i:
+//!            { u64 record_offset | u64 timestamp_ms }
+//! ```
+//!
+//! One dense entry per record serves both lookups: by sequence (entry `i`)
+//! and by time (timestamps never decrease inside a log, so a binary search
+//! finds the first record at or after a time). An open index ends at the
+//! first entry whose offset is 0 (records start at 4096). Entries are
+//! written only after the fdatasync that made their record durable, so an
+//! entry is evidence that its record was acknowledged. The index itself is
+//! not fsynced on the append path; at seal its header is completed and
+//! flushed asynchronously (`msync(MS_ASYNC)`).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+use crate::types::{Sequence, TimestampMs};
+
+const INDEX_MAGIC: u32 = 0x3149_4E54; // "TNI1"
+const INDEX_VERSION: u16 = 1;
+const HEADER_LEN: usize = 64;
+const ENTRY_LEN: usize = 16;
+const FLAG_SEALED: u16 = 1;
+/// Entries the file is created with; it doubles when full.
+const INITIAL_ENTRIES: usize = 1024;
+
+/// An open, memory-mapped index.
+pub struct Index {
+    path: PathBuf,
+    file: File,
+    map: MmapMut,
+    first: Sequence,
+    salt: u64,
+    len: usize,
+}
+
+/// What [`Index::load`] found.
+pub enum Loaded {
+    /// A sealed index whose header and entry checksum verify.
+    Sealed {
+        /// The index.
+        index: Index,
+        /// Offset after the last record of the segment.
+        data_end: u64,
+    },
+    /// An index still being appended to (or never sealed); entries are only
+    /// a hint until checked against the segment.
+    Open(Index),
+    /// Missing, or not the index of this segment: rebuild it.
+    Unusable,
+}
+
+fn entries_capacity(map: &MmapMut) -> usize {
+    map.len().saturating_sub(HEADER_LEN) / ENTRY_LEN
+}
+
+impl Index {
+    /// Creates (or replaces) an empty index for the segment.
+    pub fn create(path: &Path, first: Sequence, salt: u64) -> io::Result<Index> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len((HEADER_LEN + INITIAL_ENTRIES * ENTRY_LEN) as u64)?;
+        // SAFETY: the file is private to this log (the directory is locked)
+        // and never truncated while mapped except through `self`.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        let mut index = Index {
+            path: path.to_owned(),
+            file,
+            map,
+            first,
+            salt,
+            len: 0,
+        };
+        index.write_header(None);
+        Ok(index)
+    }
+
+    /// Opens an existing index if it belongs to the segment `(first, salt)`.
+    pub fn load(path: &Path, first: Sequence, salt: u64) -> io::Result<Loaded> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Unusable),
+            Err(e) => return Err(e),
+        };
+        if file.metadata()?.len() < (HEADER_LEN + ENTRY_LEN) as u64 {
+            return Ok(Loaded::Unusable);
+        }
+        // SAFETY: as in `create`.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        let Some(header) = parse_header(&map) else {
+            return Ok(Loaded::Unusable);
+        };
+        if header.first != first || header.salt != salt {
+            return Ok(Loaded::Unusable);
+        }
+        let mut index = Index {
+            path: path.to_owned(),
+            file,
+            map,
+            first,
+            salt,
+            len: 0,
+        };
+        if let Some((count, data_end, crc)) = header.sealed {
+            let count = count as usize;
+            if count <= entries_capacity(&index.map)
+                && crc32fast::hash(&index.map[HEADER_LEN..HEADER_LEN + count * ENTRY_LEN]) == crc
+            {
+                index.len = count;
+                return Ok(Loaded::Sealed { index, data_end });
+            }
+            return Ok(Loaded::Unusable);
+        }
+        index.len = index.count_open_entries();
+        Ok(Loaded::Open(index))
+    }
+
+    /// Counts leading entries that look sane: non-zero offsets and
+    /// timestamps that increase. Anything after the first bad entry is
+    /// ignored (it will be rebuilt from the segment).
+    fn count_open_entries(&self) -> usize {
+        let mut prev = (0u64, 0u64);
+        for i in 0..entries_capacity(&self.map) {
+            let (offset, ts) = self.raw_entry(i);
+            if offset == 0 || offset <= prev.0 || ts < prev.1 {
+                return i;
+            }
+            prev = (offset, ts);
+        }
+        entries_capacity(&self.map)
+    }
+
+    fn raw_entry(&self, i: usize) -> (u64, u64) {
+        let at = HEADER_LEN + i * ENTRY_LEN;
+        let e = &self.map[at..at + ENTRY_LEN];
+        (
+            u64::from_le_bytes(e[0..8].try_into().expect("8")),
+            u64::from_le_bytes(e[8..16].try_into().expect("8")),
+        )
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Path of the index file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Offset and timestamp of the record with sequence `first + i`.
+    pub fn entry(&self, i: usize) -> Option<(u64, TimestampMs)> {
+        (i < self.len).then(|| {
+            let (offset, ts) = self.raw_entry(i);
+            (offset, TimestampMs(ts))
+        })
+    }
+
+    /// Offset of record `seq`, if indexed.
+    pub fn offset_of(&self, seq: Sequence) -> Option<u64> {
+        let i = seq.0.checked_sub(self.first.0)?;
+        self.entry(usize::try_from(i).ok()?)
+            .map(|(offset, _)| offset)
+    }
+
+    /// Index of the first entry with a timestamp at or after `at`
+    /// (`len()` when none). Binary search: timestamps never decrease.
+    pub fn first_at_or_after(&self, at: TimestampMs) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.raw_entry(mid).1 < at.0 {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Appends the entry of the next sequence. Memory stores only, except a
+    /// `ftruncate` + remap each time the capacity doubles.
+    pub fn push(&mut self, offset: u64, at: TimestampMs) -> io::Result<()> {
+        if self.len == entries_capacity(&self.map) {
+            let entries = (self.len * 2).max(INITIAL_ENTRIES);
+            self.file
+                .set_len((HEADER_LEN + entries * ENTRY_LEN) as u64)?;
+            // SAFETY: as in `create`; the old mapping is dropped on assignment.
+            self.map = unsafe { MmapMut::map_mut(&self.file)? };
+        }
+        let at_byte = HEADER_LEN + self.len * ENTRY_LEN;
+        self.map[at_byte..at_byte + 8].copy_from_slice(&offset.to_le_bytes());
+        self.map[at_byte + 8..at_byte + 16].copy_from_slice(&at.0.to_le_bytes());
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Forgets entries from `len` on (recovery found them inconsistent).
+    pub fn truncate(&mut self, len: usize) {
+        let len = len.min(self.len);
+        let start = HEADER_LEN + len * ENTRY_LEN;
+        let end = HEADER_LEN + self.len * ENTRY_LEN;
+        self.map[start..end].fill(0);
+        self.len = len;
+    }
+
+    /// Marks the index complete for a segment whose data ends at
+    /// `data_end` and schedules write-back.
+    pub fn seal(&mut self, data_end: u64) -> io::Result<()> {
+        let crc = crc32fast::hash(&self.map[HEADER_LEN..HEADER_LEN + self.len * ENTRY_LEN]);
+        self.write_header(Some((self.len as u64, data_end, crc)));
+        self.map.flush_async()
+    }
+
+    /// Turns a sealed index back into an open one (its segment is the last
+    /// one again after a restart and will receive more records).
+    pub fn unseal(&mut self) {
+        self.write_header(None);
+    }
+
+    fn write_header(&mut self, sealed: Option<(u64, u64, u32)>) {
+        let (count, data_end, crc) = sealed.unwrap_or((0, 0, 0));
+        let flags = if sealed.is_some() { FLAG_SEALED } else { 0 };
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&INDEX_MAGIC.to_le_bytes());
+        h[4..6].copy_from_slice(&INDEX_VERSION.to_le_bytes());
+        h[6..8].copy_from_slice(&flags.to_le_bytes());
+        h[8..16].copy_from_slice(&self.first.0.to_le_bytes());
+        h[16..24].copy_from_slice(&self.salt.to_le_bytes());
+        h[24..32].copy_from_slice(&count.to_le_bytes());
+        h[32..40].copy_from_slice(&data_end.to_le_bytes());
+        h[40..44].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&h[..60]);
+        h[60..64].copy_from_slice(&header_crc.to_le_bytes());
+        self.map[..HEADER_LEN].copy_from_slice(&h);
+    }
+}
+
+struct ParsedHeader {
+    first: Sequence,
+    salt: u64,
+    sealed: Option<(u64, u64, u32)>,
+}
+
+fn parse_header(map: &[u8]) -> Option<ParsedHeader> {
+    let h = map.get(..HEADER_LEN)?;
+    let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8"));
+    let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4"));
+    if u32_at(0) != INDEX_MAGIC
+        || u16::from_le_bytes([h[4], h[5]]) != INDEX_VERSION
+        || crc32fast::hash(&h[..60]) != u32_at(60)
+    {
+        return None;
+    }
+    let sealed = (u16::from_le_bytes([h[6], h[7]]) & FLAG_SEALED != 0)
+        .then(|| (u64_at(24), u64_at(32), u32_at(40)));
+    Some(ParsedHeader {
+        first: Sequence(u64_at(8)),
+        salt: u64_at(16),
+        sealed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_grow_seal_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.idx");
+        let mut idx = Index::create(&path, Sequence(100), 7).unwrap();
+        for i in 0..3000u64 {
+            idx.push(4096 + i * 50, TimestampMs(1000 + i / 10)).unwrap();
+        }
+        assert_eq!(idx.offset_of(Sequence(100)), Some(4096));
+        assert_eq!(idx.offset_of(Sequence(3099)), Some(4096 + 2999 * 50));
+        assert_eq!(idx.offset_of(Sequence(3100)), None);
+        assert_eq!(idx.offset_of(Sequence(99)), None);
+        assert_eq!(idx.first_at_or_after(TimestampMs(1005)), 50);
+        assert_eq!(idx.first_at_or_after(TimestampMs(0)), 0);
+        assert_eq!(idx.first_at_or_after(TimestampMs(99999)), 3000);
+        drop(idx);
+        // Open (unsealed): entries are counted.
+        match Index::load(&path, Sequence(100), 7).unwrap() {
+            Loaded::Open(i) => assert_eq!(i.len(), 3000),
+            _ => panic!("expected open index"),
+        }
+        // Wrong segment identity: unusable.
+        assert!(matches!(
+            Index::load(&path, Sequence(100), 8).unwrap(),
+            Loaded::Unusable
+        ));
+        let Loaded::Open(mut idx) = Index::load(&path, Sequence(100), 7).unwrap() else {
+            panic!()
+        };
+        idx.seal(999_999).unwrap();
+        drop(idx);
+        match Index::load(&path, Sequence(100), 7).unwrap() {
+            Loaded::Sealed { index, data_end } => {
+                assert_eq!(index.len(), 3000);
+                assert_eq!(data_end, 999_999);
+            }
+            _ => panic!("expected sealed index"),
+        }
+        // A flipped entry byte breaks the sealed checksum.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_LEN + 5] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Index::load(&path, Sequence(100), 7).unwrap(),
+            Loaded::Unusable
+        ));
+        assert!(matches!(
+            Index::load(&dir.path().join("missing.idx"), Sequence(1), 1).unwrap(),
+            Loaded::Unusable
+        ));
+    }
+
+    #[test]
+    fn open_index_stops_at_non_monotonic_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("y.idx");
+        let mut idx = Index::create(&path, Sequence(0), 1).unwrap();
+        idx.push(4096, TimestampMs(5)).unwrap();
+        idx.push(5000, TimestampMs(6)).unwrap();
+        idx.push(4500, TimestampMs(7)).unwrap(); // offset goes backwards: garbage
+        idx.push(6000, TimestampMs(8)).unwrap();
+        drop(idx);
+        let Loaded::Open(idx) = Index::load(&path, Sequence(0), 1).unwrap() else {
+            panic!()
+        };
+        assert_eq!(idx.len(), 2);
+    }
+}

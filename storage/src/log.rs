@@ -1,0 +1,508 @@
+//! The public log handle: append, read, cursors, reclamation.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::future::poll_fn;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+
+use crate::config::LogConfig;
+use crate::env::{BufferedEnv, Env, LogFile};
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::record::{self, Probe, HEADER_LEN};
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{index_path, segment_path, SegmentHeader};
+use crate::state::{Segment, State};
+use crate::types::{RecordKind, Sequence, TimestampMs};
+
+/// Extra payload bytes of a copied-forward record:
+/// `{ u64 origin_sequence | u8 original_kind }` before the original payload.
+pub(crate) const COPY_OVERHEAD: usize = 9;
+
+/// A record read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Where it is in the log.
+    pub sequence: Sequence,
+    /// The kind given at append (for a copied-forward record: the original's).
+    pub kind: RecordKind,
+    /// When it was appended (for a copy: when the copy was made).
+    pub timestamp: TimestampMs,
+    /// For a record made by [`Log::copy_forward`]: the sequence of the
+    /// original (following copies of copies back to the first one).
+    pub origin: Option<Sequence>,
+    /// The payload; zero-copy over the segment's memory map.
+    pub payload: Bytes,
+}
+
+/// Facts about one segment, for operators and for the engine's
+/// copy-forward decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// First sequence.
+    pub first: Sequence,
+    /// Sequence after its last durable record.
+    pub next: Sequence,
+    /// Bytes used (header block and records).
+    pub bytes: u64,
+    /// When it was created.
+    pub created: TimestampMs,
+    /// Timestamp of its last record.
+    pub last_timestamp: TimestampMs,
+    /// Its file.
+    pub path: PathBuf,
+}
+
+/// What [`Log::reclaim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// First sequences of the deleted segments.
+    pub deleted: Vec<Sequence>,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+pub(crate) struct Shared<E: Env> {
+    pub env: E,
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    pub st: RefCell<State<E::File>>,
+    /// Holds the directory's `flock` for the life of the log.
+    _lock: File,
+}
+
+impl<E: Env> Drop for Shared<E> {
+    fn drop(&mut self) {
+        self.st.get_mut().wake_flusher();
+    }
+}
+
+/// One append-only log (one per core). Cheap to clone: clones share the
+/// log. Not `Send`: it lives on the executor that opened it.
+pub struct Log<E: Env = BufferedEnv> {
+    shared: Rc<Shared<E>>,
+}
+
+impl<E: Env> Clone for Log<E> {
+    fn clone(&self) -> Self {
+        Log {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Maps a whole file read-only; the returned `Bytes` keeps the map alive.
+pub(crate) fn map_file(path: &Path) -> std::io::Result<Bytes> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: segment files are only ever appended to in place or truncated
+    // by this log while it holds the directory lock; bytes a reader can see
+    // (durable records) are never rewritten with different content.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(Bytes::from_owner(map))
+}
+
+impl<E: Env> Log<E> {
+    /// Opens (creating if needed) the log in `dir`, recovering it, and
+    /// starts its flusher on the current executor. `now` is the injected
+    /// clock, used for a first segment's creation time.
+    pub async fn open(
+        env: E,
+        dir: &Path,
+        config: LogConfig,
+        now: TimestampMs,
+    ) -> Result<(Log<E>, RecoveryReport)> {
+        config.validate()?;
+        std::fs::create_dir_all(dir)?;
+        let lock = recovery::lock_dir(dir)?;
+        let (state, report) = recovery::recover(&env, dir, &config, now).await?;
+        let shared = Rc::new(Shared {
+            env: env.clone(),
+            dir: dir.to_owned(),
+            config,
+            st: RefCell::new(state),
+            _lock: lock,
+        });
+        env.spawn(crate::commit::run_flusher(Rc::downgrade(&shared)));
+        Ok((Log { shared }, report))
+    }
+
+    /// Appends one record whose payload is the concatenation of `parts` and
+    /// returns its sequence once it is durable (after the group commit that
+    /// covers it). One copy of the payload, into the batch buffer.
+    pub async fn append(
+        &self,
+        kind: RecordKind,
+        at: TimestampMs,
+        parts: &[&[u8]],
+    ) -> Result<Sequence> {
+        if !kind.is_user() {
+            return Err(Error::ReservedKind(kind));
+        }
+        self.append_raw(kind, at, parts).await
+    }
+
+    async fn append_raw(
+        &self,
+        kind: RecordKind,
+        at: TimestampMs,
+        parts: &[&[u8]],
+    ) -> Result<Sequence> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut max = self.shared.config.record_bytes_max;
+        if kind == RecordKind::FORWARDED {
+            max += COPY_OVERHEAD;
+        }
+        if len > max {
+            return Err(Error::RecordTooLarge { len, max });
+        }
+        let frame = HEADER_LEN + len;
+        let pending_max = self.shared.config.pending_bytes_max;
+        // Back-pressure: wait for the flusher to take the queue when full.
+        poll_fn(|cx| {
+            let mut st = self.shared.st.borrow_mut();
+            if let Some(e) = check_usable(&st) {
+                return Poll::Ready(Err(e));
+            }
+            if st.pending_bytes == 0 || st.pending_bytes + frame <= pending_max {
+                return Poll::Ready(Ok(()));
+            }
+            st.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        let seq = {
+            let limits = (
+                self.shared.config.segment_bytes_max,
+                self.shared.config.segment_age_max_ms,
+            );
+            let mut st = self.shared.st.borrow_mut();
+            let seq = st.enqueue(limits, kind, at, parts, len);
+            st.wake_flusher();
+            seq
+        };
+        self.wait(|st| st.durable_next > seq).await?;
+        Ok(seq)
+    }
+
+    /// Waits until `done` holds, failing if the log fails first.
+    async fn wait(&self, done: impl Fn(&State<E::File>) -> bool) -> Result<()> {
+        poll_fn(|cx| {
+            let mut st = self.shared.st.borrow_mut();
+            if done(&st) {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(failed) = &st.failed {
+                return Poll::Ready(Err(Error::Fatal(failed.clone())));
+            }
+            st.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Reads the durable record `seq`, verifying its checksums.
+    pub fn read(&self, seq: Sequence) -> Result<Record> {
+        let st = self.shared.st.borrow();
+        if seq >= st.durable_next {
+            return Err(Error::NotFound(seq));
+        }
+        let (_, segment) = st
+            .segments
+            .range(..=seq)
+            .next_back()
+            .ok_or(Error::NotFound(seq))?;
+        let offset = segment.index.offset_of(seq).ok_or(Error::NotFound(seq))?;
+        read_at(segment, offset, seq, self.shared.config.record_bytes_max)
+    }
+
+    /// Iterates durable records from `from` (or the first retained one, if
+    /// `from` was reclaimed) up to the durable end as of each step.
+    pub fn iter_from(&self, from: Sequence) -> Iter<E> {
+        Iter {
+            log: self.clone(),
+            next: from.max(self.first_sequence()),
+        }
+    }
+
+    /// First durable sequence whose timestamp is at or after `at`.
+    pub fn first_at_or_after(&self, at: TimestampMs) -> Option<Sequence> {
+        let st = self.shared.st.borrow();
+        st.segments
+            .values()
+            .find(|s| !s.index.is_empty() && s.last_ts >= at)
+            .map(|s| Sequence(s.header.first.0 + s.index.first_at_or_after(at) as u64))
+    }
+
+    /// Oldest retained sequence.
+    pub fn first_sequence(&self) -> Sequence {
+        let st = self.shared.st.borrow();
+        st.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(st.durable_next)
+    }
+
+    /// Sequence the next durable record will have: every sequence below it
+    /// is durable.
+    pub fn durable_end(&self) -> Sequence {
+        self.shared.st.borrow().durable_next
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.shared.st.borrow();
+        st.segments
+            .values()
+            .map(|s| SegmentInfo {
+                first: s.header.first,
+                next: s.next_seq(),
+                bytes: s.data_end,
+                created: s.header.created,
+                last_timestamp: s.last_ts,
+                path: s.path.clone(),
+            })
+            .collect()
+    }
+
+    /// Current value of a cursor (as last set; see [`Log::set_cursor`]).
+    pub fn cursor(&self, name: &str) -> Option<Sequence> {
+        self.shared.st.borrow().cursors.get(name).copied()
+    }
+
+    /// Moves cursor `name` to `to` ("every record before `to` is passed")
+    /// and returns once that is durable. `to` may not pass the last
+    /// appended record nor fall behind the first retained one.
+    pub async fn set_cursor(&self, name: &str, to: Sequence) -> Result<()> {
+        let version = {
+            let mut st = self.shared.st.borrow_mut();
+            if let Some(e) = check_usable(&st) {
+                return Err(e);
+            }
+            let first = st
+                .segments
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(st.durable_next);
+            if to > st.next_seq || to < first {
+                return Err(Error::InvalidCursor(format!(
+                    "{name} -> {to} outside the log [{first}, {}]",
+                    st.next_seq
+                )));
+            }
+            let Some(value) = st.cursors.get_mut(name) else {
+                return Err(Error::InvalidCursor(format!("unknown cursor {name:?}")));
+            };
+            if *value == to {
+                st.cursor_version
+            } else {
+                *value = to;
+                st.cursor_version += 1;
+                st.wake_flusher();
+                st.cursor_version
+            }
+        };
+        self.wait(|st| st.durable_cursor_version >= version).await
+    }
+
+    /// Copies the live record `seq` to the head of the log so the segment
+    /// holding it can be reclaimed, and returns the new sequence (durable).
+    /// The copy reads back with the original kind and payload and
+    /// `origin = Some(first original sequence)`. The caller then treats the
+    /// old sequence as passed.
+    pub async fn copy_forward(&self, seq: Sequence, at: TimestampMs) -> Result<Sequence> {
+        let rec = self.read(seq)?;
+        let origin = rec.origin.unwrap_or(rec.sequence).0.to_le_bytes();
+        self.append_raw(
+            RecordKind::FORWARDED,
+            at,
+            &[&origin, &[rec.kind.0], &rec.payload],
+        )
+        .await
+    }
+
+    /// Deletes the oldest segments that every durable cursor has passed and
+    /// whose last record is older than `retention_min_ms`. Never deletes the
+    /// active (last) segment. Directory fsynced after deleting.
+    pub async fn reclaim(&self, now: TimestampMs) -> Result<ReclaimReport> {
+        let doomed = {
+            let mut st = self.shared.st.borrow_mut();
+            let floor = st.segments.keys().next().copied().unwrap_or_default();
+            let passed = self
+                .shared
+                .config
+                .cursors
+                .iter()
+                .map(|n| st.durable_cursors.values.get(n).copied().unwrap_or(floor))
+                .min()
+                .unwrap_or(st.durable_next);
+            let retention = self.shared.config.retention_min_ms;
+            let mut doomed = Vec::new();
+            while st.segments.len() > 1 {
+                let (first, seg) = st.segments.iter().next().expect("non-empty");
+                if seg.next_seq() > passed || seg.last_ts.add_ms(retention) > now {
+                    break;
+                }
+                let first = *first;
+                doomed.push(st.segments.remove(&first).expect("present"));
+            }
+            doomed
+        };
+        let mut report = ReclaimReport::default();
+        if doomed.is_empty() {
+            return Ok(report);
+        }
+        for seg in doomed {
+            self.shared.env.remove(&seg.path).await?;
+            let idx = seg.index.path().to_owned();
+            drop(seg.index);
+            if let Err(e) = self.shared.env.remove(&idx).await {
+                tracing::warn!(path = %idx.display(), error = %e, "could not delete index");
+            }
+            tracing::info!(segment = %seg.path.display(), bytes = seg.data_end, "segment reclaimed");
+            report.deleted.push(seg.header.first);
+            report.bytes += seg.data_end;
+        }
+        self.shared.env.sync_dir(&self.shared.dir).await?;
+        Ok(report)
+    }
+
+    /// Waits until everything appended so far is durable, then stops the
+    /// flusher. Other clones become unusable (`Error::Closed`).
+    pub async fn close(self) -> Result<()> {
+        let target = {
+            let mut st = self.shared.st.borrow_mut();
+            st.closed = true;
+            st.wake_flusher();
+            (st.next_seq, st.cursor_version)
+        };
+        self.wait(|st| st.durable_next >= target.0 && st.durable_cursor_version >= target.1)
+            .await
+    }
+
+    /// The directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+fn check_usable<F>(st: &State<F>) -> Option<Error> {
+    if let Some(failed) = &st.failed {
+        return Some(Error::Fatal(failed.clone()));
+    }
+    st.closed.then_some(Error::Closed)
+}
+
+/// Decodes and verifies the record `seq` at `offset` of `segment`.
+pub(crate) fn read_at(segment: &Segment, offset: u64, seq: Sequence, max: usize) -> Result<Record> {
+    let corrupt = |reason: &'static str| Error::Corruption {
+        segment: segment.path.clone(),
+        offset,
+        reason,
+    };
+    let bytes = segment
+        .data
+        .get(offset as usize..)
+        .ok_or(corrupt("offset past the end"))?;
+    let header = match record::probe(bytes, segment.header.salt, max + COPY_OVERHEAD) {
+        Probe::Record(h) if h.sequence == seq => h,
+        Probe::Record(_) => return Err(corrupt("index points at another sequence")),
+        Probe::End => return Err(corrupt("index points at unwritten space")),
+        Probe::Invalid(why) => return Err(corrupt(why.as_str())),
+    };
+    let start = offset as usize + HEADER_LEN;
+    let payload = segment
+        .data
+        .slice(start..start + header.payload_len as usize);
+    let mut rec = Record {
+        sequence: seq,
+        kind: header.kind,
+        timestamp: header.timestamp,
+        origin: None,
+        payload,
+    };
+    if header.kind == RecordKind::FORWARDED {
+        if rec.payload.len() < COPY_OVERHEAD {
+            return Err(corrupt("copied record too short"));
+        }
+        let origin = u64::from_le_bytes(rec.payload[..8].try_into().expect("8"));
+        rec.kind = RecordKind(rec.payload[8]);
+        rec.origin = Some(Sequence(origin));
+        rec.payload = rec.payload.slice(COPY_OVERHEAD..);
+    }
+    Ok(rec)
+}
+
+/// Iterator over durable records; see [`Log::iter_from`].
+pub struct Iter<E: Env> {
+    log: Log<E>,
+    next: Sequence,
+}
+
+impl<E: Env> Iterator for Iter<E> {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.log.durable_end() {
+            return None;
+        }
+        let seq = self.next;
+        self.next = seq.next();
+        Some(self.log.read(seq))
+    }
+}
+
+impl<E: Env> Shared<E> {
+    /// Seals the index of the current last segment (it stops receiving).
+    pub(crate) fn seal_active(&self) -> Result<()> {
+        let mut st = self.st.borrow_mut();
+        if let Some((_, seg)) = st.segments.iter_mut().next_back() {
+            let end = seg.data_end;
+            seg.index.seal(end)?;
+        }
+        Ok(())
+    }
+
+    /// Creates segment `header` on disk: create, preallocate, header block,
+    /// fdatasync, directory fsync, then its index.
+    pub(crate) async fn create_segment(&self, header: SegmentHeader) -> Result<(E::File, Segment)> {
+        create_segment(&self.env, &self.dir, &self.config, header).await
+    }
+}
+
+/// See [`Shared::create_segment`]; also used by recovery for a new log.
+pub(crate) async fn create_segment<E: Env>(
+    env: &E,
+    dir: &Path,
+    config: &LogConfig,
+    header: SegmentHeader,
+) -> Result<(E::File, Segment)> {
+    let path = segment_path(dir, header.first);
+    let file = env.create(&path).await?;
+    file.allocate(config.segment_bytes_max).await?;
+    file.write_at(header.encode(), 0).await?;
+    file.sync_data().await?;
+    env.sync_dir(dir).await?;
+    let index = Index::create(&index_path(dir, header.first), header.first, header.salt)?;
+    let data = map_file(&path)?;
+    tracing::debug!(segment = %path.display(), "segment created");
+    Ok((
+        file,
+        Segment {
+            header,
+            path,
+            data,
+            index,
+            data_end: crate::segment::DATA_START,
+            last_ts: header.created,
+        },
+    ))
+}

@@ -1,0 +1,418 @@
+//! Opening a log: lock, find segments, verify, truncate a torn tail,
+//! rebuild indexes, load cursors.
+//!
+//! # Rules
+//!
+//! * Sealed segments (all but the last) with a sealed index whose checksum
+//!   verifies are trusted after checking that the last indexed record's
+//!   header verifies: O(1) per segment, no data scan. Without a usable index
+//!   the segment is scanned; every record must verify and the segment must
+//!   end exactly where the next one begins, else `Error::Corruption`.
+//! * The last segment: the last index entry is the *durable watermark*
+//!   (entries are written only after their fdatasync). Its record must
+//!   verify fully; if it does not while the index is self-consistent, that
+//!   is corruption of acknowledged data and opening fails naming the
+//!   segment and offset. Records after the watermark were written but
+//!   possibly never acknowledged: they are scanned and the log is cut at the
+//!   first one that does not verify (a torn tail). Work is proportional to
+//!   that unflushed tail.
+//! * The last segment is then truncated to its data end and preallocated
+//!   again, so no stale bytes beyond the end can ever be read as records.
+//! * A last segment whose header does not verify and that has no index
+//!   entries was torn while being created (no record in it was ever
+//!   acknowledged, its header is synced before any record): it is deleted.
+//! * Cursors: the newest verifying slot; values behind the first retained
+//!   record are clamped to it; values beyond the end are corruption.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::config::LogConfig;
+use crate::cursor::{self, LoadedCursors, Snapshot, CURSOR_FILE, SLOT_BYTES};
+use crate::env::{Env, LogFile};
+use crate::error::{Error, Result};
+use crate::index::{Index, Loaded};
+use crate::log::{create_segment, map_file, COPY_OVERHEAD};
+use crate::record::{self, Probe};
+use crate::segment::{self, index_path, segment_path, SegmentHeader, Stop, DATA_START};
+use crate::state::{Chunk, Segment, State};
+use crate::types::{Sequence, TimestampMs};
+
+/// First sequence of a brand-new log.
+pub const FIRST_SEQUENCE: Sequence = Sequence(1);
+
+/// What opening the log found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments opened.
+    pub segments: usize,
+    /// Indexes rebuilt by scanning their segment.
+    pub indexes_rebuilt: usize,
+    /// Records verified by scanning (tail and rebuilt indexes).
+    pub records_scanned: u64,
+    /// A torn tail that was cut off: segment, offset, reason.
+    pub truncated: Option<(PathBuf, u64, &'static str)>,
+    /// A last segment deleted because it was torn while being created.
+    pub removed_torn_segment: Option<PathBuf>,
+    /// Sequence the next appended record gets.
+    pub next_sequence: Sequence,
+}
+
+/// Takes an exclusive `flock` on `dir/LOCK` for the life of the log.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: plain syscall on a valid fd.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked(dir.to_owned()));
+    }
+    Ok(file)
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Sequence>> {
+    let mut firsts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(first) = name.to_str().and_then(segment::parse_segment_name) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort();
+    Ok(firsts)
+}
+
+fn corrupt(path: &Path, offset: u64, reason: &'static str) -> Error {
+    Error::Corruption {
+        segment: path.to_owned(),
+        offset,
+        reason,
+    }
+}
+
+/// Recovers the log in `dir` into a ready state (flusher not started).
+pub(crate) async fn recover<E: Env>(
+    env: &E,
+    dir: &Path,
+    config: &LogConfig,
+    now: TimestampMs,
+) -> Result<(State<E::File>, RecoveryReport)> {
+    let mut report = RecoveryReport::default();
+    let mut firsts = list_segments(dir)?;
+    remove_torn_last_segment(env, dir, &mut firsts, &mut report).await?;
+    let payload_max = config.record_bytes_max + COPY_OVERHEAD;
+    let mut segments = BTreeMap::new();
+    for (i, &first) in firsts.iter().enumerate() {
+        let next_first = firsts.get(i + 1).copied();
+        let seg = recover_segment(dir, first, next_first, payload_max, &mut report)?;
+        segments.insert(first, seg);
+    }
+    let (active_file, last_ts) = match segments.iter_mut().next_back() {
+        Some((_, last)) => (reopen_last(env, config, last).await?, last.last_ts),
+        None => {
+            let header = SegmentHeader {
+                first: FIRST_SEQUENCE,
+                salt: rand::random(),
+                created: now,
+            };
+            let (file, seg) = create_segment(env, dir, config, header).await?;
+            segments.insert(header.first, seg);
+            (file, now)
+        }
+    };
+    let (_, last) = segments.iter().next_back().expect("a segment");
+    let open_segment = last.header;
+    let next_seq = last.next_seq();
+    let end = last.data_end;
+    let carry_from = end - end % segment::BLOCK;
+    let open_chunk = Chunk {
+        new_segment: None,
+        salt: open_segment.salt,
+        file_pos: carry_from,
+        buf: last.data[carry_from as usize..end as usize].to_vec(),
+        records: Vec::new(),
+    };
+    let first_retained = *segments.keys().next().expect("a segment");
+    let (cursor_file, durable, values) =
+        load_cursors(env, dir, config, first_retained, next_seq).await?;
+    let changed = values != durable.values;
+    report.segments = segments.len();
+    report.next_sequence = next_seq;
+    let state = State {
+        segments,
+        active_file: Rc::new(active_file),
+        cursor_file: Rc::new(cursor_file),
+        open_segment,
+        pending: VecDeque::from([open_chunk]),
+        pending_bytes: 0,
+        next_seq,
+        durable_next: next_seq,
+        last_ts: last_ts.max(open_segment.created),
+        cursors: values,
+        cursor_version: u64::from(changed),
+        durable_cursor_version: 0,
+        durable_cursors: durable,
+        waiters: Vec::new(),
+        flusher: None,
+        failed: None,
+        closed: false,
+    };
+    Ok((state, report))
+}
+
+/// Deletes a last segment torn during creation (see module docs).
+async fn remove_torn_last_segment<E: Env>(
+    env: &E,
+    dir: &Path,
+    firsts: &mut Vec<Sequence>,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let Some(&first) = firsts.last() else {
+        return Ok(());
+    };
+    let path = segment_path(dir, first);
+    let data = map_file(&path)?;
+    if SegmentHeader::decode(&data).is_some_and(|h| h.first == first) {
+        return Ok(());
+    }
+    let idx = index_path(dir, first);
+    let indexed = std::fs::metadata(&idx)
+        .map(|m| m.len() > 64)
+        .unwrap_or(false)
+        && std::fs::read(&idx)?
+            .get(64..72)
+            .is_some_and(|e| e != [0; 8]);
+    if indexed {
+        return Err(corrupt(&path, 0, "segment header does not verify"));
+    }
+    tracing::warn!(segment = %path.display(), "removing segment torn at creation");
+    env.remove(&path).await?;
+    if idx.exists() {
+        env.remove(&idx).await?;
+    }
+    env.sync_dir(dir).await?;
+    firsts.pop();
+    report.removed_torn_segment = Some(path);
+    Ok(())
+}
+
+/// Verifies one segment and returns it with a complete index.
+fn recover_segment(
+    dir: &Path,
+    first: Sequence,
+    next_first: Option<Sequence>,
+    payload_max: usize,
+    report: &mut RecoveryReport,
+) -> Result<Segment> {
+    let path = segment_path(dir, first);
+    let data = map_file(&path)?;
+    let header = SegmentHeader::decode(&data)
+        .filter(|h| h.first == first)
+        .ok_or_else(|| corrupt(&path, 0, "segment header does not verify"))?;
+    let idx_path = index_path(dir, first);
+    let (mut index, trusted_end) = match Index::load(&idx_path, first, header.salt)? {
+        Loaded::Sealed { index, data_end } => (index, Some(data_end)),
+        Loaded::Open(index) => (index, None),
+        Loaded::Unusable => (Index::create(&idx_path, first, header.salt)?, None),
+    };
+    let is_last = next_first.is_none();
+    if let (Some(end), Some(next)) = (trusted_end, next_first) {
+        if sealed_index_holds(&data, &header, &index, end, next, payload_max) {
+            return Ok(finish(header, path, data, index, end));
+        }
+        index = Index::create(&idx_path, first, header.salt)?;
+    }
+    let (start, rebuilt) = watermark(&path, &data, &header, &mut index, payload_max)?;
+    if rebuilt {
+        index = Index::create(&idx_path, first, header.salt)?;
+        report.indexes_rebuilt += 1;
+    }
+    let next = Sequence(first.0 + index.len() as u64);
+    let mut push_err = None;
+    let stop = segment::scan(&data, header.salt, payload_max, start, next, |found| {
+        report.records_scanned += 1;
+        if let Err(e) = index.push(found.offset, found.header.timestamp) {
+            push_err.get_or_insert(e);
+        }
+    });
+    if let Some(e) = push_err {
+        return Err(e.into());
+    }
+    let end = match stop {
+        Stop::End { offset } => offset,
+        Stop::Invalid { offset, reason } if is_last => {
+            tracing::warn!(segment = %path.display(), offset, reason = reason.as_str(), "cutting torn tail");
+            report.truncated = Some((path.clone(), offset, reason.as_str()));
+            offset
+        }
+        Stop::Invalid { offset, reason } => return Err(corrupt(&path, offset, reason.as_str())),
+    };
+    if let Some(next) = next_first {
+        if Sequence(first.0 + index.len() as u64) != next {
+            return Err(corrupt(
+                &path,
+                end,
+                "segment ends before the next segment begins",
+            ));
+        }
+        index.seal(end)?;
+    } else {
+        index.unseal();
+    }
+    Ok(finish(header, path, data, index, end))
+}
+
+fn finish(
+    header: SegmentHeader,
+    path: PathBuf,
+    data: bytes::Bytes,
+    index: Index,
+    end: u64,
+) -> Segment {
+    let last_ts = index
+        .len()
+        .checked_sub(1)
+        .and_then(|i| index.entry(i))
+        .map_or(header.created, |(_, ts)| ts);
+    Segment {
+        header,
+        path,
+        data,
+        index,
+        data_end: end,
+        last_ts,
+    }
+}
+
+/// A sealed index is trusted when it reaches exactly the next segment and
+/// its last record's header verifies at the recorded place.
+fn sealed_index_holds(
+    data: &[u8],
+    header: &SegmentHeader,
+    index: &Index,
+    end: u64,
+    next: Sequence,
+    payload_max: usize,
+) -> bool {
+    if header.first.0 + index.len() as u64 != next.0 {
+        return false;
+    }
+    let Some(last) = index.len().checked_sub(1) else {
+        return end == DATA_START;
+    };
+    let (offset, _) = index.entry(last).expect("in range");
+    let Some(bytes) = data.get(offset as usize..) else {
+        return false;
+    };
+    matches!(record::probe_header(bytes, header.salt, payload_max),
+        Probe::Record(h) if h.sequence.0 == next.0 - 1 && offset + h.frame_len() as u64 == end)
+}
+
+/// Checks the last index entry against the segment. Returns where to
+/// resume scanning and whether the index must be rebuilt from scratch.
+fn watermark(
+    path: &Path,
+    data: &[u8],
+    header: &SegmentHeader,
+    index: &mut Index,
+    payload_max: usize,
+) -> Result<(u64, bool)> {
+    let Some(last) = index.len().checked_sub(1) else {
+        return Ok((DATA_START, false));
+    };
+    let seq_of = |i: usize| Sequence(header.first.0 + i as u64);
+    let probe_at = |offset: u64| {
+        data.get(offset as usize..)
+            .map_or(Probe::End, |b| record::probe(b, header.salt, payload_max))
+    };
+    let (offset, _) = index.entry(last).expect("in range");
+    match probe_at(offset) {
+        Probe::Record(h) if h.sequence == seq_of(last) => {
+            Ok((offset + h.frame_len() as u64, false))
+        }
+        bad => {
+            // Is the index itself consistent up to this entry? Then the
+            // record is acknowledged data that went bad.
+            let consistent = if last == 0 {
+                offset == DATA_START
+            } else {
+                let (prev, _) = index.entry(last - 1).expect("in range");
+                matches!(probe_at(prev), Probe::Record(h)
+                    if h.sequence == seq_of(last - 1) && prev + h.frame_len() as u64 == offset)
+            };
+            if consistent {
+                let reason = match bad {
+                    Probe::Invalid(why) => why.as_str(),
+                    _ => "indexed record missing",
+                };
+                return Err(corrupt(path, offset, reason));
+            }
+            tracing::warn!(segment = %path.display(), "index inconsistent with segment; rebuilding");
+            index.truncate(0);
+            Ok((DATA_START, true))
+        }
+    }
+}
+
+/// Truncates the last segment to its data end (dropping any stale bytes),
+/// preallocates it again, syncs, and maps it anew.
+async fn reopen_last<E: Env>(env: &E, config: &LogConfig, last: &mut Segment) -> Result<E::File> {
+    let file = env.open(&last.path).await?;
+    file.truncate(last.data_end).await?;
+    file.allocate(config.segment_bytes_max.max(last.data_end))
+        .await?;
+    file.sync_data().await?;
+    last.data = map_file(&last.path)?;
+    Ok(file)
+}
+
+type LoadedCursorState<F> = (F, Snapshot, BTreeMap<String, Sequence>);
+
+/// Opens or creates the cursor file; returns it, the durable snapshot and
+/// the values to use (configured names, clamped to the retained range).
+async fn load_cursors<E: Env>(
+    env: &E,
+    dir: &Path,
+    config: &LogConfig,
+    first_retained: Sequence,
+    next_seq: Sequence,
+) -> Result<LoadedCursorState<E::File>> {
+    let path = dir.join(CURSOR_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    let durable = match cursor::load(bytes.as_deref()) {
+        LoadedCursors::Found(s) => s,
+        LoadedCursors::Empty => Snapshot::default(),
+        LoadedCursors::Corrupt => return Err(corrupt(&path, 0, "no cursor slot verifies")),
+    };
+    let file = if bytes.is_some() {
+        env.open(&path).await?
+    } else {
+        let file = env.create(&path).await?;
+        file.write_at(vec![0; 2 * SLOT_BYTES], 0).await?;
+        file.sync_data().await?;
+        env.sync_dir(dir).await?;
+        file
+    };
+    let mut values = BTreeMap::new();
+    for name in &config.cursors {
+        let stored = durable.values.get(name).copied().unwrap_or(first_retained);
+        if stored > next_seq {
+            return Err(corrupt(&path, 0, "cursor beyond the end of the log"));
+        }
+        values.insert(name.clone(), stored.max(first_retained));
+    }
+    for name in durable.values.keys().filter(|n| !values.contains_key(*n)) {
+        tracing::warn!(cursor = %name, "dropping cursor no longer configured");
+    }
+    Ok((file, durable, values))
+}
