@@ -8,14 +8,17 @@
 //!   header verifies: O(1) per segment, no data scan. Without a usable index
 //!   the segment is scanned; every record must verify and the segment must
 //!   end exactly where the next one begins, else `Error::Corruption`.
-//! * The last segment: the last index entry is the *durable watermark*
-//!   (entries are written only after their fdatasync). Its record must
-//!   verify fully; if it does not while the index is self-consistent, that
-//!   is corruption of acknowledged data and opening fails naming the
-//!   segment and offset. Records after the watermark were written but
-//!   possibly never acknowledged: they are scanned and the log is cut at the
-//!   first one that does not verify (a torn tail). Work is proportional to
-//!   that unflushed tail.
+//! * The last segment (and any segment whose index was never sealed): index
+//!   entries are written only after the fdatasync that covered their
+//!   record, so the indexed prefix is acknowledged data. It is checked by
+//!   walking record headers (header checksums only) and fully verifying the
+//!   last indexed record: a record the index vouches for that does not
+//!   verify fails the open with `Error::Corruption` naming segment and
+//!   offset; an entry that disagrees with the log's framing is a bad index
+//!   and is cut there. Records after the indexed prefix were written but
+//!   possibly never acknowledged: they are scanned with full checksums and
+//!   the log is cut at the first one that does not verify (a torn tail).
+//!   Payload work is proportional to that unflushed tail.
 //! * The last segment is then truncated to its data end and preallocated
 //!   again, so no stale bytes beyond the end can ever be read as records.
 //! * A last segment whose header does not verify and that has no index
@@ -216,10 +219,14 @@ fn recover_segment(
         .filter(|h| h.first == first)
         .ok_or_else(|| corrupt(&path, 0, "segment header does not verify"))?;
     let idx_path = index_path(dir, first);
+    let mut rebuilt = false;
     let (mut index, trusted_end) = match Index::load(&idx_path, first, header.salt)? {
         Loaded::Sealed { index, data_end } => (index, Some(data_end)),
         Loaded::Open(index) => (index, None),
-        Loaded::Unusable => (Index::create(&idx_path, first, header.salt)?, None),
+        Loaded::Unusable => {
+            rebuilt = true;
+            (Index::create(&idx_path, first, header.salt)?, None)
+        }
     };
     let is_last = next_first.is_none();
     if let (Some(end), Some(next)) = (trusted_end, next_first) {
@@ -227,10 +234,10 @@ fn recover_segment(
             return Ok(finish(header, path, data, index, end));
         }
         index = Index::create(&idx_path, first, header.salt)?;
+        rebuilt = true;
     }
-    let (start, rebuilt) = watermark(&path, &data, &header, &mut index, payload_max)?;
-    if rebuilt {
-        index = Index::create(&idx_path, first, header.salt)?;
+    let (start, cut) = watermark(&path, &data, &header, &mut index, payload_max)?;
+    if rebuilt || cut {
         report.indexes_rebuilt += 1;
     }
     let next = Sequence(first.0 + index.len() as u64);
@@ -314,8 +321,16 @@ fn sealed_index_holds(
         Probe::Record(h) if h.sequence.0 == next.0 - 1 && offset + h.frame_len() as u64 == end)
 }
 
-/// Checks the last index entry against the segment. Returns where to
-/// resume scanning and whether the index must be rebuilt from scratch.
+/// Checks an open index against the segment by walking record headers
+/// (header checksums only, no payload) from the start: every indexed record
+/// must be where the log's own framing puts it, and the last one must
+/// verify fully. Returns where to resume full scanning and whether index
+/// entries were dropped as garbage.
+///
+/// A record the index vouches for that does not verify is corruption of
+/// acknowledged data (entries are written only after the fdatasync that
+/// covered their record). An entry that disagrees with the framing while
+/// the record there verifies is a bad index: it is cut at that entry.
 fn watermark(
     path: &Path,
     data: &[u8],
@@ -323,41 +338,35 @@ fn watermark(
     index: &mut Index,
     payload_max: usize,
 ) -> Result<(u64, bool)> {
-    let Some(last) = index.len().checked_sub(1) else {
-        return Ok((DATA_START, false));
-    };
-    let seq_of = |i: usize| Sequence(header.first.0 + i as u64);
-    let probe_at = |offset: u64| {
-        data.get(offset as usize..)
-            .map_or(Probe::End, |b| record::probe(b, header.salt, payload_max))
-    };
-    let (offset, _) = index.entry(last).expect("in range");
-    match probe_at(offset) {
-        Probe::Record(h) if h.sequence == seq_of(last) => {
-            Ok((offset + h.frame_len() as u64, false))
+    let mut at = DATA_START;
+    let mut last_ok = None;
+    for i in 0..index.len() {
+        let want = Sequence(header.first.0 + i as u64);
+        let probe = data.get(at as usize..).map_or(Probe::End, |b| {
+            record::probe_header(b, header.salt, payload_max)
+        });
+        let (offset, _) = index.entry(i).expect("in range");
+        let frame = match probe {
+            Probe::Record(h) if h.sequence == want => h.frame_len() as u64,
+            Probe::Invalid(why) => return Err(corrupt(path, at, why.as_str())),
+            _ => return Err(corrupt(path, at, "indexed record missing")),
+        };
+        if offset != at {
+            tracing::warn!(segment = %path.display(), entry = i, "index disagrees with segment; cutting it");
+            index.truncate(i);
+            return Ok((at, true));
         }
-        bad => {
-            // Is the index itself consistent up to this entry? Then the
-            // record is acknowledged data that went bad.
-            let consistent = if last == 0 {
-                offset == DATA_START
-            } else {
-                let (prev, _) = index.entry(last - 1).expect("in range");
-                matches!(probe_at(prev), Probe::Record(h)
-                    if h.sequence == seq_of(last - 1) && prev + h.frame_len() as u64 == offset)
-            };
-            if consistent {
-                let reason = match bad {
-                    Probe::Invalid(why) => why.as_str(),
-                    _ => "indexed record missing",
-                };
-                return Err(corrupt(path, offset, reason));
-            }
-            tracing::warn!(segment = %path.display(), "index inconsistent with segment; rebuilding");
-            index.truncate(0);
-            Ok((DATA_START, true))
+        last_ok = Some(at);
+        at += frame;
+    }
+    if let Some(offset) = last_ok {
+        if let Probe::Invalid(why) =
+            record::probe(&data[offset as usize..], header.salt, payload_max)
+        {
+            return Err(corrupt(path, offset, why.as_str()));
         }
     }
+    Ok((at, false))
 }
 
 /// Truncates the last segment to its data end (dropping any stale bytes),
