@@ -1,0 +1,10 @@
+//! tern-smtp: the SMTP protocol (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//! SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING) without any I/O.
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod command;
+pub mod limits;
+pub mod reply;
+
+pub use reply::{Reply, ReplyParser, Status};
