@@ -1,1 +1,3 @@
 //! Shared helpers for tern integration tests.
+
+pub mod crash;
