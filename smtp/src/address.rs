@@ -140,7 +140,9 @@ fn atext(c: char) -> bool {
 
 /// `Dot-string = Atom *("." Atom)`.
 pub fn dot_string(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext))
+    !s.is_empty()
+        && s.split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
 }
 
 /// `Quoted-string = DQUOTE *QcontentSMTP DQUOTE`.
@@ -185,7 +187,10 @@ pub fn address_literal(s: &str) -> bool {
     let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
         return false;
     };
-    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
         return v6.parse::<std::net::Ipv6Addr>().is_ok();
     }
     if inner.parse::<std::net::Ipv4Addr>().is_ok() {
@@ -197,7 +202,9 @@ pub fn address_literal(s: &str) -> bool {
             !tag.is_empty()
                 && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 && !content.is_empty()
-                && content.chars().all(|c| ('!'..='~').contains(&c) && c != '[' && c != '\\' && c != ']')
+                && content
+                    .chars()
+                    .all(|c| ('!'..='~').contains(&c) && c != '[' && c != '\\' && c != ']')
         }
         None => false,
     }
@@ -211,7 +218,11 @@ mod tests {
     fn table_of_paths() {
         let ok = [
             ("<a@b.example>", "a", "b.example"),
-            ("<first.last@sub.example.org>", "first.last", "sub.example.org"),
+            (
+                "<first.last@sub.example.org>",
+                "first.last",
+                "sub.example.org",
+            ),
             ("<\"john doe\"@example.com>", "\"john doe\"", "example.com"),
             ("<user@[192.0.2.1]>", "user", "[192.0.2.1]"),
             ("<user@[IPv6:2001:db8::1]>", "user", "[IPv6:2001:db8::1]"),
@@ -221,7 +232,11 @@ mod tests {
         ];
         for (input, local, domain) in ok {
             let (m, rest) = path(input).unwrap_or_else(|e| panic!("{input}: {e:?}"));
-            assert_eq!((m.local.as_str(), m.domain.as_str(), rest), (local, domain, ""), "{input}");
+            assert_eq!(
+                (m.local.as_str(), m.domain.as_str(), rest),
+                (local, domain, ""),
+                "{input}"
+            );
         }
         let bad = [
             "a@b",
@@ -247,8 +262,14 @@ mod tests {
 
     #[test]
     fn reverse_and_forward_specials() {
-        assert_eq!(reverse_path("<> SIZE=1").unwrap(), (ReversePath::Null, " SIZE=1"));
-        assert_eq!(forward_path("<POSTMASTER>").unwrap(), (ForwardPath::Postmaster, ""));
+        assert_eq!(
+            reverse_path("<> SIZE=1").unwrap(),
+            (ReversePath::Null, " SIZE=1")
+        );
+        assert_eq!(
+            forward_path("<POSTMASTER>").unwrap(),
+            (ForwardPath::Postmaster, "")
+        );
         let (fp, _) = forward_path("<postmaster@x.example>").unwrap();
         assert!(matches!(fp, ForwardPath::Mailbox(_)));
         assert!(reverse_path("<>x").is_ok(), "rest is checked by the caller");

@@ -100,11 +100,21 @@ impl CommandError {
     /// The reply for this error (the one place it is decided).
     pub fn reply(&self) -> Reply {
         match self {
-            CommandError::Unrecognized => Reply::new(500, Status(5, 5, 1), "Error: command not recognized"),
-            CommandError::BadBytes => Reply::new(500, Status(5, 5, 2), "Error: invalid characters in command"),
-            CommandError::Syntax(what) => Reply::new(501, Status(5, 5, 4), format!("Syntax: {what}")),
-            CommandError::BadSender => Reply::new(501, Status(5, 1, 7), "Bad sender address syntax"),
-            CommandError::BadRecipient => Reply::new(501, Status(5, 1, 3), "Bad recipient address syntax"),
+            CommandError::Unrecognized => {
+                Reply::new(500, Status(5, 5, 1), "Error: command not recognized")
+            }
+            CommandError::BadBytes => {
+                Reply::new(500, Status(5, 5, 2), "Error: invalid characters in command")
+            }
+            CommandError::Syntax(what) => {
+                Reply::new(501, Status(5, 5, 4), format!("Syntax: {what}"))
+            }
+            CommandError::BadSender => {
+                Reply::new(501, Status(5, 1, 7), "Bad sender address syntax")
+            }
+            CommandError::BadRecipient => {
+                Reply::new(501, Status(5, 1, 3), "Bad recipient address syntax")
+            }
             CommandError::PathTooLong => Reply::new(501, Status(5, 5, 4), "Path too long"),
             CommandError::UnsupportedParam(p) => {
                 Reply::new(555, Status(5, 5, 4), format!("Unsupported option: {p}"))
@@ -198,7 +208,8 @@ fn mail(args: &str) -> Result<Command, CommandError> {
         }
         match (upper.as_str(), value) {
             ("SIZE", Some(v)) => {
-                let digits_ok = !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit());
+                let digits_ok =
+                    !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit());
                 params.size = Some(
                     v.parse()
                         .ok()
@@ -210,7 +221,12 @@ fn mail(args: &str) -> Result<Command, CommandError> {
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
                 params.body = Body::EightBitMime
             }
-            ("BODY", Some(_)) => return Err(CommandError::UnsupportedParam(format!("BODY={}", value.unwrap_or("")))),
+            ("BODY", Some(_)) => {
+                return Err(CommandError::UnsupportedParam(format!(
+                    "BODY={}",
+                    value.unwrap_or("")
+                )))
+            }
             ("SMTPUTF8", None) => params.smtputf8 = true,
             ("SIZE" | "BODY", None) => return Err(CommandError::BadParamValue("missing value")),
             _ => return Err(CommandError::UnsupportedParam(key.to_owned())),
@@ -236,9 +252,9 @@ fn esmtp_params(rest: &str) -> Result<Vec<(&str, Option<&str>)>, CommandError> {
     if rest.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let rest = rest
-        .strip_prefix(' ')
-        .ok_or(CommandError::Syntax("parameters must follow the address after a space"))?;
+    let rest = rest.strip_prefix(' ').ok_or(CommandError::Syntax(
+        "parameters must follow the address after a space",
+    ))?;
     let mut out = Vec::new();
     for param in rest.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = match param.split_once('=') {
@@ -246,10 +262,14 @@ fn esmtp_params(rest: &str) -> Result<Vec<(&str, Option<&str>)>, CommandError> {
             None => (param, None),
         };
         // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
-        let key_ok = key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        let key_ok = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         // esmtp-value = 1*(%d33-60 / %d62-126) (+ UTF-8 with SMTPUTF8)
-        let value_ok = value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c > ' ' && c != '=' && c != '\x7f'));
+        let value_ok = value
+            .is_none_or(|v| !v.is_empty() && v.chars().all(|c| c > ' ' && c != '=' && c != '\x7f'));
         if !key_ok || !value_ok {
             return Err(CommandError::Syntax("bad ESMTP parameter"));
         }
@@ -263,7 +283,10 @@ fn bdat(args: &str) -> Result<Command, CommandError> {
     let mut parts = args.split(' ');
     let size = parts.next().unwrap_or("");
     let usage = CommandError::Syntax("BDAT size [LAST]");
-    if size.is_empty() || size.len() > crate::limits::BDAT_SIZE_DIGITS_MAX || !size.bytes().all(|b| b.is_ascii_digit()) {
+    if size.is_empty()
+        || size.len() > crate::limits::BDAT_SIZE_DIGITS_MAX
+        || !size.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(usage);
     }
     let size: u64 = size.parse().map_err(|_| usage.clone())?;
@@ -293,24 +316,71 @@ mod tests {
     #[test]
     fn table_of_valid_commands() {
         let cases: Vec<(&str, Command)> = vec![
-            ("EHLO client.example", Command::Ehlo("client.example".into())),
+            (
+                "EHLO client.example",
+                Command::Ehlo("client.example".into()),
+            ),
             ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
             ("HELO x", Command::Helo("x".into())),
-            ("MAIL FROM:<a@b.example>", Command::Mail { from: ReversePath::Mailbox(mb("a", "b.example")), params: MailParams::default() }),
-            ("mail from: <>", Command::Mail { from: ReversePath::Null, params: MailParams::default() }),
+            (
+                "MAIL FROM:<a@b.example>",
+                Command::Mail {
+                    from: ReversePath::Mailbox(mb("a", "b.example")),
+                    params: MailParams::default(),
+                },
+            ),
+            (
+                "mail from: <>",
+                Command::Mail {
+                    from: ReversePath::Null,
+                    params: MailParams::default(),
+                },
+            ),
             (
                 "MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8",
                 Command::Mail {
                     from: ReversePath::Mailbox(mb("a", "b.example")),
-                    params: MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true },
+                    params: MailParams {
+                        size: Some(1000),
+                        body: Body::EightBitMime,
+                        smtputf8: true,
+                    },
                 },
             ),
-            ("MAIL FROM:<a@b> body=7bit", Command::Mail { from: ReversePath::Mailbox(mb("a", "b")), params: MailParams::default() }),
-            ("RCPT TO:<c@d.example>", Command::Rcpt { to: ForwardPath::Mailbox(mb("c", "d.example")) }),
-            ("RCPT TO:<Postmaster>", Command::Rcpt { to: ForwardPath::Postmaster }),
+            (
+                "MAIL FROM:<a@b> body=7bit",
+                Command::Mail {
+                    from: ReversePath::Mailbox(mb("a", "b")),
+                    params: MailParams::default(),
+                },
+            ),
+            (
+                "RCPT TO:<c@d.example>",
+                Command::Rcpt {
+                    to: ForwardPath::Mailbox(mb("c", "d.example")),
+                },
+            ),
+            (
+                "RCPT TO:<Postmaster>",
+                Command::Rcpt {
+                    to: ForwardPath::Postmaster,
+                },
+            ),
             ("DATA", Command::Data),
-            ("BDAT 100", Command::Bdat { size: 100, last: false }),
-            ("bdat 0 last", Command::Bdat { size: 0, last: true }),
+            (
+                "BDAT 100",
+                Command::Bdat {
+                    size: 100,
+                    last: false,
+                },
+            ),
+            (
+                "bdat 0 last",
+                Command::Bdat {
+                    size: 0,
+                    last: true,
+                },
+            ),
             ("RSET", Command::Rset),
             ("NOOP", Command::Noop),
             ("NOOP anything", Command::Noop),
@@ -330,23 +400,108 @@ mod tests {
         let cases: Vec<(&[u8], CommandError, u16, Status)> = vec![
             (b"FOO", CommandError::Unrecognized, 500, Status(5, 5, 1)),
             (b"", CommandError::Unrecognized, 500, Status(5, 5, 1)),
-            (b"EHLO", CommandError::Syntax("EHLO hostname"), 501, Status(5, 5, 4)),
-            (b"HELO a b", CommandError::Syntax("HELO hostname"), 501, Status(5, 5, 4)),
-            (b"MAIL TO:<a@b>", CommandError::Syntax("MAIL FROM:<address>"), 501, Status(5, 5, 4)),
-            (b"MAIL FROM:a@b", CommandError::BadSender, 501, Status(5, 1, 7)),
-            (b"RCPT TO:<a b@c>", CommandError::BadRecipient, 501, Status(5, 1, 3)),
-            (b"MAIL FROM:<a@b> FOO=1", CommandError::UnsupportedParam("FOO".into()), 555, Status(5, 5, 4)),
-            (b"MAIL FROM:<a@b> BODY=BINARYMIME", CommandError::UnsupportedParam("BODY=BINARYMIME".into()), 555, Status(5, 5, 4)),
-            (b"MAIL FROM:<a@b> SIZE=1 SIZE=2", CommandError::UnsupportedParam("SIZE".into()), 555, Status(5, 5, 4)),
-            (b"MAIL FROM:<a@b> SIZE=x", CommandError::BadParamValue("SIZE"), 501, Status(5, 5, 4)),
-            (b"MAIL FROM:<a@b> SIZE=99999999999999999999999", CommandError::BadParamValue("SIZE"), 501, Status(5, 5, 4)),
-            (b"MAIL FROM:<a@b>SIZE=1", CommandError::Syntax("parameters must follow the address after a space"), 501, Status(5, 5, 4)),
-            (b"RCPT TO:<a@b> NOTIFY=NEVER", CommandError::UnsupportedParam("NOTIFY".into()), 555, Status(5, 5, 4)),
-            (b"DATA x", CommandError::Syntax("DATA"), 501, Status(5, 5, 4)),
-            (b"BDAT", CommandError::Syntax("BDAT size [LAST]"), 501, Status(5, 5, 4)),
-            (b"BDAT -1", CommandError::Syntax("BDAT size [LAST]"), 501, Status(5, 5, 4)),
-            (b"BDAT 10 FIRST", CommandError::Syntax("BDAT size [LAST]"), 501, Status(5, 5, 4)),
-            (b"VRFY", CommandError::Syntax("VRFY address"), 501, Status(5, 5, 4)),
+            (
+                b"EHLO",
+                CommandError::Syntax("EHLO hostname"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"HELO a b",
+                CommandError::Syntax("HELO hostname"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL TO:<a@b>",
+                CommandError::Syntax("MAIL FROM:<address>"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL FROM:a@b",
+                CommandError::BadSender,
+                501,
+                Status(5, 1, 7),
+            ),
+            (
+                b"RCPT TO:<a b@c>",
+                CommandError::BadRecipient,
+                501,
+                Status(5, 1, 3),
+            ),
+            (
+                b"MAIL FROM:<a@b> FOO=1",
+                CommandError::UnsupportedParam("FOO".into()),
+                555,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL FROM:<a@b> BODY=BINARYMIME",
+                CommandError::UnsupportedParam("BODY=BINARYMIME".into()),
+                555,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL FROM:<a@b> SIZE=1 SIZE=2",
+                CommandError::UnsupportedParam("SIZE".into()),
+                555,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL FROM:<a@b> SIZE=x",
+                CommandError::BadParamValue("SIZE"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL FROM:<a@b> SIZE=99999999999999999999999",
+                CommandError::BadParamValue("SIZE"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"MAIL FROM:<a@b>SIZE=1",
+                CommandError::Syntax("parameters must follow the address after a space"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"RCPT TO:<a@b> NOTIFY=NEVER",
+                CommandError::UnsupportedParam("NOTIFY".into()),
+                555,
+                Status(5, 5, 4),
+            ),
+            (
+                b"DATA x",
+                CommandError::Syntax("DATA"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"BDAT",
+                CommandError::Syntax("BDAT size [LAST]"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"BDAT -1",
+                CommandError::Syntax("BDAT size [LAST]"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"BDAT 10 FIRST",
+                CommandError::Syntax("BDAT size [LAST]"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"VRFY",
+                CommandError::Syntax("VRFY address"),
+                501,
+                Status(5, 5, 4),
+            ),
             (b"NOOP \xff", CommandError::BadBytes, 500, Status(5, 5, 2)),
             (b"NOOP \x00", CommandError::BadBytes, 500, Status(5, 5, 2)),
         ];

@@ -138,7 +138,10 @@ impl DataReceiver {
         let mut i = 0;
         while i < input.len() {
             if self.lines.cr && input[i] != b'\n' {
-                return Progress::Fatal { consumed: i + 1, error: ContentError::BareCr };
+                return Progress::Fatal {
+                    consumed: i + 1,
+                    error: ContentError::BareCr,
+                };
             }
             if self.line_start && !self.lines.cr {
                 self.line_start = false;
@@ -157,7 +160,12 @@ impl DataReceiver {
                 }
                 Some(0) => {
                     match self.lines.newline(input[i]) {
-                        Err(error) => return Progress::Fatal { consumed: i + 1, error },
+                        Err(error) => {
+                            return Progress::Fatal {
+                                consumed: i + 1,
+                                error,
+                            }
+                        }
                         Ok(false) => {}
                         Ok(true) => {
                             if self.dot_only {
@@ -254,25 +262,105 @@ mod tests {
         }
         let done = |n| Progress::Done { consumed: n };
         let cases = [
-            Case { input: b".\r\n", progress: done(3), body: b"", error: None },
-            Case { input: b"a\r\n.\r\n", progress: done(6), body: b"a\r\n", error: None },
-            Case { input: b"a\r\n.\r\nMAIL", progress: done(6), body: b"a\r\n", error: None },
-            Case { input: b"..a\r\n.\r\n", progress: done(8), body: b".a\r\n", error: None },
-            Case { input: b"..\r\n.\r\n", progress: done(7), body: b".\r\n", error: None },
-            Case { input: b".a\r\n.\r\n", progress: done(7), body: b"a\r\n", error: None },
-            Case { input: b"a\r\n.b\r\n", progress: Progress::NeedMore, body: b"a\r\nb\r\n", error: None },
+            Case {
+                input: b".\r\n",
+                progress: done(3),
+                body: b"",
+                error: None,
+            },
+            Case {
+                input: b"a\r\n.\r\n",
+                progress: done(6),
+                body: b"a\r\n",
+                error: None,
+            },
+            Case {
+                input: b"a\r\n.\r\nMAIL",
+                progress: done(6),
+                body: b"a\r\n",
+                error: None,
+            },
+            Case {
+                input: b"..a\r\n.\r\n",
+                progress: done(8),
+                body: b".a\r\n",
+                error: None,
+            },
+            Case {
+                input: b"..\r\n.\r\n",
+                progress: done(7),
+                body: b".\r\n",
+                error: None,
+            },
+            Case {
+                input: b".a\r\n.\r\n",
+                progress: done(7),
+                body: b"a\r\n",
+                error: None,
+            },
+            Case {
+                input: b"a\r\n.b\r\n",
+                progress: Progress::NeedMore,
+                body: b"a\r\nb\r\n",
+                error: None,
+            },
             // Smuggling attempts: only CRLF.CRLF ends the data.
-            Case { input: b"a\n.\nMAIL", progress: Progress::Fatal { consumed: 2, error: ContentError::BareLf }, body: b"a", error: None },
-            Case { input: b"a\r\n.\nMAIL", progress: Progress::Fatal { consumed: 5, error: ContentError::BareLf }, body: b"a\r\n", error: None },
-            Case { input: b"a\r\n.\r.\r\n", progress: Progress::Fatal { consumed: 6, error: ContentError::BareCr }, body: b"a\r\n", error: None },
-            Case { input: b"a\rb", progress: Progress::Fatal { consumed: 3, error: ContentError::BareCr }, body: b"a", error: None },
-            Case { input: b"a\r\r\n", progress: Progress::Fatal { consumed: 3, error: ContentError::BareCr }, body: b"a", error: None },
+            Case {
+                input: b"a\n.\nMAIL",
+                progress: Progress::Fatal {
+                    consumed: 2,
+                    error: ContentError::BareLf,
+                },
+                body: b"a",
+                error: None,
+            },
+            Case {
+                input: b"a\r\n.\nMAIL",
+                progress: Progress::Fatal {
+                    consumed: 5,
+                    error: ContentError::BareLf,
+                },
+                body: b"a\r\n",
+                error: None,
+            },
+            Case {
+                input: b"a\r\n.\r.\r\n",
+                progress: Progress::Fatal {
+                    consumed: 6,
+                    error: ContentError::BareCr,
+                },
+                body: b"a\r\n",
+                error: None,
+            },
+            Case {
+                input: b"a\rb",
+                progress: Progress::Fatal {
+                    consumed: 3,
+                    error: ContentError::BareCr,
+                },
+                body: b"a",
+                error: None,
+            },
+            Case {
+                input: b"a\r\r\n",
+                progress: Progress::Fatal {
+                    consumed: 3,
+                    error: ContentError::BareCr,
+                },
+                body: b"a",
+                error: None,
+            },
         ];
         for c in cases {
             let (p, r) = run(c.input, 1000);
             assert_eq!(p, c.progress, "{:?}", String::from_utf8_lossy(c.input));
             assert_eq!(r.error(), c.error, "{:?}", String::from_utf8_lossy(c.input));
-            assert_eq!(r.into_body(), c.body, "{:?}", String::from_utf8_lossy(c.input));
+            assert_eq!(
+                r.into_body(),
+                c.body,
+                "{:?}",
+                String::from_utf8_lossy(c.input)
+            );
         }
     }
 
@@ -289,7 +377,12 @@ mod tests {
             }
         }
         assert_eq!(last, Progress::Done { consumed: 1 });
-        assert_eq!(all, Progress::Done { consumed: input.len() });
+        assert_eq!(
+            all,
+            Progress::Done {
+                consumed: input.len()
+            }
+        );
         assert_eq!(r.into_body(), r_all.into_body());
     }
 
@@ -298,12 +391,22 @@ mod tests {
         let mut long = vec![b'x'; 998];
         long.extend_from_slice(b"\r\n.\r\n");
         let (p, r) = run(&long, 10_000);
-        assert_eq!(p, Progress::Done { consumed: long.len() });
+        assert_eq!(
+            p,
+            Progress::Done {
+                consumed: long.len()
+            }
+        );
         assert_eq!(r.error(), None, "998 + CRLF = 1000 is allowed");
         let mut long = vec![b'x'; 999];
         long.extend_from_slice(b"\r\n.\r\n");
         let (p, r) = run(&long, 10_000);
-        assert_eq!(p, Progress::Done { consumed: long.len() });
+        assert_eq!(
+            p,
+            Progress::Done {
+                consumed: long.len()
+            }
+        );
         assert_eq!(r.error(), Some(ContentError::LineTooLong));
         let (p, r) = run(b"0123456789\r\n.\r\n", 8);
         assert_eq!(p, Progress::Done { consumed: 15 });

@@ -7,5 +7,6 @@ pub mod command;
 pub mod data;
 pub mod limits;
 pub mod reply;
+pub mod server;
 
 pub use reply::{Reply, ReplyParser, Status};

@@ -189,13 +189,12 @@ impl ReplyParser {
     }
 
     fn take_line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
-        let line = line
-            .strip_suffix(b"\r\n")
-            .ok_or(ReplyError::Malformed)?;
+        let line = line.strip_suffix(b"\r\n").ok_or(ReplyError::Malformed)?;
         if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
             return Err(ReplyError::Malformed);
         }
-        let code = (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
+        let code =
+            (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
         if !(200..600).contains(&code) || self.code.is_some_and(|c| c != code) {
             return Err(ReplyError::Malformed);
         }
@@ -236,7 +235,10 @@ fn split_status(text: &str, code: u16) -> (Option<Status>, String) {
         let class: u8 = parts.next()?.parse().ok()?;
         let subject: u16 = parts.next()?.parse().ok()?;
         let detail: u16 = parts.next()?.parse().ok()?;
-        (parts.next().is_none() && u16::from(class) == code / 100 && subject < 1000 && detail < 1000)
+        (parts.next().is_none()
+            && u16::from(class) == code / 100
+            && subject < 1000
+            && detail < 1000)
             .then_some(Status(class, subject, detail))
     })();
     match parsed {
@@ -253,8 +255,14 @@ mod tests {
     fn encodes_single_and_multi_line() {
         let r = Reply::new(250, Status(2, 1, 0), "Ok");
         assert_eq!(r.to_bytes(), b"250 2.1.0 Ok\r\n");
-        let r = Reply::plain(250, vec!["mx.example".into(), "PIPELINING".into(), "SIZE 10".into()]);
-        assert_eq!(r.to_bytes(), b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        let r = Reply::plain(
+            250,
+            vec!["mx.example".into(), "PIPELINING".into(), "SIZE 10".into()],
+        );
+        assert_eq!(
+            r.to_bytes(),
+            b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
         // CR/LF in text cannot split the reply.
         let r = Reply::new(550, Status(5, 1, 1), "a\r\n250 b");
         assert_eq!(r.to_bytes(), b"550 5.1.1 a  250 b\r\n");
@@ -304,7 +312,12 @@ mod tests {
             if let Ok(None) | Ok(Some(_)) = out {
                 out = p.next_reply();
             }
-            assert_eq!(out, Err(ReplyError::Malformed), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                out,
+                Err(ReplyError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut p = ReplyParser::new();
         p.feed(&[b'2'; 600]);

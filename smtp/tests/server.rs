@@ -1,0 +1,408 @@
+//! The server session driven by scripted conversations: every command, the
+//! pipelining rules, DATA and BDAT, limits and smuggling attempts.
+
+use std::rc::Rc;
+
+use tern_smtp::address::{ForwardPath, Mailbox, ReversePath};
+use tern_smtp::server::{AcceptAll, Event, Policy, ServerConfig, Session};
+use tern_smtp::Reply;
+
+fn config() -> Rc<ServerConfig> {
+    Rc::new(ServerConfig {
+        hostname: "mx.test".into(),
+        message_bytes_max: 1000,
+        recipients_max: 100,
+        errors_max: 5,
+        extra_ehlo: Vec::new(),
+    })
+}
+
+/// Feeds `input`, drives the session (accepting every message with id
+/// "Q<n>"), and returns the reply bytes, the messages and whether it closed.
+struct Run {
+    out: String,
+    messages: Vec<(tern_smtp::server::Envelope, Vec<u8>)>,
+    closed: bool,
+}
+
+fn drive<P: Policy>(s: &mut Session<P>, input: &[u8], run: &mut Run) {
+    s.receive(input);
+    while let Some(ev) = s.poll() {
+        match ev {
+            Event::Message { envelope, content } => {
+                run.messages.push((envelope, content));
+                let id = format!("Q{}", run.messages.len());
+                s.complete(Ok(&id));
+            }
+            Event::Close => run.closed = true,
+        }
+    }
+    run.out.push_str(&String::from_utf8_lossy(s.transmit()));
+    let n = s.transmit().len();
+    s.transmitted(n);
+}
+
+/// Runs the chunks as separate reads (like separate TCP segments).
+fn talk(chunks: &[&[u8]]) -> Run {
+    let mut s = Session::new(config(), AcceptAll);
+    let mut run = Run {
+        out: String::new(),
+        messages: Vec::new(),
+        closed: false,
+    };
+    drive(&mut s, b"", &mut run);
+    for c in chunks {
+        drive(&mut s, c, &mut run);
+    }
+    run
+}
+
+fn codes(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect()
+}
+
+#[test]
+fn full_transaction_with_data() {
+    let r = talk(&[
+        b"EHLO client.test\r\n",
+        b"MAIL FROM:<a@x.test> SIZE=20\r\n",
+        b"RCPT TO:<b@y.test>\r\n",
+        b"RCPT TO:<c@y.test>\r\n",
+        b"DATA\r\n",
+        b"Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n",
+        b"QUIT\r\n",
+    ]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "354", "250", "221"]
+    );
+    assert!(r.out.starts_with("220 mx.test ESMTP tern\r\n250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n"));
+    assert!(r.out.contains("250 2.0.0 Ok: queued as Q1\r\n"));
+    assert!(r.out.contains("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"));
+    assert!(r.closed);
+    let (env, content) = &r.messages[0];
+    assert_eq!(content, b"Subject: hi\r\n\r\n.dot\r\nbody\r\n");
+    assert_eq!(env.helo, "client.test");
+    assert!(env.esmtp);
+    assert_eq!(env.params.size, Some(20));
+    assert_eq!(
+        env.from,
+        ReversePath::Mailbox(Mailbox {
+            local: "a".into(),
+            domain: "x.test".into()
+        })
+    );
+    assert_eq!(env.recipients.len(), 2);
+}
+
+#[test]
+fn pipelined_transactions_after_ehlo() {
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n",
+        b"one\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+        b"two\r\n.\r\nQUIT\r\n",
+    ]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "354", "250", "250", "250", "354", "250", "221"]
+    );
+    assert_eq!(r.messages.len(), 2);
+    assert_eq!(r.messages[1].0.from, ReversePath::Null);
+    assert_eq!(r.messages[0].0.recipients[1], ForwardPath::Postmaster);
+    assert_eq!(r.messages[1].1, b"two\r\n");
+}
+
+#[test]
+fn unauthorised_pipelining_is_refused_and_closes() {
+    // Before EHLO (and after HELO) nothing may be sent ahead.
+    for script in [
+        &[&b"HELO c\r\nMAIL FROM:<a@x>\r\n"[..]][..],
+        &[b"HELO c\r\n", b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n"],
+        &[
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: early\r\n\r\nx\r\n.\r\n",
+        ],
+    ] {
+        let r = talk(script);
+        assert!(
+            r.out
+                .contains("554 5.5.0 Error: improper use of SMTP command pipelining"),
+            "{}",
+            r.out
+        );
+        assert!(r.closed);
+        assert!(r.messages.is_empty());
+    }
+    // HELO then one command per read is fine.
+    let r = talk(&[
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@x>\r\n",
+        b"RCPT TO:<b@y>\r\n",
+        b"DATA\r\n",
+        b"x\r\n.\r\n",
+    ]);
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "354", "250"]);
+    assert!(!r.out.contains("250-"), "HELO reply is one line");
+}
+
+#[test]
+fn smuggling_attempts_never_make_two_messages() {
+    let attempts: [&[u8]; 5] = [
+        b"a\r\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        b"a\n.\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        b"a\r\n.\rMAIL FROM:<evil@x>\r\n.\r\n",
+        b"a\r.\r\nMAIL FROM:<evil@x>\r\n.\r\n",
+        b"a\n.\nMAIL FROM:<evil@x>\n",
+    ];
+    for body in attempts {
+        let r = talk(&[
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+            body,
+        ]);
+        assert!(r.messages.is_empty(), "{:?}", String::from_utf8_lossy(body));
+        assert!(r.out.contains("521 5.5.2 Error: bare <"), "{}", r.out);
+        assert!(r.closed);
+    }
+    // Bare LF in a command closes too.
+    let r = talk(&[b"EHLO c\nMAIL FROM:<a@x>\r\n"]);
+    assert!(r.out.contains("521 5.5.2 Error: bare <LF> received"));
+    assert!(r.closed);
+}
+
+#[test]
+fn bdat_chunks_pipelined_and_split() {
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 7\r\nhello\r\nBDAT 10 LAST\r\n",
+        b"wor",
+        b"ld\r\n.\r\nQUIT\r\n",
+    ]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "250", "221"]
+    );
+    assert!(r.out.contains("250 2.0.0 Ok: 7 octets received"));
+    assert_eq!(
+        r.messages[0].1, b"hello\r\nworld\r\n.\r\n",
+        "BDAT content is verbatim"
+    );
+    // BDAT 0 LAST ends a chunked message; DATA after BDAT is refused.
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 3\r\nabc",
+        b"DATA\r\n",
+        b"BDAT 0 LAST\r\n",
+    ]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "503", "250"]
+    );
+    assert_eq!(r.messages[0].1, b"abc");
+    // Without a transaction the chunk is consumed and refused.
+    let r = talk(&[b"EHLO c\r\n", b"BDAT 4 LAST\r\nNOOPNOOP\r\n"]);
+    assert_eq!(codes(&r.out), ["220", "250", "503", "250"]);
+    // Bare LF in BDAT rejects the message but keeps the session.
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 5 LAST\r\na\nb\r\nNOOP\r\n",
+    ]);
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "554", "250"]);
+    assert!(r.messages.is_empty());
+}
+
+#[test]
+fn size_line_and_recipient_limits() {
+    // SIZE= above the limit.
+    let r = talk(&[b"EHLO c\r\n", b"MAIL FROM:<a@x> SIZE=1001\r\n"]);
+    assert!(r.out.contains("552 5.3.4"));
+    // Content above the limit: read to the end, then 552.
+    let big = format!("{}\r\n.\r\nNOOP\r\n", "x\r\n".repeat(400));
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+        big.as_bytes(),
+    ]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "354", "552", "250"]
+    );
+    assert!(r.messages.is_empty());
+    // BDAT above the limit.
+    let chunk = format!("BDAT 1001 LAST\r\n{}NOOP\r\n", "y".repeat(1001));
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n",
+        chunk.as_bytes(),
+    ]);
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "552", "250"]);
+    // A text line over 1000 octets.
+    let long = format!("{}\r\n.\r\n", "z".repeat(999));
+    let cfg = Rc::new(ServerConfig {
+        message_bytes_max: 10_000,
+        ..(*config()).clone()
+    });
+    let mut s = Session::new(cfg, AcceptAll);
+    let mut run = Run {
+        out: String::new(),
+        messages: Vec::new(),
+        closed: false,
+    };
+    drive(&mut s, b"EHLO c\r\n", &mut run);
+    drive(
+        &mut s,
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+        &mut run,
+    );
+    drive(&mut s, long.as_bytes(), &mut run);
+    assert!(
+        run.out
+            .ends_with("554 5.6.0 Error: message line longer than 1000 octets\r\n"),
+        "{}",
+        run.out
+    );
+    // A command line over 512 octets.
+    let r = talk(&[
+        b"EHLO c\r\n",
+        format!("NOOP {}\r\n", "n".repeat(600)).as_bytes(),
+        b"NOOP\r\n",
+    ]);
+    assert_eq!(codes(&r.out), ["220", "250", "500", "250"]);
+    // Recipients: 100 accepted, the 101st gets 452.
+    let mut rcpts = String::from("MAIL FROM:<a@x>\r\n");
+    for i in 0..101 {
+        rcpts.push_str(&format!("RCPT TO:<r{i}@y>\r\n"));
+    }
+    let r = talk(&[b"EHLO c\r\n", rcpts.as_bytes()]);
+    assert_eq!(codes(&r.out).iter().filter(|c| **c == "250").count(), 102);
+    assert!(r.out.ends_with("452 4.5.3 Error: too many recipients\r\n"));
+}
+
+#[test]
+fn sequence_errors_and_simple_commands() {
+    let cases: [(&[u8], &str); 12] = [
+        (
+            b"MAIL FROM:<a@x>\r\n",
+            "503 5.5.1 Error: send HELO/EHLO first",
+        ),
+        (
+            b"EHLO c\r\nRCPT TO:<b@y>\r\n",
+            "503 5.5.1 Error: need MAIL command",
+        ),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nDATA\r\n",
+            "503 5.5.1 Error: need RCPT command",
+        ),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nMAIL FROM:<a@x>\r\n",
+            "503 5.5.1 Error: nested MAIL command",
+        ),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x> FOO=BAR\r\n",
+            "555 5.5.4 Unsupported option: FOO",
+        ),
+        (b"EHLO c\r\nMAIL FROM:<\xc3\xa9@x>\r\n", "553 5.6.7"),
+        (
+            b"EHLO c\r\nMAIL FROM:<\xc3\xa9@x> SMTPUTF8\r\n",
+            "250 2.1.0 Ok",
+        ),
+        (b"VRFY bob\r\n", "252 2.5.2"),
+        (b"HELP\r\n", "214 2.0.0"),
+        (b"NOOP\r\n", "250 2.0.0 Ok"),
+        (b"EXPN list\r\n", "502 5.5.1"),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRSET\r\nRCPT TO:<b@y>\r\n",
+            "503 5.5.1 Error: need MAIL command",
+        ),
+    ];
+    for (input, want) in cases {
+        // One command per read, as a non-pipelining client would.
+        let mut s = Session::new(config(), AcceptAll);
+        let mut run = Run {
+            out: String::new(),
+            messages: Vec::new(),
+            closed: false,
+        };
+        for line in input.split_inclusive(|b| *b == b'\n') {
+            drive(&mut s, line, &mut run);
+        }
+        assert!(
+            run.out.contains(want),
+            "{:?}: {}",
+            String::from_utf8_lossy(input),
+            run.out
+        );
+    }
+}
+
+#[test]
+fn repeated_errors_close_the_session() {
+    let mut script: Vec<&[u8]> = vec![b"EHLO c\r\n"];
+    script.extend(std::iter::repeat_n(&b"BOGUS\r\n"[..], 6));
+    let r = talk(&script);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "500", "500", "500", "500", "500", "421"]
+    );
+    assert!(r.closed);
+}
+
+#[test]
+fn policy_refusals_and_storage_failure() {
+    struct OnlyLocal;
+    impl Policy for OnlyLocal {
+        fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
+            match to {
+                ForwardPath::Mailbox(m) if m.domain == "local.test" => Ok(()),
+                _ => Err(Reply::new(
+                    554,
+                    tern_smtp::Status(5, 7, 1),
+                    "Relay access denied",
+                )),
+            }
+        }
+    }
+    let mut s = Session::new(config(), OnlyLocal);
+    let mut run = Run {
+        out: String::new(),
+        messages: Vec::new(),
+        closed: false,
+    };
+    for line in [
+        "EHLO c\r\n",
+        "MAIL FROM:<a@x>\r\n",
+        "RCPT TO:<b@far.test>\r\n",
+        "RCPT TO:<b@local.test>\r\n",
+        "DATA\r\n",
+    ] {
+        drive(&mut s, line.as_bytes(), &mut run);
+    }
+    assert!(run.out.contains("554 5.7.1 Relay access denied\r\n"));
+    // The caller cannot make it durable: a 4xx, never a 250.
+    s.receive(b"x\r\n.\r\n");
+    assert!(matches!(s.poll(), Some(Event::Message { .. })));
+    assert!(!s.wants_input());
+    s.complete(Err(Reply::new(
+        452,
+        tern_smtp::Status(4, 3, 1),
+        "Insufficient system storage",
+    )));
+    assert!(String::from_utf8_lossy(s.transmit())
+        .ends_with("452 4.3.1 Insufficient system storage\r\n"));
+    assert!(s.is_idle());
+}
+
+#[test]
+fn timeout_and_shutdown_close() {
+    let mut s = Session::new(config(), AcceptAll);
+    s.timeout();
+    assert_eq!(s.poll(), Some(Event::Close));
+    assert_eq!(s.poll(), None);
+    assert!(
+        String::from_utf8_lossy(s.transmit()).ends_with("421 4.4.2 Error: timeout exceeded\r\n")
+    );
+}
