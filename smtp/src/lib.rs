@@ -3,8 +3,10 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
+pub mod fuzzing;
 pub mod limits;
 pub mod reply;
 pub mod server;
