@@ -155,6 +155,40 @@ impl<E: Env> Log<E> {
         parts: &[&[u8]],
     ) -> Result<Sequence> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.append_inner(kind, at, len, |_, out| {
+            for part in parts {
+                out.extend_from_slice(part);
+            }
+        })
+        .await
+    }
+
+    /// Appends one record of exactly `payload_len` bytes written by `write`,
+    /// which is told the record's sequence first (so a payload can name its
+    /// own queue id). Returns once durable, like [`Log::append`]. `write`
+    /// runs synchronously inside this call and must append exactly
+    /// `payload_len` bytes (a different length panics: a caller bug) and
+    /// must not call into the log.
+    pub async fn append_with(
+        &self,
+        kind: RecordKind,
+        at: TimestampMs,
+        payload_len: usize,
+        write: impl FnOnce(Sequence, &mut Vec<u8>),
+    ) -> Result<Sequence> {
+        if !kind.is_user() {
+            return Err(Error::ReservedKind(kind));
+        }
+        self.append_inner(kind, at, payload_len, write).await
+    }
+
+    async fn append_inner(
+        &self,
+        kind: RecordKind,
+        at: TimestampMs,
+        len: usize,
+        write: impl FnOnce(Sequence, &mut Vec<u8>),
+    ) -> Result<Sequence> {
         let mut max = self.shared.config.record_bytes_max;
         if kind == RecordKind::FORWARDED {
             max += COPY_OVERHEAD;
@@ -183,7 +217,7 @@ impl<E: Env> Log<E> {
                 self.shared.config.segment_age_max_ms,
             );
             let mut st = self.shared.st.borrow_mut();
-            let seq = st.enqueue(limits, kind, at, parts, len);
+            let seq = st.enqueue(limits, kind, at, len, write);
             st.wake_flusher();
             seq
         };

@@ -124,12 +124,27 @@ pub fn encode(
     payload: &[&[u8]],
 ) {
     let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+    encode_with(out, salt, kind, sequence, timestamp, payload_len, |out| {
+        for part in payload {
+            out.extend_from_slice(part);
+        }
+    });
+}
+
+/// Like [`encode`], but the payload is written by `write`, which must
+/// append exactly `payload_len` bytes (asserted). Lets a caller build the
+/// payload in place, once, straight into the batch buffer.
+pub fn encode_with(
+    out: &mut Vec<u8>,
+    salt: u64,
+    kind: RecordKind,
+    sequence: Sequence,
+    timestamp: TimestampMs,
+    payload_len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
     let start = out.len();
     out.reserve(HEADER_LEN + payload_len);
-    let mut crc = salted(salt);
-    for part in payload {
-        crc.update(part);
-    }
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.push(RECORD_VERSION);
     out.push(kind.0);
@@ -137,13 +152,18 @@ pub fn encode(
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&sequence.0.to_le_bytes());
     out.extend_from_slice(&timestamp.0.to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&[0; 8]); // both checksums, patched below
+    write(out);
+    assert_eq!(
+        out.len() - start - HEADER_LEN,
+        payload_len,
+        "payload writer wrote a different length"
+    );
+    let crc = payload_crc(salt, &out[start + HEADER_LEN..]);
+    out[start + 28..start + 32].copy_from_slice(&crc.to_le_bytes());
     let mut header_crc = salted(salt);
     header_crc.update(&out[start..start + 32]);
-    out.extend_from_slice(&header_crc.finalize().to_le_bytes());
-    for part in payload {
-        out.extend_from_slice(part);
-    }
+    out[start + 32..start + 36].copy_from_slice(&header_crc.finalize().to_le_bytes());
     debug_assert!(matches!(
         probe(&out[start..], salt, u32::MAX as usize),
         Probe::Record(_)
@@ -313,6 +333,21 @@ mod tests {
             assert_eq!(probe(&buf, salt, 1 << 20), want, "case {name}");
         }
         assert_eq!(probe(&good, 5, 3), Probe::Invalid(Invalid::TooLarge));
+    }
+
+    #[test]
+    #[should_panic(expected = "payload writer wrote a different length")]
+    fn encode_with_asserts_the_announced_length() {
+        let mut out = Vec::new();
+        encode_with(
+            &mut out,
+            1,
+            RecordKind(1),
+            Sequence(1),
+            TimestampMs(1),
+            4,
+            |o| o.extend_from_slice(b"abc"),
+        );
     }
 
     #[test]

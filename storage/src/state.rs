@@ -131,15 +131,16 @@ impl<F> State<F> {
     }
 
     /// Encodes one record into the open chunk, rolling to a new segment
-    /// when it would not fit or the segment is too old. No I/O, no await;
-    /// one copy of the payload into the batch buffer.
+    /// when it would not fit or the segment is too old; `write` appends the
+    /// payload (exactly `payload_len` bytes) knowing its sequence. No I/O,
+    /// no await; the payload is written once, into the batch buffer.
     pub fn enqueue(
         &mut self,
         limits: (u64, u64),
         kind: RecordKind,
         at: TimestampMs,
-        parts: &[&[u8]],
         payload_len: usize,
+        write: impl FnOnce(Sequence, &mut Vec<u8>),
     ) -> Sequence {
         let (segment_bytes_max, segment_age_max_ms) = limits;
         let at = at.max(self.last_ts);
@@ -171,7 +172,15 @@ impl<F> State<F> {
         let seq = self.next_seq;
         let chunk = self.pending.back_mut().expect("open chunk");
         let offset = chunk.end();
-        record::encode(&mut chunk.buf, chunk.salt, kind, seq, at, parts);
+        record::encode_with(
+            &mut chunk.buf,
+            chunk.salt,
+            kind,
+            seq,
+            at,
+            payload_len,
+            |out| write(seq, out),
+        );
         chunk.records.push(Entry { seq, offset, at });
         self.next_seq = seq.next();
         self.pending_bytes += frame as usize;

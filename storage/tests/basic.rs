@@ -184,3 +184,26 @@ fn age_rolls_segments() {
         assert_eq!(b.unwrap(), a.unwrap().next());
     });
 }
+
+#[test]
+fn append_with_writes_the_payload_in_place_knowing_its_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(BufferedEnv, dir.path(), &small_config()).await;
+        log.append(KIND, TimestampMs(1), &[b"first"]).await.unwrap();
+        let seq = log
+            .append_with(KIND, TimestampMs(2), 13, |seq, out| {
+                out.extend_from_slice(b"id=");
+                out.extend_from_slice(format!("{:010}", seq.0).as_bytes());
+            })
+            .await
+            .unwrap();
+        assert_eq!(seq, Sequence(2));
+        assert_eq!(&log.read(seq).unwrap().payload[..], b"id=0000000002");
+        assert!(matches!(
+            log.append_with(RecordKind(0xF1), TimestampMs(2), 0, |_, _| {})
+                .await,
+            Err(Error::ReservedKind(_))
+        ));
+    });
+}
