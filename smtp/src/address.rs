@@ -107,7 +107,8 @@ pub fn reverse_path(s: &str) -> Result<(ReversePath, &str), PathError> {
 
 /// Parses a forward path, accepting `<Postmaster>`.
 pub fn forward_path(s: &str) -> Result<(ForwardPath, &str), PathError> {
-    if s.len() >= 12 && s[..12].eq_ignore_ascii_case("<postmaster>") {
+    // `get` (not indexing): byte 12 may fall inside a UTF-8 character.
+    if s.get(..12).is_some_and(|head| head.eq_ignore_ascii_case("<postmaster>")) {
         return Ok((ForwardPath::Postmaster, &s[12..]));
     }
     let (m, rest) = path(s)?;
@@ -273,5 +274,7 @@ mod tests {
         let (fp, _) = forward_path("<postmaster@x.example>").unwrap();
         assert!(matches!(fp, ForwardPath::Mailbox(_)));
         assert!(reverse_path("<>x").is_ok(), "rest is checked by the caller");
+        // Found by fuzzing: a multi-byte character across byte 12.
+        assert!(forward_path("@A+IL FROM:\u{19e}").is_err());
     }
 }
