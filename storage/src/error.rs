@@ -32,6 +32,10 @@ pub enum Error {
         /// Configured limit.
         max: usize,
     },
+    /// An `append_with` writer wrote a different number of bytes than it
+    /// announced; nothing was stored.
+    #[error("payload writer did not write the announced {0} bytes")]
+    PayloadLength(usize),
     /// The kind is 0 or reserved for the storage layer.
     #[error("record kind {0:?} is reserved")]
     ReservedKind(RecordKind),

@@ -45,6 +45,11 @@ struct Faults {
     unsynced: HashMap<PathBuf, Vec<(u64, Vec<u8>)>>,
     syncs: u64,
     writes: u64,
+    /// fdatasync calls wait while set (to hold a flush in flight)...
+    hold_syncs: bool,
+    /// ...except this many, which pass.
+    pass_syncs: u64,
+    held: Vec<std::task::Waker>,
 }
 
 /// Test environment; clones share the same switches.
@@ -77,6 +82,30 @@ impl FaultEnv {
     /// (unsynced writes before it are kept; every later call fails).
     pub fn tear_next_write(&self, bytes: usize) {
         self.faults.borrow_mut().torn_write = Some(bytes);
+    }
+
+    /// Makes fdatasync calls wait (the flush stays in flight) until
+    /// [`FaultEnv::release_syncs`].
+    pub fn hold_syncs(&self) {
+        self.faults.borrow_mut().hold_syncs = true;
+    }
+
+    /// Lets held and later fdatasync calls proceed.
+    pub fn release_syncs(&self) {
+        let mut f = self.faults.borrow_mut();
+        f.hold_syncs = false;
+        for w in f.held.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Lets exactly `n` more fdatasync calls through, then holds again.
+    pub fn pass_syncs(&self, n: u64) {
+        let mut f = self.faults.borrow_mut();
+        f.pass_syncs += n;
+        for w in f.held.drain(..) {
+            w.wake();
+        }
     }
 
     /// Successful fdatasync calls so far.
@@ -170,6 +199,19 @@ impl LogFile for FaultFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let mut f = self.env.faults.borrow_mut();
+            if !f.hold_syncs {
+                std::task::Poll::Ready(())
+            } else if f.pass_syncs > 0 {
+                f.pass_syncs -= 1;
+                std::task::Poll::Ready(())
+            } else {
+                f.held.push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
         self.env.check_alive()?;
         if self.env.faults.borrow().fail_sync {
             return Err(eio("fdatasync"));

@@ -16,13 +16,17 @@
 //!            | zero padding to byte 60
 //!            | u32 header_crc = crc32(bytes 0..60) }
 //! offset 64: entry[i] for sequence first_sequence + i:
-//!            { u64 record_offset | u64 timestamp_ms }
+//!            { u48 record_offset | u16 check | u64 timestamp_ms }
+//!            check = low 16 bits of crc32(segment_salt ++ sequence ++ offset ++ timestamp)
 //! ```
 //!
 //! One dense entry per record serves both lookups: by sequence (entry `i`)
 //! and by time (timestamps never decrease inside a log, so a binary search
 //! finds the first record at or after a time). An open index ends at the
-//! first entry whose offset is 0 (records start at 4096). Entries are
+//! first entry that is zero (records start at 4096), whose check does not
+//! match, or that does not increase: so a partly written or stale index
+//! page after a power loss is recognised entry by entry without reading
+//! the segment. Entries are
 //! written only after the fdatasync that made their record durable, so an
 //! entry is evidence that its record was acknowledged. The index itself is
 //! not fsynced on the append path; at seal its header is completed and
@@ -41,6 +45,8 @@ const INDEX_VERSION: u16 = 1;
 const HEADER_LEN: usize = 64;
 const ENTRY_LEN: usize = 16;
 const FLAG_SEALED: u16 = 1;
+/// Low 48 bits of an entry's first word: the record offset.
+const OFFSET_MASK: u64 = (1 << 48) - 1;
 /// Entries the file is created with; it doubles when full.
 const INITIAL_ENTRIES: usize = 1024;
 
@@ -66,6 +72,10 @@ pub enum Loaded {
     /// An index still being appended to (or never sealed); entries are only
     /// a hint until checked against the segment.
     Open(Index),
+    /// An open index whose entries stop verifying part way: the verified
+    /// prefix is kept (and the rest cleared); the segment is scanned from
+    /// there.
+    Damaged(Index),
     /// Missing, or not the index of this segment: rebuild it.
     Unusable,
 }
@@ -136,17 +146,30 @@ impl Index {
             return Ok(Loaded::Unusable);
         }
         index.len = index.count_open_entries();
+        if index.len < entries_capacity(&index.map) && index.raw_words(index.len) != (0, 0) {
+            // A non-zero entry that does not verify: stale or torn index
+            // page. Clear the rest so it cannot be mistaken again.
+            let (start, end) = (HEADER_LEN + index.len * ENTRY_LEN, index.map.len());
+            index.map[start..end].fill(0);
+            return Ok(Loaded::Damaged(index));
+        }
         Ok(Loaded::Open(index))
     }
 
-    /// Counts leading entries that look sane: non-zero offsets and
+    /// Counts leading entries that verify: matching check, offsets and
     /// timestamps that increase. Anything after the first bad entry is
-    /// ignored (it will be rebuilt from the segment).
+    /// ignored (recovery scans the segment from there).
     fn count_open_entries(&self) -> usize {
         let mut prev = (0u64, 0u64);
         for i in 0..entries_capacity(&self.map) {
-            let (offset, ts) = self.raw_entry(i);
-            if offset == 0 || offset <= prev.0 || ts < prev.1 {
+            let (word, ts) = self.raw_words(i);
+            let offset = word & OFFSET_MASK;
+            let seq = self.first.0 + i as u64;
+            if word == 0
+                || word != self.entry_word(seq, offset, ts)
+                || offset <= prev.0
+                || ts < prev.1
+            {
                 return i;
             }
             prev = (offset, ts);
@@ -154,13 +177,27 @@ impl Index {
         entries_capacity(&self.map)
     }
 
-    fn raw_entry(&self, i: usize) -> (u64, u64) {
+    fn entry_word(&self, seq: u64, offset: u64, ts: u64) -> u64 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&self.salt.to_le_bytes());
+        h.update(&seq.to_le_bytes());
+        h.update(&offset.to_le_bytes());
+        h.update(&ts.to_le_bytes());
+        (u64::from(h.finalize() & 0xFFFF) << 48) | offset
+    }
+
+    fn raw_words(&self, i: usize) -> (u64, u64) {
         let at = HEADER_LEN + i * ENTRY_LEN;
         let e = &self.map[at..at + ENTRY_LEN];
         (
             u64::from_le_bytes(e[0..8].try_into().expect("8")),
             u64::from_le_bytes(e[8..16].try_into().expect("8")),
         )
+    }
+
+    fn raw_entry(&self, i: usize) -> (u64, u64) {
+        let (word, ts) = self.raw_words(i);
+        (word & OFFSET_MASK, ts)
     }
 
     /// Number of entries.
@@ -218,8 +255,10 @@ impl Index {
             // SAFETY: as in `create`; the old mapping is dropped on assignment.
             self.map = unsafe { MmapMut::map_mut(&self.file)? };
         }
+        assert!(offset <= OFFSET_MASK, "segment offsets fit 48 bits");
+        let word = self.entry_word(self.first.0 + self.len as u64, offset, at.0);
         let at_byte = HEADER_LEN + self.len * ENTRY_LEN;
-        self.map[at_byte..at_byte + 8].copy_from_slice(&offset.to_le_bytes());
+        self.map[at_byte..at_byte + 8].copy_from_slice(&word.to_le_bytes());
         self.map[at_byte + 8..at_byte + 16].copy_from_slice(&at.0.to_le_bytes());
         self.len += 1;
         Ok(())
@@ -357,9 +396,22 @@ mod tests {
         idx.push(4500, TimestampMs(7)).unwrap(); // offset goes backwards: garbage
         idx.push(6000, TimestampMs(8)).unwrap();
         drop(idx);
-        let Loaded::Open(idx) = Index::load(&path, Sequence(0), 1).unwrap() else {
+        let Loaded::Damaged(idx) = Index::load(&path, Sequence(0), 1).unwrap() else {
             panic!()
         };
         assert_eq!(idx.len(), 2);
+        // A flipped bit in an entry fails its check: the index ends there.
+        let mut idx = Index::create(&path, Sequence(0), 1).unwrap();
+        for i in 0..10 {
+            idx.push(4096 + i * 100, TimestampMs(5)).unwrap();
+        }
+        drop(idx);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_LEN + 4 * ENTRY_LEN + 1] ^= 0x04;
+        std::fs::write(&path, bytes).unwrap();
+        let Loaded::Damaged(idx) = Index::load(&path, Sequence(0), 1).unwrap() else {
+            panic!()
+        };
+        assert_eq!(idx.len(), 4);
     }
 }

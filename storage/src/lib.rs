@@ -62,4 +62,5 @@ pub use env::{BufferedEnv, DirectEnv, Env, LogFile};
 pub use error::{Error, Result};
 pub use log::{Iter, Log, ReclaimReport, Record, SegmentInfo};
 pub use recovery::RecoveryReport;
+pub use state::PayloadWriter;
 pub use types::{RecordKind, SegmentId, Sequence, TimestampMs};

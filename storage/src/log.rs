@@ -16,7 +16,7 @@ use crate::index::Index;
 use crate::record::{self, Probe, HEADER_LEN};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{index_path, segment_path, SegmentHeader};
-use crate::state::{Segment, State};
+use crate::state::{PayloadWriter, Segment, State};
 use crate::types::{RecordKind, Sequence, TimestampMs};
 
 /// Extra payload bytes of a copied-forward record:
@@ -119,7 +119,7 @@ impl<E: Env> Log<E> {
         now: TimestampMs,
     ) -> Result<(Log<E>, RecoveryReport)> {
         config.validate()?;
-        std::fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
         let lock = recovery::lock_dir(dir)?;
         let (state, report) = recovery::recover(&env, dir, &config, now).await?;
         let shared = Rc::new(Shared {
@@ -157,7 +157,7 @@ impl<E: Env> Log<E> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.append_inner(kind, at, len, |_, out| {
             for part in parts {
-                out.extend_from_slice(part);
+                out.put(part);
             }
         })
         .await
@@ -165,16 +165,17 @@ impl<E: Env> Log<E> {
 
     /// Appends one record of exactly `payload_len` bytes written by `write`,
     /// which is told the record's sequence first (so a payload can name its
-    /// own queue id). Returns once durable, like [`Log::append`]. `write`
-    /// runs synchronously inside this call and must append exactly
-    /// `payload_len` bytes (a different length panics: a caller bug) and
-    /// must not call into the log.
+    /// own queue id) and writes straight into the batch buffer (one copy).
+    /// Returns once durable, like [`Log::append`]. `write` runs
+    /// synchronously inside this call and must not call into the log; if it
+    /// writes any other length the append fails with
+    /// `Error::PayloadLength` and nothing is stored.
     pub async fn append_with(
         &self,
         kind: RecordKind,
         at: TimestampMs,
         payload_len: usize,
-        write: impl FnOnce(Sequence, &mut Vec<u8>),
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
     ) -> Result<Sequence> {
         if !kind.is_user() {
             return Err(Error::ReservedKind(kind));
@@ -187,7 +188,7 @@ impl<E: Env> Log<E> {
         kind: RecordKind,
         at: TimestampMs,
         len: usize,
-        write: impl FnOnce(Sequence, &mut Vec<u8>),
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
     ) -> Result<Sequence> {
         let mut max = self.shared.config.record_bytes_max;
         if kind == RecordKind::FORWARDED {
@@ -217,7 +218,9 @@ impl<E: Env> Log<E> {
                 self.shared.config.segment_age_max_ms,
             );
             let mut st = self.shared.st.borrow_mut();
-            let seq = st.enqueue(limits, kind, at, len, write);
+            let seq = st
+                .enqueue(limits, kind, at, len, write)
+                .ok_or(Error::PayloadLength(len))?;
             st.wake_flusher();
             seq
         };
@@ -253,7 +256,7 @@ impl<E: Env> Log<E> {
             .next_back()
             .ok_or(Error::NotFound(seq))?;
         let offset = segment.index.offset_of(seq).ok_or(Error::NotFound(seq))?;
-        read_at(segment, offset, seq, self.shared.config.record_bytes_max)
+        read_at(segment, offset, seq)
     }
 
     /// Iterates durable records from `from` (or the first retained one, if
@@ -315,6 +318,11 @@ impl<E: Env> Log<E> {
     /// and returns once that is durable. `to` may not pass the last
     /// appended record nor fall behind the first retained one.
     pub async fn set_cursor(&self, name: &str, to: Sequence) -> Result<()> {
+        // A cursor must never reach the disk before the records it passes:
+        // wait until they are durable (they may still be queued).
+        if to <= self.shared.st.borrow().next_seq {
+            self.wait(|st| st.durable_next >= to).await?;
+        }
         let version = {
             let mut st = self.shared.st.borrow_mut();
             if let Some(e) = check_usable(&st) {
@@ -428,6 +436,27 @@ impl<E: Env> Log<E> {
     }
 }
 
+/// Creates `dir` (and missing parents) and fsyncs each new directory's
+/// parent, so the directory entries survive a power loss.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(parent)?.sync_all()
+}
+
 fn check_usable<F>(st: &State<F>) -> Option<Error> {
     if let Some(failed) = &st.failed {
         return Some(Error::Fatal(failed.clone()));
@@ -436,7 +465,7 @@ fn check_usable<F>(st: &State<F>) -> Option<Error> {
 }
 
 /// Decodes and verifies the record `seq` at `offset` of `segment`.
-pub(crate) fn read_at(segment: &Segment, offset: u64, seq: Sequence, max: usize) -> Result<Record> {
+pub(crate) fn read_at(segment: &Segment, offset: u64, seq: Sequence) -> Result<Record> {
     let corrupt = |reason: &'static str| Error::Corruption {
         segment: segment.path.clone(),
         offset,
@@ -446,7 +475,7 @@ pub(crate) fn read_at(segment: &Segment, offset: u64, seq: Sequence, max: usize)
         .data
         .get(offset as usize..)
         .ok_or(corrupt("offset past the end"))?;
-    let header = match record::probe(bytes, segment.header.salt, max + COPY_OVERHEAD) {
+    let header = match record::probe(bytes, segment.header.salt, record::PAYLOAD_FORMAT_MAX) {
         Probe::Record(h) if h.sequence == seq => h,
         Probe::Record(_) => return Err(corrupt("index points at another sequence")),
         Probe::End => return Err(corrupt("index points at unwritten space")),
@@ -488,6 +517,8 @@ impl<E: Env> Iterator for Iter<E> {
         if self.next >= self.log.durable_end() {
             return None;
         }
+        // Records reclaimed since the iterator was made are skipped.
+        self.next = self.next.max(self.log.first_sequence());
         let seq = self.next;
         self.next = seq.next();
         Some(self.log.read(seq))

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! All integers little endian. A record is a 36-byte header followed by the
+//! All integers little endian. A record is a 44-byte header followed by the
 //! payload, with no padding between records:
 //!
 //! ```text
@@ -10,20 +10,28 @@
 //! | u8  version = 1
 //! | u8  kind            (0 invalid, 0x01..=0xEF engine kinds, 0xF0.. storage)
 //! | u16 flags = 0       (reserved; must be 0 in version 1)
-//! | u32 payload_len     (<= record_bytes_max)
+//! | u32 payload_len     (<= record_bytes_max when appended)
 //! | u64 sequence        (previous + 1 inside one log)
 //! | u64 timestamp_ms    (never smaller than the previous record's)
+//! | u64 durable_before  (every sequence below this was durable when this
+//! |                      record was queued: a durable watermark on disk)
 //! | u32 payload_crc     = crc32(segment_salt ++ payload)
-//! | u32 header_crc      = crc32(segment_salt ++ header[0..32])
+//! | u32 header_crc      = crc32(segment_salt ++ header[0..40])
 //! } payload[payload_len]
 //! ```
+//!
+//! `durable_before` lets recovery tell a torn tail from damage to
+//! acknowledged data without trusting any index: if a record that does not
+//! verify is followed by one that does and whose `durable_before` is above
+//! the bad record's sequence, the bad record had been durable (and so
+//! possibly acknowledged) before the later one was even queued.
 //!
 //! `segment_salt` is the 8-byte random salt of the segment the record is
 //! written in (see [`crate::segment`]). Mixing it into both checksums means
 //! bytes left over from another segment file, or from an earlier life of the
 //! same file, never verify where they now lie.
 //!
-//! A header of 36 zero bytes marks the clean end of written data (segments
+//! A header of 44 zero bytes marks the clean end of written data (segments
 //! are preallocated, so unwritten space reads as zeros). Anything else that
 //! fails to verify is a torn or corrupt record: see [`crate::recovery`].
 
@@ -34,7 +42,11 @@ pub const RECORD_MAGIC: u32 = 0x3152_4E54;
 /// Current record format version.
 pub const RECORD_VERSION: u8 = 1;
 /// Bytes of a record header.
-pub const HEADER_LEN: usize = 36;
+pub const HEADER_LEN: usize = 44;
+/// Largest payload the format can describe. Reads and recovery accept any
+/// record up to this; the configured `record_bytes_max` limits appends only
+/// (so lowering it never makes existing records unreadable).
+pub const PAYLOAD_FORMAT_MAX: usize = u32::MAX as usize - HEADER_LEN;
 
 /// A decoded, verified record header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +59,8 @@ pub struct Header {
     pub sequence: Sequence,
     /// When it was appended (monotonic inside a log).
     pub timestamp: TimestampMs,
+    /// Every sequence below this was durable when the record was queued.
+    pub durable_before: Sequence,
     /// Checksum of the payload, salted.
     pub payload_crc: u32,
 }
@@ -113,61 +127,68 @@ pub fn payload_crc(salt: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// Header fields chosen by the writer.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Its sequence.
+    pub sequence: Sequence,
+    /// Its timestamp.
+    pub timestamp: TimestampMs,
+    /// The log's durable point when it was queued.
+    pub durable_before: Sequence,
+}
+
 /// Appends header and payload to `out`. Asserts (our own invariant) that
 /// the frame verifies before it leaves this function.
-pub fn encode(
-    out: &mut Vec<u8>,
-    salt: u64,
-    kind: RecordKind,
-    sequence: Sequence,
-    timestamp: TimestampMs,
-    payload: &[&[u8]],
-) {
+pub fn encode(out: &mut Vec<u8>, salt: u64, meta: Meta, payload: &[&[u8]]) {
     let payload_len: usize = payload.iter().map(|p| p.len()).sum();
-    encode_with(out, salt, kind, sequence, timestamp, payload_len, |out| {
+    let ok = encode_with(out, salt, meta, payload_len, |out| {
         for part in payload {
             out.extend_from_slice(part);
         }
     });
+    assert!(ok, "parts add up to their own length");
 }
 
-/// Like [`encode`], but the payload is written by `write`, which must
-/// append exactly `payload_len` bytes (asserted). Lets a caller build the
-/// payload in place, once, straight into the batch buffer.
+/// Like [`encode`], but the payload is written by `write`, which should
+/// append exactly `payload_len` bytes. If it appends any other number,
+/// `out` is cut back to where it was and `false` is returned: nothing of a
+/// bad record is ever left in the batch buffer.
 pub fn encode_with(
     out: &mut Vec<u8>,
     salt: u64,
-    kind: RecordKind,
-    sequence: Sequence,
-    timestamp: TimestampMs,
+    meta: Meta,
     payload_len: usize,
     write: impl FnOnce(&mut Vec<u8>),
-) {
+) -> bool {
     let start = out.len();
     out.reserve(HEADER_LEN + payload_len);
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.push(RECORD_VERSION);
-    out.push(kind.0);
+    out.push(meta.kind.0);
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&sequence.0.to_le_bytes());
-    out.extend_from_slice(&timestamp.0.to_le_bytes());
+    out.extend_from_slice(&meta.sequence.0.to_le_bytes());
+    out.extend_from_slice(&meta.timestamp.0.to_le_bytes());
+    out.extend_from_slice(&meta.durable_before.0.to_le_bytes());
     out.extend_from_slice(&[0; 8]); // both checksums, patched below
     write(out);
-    assert_eq!(
-        out.len() - start - HEADER_LEN,
-        payload_len,
-        "payload writer wrote a different length"
-    );
+    if out.len() != start + HEADER_LEN + payload_len {
+        out.truncate(start);
+        return false;
+    }
     let crc = payload_crc(salt, &out[start + HEADER_LEN..]);
-    out[start + 28..start + 32].copy_from_slice(&crc.to_le_bytes());
+    out[start + 36..start + 40].copy_from_slice(&crc.to_le_bytes());
     let mut header_crc = salted(salt);
-    header_crc.update(&out[start..start + 32]);
-    out[start + 32..start + 36].copy_from_slice(&header_crc.finalize().to_le_bytes());
+    header_crc.update(&out[start..start + 40]);
+    out[start + 40..start + 44].copy_from_slice(&header_crc.finalize().to_le_bytes());
     debug_assert!(matches!(
-        probe(&out[start..], salt, u32::MAX as usize),
+        probe(&out[start..], salt, PAYLOAD_FORMAT_MAX),
         Probe::Record(_)
     ));
+    true
 }
 
 fn u32_at(buf: &[u8], at: usize) -> u32 {
@@ -198,8 +219,8 @@ pub fn probe_header(buf: &[u8], salt: u64, payload_max: usize) -> Probe {
         };
     }
     let mut crc = salted(salt);
-    crc.update(&head[..32]);
-    if crc.finalize() != u32_at(head, 32) {
+    crc.update(&head[..40]);
+    if crc.finalize() != u32_at(head, 40) {
         return Probe::Invalid(Invalid::BadHeaderCrc);
     }
     if head[4] != RECORD_VERSION || u16::from_le_bytes([head[6], head[7]]) != 0 {
@@ -210,7 +231,8 @@ pub fn probe_header(buf: &[u8], salt: u64, payload_max: usize) -> Probe {
         payload_len: u32_at(head, 8),
         sequence: Sequence(u64_at(head, 12)),
         timestamp: TimestampMs(u64_at(head, 20)),
-        payload_crc: u32_at(head, 28),
+        durable_before: Sequence(u64_at(head, 28)),
+        payload_crc: u32_at(head, 36),
     };
     if header.payload_len as usize > payload_max {
         return Probe::Invalid(Invalid::TooLarge);
@@ -239,16 +261,18 @@ pub fn probe(buf: &[u8], salt: u64, payload_max: usize) -> Probe {
 mod tests {
     use super::*;
 
+    fn meta() -> Meta {
+        Meta {
+            kind: RecordKind(7),
+            sequence: Sequence(42),
+            timestamp: TimestampMs(1_700_000_000_123),
+            durable_before: Sequence(40),
+        }
+    }
+
     fn one(salt: u64, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(
-            &mut out,
-            salt,
-            RecordKind(7),
-            Sequence(42),
-            TimestampMs(1_700_000_000_123),
-            &[payload],
-        );
+        encode(&mut out, salt, meta(), &[payload]);
         out
     }
 
@@ -277,8 +301,9 @@ mod tests {
         assert_eq!(&buf[8..12], &2u32.to_le_bytes());
         assert_eq!(&buf[12..20], &42u64.to_le_bytes());
         assert_eq!(&buf[20..28], &1_700_000_000_123u64.to_le_bytes());
-        assert_eq!(&buf[28..32], &payload_crc(1, b"ab").to_le_bytes());
-        assert_eq!(&buf[36..], b"ab");
+        assert_eq!(&buf[28..36], &40u64.to_le_bytes());
+        assert_eq!(&buf[36..40], &payload_crc(1, b"ab").to_le_bytes());
+        assert_eq!(&buf[44..], b"ab");
     }
 
     #[test]
@@ -336,18 +361,13 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "payload writer wrote a different length")]
-    fn encode_with_asserts_the_announced_length() {
-        let mut out = Vec::new();
-        encode_with(
-            &mut out,
-            1,
-            RecordKind(1),
-            Sequence(1),
-            TimestampMs(1),
-            4,
-            |o| o.extend_from_slice(b"abc"),
-        );
+    fn encode_with_refuses_a_wrong_length_and_leaves_nothing() {
+        let mut out = b"prefix".to_vec();
+        assert!(!encode_with(&mut out, 1, meta(), 4, |o| o.extend_from_slice(b"abc")));
+        assert!(!encode_with(&mut out, 1, meta(), 4, |o| o.extend_from_slice(b"abcde")));
+        assert_eq!(out, b"prefix");
+        assert!(encode_with(&mut out, 1, meta(), 4, |o| o.extend_from_slice(b"abcd")));
+        assert!(matches!(probe(&out[6..], 1, 4), Probe::Record(_)));
     }
 
     #[test]

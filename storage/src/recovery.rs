@@ -38,7 +38,7 @@ use crate::cursor::{self, LoadedCursors, Snapshot, CURSOR_FILE, SLOT_BYTES};
 use crate::env::{Env, LogFile};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loaded};
-use crate::log::{create_segment, map_file, COPY_OVERHEAD};
+use crate::log::{create_segment, map_file};
 use crate::record::{self, Probe};
 use crate::segment::{self, index_path, segment_path, SegmentHeader, Stop, DATA_START};
 use crate::state::{Chunk, Segment, State};
@@ -109,7 +109,9 @@ pub(crate) async fn recover<E: Env>(
     let mut report = RecoveryReport::default();
     let mut firsts = list_segments(dir)?;
     remove_torn_last_segment(env, dir, &mut firsts, &mut report).await?;
-    let payload_max = config.record_bytes_max + COPY_OVERHEAD;
+    // The configured limit applies to appends only; what is on disk is read
+    // up to the format's limit.
+    let payload_max = crate::record::PAYLOAD_FORMAT_MAX;
     let mut segments = BTreeMap::new();
     for (i, &first) in firsts.iter().enumerate() {
         let next_first = firsts.get(i + 1).copied();
@@ -184,18 +186,19 @@ async fn remove_torn_last_segment<E: Env>(
     if SegmentHeader::decode(&data).is_some_and(|h| h.first == first) {
         return Ok(());
     }
-    let idx = index_path(dir, first);
-    let indexed = std::fs::metadata(&idx)
-        .map(|m| m.len() > 64)
-        .unwrap_or(false)
-        && std::fs::read(&idx)?
-            .get(64..72)
-            .is_some_and(|e| e != [0; 8]);
-    if indexed {
+    // The header is fdatasynced before any record is written, so a segment
+    // torn at creation holds no record bytes at all. Anything else is
+    // damage to a segment that may hold acknowledged records.
+    if data
+        .get(DATA_START as usize..)
+        .is_some_and(|rest| rest.iter().any(|&b| b != 0))
+    {
         return Err(corrupt(&path, 0, "segment header does not verify"));
     }
-    tracing::warn!(segment = %path.display(), "removing segment torn at creation");
-    env.remove(&path).await?;
+    tracing::warn!(segment = %path.display(), "setting aside segment torn at creation");
+    let aside = path.with_extension("torn");
+    std::fs::rename(&path, &aside)?;
+    let idx = index_path(dir, first);
     if idx.exists() {
         env.remove(&idx).await?;
     }
@@ -223,6 +226,10 @@ fn recover_segment(
     let (mut index, trusted_end) = match Index::load(&idx_path, first, header.salt)? {
         Loaded::Sealed { index, data_end } => (index, Some(data_end)),
         Loaded::Open(index) => (index, None),
+        Loaded::Damaged(index) => {
+            rebuilt = true;
+            (index, None)
+        }
         Loaded::Unusable => {
             rebuilt = true;
             (Index::create(&idx_path, first, header.salt)?, None)
@@ -236,8 +243,8 @@ fn recover_segment(
         index = Index::create(&idx_path, first, header.salt)?;
         rebuilt = true;
     }
-    let (start, cut) = watermark(&path, &data, &header, &mut index, payload_max)?;
-    if rebuilt || cut {
+    let start = watermark(&path, &data, &header, &index)?;
+    if rebuilt {
         report.indexes_rebuilt += 1;
     }
     let next = Sequence(first.0 + index.len() as u64);
@@ -254,6 +261,11 @@ fn recover_segment(
     let end = match stop {
         Stop::End { offset } => offset,
         Stop::Invalid { offset, reason } if is_last => {
+            let bad_seq = Sequence(first.0 + index.len() as u64);
+            if let Some(later) = later_proof(&data, header.salt, offset, bad_seq) {
+                tracing::error!(segment = %path.display(), offset, later, "damaged record followed by newer durable records");
+                return Err(corrupt(&path, offset, reason.as_str()));
+            }
             tracing::warn!(segment = %path.display(), offset, reason = reason.as_str(), "cutting torn tail");
             report.truncated = Some((path.clone(), offset, reason.as_str()));
             offset
@@ -321,52 +333,45 @@ fn sealed_index_holds(
         Probe::Record(h) if h.sequence.0 == next.0 - 1 && offset + h.frame_len() as u64 == end)
 }
 
-/// Checks an open index against the segment by walking record headers
-/// (header checksums only, no payload) from the start: every indexed record
-/// must be where the log's own framing puts it, and the last one must
-/// verify fully. Returns where to resume full scanning and whether index
-/// entries were dropped as garbage.
-///
-/// A record the index vouches for that does not verify is corruption of
-/// acknowledged data (entries are written only after the fdatasync that
-/// covered their record). An entry that disagrees with the framing while
-/// the record there verifies is a bad index: it is cut at that entry.
-fn watermark(
-    path: &Path,
-    data: &[u8],
-    header: &SegmentHeader,
-    index: &mut Index,
-    payload_max: usize,
-) -> Result<(u64, bool)> {
-    let mut at = DATA_START;
-    let mut last_ok = None;
-    for i in 0..index.len() {
-        let want = Sequence(header.first.0 + i as u64);
-        let probe = data.get(at as usize..).map_or(Probe::End, |b| {
-            record::probe_header(b, header.salt, payload_max)
-        });
-        let (offset, _) = index.entry(i).expect("in range");
-        let frame = match probe {
-            Probe::Record(h) if h.sequence == want => h.frame_len() as u64,
-            Probe::Invalid(why) => return Err(corrupt(path, at, why.as_str())),
-            _ => return Err(corrupt(path, at, "indexed record missing")),
-        };
-        if offset != at {
-            tracing::warn!(segment = %path.display(), entry = i, "index disagrees with segment; cutting it");
-            index.truncate(i);
-            return Ok((at, true));
-        }
-        last_ok = Some(at);
-        at += frame;
+/// Checks an open index against the segment: every entry carries its own
+/// check (see [`crate::index`]), so only the last indexed record is read
+/// and verified in full. Entries are written only after the fdatasync that
+/// covered their record, so if that record does not verify, acknowledged
+/// data is damaged: `Corruption`. Returns where scanning resumes.
+fn watermark(path: &Path, data: &[u8], header: &SegmentHeader, index: &Index) -> Result<u64> {
+    let Some(last) = index.len().checked_sub(1) else {
+        return Ok(DATA_START);
+    };
+    let (offset, _) = index.entry(last).expect("in range");
+    let want = Sequence(header.first.0 + last as u64);
+    let probe = data.get(offset as usize..).map_or(Probe::End, |b| {
+        record::probe(b, header.salt, record::PAYLOAD_FORMAT_MAX)
+    });
+    match probe {
+        Probe::Record(h) if h.sequence == want => Ok(offset + h.frame_len() as u64),
+        Probe::Invalid(why) => Err(corrupt(path, offset, why.as_str())),
+        _ => Err(corrupt(path, offset, "indexed record missing")),
     }
-    if let Some(offset) = last_ok {
-        if let Probe::Invalid(why) =
-            record::probe(&data[offset as usize..], header.salt, payload_max)
-        {
-            return Err(corrupt(path, offset, why.as_str()));
+}
+
+/// After a record that does not verify at `bad_offset` (expected sequence
+/// `bad_seq`), looks for any later record that verifies and says it was
+/// queued after `bad_seq` was durable. Finding one proves the bad record
+/// had been acknowledged-capable data, not a torn tail. Only runs on the
+/// (rare) invalid-record path; a memmem scan for the record magic.
+fn later_proof(data: &[u8], salt: u64, bad_offset: u64, bad_seq: Sequence) -> Option<u64> {
+    let magic = record::RECORD_MAGIC.to_le_bytes();
+    let from = bad_offset as usize + 1;
+    let rest = data.get(from..)?;
+    memchr::memmem::find_iter(rest, &magic).find_map(|i| {
+        let at = from + i;
+        match record::probe(&data[at..], salt, record::PAYLOAD_FORMAT_MAX) {
+            Probe::Record(h) if h.sequence > bad_seq && h.durable_before > bad_seq => {
+                Some(at as u64)
+            }
+            _ => None,
         }
-    }
-    Ok((at, false))
+    })
 }
 
 /// Truncates the last segment to its data end (dropping any stale bytes),
@@ -403,15 +408,6 @@ async fn load_cursors<E: Env>(
         LoadedCursors::Empty => Snapshot::default(),
         LoadedCursors::Corrupt => return Err(corrupt(&path, 0, "no cursor slot verifies")),
     };
-    let file = if bytes.is_some() {
-        env.open(&path).await?
-    } else {
-        let file = env.create(&path).await?;
-        file.write_at(vec![0; 2 * SLOT_BYTES], 0).await?;
-        file.sync_data().await?;
-        env.sync_dir(dir).await?;
-        file
-    };
     let mut values = BTreeMap::new();
     for name in &config.cursors {
         let stored = durable.values.get(name).copied().unwrap_or(first_retained);
@@ -423,5 +419,22 @@ async fn load_cursors<E: Env>(
     for name in durable.values.keys().filter(|n| !values.contains_key(*n)) {
         tracing::warn!(cursor = %name, "dropping cursor no longer configured");
     }
+    let (file, durable) = if bytes.is_some() {
+        (env.open(&path).await?, durable)
+    } else {
+        // A new file starts with a valid generation-0 snapshot in slot 0,
+        // so a torn first update (to slot 1) still leaves a good slot.
+        let initial = Snapshot {
+            generation: 0,
+            values: values.clone(),
+        };
+        let file = env.create(&path).await?;
+        let mut both = initial.encode();
+        both.resize(2 * SLOT_BYTES, 0);
+        file.write_at(both, 0).await?;
+        file.sync_data().await?;
+        env.sync_dir(dir).await?;
+        (file, initial)
+    };
     Ok((file, durable, values))
 }

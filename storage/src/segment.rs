@@ -202,14 +202,13 @@ mod tests {
     fn scan_stops_at_end_and_at_garbage() {
         let mut data = vec![0u8; DATA_START as usize];
         for i in 0..3 {
-            record::encode(
-                &mut data,
-                1,
-                RecordKind(1),
-                Sequence(10 + i),
-                TimestampMs(0),
-                &[b"abc"],
-            );
+            let meta = record::Meta {
+                kind: RecordKind(1),
+                sequence: Sequence(10 + i),
+                timestamp: TimestampMs(0),
+                durable_before: Sequence(10),
+            };
+            record::encode(&mut data, 1, meta, &[b"abc"]);
         }
         let end = data.len() as u64;
         data.resize(data.len() + 100, 0);

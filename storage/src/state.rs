@@ -36,6 +36,39 @@ impl Segment {
     }
 }
 
+/// Append-only view of one record's payload area in the batch buffer,
+/// given to [`crate::Log::append_with`] writers. It cannot touch bytes
+/// already in the buffer (acknowledged records share its first block) and
+/// cannot write past the announced length.
+pub struct PayloadWriter<'a> {
+    out: &'a mut Vec<u8>,
+    end: usize,
+    overflowed: bool,
+}
+
+impl PayloadWriter<'_> {
+    /// Appends `bytes`. Writing past the announced length is recorded and
+    /// makes the append fail (nothing is stored).
+    pub fn put(&mut self, bytes: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.out.len() + bytes.len() > self.end {
+            // One byte past the end guarantees the length check fails and
+            // the whole record is cut back out of the buffer.
+            self.out.resize(self.end + 1, 0);
+            self.overflowed = true;
+            return;
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes still expected.
+    pub fn remaining(&self) -> usize {
+        self.end.saturating_sub(self.out.len())
+    }
+}
+
 /// A record encoded into a chunk, waiting for its index entry.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
@@ -64,15 +97,19 @@ impl Chunk {
     }
 
     /// The chunk that continues after this one in the same segment: it
-    /// starts with a copy of the partial last block.
+    /// starts with a copy of the partial last block. Its buffer is sized
+    /// like this chunk's (a high-water mark), so a steady load does not
+    /// regrow it record by record.
     pub fn continuation(&self) -> Chunk {
         let end = self.end();
         let pos = end - end % BLOCK;
+        let mut buf = Vec::with_capacity(self.buf.len() + BLOCK as usize);
+        buf.extend_from_slice(&self.buf[(pos - self.file_pos) as usize..]);
         Chunk {
             new_segment: None,
             salt: self.salt,
             file_pos: pos,
-            buf: self.buf[(pos - self.file_pos) as usize..].to_vec(),
+            buf,
             records: Vec::new(),
         }
     }
@@ -132,19 +169,19 @@ impl<F> State<F> {
 
     /// Encodes one record into the open chunk, rolling to a new segment
     /// when it would not fit or the segment is too old; `write` appends the
-    /// payload (exactly `payload_len` bytes) knowing its sequence. No I/O,
-    /// no await; the payload is written once, into the batch buffer.
+    /// payload knowing its sequence. No I/O, no await; the payload is
+    /// written once, into the batch buffer. `None` (and nothing queued,
+    /// no sequence used) if `write` did not write exactly `payload_len`.
     pub fn enqueue(
         &mut self,
         limits: (u64, u64),
         kind: RecordKind,
         at: TimestampMs,
         payload_len: usize,
-        write: impl FnOnce(Sequence, &mut Vec<u8>),
-    ) -> Sequence {
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
+    ) -> Option<Sequence> {
         let (segment_bytes_max, segment_age_max_ms) = limits;
         let at = at.max(self.last_ts);
-        self.last_ts = at;
         let frame = (HEADER_LEN + payload_len) as u64;
         let end = self.pending.back().expect("open chunk").end();
         let too_old = at.0
@@ -165,26 +202,38 @@ impl<F> State<F> {
                 new_segment: Some(header),
                 salt: header.salt,
                 file_pos: DATA_START,
-                buf: Vec::new(),
+                buf: Vec::with_capacity(frame as usize),
                 records: Vec::new(),
             });
         }
         let seq = self.next_seq;
+        let meta = record::Meta {
+            kind,
+            sequence: seq,
+            timestamp: at,
+            durable_before: self.durable_next,
+        };
         let chunk = self.pending.back_mut().expect("open chunk");
         let offset = chunk.end();
-        record::encode_with(
-            &mut chunk.buf,
-            chunk.salt,
-            kind,
-            seq,
-            at,
-            payload_len,
-            |out| write(seq, out),
-        );
+        let written = record::encode_with(&mut chunk.buf, chunk.salt, meta, payload_len, |out| {
+            let end = out.len() + payload_len;
+            write(
+                seq,
+                &mut PayloadWriter {
+                    out,
+                    end,
+                    overflowed: false,
+                },
+            )
+        });
+        if !written {
+            return None;
+        }
         chunk.records.push(Entry { seq, offset, at });
+        self.last_ts = at;
         self.next_seq = seq.next();
         self.pending_bytes += frame as usize;
-        seq
+        Some(seq)
     }
 
     /// Hands every chunk with records to the flusher and leaves a fresh

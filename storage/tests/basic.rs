@@ -193,8 +193,8 @@ fn append_with_writes_the_payload_in_place_knowing_its_sequence() {
         log.append(KIND, TimestampMs(1), &[b"first"]).await.unwrap();
         let seq = log
             .append_with(KIND, TimestampMs(2), 13, |seq, out| {
-                out.extend_from_slice(b"id=");
-                out.extend_from_slice(format!("{:010}", seq.0).as_bytes());
+                out.put(b"id=");
+                out.put(format!("{:010}", seq.0).as_bytes());
             })
             .await
             .unwrap();

@@ -5,6 +5,8 @@ mod common;
 
 use std::path::Path;
 
+use futures_lite::future::zip;
+
 use common::{copy_dir, fast_tempdir, last_segment, open, payload, run, small_config, KIND};
 use tern_storage::{BufferedEnv, Error, Log, LogConfig, Sequence, TimestampMs};
 
@@ -30,12 +32,23 @@ fn log_with_unacknowledged_tail(cfg: &LogConfig) -> (tempfile::TempDir, u64, Vec
     });
     run(async {
         let log = open(BufferedEnv, dir.path(), cfg).await;
-        for (i, len) in TAIL_LENS.iter().enumerate() {
-            let n = DURABLE + i as u64;
-            log.append(KIND, TimestampMs(200), &[&payload(n, *len)])
-                .await
-                .unwrap();
-        }
+        // One batch (all queued in one poll): none of them was durable
+        // before the others were queued, as in a real unacknowledged tail.
+        let p: Vec<_> = (0..3)
+            .map(|i| payload(DURABLE + i as u64, TAIL_LENS[i]))
+            .collect();
+        let (a, (b, c)) = zip(
+            log.append(KIND, TimestampMs(200), &[&p[0]]),
+            zip(
+                log.append(KIND, TimestampMs(200), &[&p[1]]),
+                log.append(KIND, TimestampMs(200), &[&p[2]]),
+            ),
+        )
+        .await;
+        assert_eq!(
+            [a.unwrap(), b.unwrap(), c.unwrap()],
+            [Sequence(6), Sequence(7), Sequence(8)]
+        );
         log.close().await.unwrap();
     });
     // The index as it was before the tail: the tail was never acknowledged.
@@ -43,7 +56,7 @@ fn log_with_unacknowledged_tail(cfg: &LogConfig) -> (tempfile::TempDir, u64, Vec
     let mut ends = Vec::new();
     let mut at = tail_start;
     for len in TAIL_LENS {
-        at += 36 + len as u64;
+        at += (tern_storage::record::HEADER_LEN + len) as u64;
         ends.push(at);
     }
     (dir, tail_start, ends)
@@ -318,8 +331,32 @@ fn segment_torn_at_creation_is_removed_but_a_damaged_one_is_an_error() {
         );
         log.close().await.unwrap();
     });
-    // The header of the last real segment damaged while its index vouches
-    // for records: corruption, never a silent removal.
+    assert!(
+        torn.with_extension("torn").exists(),
+        "set aside, not deleted"
+    );
+    // The header of the last real segment damaged while it holds records:
+    // corruption, never a silent removal, with or without its index.
+    for keep_index in [true, false] {
+        let work = fast_tempdir();
+        copy_dir(base.path(), work.path());
+        let (seg, idx) = last_segment(work.path());
+        if !keep_index {
+            std::fs::remove_file(idx).unwrap();
+        }
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[9] ^= 1;
+        std::fs::write(&seg, bytes).unwrap();
+        run(async {
+            let err = Log::open(BufferedEnv, work.path(), cfg.clone(), TimestampMs(1))
+                .await
+                .err();
+            assert!(
+                matches!(err, Some(Error::Corruption { offset: 0, .. })),
+                "{err:?}"
+            );
+        });
+    }
     let work = fast_tempdir();
     copy_dir(base.path(), work.path());
     let (seg, _) = last_segment(work.path());
@@ -395,5 +432,92 @@ fn cursors_survive_reopen_and_a_torn_slot() {
             .await
             .err();
         assert!(matches!(err, Some(Error::Corruption { .. })), "{err:?}");
+    });
+}
+
+#[test]
+fn damaged_record_with_lost_index_is_corruption_when_later_batches_prove_it() {
+    // Power loss can lose the (never fsynced) index. Records queued after a
+    // record was durable say so (`durable_before`), so damage to that
+    // record is still reported, not cut as a torn tail.
+    let cfg = small_config();
+    let base = fast_tempdir();
+    run(async {
+        let log = open(BufferedEnv, base.path(), &cfg).await;
+        for i in 0..50 {
+            log.append(KIND, TimestampMs(5), &[&payload(i, 200)])
+                .await
+                .unwrap();
+        }
+        log.close().await.unwrap();
+    });
+    let (seg, idx) = last_segment(base.path());
+    std::fs::remove_file(&idx).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let record4 = 4096 + 3 * (tern_storage::record::HEADER_LEN + 200) + 50;
+    bytes[record4] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+    run(async {
+        let err = Log::open(BufferedEnv, base.path(), cfg.clone(), TimestampMs(1))
+            .await
+            .err();
+        assert!(matches!(err, Some(Error::Corruption { .. })), "{err:?}");
+    });
+}
+
+#[test]
+fn lowering_record_bytes_max_keeps_old_records_readable() {
+    let big = LogConfig {
+        record_bytes_max: 64 << 10,
+        ..small_config()
+    };
+    let small = LogConfig {
+        record_bytes_max: 32 << 10,
+        ..small_config()
+    };
+    let dir = fast_tempdir();
+    let p = payload(1, 60_000);
+    run(async {
+        let log = open(BufferedEnv, dir.path(), &big).await;
+        log.append(KIND, TimestampMs(5), &[&p]).await.unwrap();
+        log.append(KIND, TimestampMs(5), &[b"after"]).await.unwrap();
+        log.close().await.unwrap();
+    });
+    for drop_index in [false, true] {
+        if drop_index {
+            std::fs::remove_file(last_segment(dir.path()).1).unwrap();
+        }
+        run(async {
+            let log = open(BufferedEnv, dir.path(), &small).await;
+            assert_eq!(log.durable_end(), Sequence(3));
+            assert_eq!(log.read(Sequence(1)).unwrap().payload, p);
+            assert!(matches!(
+                log.append(KIND, TimestampMs(5), &[&p]).await,
+                Err(Error::RecordTooLarge { .. })
+            ));
+            log.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn torn_first_cursor_write_is_not_corruption() {
+    let dir = fast_tempdir();
+    let cfg = small_config();
+    run(async {
+        let log = open(BufferedEnv, dir.path(), &cfg).await;
+        log.append(KIND, TimestampMs(5), &[b"x"]).await.unwrap();
+        log.set_cursor("queue", Sequence(2)).await.unwrap();
+        log.close().await.unwrap();
+    });
+    // The first update went to slot 1; tear it.
+    let path = dir.path().join("cursors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096 + 600..].fill(0xAA);
+    std::fs::write(&path, bytes).unwrap();
+    run(async {
+        let log = open(BufferedEnv, dir.path(), &cfg).await;
+        assert_eq!(log.cursor("queue"), Some(Sequence(1)), "initial slot 0");
+        log.close().await.unwrap();
     });
 }
