@@ -19,9 +19,9 @@
 //! 5. Push index entries (memory stores into the mapped index), advance the
 //!    durable point, wake the appenders: their `append` returns.
 //! 6. If cursors changed: write the next cursor slot, **fdatasync(cursors)**,
-//!    wake the cursor setters. Cursors never reach disk before the records
-//!    they point past (they were set after those records were queued, and
-//!    step 4 of the same or an earlier batch covered them).
+//!    wake the cursor setters. `Log::set_cursor(to)` waits until every
+//!    record below `to` is durable before changing the value, so a cursor
+//!    never reaches the disk before the records it passes.
 //!
 //! Any error in steps 2-6 fails the log for good (`Error::Fatal`): after a
 //! failed fdatasync the kernel may have dropped the dirty pages, so retrying

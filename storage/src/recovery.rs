@@ -10,20 +10,21 @@
 //!   end exactly where the next one begins, else `Error::Corruption`.
 //! * The last segment (and any segment whose index was never sealed): index
 //!   entries are written only after the fdatasync that covered their
-//!   record, so the indexed prefix is acknowledged data. It is checked by
-//!   walking record headers (header checksums only) and fully verifying the
-//!   last indexed record: a record the index vouches for that does not
-//!   verify fails the open with `Error::Corruption` naming segment and
-//!   offset; an entry that disagrees with the log's framing is a bad index
-//!   and is cut there. Records after the indexed prefix were written but
-//!   possibly never acknowledged: they are scanned with full checksums and
-//!   the log is cut at the first one that does not verify (a torn tail).
-//!   Payload work is proportional to that unflushed tail.
+//!   record and each carries its own check, so the verifying entries are
+//!   the acknowledged prefix. Only the last indexed record is read and
+//!   fully verified; if it fails, acknowledged data is damaged:
+//!   `Error::Corruption` naming segment and offset. Records after the
+//!   indexed prefix were written but possibly never acknowledged: they are
+//!   scanned with full checksums. At the first one that does not verify,
+//!   a later verifying record whose `durable_before` is above the bad
+//!   sequence proves the bad one had been durable (corruption); otherwise
+//!   it is a torn tail and the log is cut there. Work is proportional to
+//!   the index files plus that unflushed tail.
 //! * The last segment is then truncated to its data end and preallocated
 //!   again, so no stale bytes beyond the end can ever be read as records.
-//! * A last segment whose header does not verify and that has no index
-//!   entries was torn while being created (no record in it was ever
-//!   acknowledged, its header is synced before any record): it is deleted.
+//! * A last segment whose header does not verify and that holds no record
+//!   bytes was torn while being created (its header is synced before any
+//!   record): it is set aside as `*.torn`. With record bytes: corruption.
 //! * Cursors: the newest verifying slot; values behind the first retained
 //!   record are clamped to it; values beyond the end are corruption.
 

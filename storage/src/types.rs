@@ -3,8 +3,10 @@
 use std::fmt;
 
 /// Position of a record in one log: assigned at append, strictly increasing
-/// by one per record, never reused (the active segment is never deleted, so
-/// the next sequence survives reclamation and restarts).
+/// by one per record. The sequence of an acknowledged record is never
+/// reused (the active segment is never deleted, so the next sequence
+/// survives reclamation and restarts); sequences of records cut as a torn
+/// tail after a crash (never acknowledged) may be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sequence(pub u64);
 
