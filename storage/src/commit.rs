@@ -35,7 +35,7 @@ use crate::env::{Env, LogFile};
 use crate::error::Result;
 use crate::log::Shared;
 use crate::segment::BLOCK;
-use crate::state::Chunk;
+use crate::state::{bucket, Chunk, BATCH_BUCKETS, SYNC_BUCKETS};
 
 /// Body of the flusher task spawned by [`crate::Log::open`]. Holds only a
 /// weak reference while idle, so dropping every `Log` handle ends it.
@@ -100,8 +100,16 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
     chunk.buf.resize(padded, 0);
     file.write_at(std::mem::take(&mut chunk.buf), chunk.file_pos)
         .await?;
+    let sync_started = std::time::Instant::now();
     file.sync_data().await?;
+    let sync_us = sync_started.elapsed().as_micros() as u64;
     let mut st = shared.st.borrow_mut();
+    let stats = &mut st.stats;
+    stats.batches += 1;
+    stats.records += chunk.records.len() as u64;
+    stats.bytes_written += padded as u64;
+    stats.sync_us_buckets[bucket(sync_us, SYNC_BUCKETS)] += 1;
+    stats.batch_records_buckets[bucket(chunk.records.len() as u64, BATCH_BUCKETS)] += 1;
     let last = *chunk.records.last().expect("chunk has records");
     let (_, segment) = st.segments.iter_mut().next_back().expect("active segment");
     for entry in &chunk.records {

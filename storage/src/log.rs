@@ -16,7 +16,7 @@ use crate::index::Index;
 use crate::record::{self, Probe, HEADER_LEN};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{index_path, segment_path, SegmentHeader};
-use crate::state::{PayloadWriter, Segment, State};
+use crate::state::{LogStats, PayloadWriter, Segment, State};
 use crate::types::{RecordKind, Sequence, TimestampMs};
 
 /// Extra payload bytes of a copied-forward record:
@@ -428,6 +428,11 @@ impl<E: Env> Log<E> {
         };
         self.wait(|st| st.durable_next >= target.0 && st.durable_cursor_version >= target.1)
             .await
+    }
+
+    /// Durability-path counters (batches, fdatasync latency...).
+    pub fn stats(&self) -> LogStats {
+        self.shared.st.borrow().stats
     }
 
     /// The directory of this log.

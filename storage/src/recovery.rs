@@ -165,6 +165,7 @@ pub(crate) async fn recover<E: Env>(
         durable_cursor_version: 0,
         durable_cursors: durable,
         waiters: Vec::new(),
+        stats: Default::default(),
         flusher: None,
         failed: None,
         closed: false,

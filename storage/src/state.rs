@@ -115,6 +115,34 @@ impl Chunk {
     }
 }
 
+/// Counters of the durability path, for metrics. Plain numbers since the
+/// log opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Group commits (one write + one fdatasync each).
+    pub batches: u64,
+    /// Records made durable.
+    pub records: u64,
+    /// Bytes written (block-aligned, including rewritten partial blocks).
+    pub bytes_written: u64,
+    /// fdatasync latency histogram: bucket `i` counts syncs that took less
+    /// than `2^i` microseconds (the last bucket: everything slower).
+    pub sync_us_buckets: [u64; SYNC_BUCKETS],
+    /// Records per batch histogram: bucket `i` counts batches of less than
+    /// `2^i` records (the last bucket: everything larger).
+    pub batch_records_buckets: [u64; BATCH_BUCKETS],
+}
+
+/// Buckets of [`LogStats::sync_us_buckets`] (1 us .. ~1 s).
+pub const SYNC_BUCKETS: usize = 21;
+/// Buckets of [`LogStats::batch_records_buckets`] (1 .. 4096 records).
+pub const BATCH_BUCKETS: usize = 13;
+
+/// Index of the power-of-two bucket holding `v` ("less than 2^i").
+pub fn bucket(v: u64, buckets: usize) -> usize {
+    ((u64::BITS - v.leading_zeros()) as usize).min(buckets - 1)
+}
+
 /// Mutable state of one log.
 pub(crate) struct State<F> {
     pub segments: BTreeMap<Sequence, Segment>,
@@ -144,6 +172,7 @@ pub(crate) struct State<F> {
     /// Appenders, cursor setters and back-pressured tasks.
     pub waiters: Vec<Waker>,
     pub flusher: Option<Waker>,
+    pub stats: LogStats,
     /// Set by the first I/O error on the durability path; permanent.
     pub failed: Option<String>,
     pub closed: bool,

@@ -126,6 +126,14 @@ fn concurrent_appenders_share_fdatasyncs() {
         seqs.dedup();
         assert_eq!(seqs.len(), 64);
         let syncs = env.syncs() - before;
+        let stats = log.stats();
+        assert_eq!(stats.records, 64);
+        assert_eq!(stats.batches, syncs);
+        assert_eq!(stats.sync_us_buckets.iter().sum::<u64>(), stats.batches);
+        assert!(
+            stats.batch_records_buckets[7] >= 1,
+            "a batch of 64..127 records: {stats:?}"
+        );
         // 64 appends queued in one turn of the executor: one batch (plus at
         // most one more for stragglers), never one fdatasync each.
         assert!(syncs <= 2, "{syncs} fdatasyncs for 64 appends");
@@ -205,5 +213,29 @@ fn append_with_writes_the_payload_in_place_knowing_its_sequence() {
                 .await,
             Err(Error::ReservedKind(_))
         ));
+    });
+}
+
+#[test]
+fn inspection_reads_a_live_log_without_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(BufferedEnv, dir.path(), &small_config()).await;
+        for i in 0..100u64 {
+            log.append(KIND, TimestampMs(5), &[&payload(i, 3000)])
+                .await
+                .unwrap();
+        }
+        let forwarded = log.copy_forward(Sequence(3), TimestampMs(6)).await.unwrap();
+        log.set_cursor("queue", Sequence(50)).await.unwrap();
+        // While the log is open (locked), the inspector still reads it.
+        let view = tern_storage::inspect::inspect(dir.path()).unwrap();
+        assert_eq!(view.cursor("queue"), Some(Sequence(50)));
+        let recs: Vec<_> = view.records_from(Sequence(50)).collect();
+        assert_eq!(recs.len(), 52);
+        assert_eq!(recs[0].payload, payload(49, 3000));
+        let last = recs.last().unwrap();
+        assert_eq!((last.sequence, last.origin), (forwarded, Some(Sequence(3))));
+        assert_eq!(last.payload, payload(2, 3000));
     });
 }
