@@ -108,7 +108,9 @@ pub fn reverse_path(s: &str) -> Result<(ReversePath, &str), PathError> {
 /// Parses a forward path, accepting `<Postmaster>`.
 pub fn forward_path(s: &str) -> Result<(ForwardPath, &str), PathError> {
     // `get` (not indexing): byte 12 may fall inside a UTF-8 character.
-    if s.get(..12).is_some_and(|head| head.eq_ignore_ascii_case("<postmaster>")) {
+    if s.get(..12)
+        .is_some_and(|head| head.eq_ignore_ascii_case("<postmaster>"))
+    {
         return Ok((ForwardPath::Postmaster, &s[12..]));
     }
     let (m, rest) = path(s)?;

@@ -197,6 +197,11 @@ impl<P: Policy> Session<P> {
         self.tx.is_none() && matches!(self.phase, Phase::Command)
     }
 
+    /// Error replies sent so far (for metrics).
+    pub fn error_count(&self) -> u32 {
+        self.errors
+    }
+
     /// Bytes received but not processed yet.
     pub fn buffered(&self) -> usize {
         self.input.len() - self.start

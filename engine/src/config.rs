@@ -1,0 +1,494 @@
+//! Configuration: a strict TOML file (unknown keys are errors), command-line
+//! overrides, defaults, and validation that reports every problem at once.
+//! Every key is documented in `tern.example.toml` and README.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use tern_storage::LogConfig;
+
+/// A duration written as "5m", "30s", "2d" (humantime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+/// A size written as "35MiB", "128 MiB", "4096" (bytes), "1GiB", "10kB".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "kB" | "KB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, kB, MB, GB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} overflows"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    smtp: SmtpSection,
+    #[serde(default)]
+    relay: RelaySection,
+    #[serde(default)]
+    storage: StorageSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<String>,
+    hostname: Option<String>,
+    data_dir: Option<PathBuf>,
+    cores: Option<usize>,
+    relay_to: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmtpSection {
+    message_size_max: Option<ByteSize>,
+    recipients_max: Option<usize>,
+    errors_max: Option<u32>,
+    inactivity_timeout: Option<HumanDuration>,
+    session_timeout: Option<HumanDuration>,
+    connections_per_core_max: Option<usize>,
+    connections_per_ip_max: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySection {
+    client_networks: Option<Vec<String>>,
+    recipient_domains: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    segment_size: Option<ByteSize>,
+    segment_age_max: Option<HumanDuration>,
+    retention_min: Option<HumanDuration>,
+    pending_bytes_max: Option<ByteSize>,
+}
+
+/// Command-line values that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--cores`.
+    pub cores: Option<usize>,
+    /// `--relay-to`.
+    pub relay_to: Option<String>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<String>,
+}
+
+/// SMTP session limits.
+#[derive(Clone, Debug)]
+pub struct SmtpLimits {
+    /// Largest message (advertised in SIZE).
+    pub message_size_max: usize,
+    /// Recipients per message.
+    pub recipients_max: usize,
+    /// Errors before the session is closed.
+    pub errors_max: u32,
+    /// Longest wait for the client's next bytes.
+    pub inactivity_timeout: Duration,
+    /// Longest whole session.
+    pub session_timeout: Duration,
+    /// Open connections per core.
+    pub connections_per_core_max: usize,
+    /// Open connections per client IP (whole server).
+    pub connections_per_ip_max: usize,
+}
+
+/// Who may relay.
+#[derive(Clone, Debug)]
+pub struct RelayRules {
+    /// Clients in these networks may relay anywhere.
+    pub client_networks: Vec<IpNet>,
+    /// Anyone may send to these domains (lower case).
+    pub recipient_domains: Vec<String>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// SMTP listen address (SO_REUSEPORT on every core).
+    pub listen: SocketAddr,
+    /// Name in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// Data directory (`shard-N/` per core).
+    pub data_dir: PathBuf,
+    /// Cores (executors) to run.
+    pub cores: usize,
+    /// Smarthost for delivery (used by the delivery issue).
+    pub relay_to: Option<String>,
+    /// Admin listener (metrics); `None` when set to "off".
+    pub admin_listen: Option<SocketAddr>,
+    /// Bound on finishing in-flight transactions at shutdown.
+    pub shutdown_grace: Duration,
+    /// Session limits.
+    pub smtp: SmtpLimits,
+    /// Relay control.
+    pub relay: RelayRules,
+    /// Log settings per shard.
+    pub storage: LogConfig,
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates or
+    // truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `overrides`, fills defaults and
+    /// validates. Errors list every problem.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let file = match path {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| vec![format!("cannot read {}: {e}", p.display())])?;
+                toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", p.display())])?
+            }
+        };
+        Config::resolve(file, overrides)
+    }
+
+    /// Parses TOML text (for tests and `tern check-config`).
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        Config::resolve(file, overrides)
+    }
+
+    fn resolve(f: FileConfig, o: &Overrides) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let listen_s = o
+            .listen
+            .clone()
+            .or(f.server.listen)
+            .unwrap_or_else(|| "127.0.0.1:2525".into());
+        let listen = listen_s
+            .parse()
+            .map_err(|_| problems.push(format!("server.listen: {listen_s:?} is not IP:PORT")))
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 2525)));
+        let admin_s = o
+            .admin_listen
+            .clone()
+            .or(f.server.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:8025".into());
+        let admin_listen = if admin_s == "off" {
+            None
+        } else {
+            match admin_s.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "server.admin_listen: {admin_s:?} is not IP:PORT or \"off\""
+                    ));
+                    None
+                }
+            }
+        };
+        let cores = o.cores.or(f.server.cores).unwrap_or(0);
+        let cores = if cores == 0 { available_cores() } else { cores };
+        if cores > 1024 {
+            problems.push(format!("server.cores: {cores} is above 1024"));
+        }
+        let relay_to = o.relay_to.clone().or(f.server.relay_to);
+        if let Some(r) = &relay_to {
+            if r.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                problems.push(format!("server.relay_to: {r:?} is not HOST:PORT"));
+            }
+        }
+        let smtp = resolve_smtp(&f.smtp, &mut problems);
+        let relay = resolve_relay(&f.relay, &mut problems);
+        let storage = resolve_storage(&f.storage, smtp.message_size_max, &mut problems);
+        let config = Config {
+            listen,
+            hostname: f.server.hostname.unwrap_or_else(local_hostname),
+            data_dir: o
+                .data_dir
+                .clone()
+                .or(f.server.data_dir)
+                .unwrap_or_else(|| "./tern-data".into()),
+            cores,
+            relay_to,
+            admin_listen,
+            shutdown_grace: f
+                .server
+                .shutdown_grace
+                .map_or(Duration::from_secs(30), |d| d.0),
+            smtp,
+            relay,
+            storage,
+        };
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn resolve_smtp(s: &SmtpSection, problems: &mut Vec<String>) -> SmtpLimits {
+    let limits = SmtpLimits {
+        message_size_max: s.message_size_max.map_or(35 << 20, |b| b.0 as usize),
+        recipients_max: s.recipients_max.unwrap_or(1000),
+        errors_max: s.errors_max.unwrap_or(20),
+        inactivity_timeout: s
+            .inactivity_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
+        session_timeout: s.session_timeout.map_or(Duration::from_secs(600), |d| d.0),
+        connections_per_core_max: s.connections_per_core_max.unwrap_or(2000),
+        connections_per_ip_max: s.connections_per_ip_max.unwrap_or(100),
+    };
+    // Bounds, each with its reason.
+    if !(1024..=(1 << 30)).contains(&limits.message_size_max) {
+        problems.push("smtp.message_size_max must be 1KiB..=1GiB".into());
+    }
+    if !(100..=100_000).contains(&limits.recipients_max) {
+        problems.push(
+            "smtp.recipients_max must be 100..=100000 (RFC 5321 4.5.3.1.8 requires at least 100)"
+                .into(),
+        );
+    }
+    if limits.errors_max == 0 {
+        problems.push("smtp.errors_max must be at least 1".into());
+    }
+    if limits.inactivity_timeout < Duration::from_secs(1)
+        || limits.session_timeout < limits.inactivity_timeout
+    {
+        problems.push("smtp.inactivity_timeout must be >= 1s and <= smtp.session_timeout".into());
+    }
+    if limits.connections_per_core_max == 0 || limits.connections_per_ip_max == 0 {
+        problems.push(
+            "smtp.connections_per_core_max and connections_per_ip_max must be at least 1".into(),
+        );
+    }
+    limits
+}
+
+fn resolve_relay(r: &RelaySection, problems: &mut Vec<String>) -> RelayRules {
+    let nets = r
+        .client_networks
+        .clone()
+        .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
+    let mut client_networks = Vec::new();
+    for n in nets {
+        match n
+            .parse::<IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(net) => client_networks.push(net),
+            Err(_) => problems.push(format!("relay.client_networks: {n:?} is not an IP network")),
+        }
+    }
+    let mut recipient_domains = Vec::new();
+    for d in r.recipient_domains.clone().unwrap_or_default() {
+        if tern_smtp::address::domain_name(&d) {
+            recipient_domains.push(d.to_lowercase());
+        } else {
+            problems.push(format!("relay.recipient_domains: {d:?} is not a domain"));
+        }
+    }
+    RelayRules {
+        client_networks,
+        recipient_domains,
+    }
+}
+
+fn resolve_storage(
+    s: &StorageSection,
+    message_max: usize,
+    problems: &mut Vec<String>,
+) -> LogConfig {
+    let defaults = LogConfig::default();
+    // A record holds the envelope (bounded by recipients and path limits)
+    // plus the message: leave 1 MiB above the SMTP size limit.
+    let record_bytes_max = message_max + (1 << 20);
+    let segment = s.segment_size.map_or(defaults.segment_bytes_max, |b| b.0);
+    let cfg = LogConfig {
+        record_bytes_max,
+        segment_bytes_max: segment,
+        segment_age_max_ms: s
+            .segment_age_max
+            .map_or(defaults.segment_age_max_ms, |d| d.0.as_millis() as u64),
+        retention_min_ms: s
+            .retention_min
+            .map_or(defaults.retention_min_ms, |d| d.0.as_millis() as u64),
+        pending_bytes_max: s
+            .pending_bytes_max
+            .map_or(defaults.pending_bytes_max, |b| b.0 as usize),
+        cursors: defaults.cursors,
+    };
+    if let Err(tern_storage::Error::Config(list)) = cfg.validate() {
+        problems.extend(list.into_iter().map(|p| {
+            format!("storage: {p} (record_bytes_max follows smtp.message_size_max + 1MiB)")
+        }));
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_toml("", &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
+        assert_eq!(c.smtp.message_size_max, 35 << 20);
+        assert_eq!(c.smtp.inactivity_timeout, Duration::from_secs(300));
+        assert_eq!(c.smtp.session_timeout, Duration::from_secs(600));
+        assert_eq!(c.relay.client_networks.len(), 2);
+        assert_eq!(c.admin_listen, Some("127.0.0.1:8025".parse().unwrap()));
+        assert!(c.cores >= 1);
+    }
+
+    #[test]
+    fn file_values_and_overrides() {
+        let text = r#"
+            [server]
+            listen = "127.0.0.2:25"
+            cores = 2
+            admin_listen = "off"
+            [smtp]
+            message_size_max = "10MiB"
+            inactivity_timeout = "30s"
+            [relay]
+            client_networks = ["10.0.0.0/8", "192.0.2.7"]
+            recipient_domains = ["Example.COM"]
+            [storage]
+            segment_size = "64MiB"
+        "#;
+        let o = Overrides {
+            cores: Some(1),
+            data_dir: Some("/x".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml(text, &o).unwrap();
+        assert_eq!(c.listen.port(), 25);
+        assert_eq!(c.cores, 1);
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.smtp.message_size_max, 10 << 20);
+        assert_eq!(c.storage.segment_bytes_max, 64 << 20);
+        assert_eq!(c.relay.recipient_domains, vec!["example.com".to_string()]);
+        assert_eq!(c.relay.client_networks[1].to_string(), "192.0.2.7/32");
+    }
+
+    #[test]
+    fn strict_and_reports_every_problem() {
+        assert!(Config::from_toml("[server]\nlisten_typo = \"x\"", &Overrides::default()).is_err());
+        assert!(Config::from_toml("[nope]\n", &Overrides::default()).is_err());
+        let text = r#"
+            [server]
+            listen = "nonsense"
+            relay_to = "no-port"
+            [smtp]
+            recipients_max = 5
+            [relay]
+            client_networks = ["300.1.1.1/8"]
+        "#;
+        let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(Config::from_toml(
+            "[smtp]\nmessage_size_max = \"5 parsecs\"",
+            &Overrides::default()
+        )
+        .is_err());
+        assert!(Config::from_toml(
+            "[smtp]\ninactivity_timeout = \"soon\"",
+            &Overrides::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("35MiB".parse::<ByteSize>(), Ok(ByteSize(35 << 20)));
+        assert_eq!("128 MiB".parse::<ByteSize>(), Ok(ByteSize(128 << 20)));
+        assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
+        assert!("1XB".parse::<ByteSize>().is_err());
+        assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! One core: its executor runs this. Own log shard, own SO_REUSEPORT
+//! listener, own sessions; nothing shared on the per-message path (the
+//! per-IP connection table is touched once per connection).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use tern_smtp::server::{Envelope, ServerConfig};
+use tern_smtp::{Reply, Status};
+use tern_storage::{Log, TimestampMs};
+
+use crate::config::{Config, RelayRules};
+use crate::failpoint::EngineEnv;
+use crate::message::{Encoder, QueueId, MESSAGE};
+use crate::metrics::CoreMetrics;
+use crate::received;
+
+/// State shared by all cores (not on the per-message path).
+#[derive(Default)]
+pub struct Shared {
+    /// Set by SIGTERM/SIGINT.
+    pub stop: std::sync::atomic::AtomicBool,
+    /// Cores whose listener is bound.
+    pub ready: std::sync::atomic::AtomicUsize,
+    /// Open connections per client address, whole server.
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Core-local shutdown signal.
+#[derive(Default)]
+pub struct Shutdown {
+    set: Cell<bool>,
+    event: event_listener::Event,
+}
+
+impl Shutdown {
+    /// Has shutdown begun?
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    fn trigger(&self) {
+        self.set.set(true);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Resolves once shutdown begins.
+    pub async fn wait(&self) {
+        if self.is_set() {
+            return;
+        }
+        let listener = self.event.listen();
+        if self.is_set() {
+            return;
+        }
+        listener.await;
+    }
+}
+
+/// Everything a session needs from its core.
+pub struct Core {
+    /// Shard number (= core index).
+    pub shard: u16,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Protocol settings shared by this core's sessions.
+    pub smtp: Rc<ServerConfig>,
+    /// Relay rules.
+    pub relay: Rc<RelayRules>,
+    /// This core's log shard.
+    pub log: Log<EngineEnv>,
+    /// This core's counters.
+    pub metrics: Arc<CoreMetrics>,
+    /// Shutdown signal.
+    pub shutdown: Shutdown,
+    open: Cell<usize>,
+    shared: Arc<Shared>,
+}
+
+impl Core {
+    /// Makes a message durable in this core's log; `Ok` only after the
+    /// group commit that covers it. Any storage error is a 452, never 250.
+    pub async fn accept(
+        &self,
+        env: &Envelope,
+        content: &[u8],
+        peer: SocketAddr,
+    ) -> Result<QueueId, Reply> {
+        let now = SystemTime::now();
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let (prefix, suffix) = received::header(&self.config.hostname, env, peer, now);
+        let encoder = Encoder::new(env, peer, ms, (&prefix, &suffix), content);
+        let shard = self.shard;
+        let size = encoder.len();
+        let appended = self
+            .log
+            .append_with(MESSAGE, TimestampMs(ms), size, |sequence, w| {
+                encoder.write(QueueId { shard, sequence }, &mut |b| w.put(b))
+            })
+            .await;
+        match appended {
+            Ok(sequence) => {
+                let id = QueueId { shard, sequence };
+                CoreMetrics::inc(&self.metrics.messages_accepted);
+                self.metrics
+                    .bytes_accepted
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                tracing::info!(id = %id, size, client = %peer, from = %env.from, rcpts = env.recipients.len(), "accepted");
+                Ok(id)
+            }
+            Err(e) => {
+                CoreMetrics::inc(&self.metrics.rejected_storage);
+                tracing::error!(error = %e, client = %peer, "cannot store message; answering 452");
+                Err(Reply::new(
+                    452,
+                    Status(4, 3, 1),
+                    "Error: insufficient system storage",
+                ))
+            }
+        }
+    }
+}
+
+/// Releases a connection slot (core and per-IP) when the session ends.
+struct Slot {
+    core: Rc<Core>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.core.open.set(self.core.open.get() - 1);
+        CoreMetrics::inc(&self.core.metrics.connections_closed);
+        let mut map = self
+            .core
+            .shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn admit(core: &Rc<Core>, ip: IpAddr) -> Option<Slot> {
+    let limits = &core.config.smtp;
+    if core.open.get() >= limits.connections_per_core_max {
+        return None;
+    }
+    let mut map = core.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let n = map.entry(ip).or_insert(0);
+    if *n >= limits.connections_per_ip_max {
+        return None;
+    }
+    *n += 1;
+    drop(map);
+    core.open.set(core.open.get() + 1);
+    CoreMetrics::inc(&core.metrics.connections_total);
+    Some(Slot {
+        core: core.clone(),
+        ip,
+    })
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let reply = Reply::new(
+        421,
+        Status(4, 7, 0),
+        "Error: too many connections, try again later",
+    );
+    let _ = stream.write_all(&reply.to_bytes()).await;
+    let _ = stream.close().await;
+}
+
+/// Runs core `shard` until shutdown: opens its log, listens, serves.
+pub async fn run(
+    shard: usize,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    metrics: Arc<CoreMetrics>,
+) -> anyhow::Result<()> {
+    let env = EngineEnv::from_env().map_err(anyhow::Error::msg)?;
+    let dir = config.data_dir.join(format!("shard-{shard}"));
+    let (log, report) = Log::open(env, &dir, config.storage.clone(), TimestampMs::now()).await?;
+    tracing::info!(shard, dir = %dir.display(), segments = report.segments, next = %report.next_sequence,
+        truncated = report.truncated.is_some(), "log opened");
+    let listener = TcpListener::bind(config.listen).map_err(std::io::Error::from)?;
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    let smtp = Rc::new(ServerConfig {
+        hostname: config.hostname.clone(),
+        message_bytes_max: config.smtp.message_size_max,
+        recipients_max: config.smtp.recipients_max,
+        errors_max: config.smtp.errors_max,
+        extra_ehlo: Vec::new(),
+    });
+    let core = Rc::new(Core {
+        shard: shard as u16,
+        relay: Rc::new(config.relay.clone()),
+        config: config.clone(),
+        smtp,
+        log,
+        metrics,
+        shutdown: Shutdown::default(),
+        open: Cell::new(0),
+        shared: shared.clone(),
+    });
+    glommio::spawn_local(watch(core.clone())).detach();
+    accept_loop(&core, &listener).await;
+    drop(listener);
+    let deadline = Instant::now() + config.shutdown_grace;
+    while core.open.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if core.open.get() > 0 {
+        tracing::warn!(
+            shard,
+            open = core.open.get(),
+            "grace period over; closing sessions mid-transaction (none was answered 250)"
+        );
+    }
+    core.log.clone().close().await?;
+    core.metrics.set_log_stats(&core.log.stats());
+    tracing::info!(shard, "core stopped");
+    Ok(())
+}
+
+async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            core.shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                // EMFILE and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        match admit(core, peer.ip()) {
+            Some(slot) => {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    crate::session::run(core, stream, peer).await;
+                    drop(slot);
+                })
+                .detach();
+            }
+            None => {
+                CoreMetrics::inc(&core.metrics.connections_refused);
+                glommio::spawn_local(refuse(stream)).detach();
+            }
+        }
+    }
+}
+
+/// Publishes log stats and turns the process-wide stop flag into this
+/// core's shutdown signal.
+async fn watch(core: Rc<Core>) {
+    let mut ticks = 0u32;
+    while !core.shutdown.is_set() {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        if core.shared.stop.load(Ordering::SeqCst) {
+            core.shutdown.trigger();
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            core.metrics.set_log_stats(&core.log.stats());
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! tern-engine: the `tern` SMTP relay server.
+//!
+//! # Layout
+//!
+//! ```text
+//! main.rs      CLI (clap): serve, queue list/show, check-config
+//! config.rs    TOML config (strict) + CLI overrides + validation
+//! server.rs    one pinned glommio executor per core, signals, admin thread
+//! core.rs      per core: log shard, SO_REUSEPORT listener, accept loop, limits
+//! session.rs   per connection: socket loop (buffers, deadlines) around tern_smtp
+//! policy.rs    relay control
+//! message.rs   the message record format (envelope + Received + content)
+//! received.rs  the Received: trace header
+//! metrics.rs   per-core counters, Prometheus rendering
+//! admin.rs     admin HTTP listener (/metrics)
+//! failpoint.rs storage env with a test-only fdatasync failpoint
+//! queue_cmd.rs `tern queue list/show` over the read-only inspector
+//! ```
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod core;
+pub mod failpoint;
+pub mod message;
+pub mod metrics;
+pub mod policy;
+pub mod queue_cmd;
+pub mod received;
+pub mod server;
+pub mod session;

@@ -1,0 +1,335 @@
+//! The message record: what one accepted message looks like in the log.
+//!
+//! # Layout
+//!
+//! Record kind [`MESSAGE`] (1). Payload, integers little endian, strings
+//! UTF-8 with a u16 length:
+//!
+//! ```text
+//! { u32 magic = "TNM1" | u16 version = 1 | u16 flags (bit 0: SMTPUTF8, bit 1: 8BITMIME, bit 2: ESMTP)
+//! | u32 envelope_len                (bytes from here to the message)
+//! | u64 received_ms
+//! | u64 size_param                  (MAIL SIZE=, u64::MAX when absent)
+//! | str client_addr | str helo | str mail_from ("" = null sender)
+//! | u32 rcpt_count | rcpt_count * str rcpt
+//! } message bytes: Received header + content as received (CRLF lines)
+//! ```
+//!
+//! Limits: every string is at most 65535 bytes (paths are at most 256 by
+//! RFC 5321, HELO names at most 512), at most 100 000 recipients.
+//! The queue id names shard and sequence: [`QueueId`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use tern_smtp::address::ReversePath;
+use tern_smtp::command::Body;
+use tern_smtp::server::Envelope;
+use tern_storage::{RecordKind, Sequence};
+
+/// Record kind of an accepted message.
+pub const MESSAGE: RecordKind = RecordKind(1);
+
+const MAGIC: &[u8; 4] = b"TNM1";
+const VERSION: u16 = 1;
+const FLAG_SMTPUTF8: u16 = 1;
+const FLAG_8BITMIME: u16 = 2;
+const FLAG_ESMTP: u16 = 4;
+/// Bytes before `envelope_len` counts.
+const FIXED: usize = 12;
+
+/// Unique id of a queued message: shard and sequence. Sequences never
+/// repeat within a shard's log, so the id is unique across restarts.
+/// Written as 2 hex digits of shard and 12 of sequence, e.g. `01000000002A`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId {
+    /// Core / shard number.
+    pub shard: u16,
+    /// Sequence in that shard's log.
+    pub sequence: Sequence,
+}
+
+/// Length of a formatted [`QueueId`] (fixed, so record sizes are known
+/// before the sequence is).
+pub const QUEUE_ID_LEN: usize = 14;
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02X}{:012X}",
+            self.shard & 0xFF,
+            self.sequence.0 & 0xFFFF_FFFF_FFFF
+        )
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() != QUEUE_ID_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{s:?} is not a queue id (14 hex digits)"));
+        }
+        let shard = u16::from_str_radix(&s[..2], 16).map_err(|e| e.to_string())?;
+        let seq = u64::from_str_radix(&s[2..], 16).map_err(|e| e.to_string())?;
+        Ok(QueueId {
+            shard,
+            sequence: Sequence(seq),
+        })
+    }
+}
+
+/// A decoded message record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// When it was accepted.
+    pub received_ms: u64,
+    /// Client socket address.
+    pub client: String,
+    /// HELO/EHLO name.
+    pub helo: String,
+    /// EHLO (true) or HELO.
+    pub esmtp: bool,
+    /// Envelope sender, "" for the null sender.
+    pub mail_from: String,
+    /// MAIL SIZE= if given.
+    pub size_param: Option<u64>,
+    /// BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// SMTPUTF8.
+    pub smtputf8: bool,
+    /// Envelope recipients.
+    pub recipients: Vec<String>,
+    /// Received header + content.
+    pub message: bytes::Bytes,
+}
+
+/// Everything needed to write one record, with its exact size known
+/// before the sequence is.
+pub struct Encoder<'a> {
+    head: Vec<u8>,
+    received_prefix: &'a [u8],
+    received_suffix: &'a [u8],
+    content: &'a [u8],
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl<'a> Encoder<'a> {
+    /// Prepares the envelope. The Received header is written as
+    /// `received_prefix` + queue id + `received_suffix` (see
+    /// [`crate::received`]).
+    pub fn new(
+        envelope: &Envelope,
+        client: SocketAddr,
+        received_ms: u64,
+        received: (&'a [u8], &'a [u8]),
+        content: &'a [u8],
+    ) -> Encoder<'a> {
+        let mut flags = 0;
+        if envelope.params.smtputf8 {
+            flags |= FLAG_SMTPUTF8;
+        }
+        if envelope.params.body == Body::EightBitMime {
+            flags |= FLAG_8BITMIME;
+        }
+        if envelope.esmtp {
+            flags |= FLAG_ESMTP;
+        }
+        let mut env = Vec::with_capacity(64 + envelope.recipients.len() * 32);
+        env.extend_from_slice(&received_ms.to_le_bytes());
+        env.extend_from_slice(&envelope.params.size.unwrap_or(u64::MAX).to_le_bytes());
+        put_str(&mut env, &client.to_string());
+        put_str(&mut env, &envelope.helo);
+        let from = match &envelope.from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        put_str(&mut env, &from);
+        env.extend_from_slice(&(envelope.recipients.len() as u32).to_le_bytes());
+        for r in &envelope.recipients {
+            put_str(&mut env, &r.to_string());
+        }
+        let mut head = Vec::with_capacity(FIXED + env.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&flags.to_le_bytes());
+        head.extend_from_slice(&(env.len() as u32).to_le_bytes());
+        head.extend_from_slice(&env);
+        Encoder {
+            head,
+            received_prefix: received.0,
+            received_suffix: received.1,
+            content,
+        }
+    }
+
+    /// Exact payload length.
+    pub fn len(&self) -> usize {
+        self.head.len()
+            + self.received_prefix.len()
+            + QUEUE_ID_LEN
+            + self.received_suffix.len()
+            + self.content.len()
+    }
+
+    /// Never empty (the header alone has bytes); for clippy's `len` rule.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Writes the payload for queue id `id` through `put` (one copy of the
+    /// content, straight into the log's batch buffer).
+    pub fn write(&self, id: QueueId, put: &mut impl FnMut(&[u8])) {
+        put(&self.head);
+        put(self.received_prefix);
+        put(id.to_string().as_bytes());
+        put(self.received_suffix);
+        put(self.content);
+    }
+}
+
+/// Why a payload is not a message record.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed message record: {0}")]
+pub struct Malformed(&'static str);
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Malformed> {
+        let b = self
+            .buf
+            .get(self.at..self.at + n)
+            .ok_or(Malformed("truncated"))?;
+        self.at += n;
+        Ok(b)
+    }
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn u32(&mut self) -> Result<u32, Malformed> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn string(&mut self) -> Result<String, Malformed> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| Malformed("string not UTF-8"))
+    }
+}
+
+/// Decodes a message record payload.
+pub fn decode(payload: &bytes::Bytes) -> Result<StoredMessage, Malformed> {
+    if payload.get(..4) != Some(MAGIC) {
+        return Err(Malformed("bad magic"));
+    }
+    let mut r = Reader {
+        buf: payload,
+        at: 4,
+    };
+    let version = u16::from_le_bytes(r.take(2)?.try_into().expect("2"));
+    if version != VERSION {
+        return Err(Malformed("unknown version"));
+    }
+    let flags = u16::from_le_bytes(r.take(2)?.try_into().expect("2"));
+    let env_len = r.u32()? as usize;
+    let message_at = FIXED + env_len;
+    if message_at > payload.len() {
+        return Err(Malformed("envelope length past the end"));
+    }
+    let received_ms = r.u64()?;
+    let size = r.u64()?;
+    let client = r.string()?;
+    let helo = r.string()?;
+    let mail_from = r.string()?;
+    let count = r.u32()? as usize;
+    if count > 100_000 {
+        return Err(Malformed("too many recipients"));
+    }
+    let mut recipients = Vec::with_capacity(count);
+    for _ in 0..count {
+        recipients.push(r.string()?);
+    }
+    if r.at != message_at {
+        return Err(Malformed("envelope length mismatch"));
+    }
+    Ok(StoredMessage {
+        received_ms,
+        client,
+        helo,
+        esmtp: flags & FLAG_ESMTP != 0,
+        mail_from,
+        size_param: (size != u64::MAX).then_some(size),
+        eight_bit: flags & FLAG_8BITMIME != 0,
+        smtputf8: flags & FLAG_SMTPUTF8 != 0,
+        recipients,
+        message: payload.slice(message_at..),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_smtp::address::{ForwardPath, Mailbox};
+    use tern_smtp::command::MailParams;
+
+    #[test]
+    fn round_trip() {
+        let env = Envelope {
+            helo: "client.example".into(),
+            esmtp: true,
+            from: ReversePath::Mailbox(Mailbox {
+                local: "a".into(),
+                domain: "x.example".into(),
+            }),
+            params: MailParams {
+                size: Some(42),
+                body: Body::EightBitMime,
+                smtputf8: false,
+            },
+            recipients: vec![
+                ForwardPath::Mailbox(Mailbox {
+                    local: "b".into(),
+                    domain: "y.example".into(),
+                }),
+                ForwardPath::Postmaster,
+            ],
+        };
+        let enc = Encoder::new(
+            &env,
+            "127.0.0.1:4000".parse().unwrap(),
+            1234,
+            (b"Received: x id ", b"\r\n"),
+            b"body\r\n",
+        );
+        let id = QueueId {
+            shard: 1,
+            sequence: Sequence(0x2A),
+        };
+        let mut out = Vec::new();
+        enc.write(id, &mut |b| out.extend_from_slice(b));
+        assert_eq!(out.len(), enc.len());
+        let m = decode(&bytes::Bytes::from(out)).unwrap();
+        assert_eq!(m.mail_from, "a@x.example");
+        assert_eq!(
+            m.recipients,
+            vec!["b@y.example".to_string(), "Postmaster".to_string()]
+        );
+        assert_eq!(
+            (m.size_param, m.eight_bit, m.smtputf8, m.esmtp),
+            (Some(42), true, false, true)
+        );
+        assert_eq!(&m.message[..], b"Received: x id 0100000000002A\r\nbody\r\n");
+        assert_eq!(m.client, "127.0.0.1:4000");
+        assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
+        assert!(decode(&bytes::Bytes::from_static(b"TNM1\x01\x00")).is_err());
+        assert!("xyz".parse::<QueueId>().is_err());
+    }
+}

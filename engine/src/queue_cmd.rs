@@ -1,0 +1,97 @@
+//! `tern queue list` / `tern queue show ID`: read the data directory with
+//! the read-only inspector (safe while the server runs; no lock taken).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tern_storage::inspect::inspect;
+use tern_storage::Sequence;
+
+use crate::message::{decode, QueueId, StoredMessage, MESSAGE};
+
+fn shards(data_dir: &Path) -> anyhow::Result<Vec<(u16, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-"))
+            .and_then(|n| n.parse().ok())
+        {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Queued messages of every shard: from the `queue` cursor to the end.
+pub fn queued(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage)>> {
+    let mut out = Vec::new();
+    for (shard, dir) in shards(data_dir)? {
+        let view = inspect(&dir)?;
+        let from = view.cursor("queue").unwrap_or(Sequence(0));
+        for rec in view.records_from(from).filter(|r| r.kind == MESSAGE) {
+            let id = QueueId {
+                shard,
+                sequence: rec.sequence,
+            };
+            match decode(&rec.payload) {
+                Ok(m) => out.push((id, m)),
+                Err(e) => eprintln!("{id}: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn when(ms: u64) -> String {
+    crate::received::rfc5322_date(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Prints one line per queued message.
+pub fn list(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    let all = queued(data_dir)?;
+    for (id, m) in &all {
+        let from = if m.mail_from.is_empty() {
+            "<>"
+        } else {
+            &m.mail_from
+        };
+        writeln!(
+            out,
+            "{id} {:>9} {} {from} -> {}",
+            m.message.len(),
+            when(m.received_ms),
+            m.recipients.join(", ")
+        )?;
+    }
+    writeln!(out, "-- {} message(s) queued", all.len())?;
+    Ok(())
+}
+
+/// Prints the envelope and the message of `id`.
+pub fn show(data_dir: &Path, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let id: QueueId = id.parse().map_err(anyhow::Error::msg)?;
+    let Some((_, m)) = queued(data_dir)?.into_iter().find(|(i, _)| *i == id) else {
+        anyhow::bail!("{id}: not in the queue");
+    };
+    writeln!(
+        out,
+        "id: {id}\nreceived: {}\nclient: {}\nhelo: {}",
+        when(m.received_ms),
+        m.client,
+        m.helo
+    )?;
+    writeln!(
+        out,
+        "from: <{}>\nto: {}\nsize: {}\n",
+        m.mail_from,
+        m.recipients.join(", "),
+        m.message.len()
+    )?;
+    out.write_all(&m.message)?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The `Received:` trace header (RFC 5321 4.4) prepended to every message.
+//!
+//! ```text
+//! Received: from <helo> (<client ip>)
+//! <TAB>by <hostname> (tern) with <ESMTP|SMTP|UTF8SMTP> id <queue id>
+//! <TAB>for <rcpt>; <RFC 5322 date>
+//! ```
+//!
+//! `for` appears only with a single recipient (listing many would leak the
+//! envelope). The queue id is not known until the log assigns a sequence,
+//! so the header is returned as the text before and after the id; its
+//! width is fixed ([`crate::message::QUEUE_ID_LEN`]).
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use tern_smtp::server::Envelope;
+
+/// RFC 5322 date-time in UTC, e.g. `Mon, 23 Nov 2026 11:47:35 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    // httpdate prints the same fields with the obsolete zone "GMT".
+    let s = httpdate::fmt_http_date(t);
+    s.strip_suffix(" GMT")
+        .map_or(s.clone(), |d| format!("{d} +0000"))
+}
+
+/// The header around the queue id: `(prefix, suffix)`.
+pub fn header(
+    hostname: &str,
+    env: &Envelope,
+    client: SocketAddr,
+    at: SystemTime,
+) -> (Vec<u8>, Vec<u8>) {
+    let protocol = match (env.params.smtputf8, env.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    };
+    let prefix = format!(
+        "Received: from {} ({})\r\n\tby {} (tern) with {} id ",
+        env.helo,
+        client.ip(),
+        hostname,
+        protocol
+    );
+    let for_clause = match env.recipients.as_slice() {
+        [one] => format!("\r\n\tfor <{one}>;"),
+        _ => ";".to_string(),
+    };
+    let suffix = format!("{for_clause} {}\r\n", rfc5322_date(at));
+    (prefix.into_bytes(), suffix.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_smtp::address::{ForwardPath, Mailbox, ReversePath};
+    use tern_smtp::command::MailParams;
+
+    #[test]
+    fn formats_the_trace_header() {
+        let env = Envelope {
+            helo: "client.example".into(),
+            esmtp: true,
+            from: ReversePath::Null,
+            params: MailParams::default(),
+            recipients: vec![ForwardPath::Mailbox(Mailbox {
+                local: "b".into(),
+                domain: "y.example".into(),
+            })],
+        };
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let (p, s) = header("mx.test", &env, "192.0.2.1:2000".parse().unwrap(), at);
+        let whole = format!(
+            "{}01000000002A{}",
+            String::from_utf8(p).unwrap(),
+            String::from_utf8(s).unwrap()
+        );
+        assert_eq!(
+            whole,
+            "Received: from client.example (192.0.2.1)\r\n\tby mx.test (tern) with ESMTP id 01000000002A\r\n\tfor <b@y.example>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+    }
+}

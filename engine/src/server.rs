@@ -1,0 +1,91 @@
+//! `tern serve`: one pinned glommio executor per core, a signal thread and
+//! the admin (metrics) thread.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::core::{self, Shared};
+use crate::metrics::CoreMetrics;
+
+/// io_uring registered memory per executor. glommio's default (10 MiB)
+/// exceeds the common 8 MiB RLIMIT_MEMLOCK; the log does not use
+/// registered buffers, so 1 MiB is plenty.
+const IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::default());
+    let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
+    spawn_signal_thread(shared.clone())?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(crate::admin::spawn(addr, shared.clone(), metrics.clone())?),
+        None => None,
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tracing::info!(listen = %config.listen, cores = config.cores, data_dir = %config.data_dir.display(), "starting");
+    let mut handles = Vec::new();
+    for shard in 0..config.cores {
+        let (config, shared, metrics) = (config.clone(), shared.clone(), metrics[shard].clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(shard % cpus))
+            .name(&format!("tern-core-{shard}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .ring_depth(256)
+            .spawn(move || async move { core::run(shard, config, shared, metrics).await })
+            .map_err(std::io::Error::from)?;
+        handles.push(handle);
+    }
+    let mut failed = None;
+    for (shard, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(shard, error = %e, "core failed");
+                shared.stop.store(true, Ordering::SeqCst);
+                failed.get_or_insert(e);
+            }
+            Err(e) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                failed.get_or_insert(anyhow::anyhow!("core {shard} panicked: {e}"));
+            }
+        }
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    if let Some(admin) = admin {
+        let _ = admin.join();
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("tern-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(
+                    signal = sig,
+                    "shutting down: no new connections; finishing transactions in flight"
+                );
+                shared.stop.store(true, Ordering::SeqCst);
+            }
+            // A second signal while shutting down: exit at once (what was
+            // answered 250 is durable already).
+            if let Some(sig) = signals.forever().next() {
+                tracing::warn!(signal = sig, "second signal: exiting immediately");
+                std::process::exit(130);
+            }
+        })?;
+    Ok(())
+}

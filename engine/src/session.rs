@@ -1,0 +1,162 @@
+//! The socket loop of one SMTP connection (STYLE rule 2: this layer owns
+//! the buffer, the deadlines and the quotas; `tern_smtp::server::Session`
+//! owns the protocol). Reads, feeds the session, turns a complete message
+//! into a durable log record, and writes the replies (pipelined replies go
+//! out in one write).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tern_smtp::address::ForwardPath;
+use tern_smtp::server::{Event, Policy, Session};
+use tern_smtp::{Reply, Status};
+
+use crate::core::Core;
+use crate::metrics::CoreMetrics;
+use crate::policy::RelayPolicy;
+
+/// Read buffer per connection. Bounded: 2000 connections per core use
+/// 32 MiB; a larger message just takes more reads.
+const READ_BUF_BYTES: usize = 16 * 1024;
+
+/// Relay policy that also counts refusals (for metrics).
+struct CountingPolicy {
+    inner: RelayPolicy,
+    refused: Rc<std::cell::Cell<u32>>,
+}
+
+impl Policy for CountingPolicy {
+    fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
+        let r = self.inner.check_recipient(to);
+        if r.is_err() {
+            self.refused.set(self.refused.get() + 1);
+        }
+        r
+    }
+}
+
+enum Wake {
+    Read(usize),
+    TimedOut,
+    Shutdown,
+}
+
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    wait: Duration,
+    core: &Core,
+    watch_shutdown: bool,
+) -> std::io::Result<Wake> {
+    let read = async { stream.read(buf).await.map(Wake::Read) };
+    let timer = async {
+        glommio::timer::sleep(wait).await;
+        Ok(Wake::TimedOut)
+    };
+    let read_or_timer = futures_lite::future::or(read, timer);
+    if watch_shutdown {
+        let stop = async {
+            core.shutdown.wait().await;
+            Ok(Wake::Shutdown)
+        };
+        futures_lite::future::or(read_or_timer, stop).await
+    } else {
+        read_or_timer.await
+    }
+}
+
+async fn flush<P: Policy>(
+    stream: &mut TcpStream,
+    s: &mut Session<P>,
+    wait: Duration,
+) -> std::io::Result<()> {
+    while !s.transmit().is_empty() {
+        let write = async { stream.write(s.transmit()).await };
+        let timer = async {
+            glommio::timer::sleep(wait).await;
+            Err(std::io::ErrorKind::TimedOut.into())
+        };
+        let n = futures_lite::future::or(write, timer).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        s.transmitted(n);
+    }
+    Ok(())
+}
+
+/// Serves one accepted connection to its end.
+pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let limits = &core.config.smtp;
+    let refused = Rc::new(std::cell::Cell::new(0));
+    let policy = CountingPolicy {
+        inner: RelayPolicy::new(core.relay.clone(), peer.ip()),
+        refused: refused.clone(),
+    };
+    let mut s = Session::new(core.smtp.clone(), policy);
+    let started = Instant::now();
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    let (mut closing, mut shutdown_seen, mut errors) = (false, false, 0);
+    loop {
+        if flush(&mut stream, &mut s, limits.inactivity_timeout)
+            .await
+            .is_err()
+            || closing
+        {
+            break;
+        }
+        if core.shutdown.is_set() && s.is_idle() {
+            s.shutdown(Reply::new(
+                421,
+                Status(4, 3, 2),
+                "Service shutting down, try again later",
+            ));
+        } else {
+            let remaining = limits.session_timeout.saturating_sub(started.elapsed());
+            let wait = limits.inactivity_timeout.min(remaining);
+            let watch = !shutdown_seen;
+            match read_some(&mut stream, &mut buf, wait, &core, watch).await {
+                Ok(Wake::Read(0)) | Err(_) => break,
+                Ok(Wake::Read(n)) => s.receive(&buf[..n]),
+                Ok(Wake::TimedOut) => {
+                    CoreMetrics::inc(&core.metrics.timeouts);
+                    s.timeout();
+                }
+                Ok(Wake::Shutdown) => shutdown_seen = true,
+            }
+        }
+        while let Some(event) = s.poll() {
+            match event {
+                Event::Message { envelope, content } => {
+                    let result = core.accept(&envelope, &content, peer).await;
+                    match result {
+                        Ok(id) => s.complete(Ok(&id.to_string())),
+                        Err(reply) => s.complete(Err(reply)),
+                    }
+                }
+                Event::Close => closing = true,
+            }
+        }
+        errors = count_errors(&core, errors, s.error_count(), &refused);
+    }
+    let _ = stream.close().await;
+}
+
+/// Moves this session's new error replies into the metrics, split into
+/// relay refusals and everything else. Returns the new total.
+fn count_errors(core: &Core, before: u32, now: u32, refused: &std::cell::Cell<u32>) -> u32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let relay = refused.replace(0);
+    let new = now.saturating_sub(before);
+    core.metrics
+        .rejected_relay
+        .fetch_add(u64::from(relay), Relaxed);
+    core.metrics
+        .rejected_protocol
+        .fetch_add(u64::from(new.saturating_sub(relay)), Relaxed);
+    now
+}
