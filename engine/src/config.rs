@@ -122,6 +122,7 @@ struct StorageSection {
     segment_age_max: Option<HumanDuration>,
     retention_min: Option<HumanDuration>,
     pending_bytes_max: Option<ByteSize>,
+    zero_fill_ahead: Option<ByteSize>,
 }
 
 /// Command-line values that override the file.
@@ -397,6 +398,9 @@ fn resolve_storage(
         pending_bytes_max: s
             .pending_bytes_max
             .map_or(defaults.pending_bytes_max, |b| b.0 as usize),
+        zero_fill_ahead_bytes: s
+            .zero_fill_ahead
+            .map_or(defaults.zero_fill_ahead_bytes, |b| b.0),
         cursors: defaults.cursors,
     };
     if let Err(tern_storage::Error::Config(list)) = cfg.validate() {

@@ -94,10 +94,15 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
         st.active_file = Rc::new(file);
         st.segments.insert(header.first, segment);
     }
-    let file = shared.st.borrow().active_file.clone();
+    let (file, zeroed_to) = {
+        let st = shared.st.borrow();
+        let (_, segment) = st.segments.iter().next_back().expect("active segment");
+        (st.active_file.clone(), segment.zeroed_to)
+    };
     let data_end = chunk.end();
     let padded = chunk.buf.len().div_ceil(BLOCK as usize) * BLOCK as usize;
-    chunk.buf.resize(padded, 0);
+    let write_len = zero_fill_target(&shared.config, chunk.file_pos, padded as u64, zeroed_to);
+    chunk.buf.resize(write_len as usize, 0);
     file.write_at(std::mem::take(&mut chunk.buf), chunk.file_pos)
         .await?;
     let sync_started = std::time::Instant::now();
@@ -107,7 +112,7 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
     let stats = &mut st.stats;
     stats.batches += 1;
     stats.records += chunk.records.len() as u64;
-    stats.bytes_written += padded as u64;
+    stats.bytes_written += write_len;
     stats.sync_us_buckets[bucket(sync_us, SYNC_BUCKETS)] += 1;
     stats.batch_records_buckets[bucket(chunk.records.len() as u64, BATCH_BUCKETS)] += 1;
     let last = *chunk.records.last().expect("chunk has records");
@@ -117,10 +122,27 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
         segment.index.push(entry.offset, entry.at)?;
     }
     segment.data_end = data_end;
+    segment.zeroed_to = segment.zeroed_to.max(chunk.file_pos + write_len);
     segment.last_ts = last.at;
     st.durable_next = last.seq.next();
     st.wake_all();
     Ok(())
+}
+
+/// Length to write for a chunk of `padded` bytes at `pos`: the chunk, plus
+/// zeros up to `zero_fill_ahead_bytes` beyond it when the zeroed region is
+/// running out. Writing into preallocated (unwritten) extents makes every
+/// fdatasync convert extents and write the inode; writing zeros ahead once
+/// per window turns the following batches into plain overwrites (measured:
+/// see ARCHITECTURE.md).
+fn zero_fill_target(config: &crate::LogConfig, pos: u64, padded: u64, zeroed_to: u64) -> u64 {
+    let ahead = config.zero_fill_ahead_bytes;
+    let end = pos + padded;
+    if ahead == 0 || end + ahead / 2 <= zeroed_to {
+        return padded;
+    }
+    let target = (end + ahead).min(config.segment_bytes_max);
+    target.max(end) - pos
 }
 
 async fn write_cursors<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
@@ -146,4 +168,34 @@ async fn write_cursors<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
     st.durable_cursor_version = version;
     st.wake_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zero_fill_target;
+    use crate::LogConfig;
+
+    #[test]
+    fn zero_fill_window() {
+        let cfg = LogConfig {
+            segment_bytes_max: 64 << 20,
+            zero_fill_ahead_bytes: 4 << 20,
+            ..LogConfig::default()
+        };
+        // Far inside the zeroed region: just the chunk.
+        assert_eq!(zero_fill_target(&cfg, 4096, 8192, 8 << 20), 8192);
+        // Within half a window of the frontier: extend by a whole window.
+        assert_eq!(
+            zero_fill_target(&cfg, 4096, 8192, 1 << 20),
+            8192 + (4 << 20)
+        );
+        // Never past the segment.
+        assert_eq!(zero_fill_target(&cfg, (64 << 20) - 8192, 8192, 0), 8192);
+        // Disabled.
+        let off = LogConfig {
+            zero_fill_ahead_bytes: 0,
+            ..cfg
+        };
+        assert_eq!(zero_fill_target(&off, 4096, 8192, 0), 8192);
+    }
 }

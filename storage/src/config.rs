@@ -28,6 +28,11 @@ pub struct LogConfig {
     /// appenders wait (back-pressure) instead of queueing more. Default
     /// 32 MiB; one record is always admitted.
     pub pending_bytes_max: usize,
+    /// Zeros written ahead of the data end, so batch writes land on blocks
+    /// already written once (no extent conversion in their fdatasync).
+    /// Default 4 MiB; 0 disables (plain fallocate preallocation only).
+    /// Multiple of 4096.
+    pub zero_fill_ahead_bytes: u64,
     /// Named cursors kept by this log. Reclamation waits for all of them.
     /// Default `queue`, `shadow`, `safety-net`.
     pub cursors: Vec<String>,
@@ -46,6 +51,7 @@ impl Default for LogConfig {
             segment_age_max_ms: 60 * 60 * 1000,
             retention_min_ms: 10 * 60 * 1000,
             pending_bytes_max: 32 * MIB as usize,
+            zero_fill_ahead_bytes: 4 * MIB,
             cursors: ["queue", "shadow", "safety-net"]
                 .into_iter()
                 .map(String::from)
@@ -75,6 +81,9 @@ impl LogConfig {
         }
         if !self.segment_bytes_max.is_multiple_of(DATA_START) {
             problems.push("segment_bytes_max must be a multiple of 4096".into());
+        }
+        if !self.zero_fill_ahead_bytes.is_multiple_of(DATA_START) {
+            problems.push("zero_fill_ahead_bytes must be a multiple of 4096".into());
         }
         if self.pending_bytes_max == 0 {
             problems.push("pending_bytes_max must be positive".into());

@@ -573,6 +573,7 @@ pub(crate) async fn create_segment<E: Env>(
             index,
             data_end: crate::segment::DATA_START,
             last_ts: header.created,
+            zeroed_to: crate::segment::DATA_START,
         },
     ))
 }

@@ -308,6 +308,9 @@ fn finish(
         index,
         data_end: end,
         last_ts,
+        // Beyond the data end the file is truncated and preallocated again
+        // at open: unwritten.
+        zeroed_to: end.div_ceil(segment::BLOCK) * segment::BLOCK,
     }
 }
 

@@ -27,6 +27,10 @@ pub(crate) struct Segment {
     pub data_end: u64,
     /// Timestamp of the last durable record (creation time when empty).
     pub last_ts: TimestampMs,
+    /// Every block below this offset has been written at least once (with
+    /// zeros if not with records): writes there are pure overwrites, whose
+    /// fdatasync needs no extent conversion.
+    pub zeroed_to: u64,
 }
 
 impl Segment {
