@@ -488,6 +488,14 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid_and_states_the_defaults() {
+        let text = include_str!("../../tern.example.toml");
+        let example = Config::from_toml(text, &Overrides::default()).unwrap();
+        let defaults = Config::from_toml("", &Overrides::default()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!("35MiB".parse::<ByteSize>(), Ok(ByteSize(35 << 20)));
         assert_eq!("128 MiB".parse::<ByteSize>(), Ok(ByteSize(128 << 20)));
