@@ -79,11 +79,15 @@ fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Log lines are handed to a background thread: a core never blocks on
+    // a slow stderr (the buffer is bounded; lines beyond it are dropped and
+    // counted rather than stalling mail). The guard flushes at exit.
+    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
