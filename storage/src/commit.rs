@@ -79,6 +79,11 @@ async fn wait_for_work<E: Env>(weak: &Weak<Shared<E>>) -> Option<Rc<Shared<E>>> 
 }
 
 async fn flush_once<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
+    // Let tasks woken by the previous batch (or by anything else) run first
+    // and queue their next records: without this, appenders released
+    // early (the first chunk of a batch that spans a segment roll) stay
+    // half a cycle out of phase and the group commit splits in two.
+    futures_lite::future::yield_now().await;
     let batch = shared.st.borrow_mut().take_batch();
     for chunk in batch {
         write_chunk(shared, chunk).await?;
@@ -101,10 +106,17 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
     };
     let data_end = chunk.end();
     let padded = chunk.buf.len().div_ceil(BLOCK as usize) * BLOCK as usize;
-    let write_len = zero_fill_target(&shared.config, chunk.file_pos, padded as u64, zeroed_to);
-    chunk.buf.resize(write_len as usize, 0);
+    chunk.buf.resize(padded, 0);
+    let padded_end = chunk.file_pos + padded as u64;
     file.write_at(std::mem::take(&mut chunk.buf), chunk.file_pos)
         .await?;
+    // Zeros only where nothing was ever written, as a second write covered
+    // by the same fdatasync.
+    let zeros = zero_fill_range(&shared.config, padded_end, zeroed_to);
+    if let Some((from, to)) = zeros {
+        file.write_at(vec![0; (to - from) as usize], from).await?;
+    }
+    let write_len = padded as u64 + zeros.map_or(0, |(from, to)| to - from);
     let sync_started = std::time::Instant::now();
     file.sync_data().await?;
     let sync_us = sync_started.elapsed().as_micros() as u64;
@@ -122,27 +134,30 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
         segment.index.push(entry.offset, entry.at)?;
     }
     segment.data_end = data_end;
-    segment.zeroed_to = segment.zeroed_to.max(chunk.file_pos + write_len);
+    segment.zeroed_to = segment
+        .zeroed_to
+        .max(padded_end)
+        .max(zeros.map_or(0, |(_, to)| to));
     segment.last_ts = last.at;
     st.durable_next = last.seq.next();
     st.wake_all();
     Ok(())
 }
 
-/// Length to write for a chunk of `padded` bytes at `pos`: the chunk, plus
-/// zeros up to `zero_fill_ahead_bytes` beyond it when the zeroed region is
-/// running out. Writing into preallocated (unwritten) extents makes every
-/// fdatasync convert extents and write the inode; writing zeros ahead once
-/// per window turns the following batches into plain overwrites (measured:
-/// see ARCHITECTURE.md).
-fn zero_fill_target(config: &crate::LogConfig, pos: u64, padded: u64, zeroed_to: u64) -> u64 {
+/// The range to fill with zeros after a chunk ending at `end`, if the
+/// zeroed region (written at least once) ends less than half a window
+/// ahead. Writing into preallocated (unwritten) extents makes every
+/// fdatasync convert extents and write the inode; zeros written ahead once
+/// per window make the following batches plain overwrites. Only blocks
+/// never written are zeroed (each block is written at most once as zeros).
+fn zero_fill_range(config: &crate::LogConfig, end: u64, zeroed_to: u64) -> Option<(u64, u64)> {
     let ahead = config.zero_fill_ahead_bytes;
-    let end = pos + padded;
     if ahead == 0 || end + ahead / 2 <= zeroed_to {
-        return padded;
+        return None;
     }
-    let target = (end + ahead).min(config.segment_bytes_max);
-    target.max(end) - pos
+    let from = zeroed_to.max(end);
+    let to = (end + ahead).min(config.segment_bytes_max);
+    (to > from).then_some((from, to))
 }
 
 async fn write_cursors<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
@@ -172,30 +187,40 @@ async fn write_cursors<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::zero_fill_target;
+    use super::zero_fill_range;
     use crate::LogConfig;
 
     #[test]
     fn zero_fill_window() {
+        let mib = 1 << 20;
         let cfg = LogConfig {
-            segment_bytes_max: 64 << 20,
-            zero_fill_ahead_bytes: 4 << 20,
+            segment_bytes_max: 64 * mib,
+            zero_fill_ahead_bytes: 4 * mib,
             ..LogConfig::default()
         };
-        // Far inside the zeroed region: just the chunk.
-        assert_eq!(zero_fill_target(&cfg, 4096, 8192, 8 << 20), 8192);
-        // Within half a window of the frontier: extend by a whole window.
+        // Far inside the zeroed region: nothing.
+        assert_eq!(zero_fill_range(&cfg, 12288, 8 * mib), None);
+        // Within half a window of the frontier: only the never-written part.
         assert_eq!(
-            zero_fill_target(&cfg, 4096, 8192, 1 << 20),
-            8192 + (4 << 20)
+            zero_fill_range(&cfg, 12288, mib),
+            Some((mib, 12288 + 4 * mib))
+        );
+        // Data already past the frontier: from the data end.
+        assert_eq!(
+            zero_fill_range(&cfg, 2 * mib, mib),
+            Some((2 * mib, 6 * mib))
         );
         // Never past the segment.
-        assert_eq!(zero_fill_target(&cfg, (64 << 20) - 8192, 8192, 0), 8192);
+        assert_eq!(
+            zero_fill_range(&cfg, 64 * mib - 4096, 0),
+            Some((64 * mib - 4096, 64 * mib))
+        );
+        assert_eq!(zero_fill_range(&cfg, 64 * mib, 0), None);
         // Disabled.
         let off = LogConfig {
             zero_fill_ahead_bytes: 0,
             ..cfg
         };
-        assert_eq!(zero_fill_target(&off, 4096, 8192, 0), 8192);
+        assert_eq!(zero_fill_range(&off, 4096, 0), None);
     }
 }
