@@ -123,6 +123,7 @@ struct StorageSection {
     retention_min: Option<HumanDuration>,
     pending_bytes_max: Option<ByteSize>,
     zero_fill_ahead: Option<ByteSize>,
+    io: Option<String>,
 }
 
 /// Command-line values that override the file.
@@ -191,6 +192,8 @@ pub struct Config {
     pub relay: RelayRules,
     /// Log settings per shard.
     pub storage: LogConfig,
+    /// How the log writes (page cache or O_DIRECT).
+    pub io: crate::failpoint::IoMode,
 }
 
 fn available_cores() -> usize {
@@ -282,6 +285,22 @@ impl Config {
         let smtp = resolve_smtp(&f.smtp, &mut problems);
         let relay = resolve_relay(&f.relay, &mut problems);
         let storage = resolve_storage(&f.storage, smtp.message_size_max, &mut problems);
+        let io = match f.storage.io.as_deref() {
+            None | Some("auto") => crate::failpoint::IoMode::Auto,
+            Some("buffered") => crate::failpoint::IoMode::Buffered,
+            Some("direct") => crate::failpoint::IoMode::Direct,
+            Some(other) => {
+                problems.push(format!(
+                    "storage.io: {other:?} is not \"auto\", \"buffered\" or \"direct\""
+                ));
+                crate::failpoint::IoMode::Auto
+            }
+        };
+        if io != crate::failpoint::IoMode::Buffered && storage.zero_fill_ahead_bytes == 0 {
+            // Measured: O_DIRECT writes into preallocated (unwritten) extents
+            // run ~8x slower than with zero-fill ahead (BENCHMARKS.md).
+            problems.push("storage.zero_fill_ahead = 0 requires storage.io = \"buffered\"".into());
+        }
         let config = Config {
             listen,
             hostname: f.server.hostname.unwrap_or_else(local_hostname),
@@ -300,6 +319,7 @@ impl Config {
             smtp,
             relay,
             storage,
+            io,
         };
         if problems.is_empty() {
             Ok(config)

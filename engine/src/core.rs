@@ -193,10 +193,12 @@ pub async fn run(
     shared: Arc<Shared>,
     metrics: Arc<CoreMetrics>,
 ) -> anyhow::Result<()> {
-    let env = EngineEnv::from_env().map_err(anyhow::Error::msg)?;
     let dir = config.data_dir.join(format!("shard-{shard}"));
+    std::fs::create_dir_all(&dir)?;
+    let io = config.io.resolve(&dir);
+    let env = EngineEnv::new(io).map_err(anyhow::Error::msg)?;
     let (log, report) = Log::open(env, &dir, config.storage.clone(), TimestampMs::now()).await?;
-    tracing::info!(shard, dir = %dir.display(), segments = report.segments, next = %report.next_sequence,
+    tracing::info!(shard, dir = %dir.display(), ?io, segments = report.segments, next = %report.next_sequence,
         truncated = report.truncated.is_some(), "log opened");
     let listener = TcpListener::bind(config.listen).map_err(std::io::Error::from)?;
     shared.ready.fetch_add(1, Ordering::SeqCst);

@@ -1,5 +1,5 @@
-//! The engine's storage environment: glommio buffered I/O, plus one
-//! test-only failpoint so integration tests can make the real binary's log
+//! The engine's storage environment: glommio buffered or `O_DIRECT` I/O
+//! (`[storage] io`), plus one test-only failpoint so integration tests can make the real binary's log
 //! fail: `TERN_FAILPOINT_STORAGE=fail-sync-after=N` makes every fdatasync
 //! after the first N fail (the log then fails for good and sessions get
 //! 452 4.3.1). Unset in production; documented in README.
@@ -10,23 +10,66 @@ use std::io;
 use std::path::Path;
 use std::rc::Rc;
 
-use tern_storage::env::Buffered;
-use tern_storage::{BufferedEnv, Env, LogFile};
+use tern_storage::env::{Buffered, Direct};
+use tern_storage::{BufferedEnv, DirectEnv, Env, LogFile};
 
 /// Environment variable holding the failpoint.
 pub const FAILPOINT_VAR: &str = "TERN_FAILPOINT_STORAGE";
 
-/// Buffered I/O with an optional fdatasync failpoint.
+/// How the log writes: through the page cache or with `O_DIRECT`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoMode {
+    /// `Direct` where the file system supports `O_DIRECT`, else `Buffered`
+    /// (decided per shard directory at start).
+    #[default]
+    Auto,
+    /// Page cache + fdatasync.
+    Buffered,
+    /// `O_DIRECT` from aligned buffers + fdatasync.
+    Direct,
+}
+
+impl IoMode {
+    /// Resolves `Auto` by trying an `O_DIRECT` open in `dir`.
+    pub fn resolve(self, dir: &Path) -> IoMode {
+        if self != IoMode::Auto {
+            return self;
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let probe = dir.join(".odirect-probe");
+        let ok = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        let _ = std::fs::remove_file(&probe);
+        if ok {
+            IoMode::Direct
+        } else {
+            tracing::warn!(dir = %dir.display(), "O_DIRECT not supported here; using buffered I/O");
+            IoMode::Buffered
+        }
+    }
+}
+
+/// Buffered or direct I/O with an optional fdatasync failpoint.
 #[derive(Clone, Default)]
 pub struct EngineEnv {
+    mode: IoMode,
     syncs_left: Option<Rc<Cell<u64>>>,
 }
 
 impl EngineEnv {
-    /// Reads the failpoint from the environment (`None` = healthy).
-    pub fn from_env() -> Result<EngineEnv, String> {
+    /// The environment for `mode`, with the failpoint read from the
+    /// process environment (unset = healthy).
+    pub fn new(mode: IoMode) -> Result<EngineEnv, String> {
         let Ok(spec) = std::env::var(FAILPOINT_VAR) else {
-            return Ok(EngineEnv::default());
+            return Ok(EngineEnv {
+                mode,
+                syncs_left: None,
+            });
         };
         let n = spec
             .strip_prefix("fail-sync-after=")
@@ -37,20 +80,35 @@ impl EngineEnv {
             "storage failpoint armed: fdatasync will fail (test only)"
         );
         Ok(EngineEnv {
+            mode,
             syncs_left: Some(Rc::new(Cell::new(n))),
         })
     }
 }
 
+enum Inner {
+    Buffered(Buffered),
+    Direct(Direct),
+}
+
 /// A file of [`EngineEnv`].
 pub struct EngineFile {
-    inner: Buffered,
+    inner: Inner,
     syncs_left: Option<Rc<Cell<u64>>>,
+}
+
+macro_rules! each {
+    ($self:ident . $call:ident ( $($arg:expr),* )) => {
+        match &$self.inner {
+            Inner::Buffered(f) => f.$call($($arg),*).await,
+            Inner::Direct(f) => f.$call($($arg),*).await,
+        }
+    };
 }
 
 impl LogFile for EngineFile {
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        self.inner.write_at(buf, pos).await
+        each!(self.write_at(buf, pos))
     }
 
     async fn sync_data(&self) -> io::Result<()> {
@@ -60,15 +118,34 @@ impl LogFile for EngineFile {
             }
             left.set(left.get() - 1);
         }
-        self.inner.sync_data().await
+        each!(self.sync_data())
     }
 
     async fn allocate(&self, len: u64) -> io::Result<()> {
-        self.inner.allocate(len).await
+        each!(self.allocate(len))
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
-        self.inner.truncate(len).await
+        each!(self.truncate(len))
+    }
+}
+
+impl EngineEnv {
+    async fn wrap(&self, path: &Path, create: bool) -> io::Result<EngineFile> {
+        let inner = match (self.mode, create) {
+            (IoMode::Buffered | IoMode::Auto, true) => {
+                Inner::Buffered(BufferedEnv.create(path).await?)
+            }
+            (IoMode::Buffered | IoMode::Auto, false) => {
+                Inner::Buffered(BufferedEnv.open(path).await?)
+            }
+            (IoMode::Direct, true) => Inner::Direct(DirectEnv.create(path).await?),
+            (IoMode::Direct, false) => Inner::Direct(DirectEnv.open(path).await?),
+        };
+        Ok(EngineFile {
+            inner,
+            syncs_left: self.syncs_left.clone(),
+        })
     }
 }
 
@@ -76,17 +153,11 @@ impl Env for EngineEnv {
     type File = EngineFile;
 
     async fn create(&self, path: &Path) -> io::Result<EngineFile> {
-        Ok(EngineFile {
-            inner: BufferedEnv.create(path).await?,
-            syncs_left: self.syncs_left.clone(),
-        })
+        self.wrap(path, true).await
     }
 
     async fn open(&self, path: &Path) -> io::Result<EngineFile> {
-        Ok(EngineFile {
-            inner: BufferedEnv.open(path).await?,
-            syncs_left: self.syncs_left.clone(),
-        })
+        self.wrap(path, false).await
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
