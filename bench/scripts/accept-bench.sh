@@ -8,10 +8,13 @@
 # only accept and queue). Usage:
 #   bench/scripts/accept-bench.sh [MESSAGES] [SESSIONS] [SIZE]
 # Defaults: 20000 messages, 10 sessions, 4096 bytes (the issue's command:
-# smtp-source -s 10 -m 20000 -l 4096 -d).
+# smtp-source -s 10 -m 20000 -l 4096 -d). ROUNDS (default 3) interleaves
+# the three servers per round; the table shows medians, and the ratio is
+# the median of the per-round ratios (this machine is noisy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+ROUNDS=${ROUNDS:-3}
 MESSAGES=${1:-20000}
 SESSIONS=${2:-10}
 SIZE=${3:-4096}
@@ -50,33 +53,48 @@ postsuper -d ALL >/dev/null 2>&1 || true
 STARTED_POSTFIX=0
 if ! postfix status >/dev/null 2>&1; then postfix start >/dev/null 2>&1; STARTED_POSTFIX=1; fi
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/25) 2>/dev/null && break; sleep 0.1; done
-postfix_rate=$(run_source 25)
-postfix_queued=$(find /var/spool/postfix/deferred /var/spool/postfix/active /var/spool/postfix/incoming -type f 2>/dev/null | wc -l)
-postsuper -d ALL >/dev/null 2>&1 || true
+# Each round function sets RATE and QUEUED (and runs in this shell, so the
+# EXIT trap always knows the server PID).
+postfix_round() {
+  postsuper -d ALL >/dev/null 2>&1 || true
+  RATE=$(run_source 25)
+  QUEUED=$(find /var/spool/postfix/deferred /var/spool/postfix/active /var/spool/postfix/incoming -type f 2>/dev/null | wc -l)
+  postsuper -d ALL >/dev/null 2>&1 || true
+}
 
-# --- tern, 1 and 2 cores ---
-tern_run() {
-  local cores=$1 dir="$WORK/tern-$1"
+# --- tern ---
+tern_round() {
+  local cores=$1 round=$2 dir="$WORK/tern-$1-$2"
   "$TERN" serve --listen "127.0.0.1:$TERN_PORT" --data-dir "$dir" --cores "$cores" --admin-listen off \
-    2>"$WORK/tern-$cores.log" &
+    2>"$WORK/tern-$cores-$round.log" &
   TERN_PID=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$TERN_PORT) 2>/dev/null && break; sleep 0.05; done
-  local rate
-  rate=$(run_source "$TERN_PORT")
+  RATE=$(run_source "$TERN_PORT")
   kill -TERM "$TERN_PID"; wait "$TERN_PID" || true; TERN_PID=
-  local queued
-  queued=$("$TERN" queue list --data-dir "$dir" | tail -1 | awk '{print $2}')
-  echo "$rate $queued"
+  QUEUED=$("$TERN" queue list --data-dir "$dir" | tail -1 | awk '{print $2}')
+  rm -rf "$dir"
 }
-read -r tern1_rate tern1_queued < <(tern_run 1)
-read -r tern2_rate tern2_queued < <(tern_run 2)
 
-ratio() { python3 -c "print(f'{$1 / $2:.1f}x')"; }
+P=(); T1=(); T2=(); Q=""
+for round in $(seq "$ROUNDS"); do
+  postfix_round; P+=("$RATE"); Q+=" postfix:$QUEUED"
+  tern_round 1 "$round"; T1+=("$RATE"); Q+=" tern1:$QUEUED"
+  tern_round 2 "$round"; T2+=("$RATE"); Q+=" tern2:$QUEUED"
+  echo "round $round: postfix ${P[-1]}/s, tern 1 core ${T1[-1]}/s, tern 2 cores ${T2[-1]}/s" >&2
+done
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median_ratio() {
+  local -n xs=$1; local i rs=()
+  for i in "${!P[@]}"; do rs+=("$(python3 -c "print(f'{${xs[$i]} / ${P[$i]}:.1f}')")"); done
+  median "${rs[@]}"
+}
 echo
-echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -d, $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)"
+echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -d, $ROUNDS rounds, $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)"
+echo "queued after each run (must equal $MESSAGES):$Q"
 echo
-echo "| server | msgs/s | queued after run | vs Postfix |"
+echo "| server | msgs/s (median) | all rounds | vs Postfix (median of per-round ratios) |"
 echo "|---|---|---|---|"
-echo "| Postfix $(postconf -h mail_version) | $postfix_rate | $postfix_queued | 1.0x |"
-echo "| tern, 1 core | $tern1_rate | $tern1_queued | $(ratio "$tern1_rate" "$postfix_rate") |"
-echo "| tern, 2 cores | $tern2_rate | $tern2_queued | $(ratio "$tern2_rate" "$postfix_rate") |"
+echo "| Postfix $(postconf -h mail_version) | $(median "${P[@]}") | ${P[*]} | 1.0x |"
+echo "| tern, 1 core | $(median "${T1[@]}") | ${T1[*]} | $(median_ratio T1)x |"
+echo "| tern, 2 cores | $(median "${T2[@]}") | ${T2[*]} | $(median_ratio T2)x |"
