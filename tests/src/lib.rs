@@ -1,3 +1,11 @@
 //! Shared helpers for tern integration tests.
+//!
+//! - [`crash`]: payloads of the storage crash writer.
+//! - [`server`]: the real `tern` binary as a child process ([`server::TernProcess`]).
+//! - [`smtp`]: a blocking SMTP client that reads complete replies.
+//! - [`queue`]: `tern queue list/show`, run and parsed.
 
 pub mod crash;
+pub mod queue;
+pub mod server;
+pub mod smtp;
