@@ -40,9 +40,9 @@ pub const RECIPIENTS_MIN: usize = 100;
 /// Default message size limit, advertised in SIZE (RFC 1870): 35 MiB.
 pub const MESSAGE_BYTES_DEFAULT: usize = 35 * 1024 * 1024;
 
-/// Errors in a row after which the server closes the session with 421
-/// (RFC 5321 4.3.2 lets a server close after repeated errors; Postfix's
-/// smtpd_hard_error_limit defaults to 20).
+/// Error replies without an accepted message in between after which the
+/// server closes the session with 421 (RFC 5321 4.3.2 lets a server close
+/// after repeated errors; Postfix's smtpd_hard_error_limit defaults to 20).
 pub const ERRORS_MAX_DEFAULT: u32 = 20;
 
 /// Largest BDAT chunk size we accept in one command (RFC 3030 does not

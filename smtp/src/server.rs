@@ -131,7 +131,10 @@ pub struct Session<P> {
     phase: Phase,
     helo: Option<(String, bool)>,
     tx: Option<Transaction>,
+    /// Error replies since the last accepted message (the limit).
     errors: u32,
+    /// Error replies in the whole session (metrics).
+    errors_total: u32,
     /// Discarding an over-long command line up to its LF.
     skipping_line: bool,
 }
@@ -153,6 +156,7 @@ impl<P: Policy> Session<P> {
             helo: None,
             tx: None,
             errors: 0,
+            errors_total: 0,
             skipping_line: false,
         };
         let greeting = format!("{} ESMTP tern", s.config.hostname);
@@ -197,9 +201,9 @@ impl<P: Policy> Session<P> {
         self.tx.is_none() && matches!(self.phase, Phase::Command)
     }
 
-    /// Error replies sent so far (for metrics).
+    /// Error replies sent so far in the session (for metrics).
     pub fn error_count(&self) -> u32 {
-        self.errors
+        self.errors_total
     }
 
     /// Bytes received but not processed yet.
@@ -215,7 +219,12 @@ impl<P: Policy> Session<P> {
             "complete() without a message"
         );
         let r = match result {
-            Ok(id) => Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}")),
+            Ok(id) => {
+                // The limit counts errors without a delivered message in
+                // between (like Postfix's smtpd_hard_error_limit).
+                self.errors = 0;
+                Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}"))
+            }
             Err(r) => r,
         };
         r.encode(&mut self.output);
@@ -340,6 +349,7 @@ impl<P: Policy> Session<P> {
     fn error(&mut self, r: Reply) {
         r.encode(&mut self.output);
         self.errors += 1;
+        self.errors_total += 1;
         if self.errors >= self.config.errors_max {
             self.close_with(reply(421, (4, 7, 0), "Error: too many errors"));
         }

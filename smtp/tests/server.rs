@@ -406,3 +406,15 @@ fn timeout_and_shutdown_close() {
         String::from_utf8_lossy(s.transmit()).ends_with("421 4.4.2 Error: timeout exceeded\r\n")
     );
 }
+
+#[test]
+fn error_limit_counts_errors_since_the_last_accepted_message() {
+    let mut script: Vec<&[u8]> = vec![b"EHLO c\r\n"];
+    script.extend(std::iter::repeat_n(&b"BOGUS\r\n"[..], 4));
+    script.push(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    script.push(b"x\r\n.\r\n");
+    script.extend(std::iter::repeat_n(&b"BOGUS\r\n"[..], 4));
+    let r = talk(&script);
+    assert!(!r.closed, "4 + 4 errors with a message between: {}", r.out);
+    assert_eq!(r.messages.len(), 1);
+}

@@ -187,7 +187,6 @@ fn too_many_errors_close_with_421() {
 /// every error reply since the connection opened and never resets, so a
 /// long-lived client that delivers mail is cut off after 20 errors in total.
 #[test]
-#[ignore = "bug: error count never resets after a delivered message (limits.rs: errors in a row)"]
 fn error_count_resets_after_a_delivered_message() {
     let tern = server();
     let mut c = tern.ehlo();
