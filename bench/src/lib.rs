@@ -411,7 +411,7 @@ impl RecoveryFixture {
     /// Appends 4 KiB records (64 appenders, default config) until exactly
     /// `segments` default-size segments are full. The last one is the
     /// active segment, full: the worst case for an open with intact
-    /// indexes, which walks the record headers of the active segment.
+    /// indexes, which checks every entry of the active segment's index.
     pub fn build(ex: &LocalExecutor, segments: u64) -> RecoveryFixture {
         let config = LogConfig::default();
         let frame = (HEADER_LEN + RECOVERY_RECORD_SIZE) as u64;

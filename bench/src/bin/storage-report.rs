@@ -271,7 +271,7 @@ fn main() {
     println!("\n### Recovery (`Log::open`)\n");
     println!(
         "Log: {} segments, {} records of {}, {} bytes ({:.3} GiB); the last (active) segment is full, \
-         so the intact-index open walks all its record headers. Built with 64 appenders in {:.1} s \
+         so the intact-index open checks its whole index (entry by entry) and verifies its last record. Built with 64 appenders in {:.1} s \
          ({:.0} records/s, {:.1} records/batch). Page cache warm (the log was just written). Time of \
          `Log::open` only; median (min-max) of {INTACT_OPENS} / {SCAN_OPENS} opens.\n",
         fixture.segments,
