@@ -21,8 +21,10 @@ SIZE=${3:-4096}
 TERN_PORT=${TERN_PORT:-2525}
 WORK=$(mktemp -d /work/main/target/accept-bench.XXXXXX 2>/dev/null || mktemp -d)
 TERN_PID=
+SINK_PID=
 cleanup() {
   if [ -n "$TERN_PID" ]; then kill -KILL "$TERN_PID" 2>/dev/null || true; fi
+  if [ -n "$SINK_PID" ]; then kill -KILL "$SINK_PID" 2>/dev/null || true; fi
   if [ "${STARTED_POSTFIX:-0}" = 1 ]; then postfix stop >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
 }
@@ -75,12 +77,23 @@ tern_round() {
   rm -rf "$dir"
 }
 
-P=(); T1=(); T2=(); Q=""
+# The client's own ceiling: smtp-sink accepts and discards (no disk).
+SINK_PORT=${SINK_PORT:-2527}
+sink_round() {
+  smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 1000 >/dev/null 2>&1 &
+  SINK_PID=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$SINK_PORT) 2>/dev/null && break; sleep 0.05; done
+  RATE=$(run_source "$SINK_PORT")
+  kill -TERM "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; SINK_PID=
+}
+
+S=(); P=(); T1=(); T2=(); Q=""
 for round in $(seq "$ROUNDS"); do
+  sink_round; S+=("$RATE")
   postfix_round; P+=("$RATE"); Q+=" postfix:$QUEUED"
   tern_round 1 "$round"; T1+=("$RATE"); Q+=" tern1:$QUEUED"
   tern_round 2 "$round"; T2+=("$RATE"); Q+=" tern2:$QUEUED"
-  echo "round $round: postfix ${P[-1]}/s, tern 1 core ${T1[-1]}/s, tern 2 cores ${T2[-1]}/s" >&2
+  echo "round $round: smtp-sink ${S[-1]}/s, postfix ${P[-1]}/s, tern 1 core ${T1[-1]}/s, tern 2 cores ${T2[-1]}/s" >&2
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -95,6 +108,7 @@ echo "queued after each run (must equal $MESSAGES):$Q"
 echo
 echo "| server | msgs/s (median) | all rounds | vs Postfix (median of per-round ratios) |"
 echo "|---|---|---|---|"
+echo "| smtp-sink (discards; the client's ceiling) | $(median "${S[@]}") | ${S[*]} | $(median_ratio S)x |"
 echo "| Postfix $(postconf -h mail_version) | $(median "${P[@]}") | ${P[*]} | 1.0x |"
 echo "| tern, 1 core | $(median "${T1[@]}") | ${T1[*]} | $(median_ratio T1)x |"
 echo "| tern, 2 cores | $(median "${T2[@]}") | ${T2[*]} | $(median_ratio T2)x |"
