@@ -1,0 +1,15 @@
+//! tern-loadgen: a load generator (`send`) and sink (`sink`) for
+//! benchmarking and load-testing any RFC 5321 server.
+//!
+//! # Layout
+//!
+//! ```text
+//! stamp.rs   the X-Tern-Loadgen header: run id, sequence, send time, body checksum
+//! size.rs    message size distributions
+//! send*.rs   the sender (closed and open loop, targets with priorities, phases)
+//! sink*.rs   the sink (verifies stamps, counts lost/duplicated, fault injection)
+//! ```
+#![warn(missing_docs)]
+
+pub mod size;
+pub mod stamp;
