@@ -11,5 +11,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod send;
+pub mod sink;
 pub mod size;
 pub mod stamp;
