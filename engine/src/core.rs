@@ -194,7 +194,7 @@ pub async fn run(
     metrics: Arc<CoreMetrics>,
 ) -> anyhow::Result<()> {
     let dir = config.data_dir.join(format!("shard-{shard}"));
-    std::fs::create_dir_all(&dir)?;
+    tern_storage::log::create_dir_durably(&dir)?;
     let io = config.io.resolve(&dir);
     let env = EngineEnv::new(io).map_err(anyhow::Error::msg)?;
     let (log, report) = Log::open(env, &dir, config.storage.clone(), TimestampMs::now()).await?;

@@ -17,7 +17,7 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    tern_storage::log::create_dir_durably(&config.data_dir)?;
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();

@@ -442,8 +442,9 @@ impl<E: Env> Log<E> {
 }
 
 /// Creates `dir` (and missing parents) and fsyncs each new directory's
-/// parent, so the directory entries survive a power loss.
-fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+/// parent, so the directory entries survive a power loss. Callers that
+/// create a log's directory themselves must use this, not `create_dir_all`.
+pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
