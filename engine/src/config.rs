@@ -270,8 +270,8 @@ impl Config {
         };
         let cores = o.cores.or(f.server.cores).unwrap_or(0);
         let cores = if cores == 0 { available_cores() } else { cores };
-        if cores > 1024 {
-            problems.push(format!("server.cores: {cores} is above 1024"));
+        if cores > 256 {
+            problems.push(format!("server.cores: {cores} is above 256 (the queue id has 2 hex digits of shard)"));
         }
         let relay_to = o.relay_to.clone().or(f.server.relay_to);
         if let Some(r) = &relay_to {
