@@ -269,7 +269,7 @@ impl Config {
             }
         };
         let cores = o.cores.or(f.server.cores).unwrap_or(0);
-        let cores = if cores == 0 { available_cores() } else { cores };
+        let cores = if cores == 0 { available_cores().min(256) } else { cores };
         if cores > 256 {
             problems.push(format!("server.cores: {cores} is above 256 (the queue id has 2 hex digits of shard)"));
         }
