@@ -106,6 +106,7 @@ struct SmtpSection {
     session_timeout: Option<HumanDuration>,
     connections_per_core_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
+    message_memory_max: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +159,9 @@ pub struct SmtpLimits {
     pub connections_per_core_max: usize,
     /// Open connections per client IP (whole server).
     pub connections_per_ip_max: usize,
+    /// Message content held in memory per core by sessions receiving
+    /// DATA/BDAT; above it the session that crossed it gets 421 4.3.2.
+    pub message_memory_max: usize,
 }
 
 /// Who may relay.
@@ -269,9 +273,15 @@ impl Config {
             }
         };
         let cores = o.cores.or(f.server.cores).unwrap_or(0);
-        let cores = if cores == 0 { available_cores().min(256) } else { cores };
+        let cores = if cores == 0 {
+            available_cores().min(256)
+        } else {
+            cores
+        };
         if cores > 256 {
-            problems.push(format!("server.cores: {cores} is above 256 (the queue id has 2 hex digits of shard)"));
+            problems.push(format!(
+                "server.cores: {cores} is above 256 (the queue id has 2 hex digits of shard)"
+            ));
         }
         let relay_to = o.relay_to.clone().or(f.server.relay_to);
         if let Some(r) = &relay_to {
@@ -284,7 +294,7 @@ impl Config {
         }
         let smtp = resolve_smtp(&f.smtp, &mut problems);
         let relay = resolve_relay(&f.relay, &mut problems);
-        let storage = resolve_storage(&f.storage, smtp.message_size_max, &mut problems);
+        let storage = resolve_storage(&f.storage, &smtp, &mut problems);
         let io = match f.storage.io.as_deref() {
             None | Some("auto") => crate::failpoint::IoMode::Auto,
             Some("buffered") => crate::failpoint::IoMode::Buffered,
@@ -301,9 +311,15 @@ impl Config {
             // run ~8x slower than with zero-fill ahead (BENCHMARKS.md).
             problems.push("storage.zero_fill_ahead = 0 requires storage.io = \"buffered\"".into());
         }
+        let hostname = f.server.hostname.unwrap_or_else(local_hostname);
+        if !tern_smtp::address::domain_name(&hostname) {
+            problems.push(format!(
+                "server.hostname: {hostname:?} is not a domain name"
+            ));
+        }
         let config = Config {
             listen,
-            hostname: f.server.hostname.unwrap_or_else(local_hostname),
+            hostname,
             data_dir: o
                 .data_dir
                 .clone()
@@ -340,6 +356,7 @@ fn resolve_smtp(s: &SmtpSection, problems: &mut Vec<String>) -> SmtpLimits {
         session_timeout: s.session_timeout.map_or(Duration::from_secs(600), |d| d.0),
         connections_per_core_max: s.connections_per_core_max.unwrap_or(2000),
         connections_per_ip_max: s.connections_per_ip_max.unwrap_or(100),
+        message_memory_max: s.message_memory_max.map_or(1 << 30, |b| b.0 as usize),
     };
     // Bounds, each with its reason.
     if !(1024..=(1 << 30)).contains(&limits.message_size_max) {
@@ -358,6 +375,9 @@ fn resolve_smtp(s: &SmtpSection, problems: &mut Vec<String>) -> SmtpLimits {
         || limits.session_timeout < limits.inactivity_timeout
     {
         problems.push("smtp.inactivity_timeout must be >= 1s and <= smtp.session_timeout".into());
+    }
+    if limits.message_memory_max < limits.message_size_max {
+        problems.push("smtp.message_memory_max must be at least smtp.message_size_max".into());
     }
     if limits.connections_per_core_max == 0 || limits.connections_per_ip_max == 0 {
         problems.push(
@@ -396,15 +416,12 @@ fn resolve_relay(r: &RelaySection, problems: &mut Vec<String>) -> RelayRules {
     }
 }
 
-fn resolve_storage(
-    s: &StorageSection,
-    message_max: usize,
-    problems: &mut Vec<String>,
-) -> LogConfig {
+fn resolve_storage(s: &StorageSection, smtp: &SmtpLimits, problems: &mut Vec<String>) -> LogConfig {
     let defaults = LogConfig::default();
-    // A record holds the envelope (bounded by recipients and path limits)
-    // plus the message: leave 1 MiB above the SMTP size limit.
-    let record_bytes_max = message_max + (1 << 20);
+    // A record holds the envelope plus the message: every recipient path
+    // (RFC 5321 4.5.3.1.3: 256 octets, +2 for its length) and 1 MiB for the
+    // rest (sender, HELO name, client, Received header).
+    let record_bytes_max = smtp.message_size_max + smtp.recipients_max * 258 + (1 << 20);
     let segment = s.segment_size.map_or(defaults.segment_bytes_max, |b| b.0);
     let cfg = LogConfig {
         record_bytes_max,
@@ -425,7 +442,7 @@ fn resolve_storage(
     };
     if let Err(tern_storage::Error::Config(list)) = cfg.validate() {
         problems.extend(list.into_iter().map(|p| {
-            format!("storage: {p} (record_bytes_max follows smtp.message_size_max + 1MiB)")
+            format!("storage: {p} (record_bytes_max = smtp.message_size_max + 258 * smtp.recipients_max + 1MiB)")
         }));
     }
     cfg
@@ -484,6 +501,14 @@ mod tests {
     fn strict_and_reports_every_problem() {
         assert!(Config::from_toml("[server]\nlisten_typo = \"x\"", &Overrides::default()).is_err());
         assert!(Config::from_toml("[nope]\n", &Overrides::default()).is_err());
+        assert!(
+            Config::from_toml("[server]\nhostname = \"bad name\"", &Overrides::default()).is_err()
+        );
+        assert!(Config::from_toml("[server]\nhostname = \"\"", &Overrides::default()).is_err());
+        // Many recipients: the record limit grows with them.
+        let many =
+            Config::from_toml("[smtp]\nrecipients_max = 100000", &Overrides::default()).unwrap();
+        assert!(many.storage.record_bytes_max >= (35 << 20) + 100_000 * 258);
         let text = r#"
             [server]
             listen = "nonsense"

@@ -81,6 +81,9 @@ pub struct Core {
     /// Shutdown signal.
     pub shutdown: Shutdown,
     open: Cell<usize>,
+    /// Message content held by this core's sessions (see
+    /// `smtp.message_memory_max`).
+    pub content_bytes: Cell<usize>,
     shared: Arc<Shared>,
 }
 
@@ -218,6 +221,7 @@ pub async fn run(
         metrics,
         shutdown: Shutdown::default(),
         open: Cell::new(0),
+        content_bytes: Cell::new(0),
         shared: shared.clone(),
     });
     glommio::spawn_local(watch(core.clone())).detach();

@@ -23,6 +23,8 @@ pub struct CoreMetrics {
     pub rejected_storage: AtomicU64,
     /// Recipients refused by relay control (554 5.7.1).
     pub rejected_relay: AtomicU64,
+    /// Sessions refused because message memory was over budget.
+    pub rejected_memory: AtomicU64,
     /// Other error replies (syntax, sequence, limits).
     pub rejected_protocol: AtomicU64,
     /// Sessions ended by a timeout.

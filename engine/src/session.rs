@@ -100,7 +100,7 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let mut s = Session::new(core.smtp.clone(), policy);
     let started = Instant::now();
     let mut buf = vec![0u8; READ_BUF_BYTES];
-    let (mut closing, mut shutdown_seen, mut errors) = (false, false, 0);
+    let (mut closing, mut shutdown_seen, mut errors, mut held) = (false, false, 0, 0);
     loop {
         if flush(&mut stream, &mut s, limits.inactivity_timeout)
             .await
@@ -142,7 +142,9 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             }
         }
         errors = count_errors(&core, errors, s.error_count(), &refused);
+        held = account_memory(&core, &mut s, held);
     }
+    core.content_bytes.set(core.content_bytes.get() - held);
     let _ = stream.close().await;
 }
 
@@ -158,5 +160,25 @@ fn count_errors(core: &Core, before: u32, now: u32, refused: &std::cell::Cell<u3
     core.metrics
         .rejected_protocol
         .fetch_add(u64::from(new.saturating_sub(relay)), Relaxed);
+    now
+}
+
+/// Moves this session's message bytes in memory into the core's total; if
+/// the total passes `smtp.message_memory_max`, this session is refused
+/// (421 4.3.2, nothing accepted) so memory stays bounded. Returns what the
+/// session now holds.
+fn account_memory<P: Policy>(core: &Core, s: &mut Session<P>, held_before: usize) -> usize {
+    let now = s.content_bytes();
+    let total = core.content_bytes.get() - held_before + now;
+    core.content_bytes.set(total);
+    if now > held_before && total > core.config.smtp.message_memory_max {
+        tracing::warn!(total, "message memory budget exceeded; refusing a session");
+        CoreMetrics::inc(&core.metrics.rejected_memory);
+        s.shutdown(Reply::new(
+            421,
+            Status(4, 3, 2),
+            "Error: too much mail in flight, try again later",
+        ));
+    }
     now
 }

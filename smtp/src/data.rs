@@ -115,6 +115,16 @@ impl DataReceiver {
         self.error
     }
 
+    /// Content bytes held so far.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// No content held yet.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
     /// The content received, without the final `.CRLF`.
     pub fn into_body(self) -> Vec<u8> {
         self.body

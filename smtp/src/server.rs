@@ -139,6 +139,25 @@ pub struct Session<P> {
     skipping_line: bool,
 }
 
+/// Does this command line start with the BDAT verb?
+fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && line
+            .get(4)
+            .is_none_or(|&b| b == b' ' || b == b'\t' || b == b'\r')
+}
+
+/// Reply to a BDAT line we cannot parse: its chunk size is unknown, so the
+/// session ends (RFC 3030 framing cannot be recovered).
+fn bdat_unparsed() -> Reply {
+    reply(
+        554,
+        (5, 5, 2),
+        "Error: cannot parse BDAT command; closing (chunk length unknown)",
+    )
+}
+
 fn reply(code: u16, status: (u8, u16, u16), text: &'static str) -> Reply {
     Reply::new(code, Status(status.0, status.1, status.2), text)
 }
@@ -204,6 +223,19 @@ impl<P: Policy> Session<P> {
     /// Error replies sent so far in the session (for metrics).
     pub fn error_count(&self) -> u32 {
         self.errors_total
+    }
+
+    /// Message content held in memory right now (DATA or BDAT in
+    /// progress), for the caller's memory budget.
+    pub fn content_bytes(&self) -> usize {
+        match &self.phase {
+            Phase::Data(r) => r.len(),
+            _ => self
+                .tx
+                .as_ref()
+                .and_then(|t| t.chunks.as_ref())
+                .map_or(0, Vec::len),
+        }
     }
 
     /// Bytes received but not processed yet.
@@ -287,6 +319,12 @@ impl<P: Policy> Session<P> {
         let max = COMMAND_LINE_MAX + PARAMS_EXTRA;
         let Some(lf) = memchr::memchr(b'\n', pending) else {
             if pending.len() > max {
+                if is_bdat(pending) {
+                    // The chunk's size is unknown: its bytes would be read
+                    // as commands. Never guess at framing.
+                    self.close_with(bdat_unparsed());
+                    return true;
+                }
                 // RFC 5321 4.5.3.1.4: refuse, then drop the rest of the line.
                 self.start = self.input.len();
                 if !self.skipping_line {
@@ -317,6 +355,10 @@ impl<P: Policy> Session<P> {
                 _ => COMMAND_LINE_MAX,
             };
         let ahead = self.start < self.input.len();
+        if (too_long || parsed.is_err()) && is_bdat(line) {
+            self.close_with(bdat_unparsed());
+            return true;
+        }
         match parsed {
             _ if too_long => self.error(reply(500, (5, 5, 2), "Error: command line too long")),
             Ok(cmd) if ahead && !self.may_pipeline(&cmd) => self.close_with(reply(
@@ -414,6 +456,11 @@ impl<P: Policy> Session<P> {
         if self.tx.is_some() {
             return self.error(reply(503, (5, 5, 1), "Error: nested MAIL command"));
         }
+        let esmtp = self.helo.as_ref().is_some_and(|(_, esmtp)| *esmtp);
+        if !esmtp && params != MailParams::default() {
+            // RFC 5321 4.1.1.11: parameters only for extensions we advertised.
+            return self.error(reply(555, (5, 5, 4), "Error: MAIL parameters need EHLO"));
+        }
         if params
             .size
             .is_some_and(|s| s > self.config.message_bytes_max as u64)
@@ -450,8 +497,10 @@ impl<P: Policy> Session<P> {
             return self.error(reply(503, (5, 5, 1), "Error: need MAIL command"));
         };
         if tx.recipients.len() >= self.config.recipients_max {
-            // RFC 5321 4.5.3.1.10: 452 for too many recipients.
-            return self.error(reply(452, (4, 5, 3), "Error: too many recipients"));
+            // RFC 5321 4.5.3.1.10: 452 for too many recipients. Not counted
+            // as an error: a client sending more than the limit in one
+            // pipelined transaction is expected to deliver the rest later.
+            return self.ok(reply(452, (4, 5, 3), "Error: too many recipients"));
         }
         if matches!(&to, ForwardPath::Mailbox(m) if m.is_utf8()) && !tx.params.smtputf8 {
             return self.error(reply(
@@ -509,11 +558,13 @@ impl<P: Policy> Session<P> {
         let tx = self.tx.as_mut().expect("checked");
         tx.bdat_started = true;
         let limit = self.config.message_bytes_max as u64;
-        if let Some(chunks) = &tx.chunks {
-            if chunks.len() as u64 + size > limit {
+        if let Some(chunks) = &mut tx.chunks {
+            if size > limit.saturating_sub(chunks.len() as u64) {
                 tx.chunks = None;
             } else {
-                tx.chunks.as_mut().expect("some").reserve(size as usize);
+                // The client's number does not decide an allocation: grow
+                // as bytes arrive, at most 1 MiB ahead.
+                chunks.reserve((size as usize).min(1 << 20));
             }
         }
     }
@@ -577,6 +628,12 @@ impl<P: Policy> Session<P> {
         let Some(tx) = &mut self.tx else {
             return None; // refused chunk fully skipped
         };
+        if tx.chunks.is_none() {
+            // RFC 3030: a failed chunk fails the transaction; later chunks
+            // are consumed and refused (no transaction).
+            self.reject_content(ContentError::TooLarge);
+            return None;
+        }
         if !last {
             let received = tx.chunks.as_ref().map_or(0, Vec::len);
             self.ok(Reply::new(

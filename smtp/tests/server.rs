@@ -418,3 +418,77 @@ fn error_limit_counts_errors_since_the_last_accepted_message() {
     assert!(!r.closed, "4 + 4 errors with a message between: {}", r.out);
     assert_eq!(r.messages.len(), 1);
 }
+
+#[test]
+fn unparsable_bdat_line_closes_instead_of_reading_the_chunk_as_commands() {
+    // Found in review: "BDAT 103 " (trailing space) used to get 501 and the
+    // chunk's bytes were then read as commands: a smuggled message.
+    let chunk =
+        b"RSET\r\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@d.example>\r\nBDAT 5 LAST\r\nhello";
+    for line in [
+        &b"BDAT 103 \r\n"[..],
+        b"BDAT +103\r\n",
+        b"BDAT\t103\r\n",
+        b"BDAT 1x\r\n",
+    ] {
+        let mut first = b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n".to_vec();
+        first.extend_from_slice(line);
+        first.extend_from_slice(chunk);
+        let r = talk(&[b"EHLO c\r\n", &first]);
+        assert!(
+            r.messages.is_empty(),
+            "{:?}: {}",
+            String::from_utf8_lossy(line),
+            r.out
+        );
+        assert!(r.closed);
+        assert!(r.out.contains("554 5.5.2"), "{}", r.out);
+    }
+    // An over-long BDAT line too.
+    let long = format!("BDAT 5{} LAST\r\nhello", " ".repeat(600));
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n",
+        long.as_bytes(),
+    ]);
+    assert!(r.messages.is_empty() && r.closed, "{}", r.out);
+}
+
+#[test]
+fn huge_bdat_size_neither_panics_nor_allocates() {
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 3\r\nabc",
+        b"BDAT 18446744073709551614\r\n",
+        b"some bytes of the endless chunk",
+    ]);
+    assert!(r.messages.is_empty());
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "250"]);
+}
+
+#[test]
+fn bdat_chunk_over_the_size_limit_fails_the_transaction_at_once() {
+    let chunk = format!("BDAT 1001\r\n{}BDAT 2 LAST\r\nok", "y".repeat(1001));
+    let r = talk(&[
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n",
+        chunk.as_bytes(),
+    ]);
+    assert_eq!(codes(&r.out), ["220", "250", "250", "250", "552", "503"]);
+    assert!(r.messages.is_empty());
+}
+
+#[test]
+fn recipient_overshoot_is_not_an_error_and_esmtp_params_need_ehlo() {
+    let mut rcpts = String::from("MAIL FROM:<a@x>\r\n");
+    for i in 0..110 {
+        rcpts.push_str(&format!("RCPT TO:<r{i}@y>\r\n"));
+    }
+    rcpts.push_str("DATA\r\n");
+    let r = talk(&[b"EHLO c\r\n", rcpts.as_bytes(), b"x\r\n.\r\n"]);
+    assert!(!r.closed, "{}", r.out);
+    assert_eq!(r.messages.len(), 1);
+    assert_eq!(r.messages[0].0.recipients.len(), 100);
+    let r = talk(&[b"HELO c\r\n", b"MAIL FROM:<a@x> SIZE=10\r\n"]);
+    assert!(r.out.contains("555 5.5.4"), "{}", r.out);
+}

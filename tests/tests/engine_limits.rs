@@ -237,3 +237,31 @@ fn inactivity_and_session_timeouts_are_421() {
     // The server is fine afterwards.
     assert_eq!(first_reply(tern.addr()).map(|r| r.code), Some(220));
 }
+
+#[test]
+fn message_memory_budget_refuses_the_session_that_crosses_it() {
+    // Two sessions each hold 40 KiB of unfinished DATA; the core's budget
+    // is 64 KiB: the one that crosses it gets 421 4.3.2 and nothing is
+    // accepted from it, the other completes.
+    let tern = TernProcess::start(Options::with_config(&format!(
+        "{CONFIG}message_memory_max = \"64KiB\"\n"
+    )));
+    let part = content_of(40 * 1024, false);
+    let mut first = tern.ehlo();
+    first.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    first.reply().assert(250, Some("2.1.0"));
+    first.reply().assert(250, Some("2.1.5"));
+    first.reply().assert(354, None);
+    first.send(&part);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = tern.ehlo();
+    second.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    second.reply().assert(250, Some("2.1.0"));
+    second.reply().assert(250, Some("2.1.5"));
+    second.reply().assert(354, None);
+    second.send(&part);
+    second.reply().assert(421, Some("4.3.2"));
+    first.send(b".\r\n");
+    first.reply().assert(250, Some("2.0.0"));
+    assert_eq!(tern.queue_ids().len(), 1);
+}
