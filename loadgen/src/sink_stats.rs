@@ -1,0 +1,698 @@
+//! What the sink counts: per core, without locks (one `CoreStats` per
+//! executor, merged at the end), plus the exact cross-core `--expect`
+//! tracker (one atomic `fetch_or` per new sequence number).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::stamp::{Stamp, StampError, HEADER};
+
+/// Sequence numbers below this are kept in a bitmap (16 MiB at most);
+/// larger ones (not produced by `send`, but a stamp may say anything) in a
+/// hash set.
+const DENSE_MAX: u64 = 1 << 27;
+
+/// How many missing sequence numbers the report lists.
+pub const LOST_FIRST: usize = 20;
+
+/// A set of sequence numbers.
+#[derive(Clone, Debug, Default)]
+pub struct SeqSet {
+    bits: Vec<u64>,
+    sparse: std::collections::HashSet<u64>,
+    len: u64,
+    max: Option<u64>,
+}
+
+impl SeqSet {
+    /// Adds `seq`; false if it was there already.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let new = if seq < DENSE_MAX {
+            let (word, bit) = ((seq / 64) as usize, seq % 64);
+            if word >= self.bits.len() {
+                let want = (word + 1)
+                    .max(self.bits.len() * 2)
+                    .min((DENSE_MAX / 64) as usize);
+                self.bits.resize(want, 0);
+            }
+            let w = &mut self.bits[word];
+            let new = *w & (1 << bit) == 0;
+            *w |= 1 << bit;
+            new
+        } else {
+            self.sparse.insert(seq)
+        };
+        if new {
+            self.len += 1;
+            self.max = Some(self.max.map_or(seq, |m| m.max(seq)));
+        }
+        new
+    }
+
+    /// Distinct sequence numbers.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Highest sequence number seen.
+    pub fn max(&self) -> Option<u64> {
+        self.max
+    }
+
+    /// Adds every member of `other`.
+    pub fn merge(&mut self, other: &SeqSet) {
+        if self.bits.len() < other.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        let mut len = 0u64;
+        for (i, w) in self.bits.iter_mut().enumerate() {
+            *w |= other.bits.get(i).copied().unwrap_or(0);
+            len += u64::from(w.count_ones());
+        }
+        self.sparse.extend(other.sparse.iter().copied());
+        self.len = len + self.sparse.len() as u64;
+        self.max = match (self.max, other.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Sequence numbers missing below the highest seen: how many, and the
+    /// first [`LOST_FIRST`] of them.
+    pub fn lost(&self) -> (u64, Vec<u64>) {
+        let Some(max) = self.max else {
+            return (0, Vec::new());
+        };
+        let count = max + 1 - self.len;
+        let mut first = Vec::new();
+        let mut seq = 0u64;
+        while first.len() < LOST_FIRST && seq <= max && (first.len() as u64) < count {
+            if seq < DENSE_MAX {
+                let w = self.bits.get((seq / 64) as usize).copied().unwrap_or(0);
+                if w == u64::MAX && seq.is_multiple_of(64) {
+                    seq += 64;
+                    continue;
+                }
+                if w & (1 << (seq % 64)) == 0 {
+                    first.push(seq);
+                }
+            } else if !self.sparse.contains(&seq) {
+                first.push(seq);
+            }
+            seq += 1;
+        }
+        (count, first)
+    }
+}
+
+/// Shared by all cores when `--expect N` is given: one bitmap of the first
+/// N sequence numbers per run, set with `fetch_or`, so a message that
+/// reached two cores counts once.
+pub struct ExpectTracker {
+    n: u64,
+    runs: Mutex<HashMap<u64, Arc<RunBits>>>,
+    /// Set when some run has N distinct messages.
+    pub reached: AtomicBool,
+}
+
+/// The global bitmap of one run.
+pub struct RunBits {
+    bits: Box<[AtomicU64]>,
+    count: AtomicU64,
+}
+
+impl ExpectTracker {
+    /// Expecting `n` messages of one run.
+    pub fn new(n: u64) -> ExpectTracker {
+        ExpectTracker {
+            n,
+            runs: Mutex::default(),
+            reached: AtomicBool::new(n == 0),
+        }
+    }
+
+    /// The bitmap of `run` (taken once per run and core).
+    pub fn run(&self, run: u64) -> Arc<RunBits> {
+        let mut runs = self.runs.lock().expect("expect tracker poisoned");
+        runs.entry(run)
+            .or_insert_with(|| {
+                let words = self.n.div_ceil(64) as usize;
+                Arc::new(RunBits {
+                    bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                    count: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// `seq` of the run with bitmap `bits` arrived.
+    pub fn mark(&self, bits: &RunBits, seq: u64) {
+        let Some(word) = bits.bits.get((seq / 64) as usize) else {
+            return;
+        };
+        let mask = 1 << (seq % 64);
+        if word.fetch_or(mask, Ordering::Relaxed) & mask == 0
+            && bits.count.fetch_add(1, Ordering::Relaxed) + 1 == self.n
+        {
+            self.reached.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Counters of one run (per core, then merged).
+pub struct RunStats {
+    /// Run id.
+    pub run: u64,
+    /// Verified messages.
+    pub received: u64,
+    /// Sequence numbers seen.
+    pub seqs: SeqSet,
+    /// Stamps of this run whose body checksum failed.
+    pub bad_stamps: u64,
+    /// End-to-end latency, microseconds.
+    pub latency: Histogram<u64>,
+    expect: Option<Arc<RunBits>>,
+}
+
+impl RunStats {
+    fn new(run: u64) -> RunStats {
+        RunStats {
+            run,
+            received: 0,
+            seqs: SeqSet::default(),
+            bad_stamps: 0,
+            latency: Histogram::new(3).expect("3 significant figures"),
+            expect: None,
+        }
+    }
+}
+
+/// Counters of one core.
+#[derive(Default)]
+pub struct CoreStats {
+    /// Per run, in order of first arrival (few runs: linear search).
+    pub runs: Vec<RunStats>,
+    /// Messages answered 250.
+    pub messages: u64,
+    /// Their content bytes.
+    pub bytes: u64,
+    /// Messages without a stamp.
+    pub missing: u64,
+    /// Messages whose stamp does not parse.
+    pub malformed: u64,
+    /// Messages whose body checksum differs.
+    pub bad_sum: u64,
+    /// Injected failure replies.
+    pub failed: u64,
+    /// Connections dropped mid-DATA.
+    pub dropped: u64,
+    /// First and last accepted message.
+    pub first: Option<Instant>,
+    /// Last accepted message.
+    pub last: Option<Instant>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl CoreStats {
+    fn run_mut(&mut self, run: u64, expect: Option<&ExpectTracker>) -> &mut RunStats {
+        let i = match self.runs.iter().position(|r| r.run == run) {
+            Some(i) => i,
+            None => {
+                let mut r = RunStats::new(run);
+                r.expect = expect.map(|e| e.run(run));
+                self.runs.push(r);
+                self.runs.len() - 1
+            }
+        };
+        &mut self.runs[i]
+    }
+
+    /// A message is about to be answered 250: verify and count it.
+    pub fn record(&mut self, content: &[u8], expect: Option<&ExpectTracker>) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.messages += 1;
+        self.bytes += content.len() as u64;
+        match verify(content) {
+            Ok(stamp) => {
+                let lat = now_us().saturating_sub(stamp.sent_us);
+                let r = self.run_mut(stamp.run, expect);
+                r.received += 1;
+                r.latency.saturating_record(lat);
+                if r.seqs.insert(stamp.seq) {
+                    if let (Some(e), Some(bits)) = (expect, &r.expect) {
+                        e.mark(bits, stamp.seq);
+                    }
+                }
+            }
+            Err((StampError::Missing, _)) => self.missing += 1,
+            Err((StampError::Malformed, _)) => self.malformed += 1,
+            Err((StampError::BadSum, run)) => {
+                self.bad_sum += 1;
+                if let Some(run) = run {
+                    self.run_mut(run, expect).bad_stamps += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds another core's counters.
+    pub fn merge(&mut self, other: CoreStats) {
+        for o in other.runs {
+            let r = self.run_mut(o.run, None);
+            r.received += o.received;
+            r.bad_stamps += o.bad_stamps;
+            r.seqs.merge(&o.seqs);
+            let _ = r.latency.add(&o.latency);
+        }
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.missing += other.missing;
+        self.malformed += other.malformed;
+        self.bad_sum += other.bad_sum;
+        self.failed += other.failed;
+        self.dropped += other.dropped;
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = match (self.last, other.last) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Like [`crate::stamp::verify`] (same header, same checksum) but without
+/// allocating, and it tells the run id of a stamp whose checksum fails so
+/// the failure can be counted against that run.
+pub fn verify(message: &[u8]) -> Result<Stamp, (StampError, Option<u64>)> {
+    let prefix = HEADER.as_bytes();
+    let mut pos = 0;
+    let mut line_found: Option<&[u8]> = None;
+    let mut body: &[u8] = &[];
+    while pos < message.len() {
+        let rest = &message[pos..];
+        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], pos + i + 1),
+            None => (rest, message.len()),
+        };
+        if line == b"\r" {
+            body = &message[next..];
+            break;
+        }
+        if line_found.is_none()
+            && line.len() > prefix.len() + 1
+            && line[prefix.len()] == b':'
+            && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+        {
+            line_found = Some(&line[prefix.len() + 1..]);
+        }
+        pos = next;
+    }
+    let text = line_found.ok_or((StampError::Missing, None))?;
+    let (mut run, mut seq, mut sent, mut sum) = (None, None, None, None);
+    for field in text.split(|&b| b == b';') {
+        let field = field.trim_ascii();
+        if field.is_empty() {
+            continue;
+        }
+        let eq = field
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or((StampError::Malformed, None))?;
+        let (k, v) = (field[..eq].trim_ascii(), field[eq + 1..].trim_ascii());
+        match k {
+            b"run" => run = parse_num(v, 16),
+            b"seq" => seq = parse_num(v, 10),
+            b"sent" => sent = parse_num(v, 10),
+            b"sum" => sum = parse_num(v, 16).and_then(|s| u32::try_from(s).ok()),
+            _ => {}
+        }
+    }
+    let malformed = (StampError::Malformed, None);
+    let stamp = Stamp {
+        run: run.ok_or(malformed)?,
+        seq: seq.ok_or(malformed)?,
+        sent_us: sent.ok_or(malformed)?,
+        sum: sum.ok_or(malformed)?,
+    };
+    if crc32fast::hash(body) != stamp.sum {
+        return Err((StampError::BadSum, Some(stamp.run)));
+    }
+    Ok(stamp)
+}
+
+fn parse_num(v: &[u8], radix: u32) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        let d = (b as char).to_digit(radix)?;
+        n = n.checked_mul(u64::from(radix))?.checked_add(u64::from(d))?;
+    }
+    Some(n)
+}
+
+/// The JSON report (`--json FILE`). Field names are stable:
+///
+/// ```json
+/// {
+///   "runs": [ {
+///       "run": "<16 hex>",        // run id from the stamp
+///       "received": n,             // verified messages (duplicates included)
+///       "distinct": n,             // distinct sequence numbers
+///       "duplicates": n,           // received - distinct
+///       "lost": n,                 // sequence numbers missing below the highest seen
+///       "lost_first": [seq, ...],  // the first 20 of them
+///       "bad_stamps": n,           // stamps of this run with a wrong body checksum
+///       "latency_us": {"p50": n, "p90": n, "p99": n, "p999": n, "max": n, "mean": f}
+///   } ],
+///   "messages": n,                 // messages answered 250 (stamped or not)
+///   "bytes": n,                    // their content bytes
+///   "seconds": f,                  // first to last accepted message
+///   "messages_per_second": f,      // messages / seconds
+///   "bad_stamps": n,               // missing + malformed + bad_sum, all runs
+///   "bad_stamp_kinds": {"missing": n, "malformed": n, "bad_sum": n},
+///   "faults": {"failed": n, "dropped": n}  // injected failure replies; connections dropped mid-DATA
+/// }
+/// ```
+///
+/// Messages refused by fault injection or dropped mid-DATA are not
+/// counted in `messages`, `received` or latency (a correct sender retries
+/// them). Latency is arrival time minus the stamp's send time (same host
+/// clock, or synchronised clocks).
+#[derive(Serialize, Debug, Clone)]
+pub struct Report {
+    /// Per run.
+    pub runs: Vec<RunReport>,
+    /// Messages answered 250.
+    pub messages: u64,
+    /// Content bytes of those.
+    pub bytes: u64,
+    /// First to last accepted message.
+    pub seconds: f64,
+    /// messages / seconds.
+    pub messages_per_second: f64,
+    /// All bad stamps.
+    pub bad_stamps: u64,
+    /// Bad stamps by kind.
+    pub bad_stamp_kinds: BadStamps,
+    /// Injected faults.
+    pub faults: Faults,
+}
+
+/// Bad stamps by kind.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct BadStamps {
+    /// No stamp header.
+    pub missing: u64,
+    /// Unparsable stamp header.
+    pub malformed: u64,
+    /// Body checksum mismatch.
+    pub bad_sum: u64,
+}
+
+/// Injected faults.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Faults {
+    /// Failure replies injected (any command or end of data).
+    pub failed: u64,
+    /// Connections closed mid-DATA.
+    pub dropped: u64,
+}
+
+/// One run in the report.
+#[derive(Serialize, Debug, Clone)]
+pub struct RunReport {
+    /// 16 hex digits.
+    pub run: String,
+    /// Verified messages.
+    pub received: u64,
+    /// Distinct sequence numbers.
+    pub distinct: u64,
+    /// received - distinct.
+    pub duplicates: u64,
+    /// Missing below the highest seen.
+    pub lost: u64,
+    /// First missing ones.
+    pub lost_first: Vec<u64>,
+    /// Bad checksums attributed to this run.
+    pub bad_stamps: u64,
+    /// Latency, microseconds.
+    pub latency_us: Latency,
+}
+
+/// Latency summary, microseconds.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Report {
+    /// Builds the report from the merged counters.
+    pub fn new(s: &CoreStats) -> Report {
+        let seconds = match (s.first, s.last) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let runs = s
+            .runs
+            .iter()
+            .map(|r| {
+                let (lost, lost_first) = r.seqs.lost();
+                let h = &r.latency;
+                let latency_us = if h.is_empty() {
+                    Latency::default()
+                } else {
+                    Latency {
+                        p50: h.value_at_quantile(0.5),
+                        p90: h.value_at_quantile(0.9),
+                        p99: h.value_at_quantile(0.99),
+                        p999: h.value_at_quantile(0.999),
+                        max: h.max(),
+                        mean: h.mean(),
+                    }
+                };
+                RunReport {
+                    run: format!("{:016x}", r.run),
+                    received: r.received,
+                    distinct: r.seqs.len(),
+                    duplicates: r.received - r.seqs.len(),
+                    lost,
+                    lost_first,
+                    bad_stamps: r.bad_stamps,
+                    latency_us,
+                }
+            })
+            .collect();
+        Report {
+            runs,
+            messages: s.messages,
+            bytes: s.bytes,
+            seconds,
+            messages_per_second: if seconds > 0.0 {
+                s.messages as f64 / seconds
+            } else {
+                0.0
+            },
+            bad_stamps: s.missing + s.malformed + s.bad_sum,
+            bad_stamp_kinds: BadStamps {
+                missing: s.missing,
+                malformed: s.malformed,
+                bad_sum: s.bad_sum,
+            },
+            faults: Faults {
+                failed: s.failed,
+                dropped: s.dropped,
+            },
+        }
+    }
+
+    /// The human-readable report.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "sink: {} messages, {} bytes in {:.3} s: {:.0} msg/s",
+            self.messages, self.bytes, self.seconds, self.messages_per_second
+        );
+        let k = &self.bad_stamp_kinds;
+        let _ = writeln!(
+            t,
+            "bad stamps: {} (missing {}, malformed {}, bad checksum {}); faults: {} failed, {} dropped",
+            self.bad_stamps, k.missing, k.malformed, k.bad_sum, self.faults.failed, self.faults.dropped
+        );
+        for r in &self.runs {
+            let l = &r.latency_us;
+            let _ = writeln!(
+                t,
+                "run {}: received {}, distinct {}, duplicates {}, lost {}, bad stamps {}",
+                r.run, r.received, r.distinct, r.duplicates, r.lost, r.bad_stamps
+            );
+            let _ = writeln!(
+                t,
+                "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} mean {:.0}",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+            );
+            if !r.lost_first.is_empty() {
+                let _ = writeln!(t, "  lost (first {}): {:?}", LOST_FIRST, r.lost_first);
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::build_message;
+
+    fn report_of(arrivals: &[&[u64]]) -> Report {
+        // One CoreStats per core, as the executors would have them.
+        let mut total = CoreStats::default();
+        for core in arrivals {
+            let mut s = CoreStats::default();
+            for &seq in *core {
+                s.record(&build_message(7, seq, 0, 100, "a@x", "b@y"), None);
+            }
+            total.merge(s);
+        }
+        Report::new(&total)
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn lost_and_duplicates_table() {
+        // (arrivals per core, received, distinct, duplicates, lost, lost_first)
+        let table: &[(&[&[u64]], u64, u64, u64, u64, &[u64])] = &[
+            (&[&[0, 1, 2, 3]], 4, 4, 0, 0, &[]),
+            (&[&[3, 2, 1, 0]], 4, 4, 0, 0, &[]),
+            (&[&[0, 1, 1, 2]], 4, 3, 1, 0, &[]),
+            (&[&[0, 2, 5]], 3, 3, 0, 3, &[1, 3, 4]),
+            (&[&[0, 1], &[1, 2]], 4, 3, 1, 0, &[]),
+            (&[&[0, 4], &[2, 2]], 4, 3, 1, 2, &[1, 3]),
+            (&[&[5]], 1, 1, 0, 5, &[0, 1, 2, 3, 4]),
+            (
+                &[&[0, 100]],
+                2,
+                2,
+                0,
+                99,
+                &[
+                    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                ],
+            ),
+        ];
+        for (i, &(arrivals, received, distinct, dups, lost, first)) in table.iter().enumerate() {
+            let r = report_of(arrivals);
+            let run = &r.runs[0];
+            assert_eq!(run.run, "0000000000000007");
+            assert_eq!(
+                (
+                    run.received,
+                    run.distinct,
+                    run.duplicates,
+                    run.lost,
+                    &run.lost_first[..]
+                ),
+                (received, distinct, dups, lost, first),
+                "row {i}"
+            );
+            assert_eq!(r.messages, received);
+        }
+    }
+
+    #[test]
+    fn seqset_large_and_sparse() {
+        let mut s = SeqSet::default();
+        assert!(s.insert(0));
+        assert!(s.insert(DENSE_MAX + 5));
+        assert!(!s.insert(DENSE_MAX + 5));
+        assert_eq!(s.len(), 2);
+        let (lost, first) = s.lost();
+        assert_eq!(lost, DENSE_MAX + 4);
+        assert_eq!(first.len(), LOST_FIRST);
+        assert_eq!(first[0], 1);
+    }
+
+    #[test]
+    fn verify_agrees_with_stamp_module() {
+        for size in [0, 100, 5000] {
+            let msg = build_message(0xfeed, 3, 12345, size, "a@x", "b@y");
+            assert_eq!(verify(&msg).unwrap(), crate::stamp::verify(&msg).unwrap());
+            let mut bad = msg.clone();
+            let last = bad.len() - 3;
+            bad[last] ^= 1;
+            assert_eq!(verify(&bad), Err((StampError::BadSum, Some(0xfeed))));
+        }
+        assert_eq!(
+            verify(b"Subject: x\r\n\r\nX-Tern-Loadgen: run=1\r\n"),
+            Err((StampError::Missing, None))
+        );
+        assert_eq!(
+            verify(b"x-tern-loadgen: run=zz\r\n\r\n"),
+            Err((StampError::Malformed, None))
+        );
+        assert_eq!(verify(b""), Err((StampError::Missing, None)));
+    }
+
+    #[test]
+    fn bad_stamps_are_counted_not_received() {
+        let mut s = CoreStats::default();
+        s.record(b"Subject: unstamped\r\n\r\nhello\r\n", None);
+        let mut bad = build_message(9, 0, 0, 100, "a@x", "b@y");
+        let last = bad.len() - 3;
+        bad[last] ^= 1;
+        s.record(&bad, None);
+        let r = Report::new(&s);
+        assert_eq!(r.messages, 2);
+        assert_eq!(r.bad_stamps, 2);
+        assert_eq!(r.runs[0].received, 0);
+        assert_eq!(r.runs[0].bad_stamps, 1);
+        assert_eq!(r.bad_stamp_kinds.missing, 1);
+    }
+
+    #[test]
+    fn expect_tracker_counts_across_cores_once() {
+        let e = ExpectTracker::new(3);
+        let mut a = CoreStats::default();
+        let mut b = CoreStats::default();
+        let m = |seq| build_message(1, seq, 0, 10, "a@x", "b@y");
+        a.record(&m(0), Some(&e));
+        b.record(&m(0), Some(&e));
+        a.record(&m(1), Some(&e));
+        assert!(!e.reached.load(Ordering::SeqCst));
+        b.record(&m(2), Some(&e));
+        assert!(e.reached.load(Ordering::SeqCst));
+    }
+}

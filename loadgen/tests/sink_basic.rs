@@ -1,0 +1,270 @@
+//! Runs the real `tern-loadgen sink` on a loopback port and talks SMTP to
+//! it with a tiny blocking client: counts (received, duplicates, lost, bad
+//! stamps) in the JSON report, and fault injection reply codes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tern_loadgen::stamp::build_message;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The sink process, killed on drop.
+struct Sink {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sink {
+    fn start(args: &[&str]) -> Sink {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"))
+            .arg("sink")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sink");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let mut sink = Sink {
+            child,
+            addr: String::new(),
+        };
+        sink.addr = rx.recv_timeout(WAIT).expect("sink did not start listening");
+        sink
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    fn terminate(&mut self) -> i32 {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.wait()
+    }
+
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().expect("exit code");
+            }
+            assert!(Instant::now() < deadline, "sink did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: &str) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut c = Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        assert_eq!(c.reply(), 220);
+        c
+    }
+
+    /// Reads one (possibly multi-line) reply; its code, or 0 on EOF.
+    fn reply(&mut self) -> u16 {
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).expect("read reply") == 0 {
+                return 0;
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line[..3].parse().expect("reply code");
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str) -> u16 {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply()
+    }
+
+    /// EHLO, MAIL, RCPT, DATA, content: the code at each step (stops at
+    /// the first refusal).
+    fn send(&mut self, content: &[u8]) -> Vec<u16> {
+        let mut codes = vec![self.cmd("EHLO client.test")];
+        for (line, ok) in [
+            ("MAIL FROM:<a@x.test>", 250),
+            ("RCPT TO:<b@y.test>", 250),
+            ("DATA", 354),
+        ] {
+            let code = self.cmd(line);
+            codes.push(code);
+            if code != ok {
+                return codes;
+            }
+        }
+        let mut data = Vec::new();
+        for line in content.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(b".") {
+                data.push(b'.');
+            }
+            data.extend_from_slice(line);
+        }
+        data.extend_from_slice(b".\r\n");
+        let _ = self.w.write_all(&data);
+        codes.push(self.reply());
+        codes
+    }
+
+    fn quit(mut self) {
+        assert_eq!(self.cmd("QUIT"), 221);
+        let mut rest = Vec::new();
+        let _ = self.r.read_to_end(&mut rest);
+    }
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("json report")).expect("json")
+}
+
+const RUN: u64 = 0x0123_4567_89ab_cdef;
+
+fn msg(seq: u64) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    build_message(RUN, seq, now, 2000, "a@x.test", "b@y.test")
+}
+
+#[test]
+fn counts_duplicates_gaps_and_bad_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut sink = Sink::start(&[
+        "--expect",
+        "4",
+        "--timeout",
+        "30s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let mut c = Client::connect(&sink.addr);
+    // 0, 1, 1 again (duplicate), no 2 (gap), an unstamped message, 3, 4.
+    for seq in [0, 1, 1] {
+        assert_eq!(c.send(&msg(seq)), [250, 250, 250, 354, 250]);
+    }
+    assert_eq!(
+        c.send(b"Subject: no stamp\r\n\r\n.leading dot\r\n"),
+        [250, 250, 250, 354, 250]
+    );
+    c.quit();
+    let mut c = Client::connect(&sink.addr);
+    assert_eq!(c.send(&msg(3)), [250, 250, 250, 354, 250]);
+    assert_eq!(c.send(&msg(4)), [250, 250, 250, 354, 250]);
+    // The 4th distinct message of the run: the sink exits by itself.
+    assert_eq!(sink.wait(), 0);
+    let r = report(&json);
+    assert_eq!(r["messages"], 6);
+    assert_eq!(r["bad_stamps"], 1);
+    assert_eq!(r["bad_stamp_kinds"]["missing"], 1);
+    let run = &r["runs"][0];
+    assert_eq!(run["run"], "0123456789abcdef");
+    assert_eq!(run["received"], 5);
+    assert_eq!(run["distinct"], 4);
+    assert_eq!(run["duplicates"], 1);
+    assert_eq!(run["lost"], 1);
+    assert_eq!(run["lost_first"], serde_json::json!([2]));
+    for k in ["p50", "p90", "p99", "p999", "max", "mean"] {
+        assert!(run["latency_us"][k].is_number(), "{k}");
+    }
+    assert_eq!(r["faults"]["failed"], 0);
+}
+
+#[test]
+fn expect_unmet_exits_3() {
+    let mut sink = Sink::start(&["--expect", "2", "--timeout", "300ms"]);
+    let mut c = Client::connect(&sink.addr);
+    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 250]);
+    c.quit();
+    assert_eq!(sink.wait(), 3);
+}
+
+#[test]
+fn fail_on_rcpt_with_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut sink = Sink::start(&[
+        "--fail-on",
+        "rcpt",
+        "--fail-code",
+        "550",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let mut c = Client::connect(&sink.addr);
+    assert_eq!(c.send(&msg(0)), [250, 250, 550]);
+    c.quit();
+    assert_eq!(sink.terminate(), 0);
+    let r = report(&json);
+    assert_eq!(r["faults"]["failed"], 1);
+    assert_eq!(r["messages"], 0);
+}
+
+#[test]
+fn fail_rate_one_fails_end_of_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut sink = Sink::start(&["--fail-rate", "1", "--json", json.to_str().unwrap()]);
+    let mut c = Client::connect(&sink.addr);
+    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 451]);
+    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 451]);
+    c.quit();
+    assert_eq!(sink.terminate(), 0);
+    let r = report(&json);
+    assert_eq!(r["faults"]["failed"], 2);
+    assert_eq!(r["messages"], 0);
+    assert_eq!(r["runs"], serde_json::json!([]));
+}
+
+#[test]
+fn fail_on_ehlo_and_data_and_drop() {
+    let sink = Sink::start(&["--fail-on", "data", "--fail-code", "554"]);
+    let mut c = Client::connect(&sink.addr);
+    assert_eq!(c.send(&msg(0)), [250, 250, 250, 554]);
+    assert_eq!(c.cmd("RSET"), 250);
+    c.quit();
+    drop(sink);
+
+    let sink = Sink::start(&["--fail-on", "ehlo"]);
+    let mut c = Client::connect(&sink.addr);
+    assert_eq!(c.cmd("EHLO client.test"), 451);
+    assert_eq!(c.cmd("HELO client.test"), 451);
+    c.quit();
+    drop(sink);
+
+    let sink = Sink::start(&["--drop-rate", "1"]);
+    let mut c = Client::connect(&sink.addr);
+    // The connection closes after the data, with no reply (EOF: 0).
+    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 0]);
+}
