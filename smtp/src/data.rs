@@ -98,10 +98,13 @@ pub struct DataReceiver {
 
 impl DataReceiver {
     /// A receiver accepting at most `limit` octets of (unstuffed) content;
-    /// `hint` pre-sizes the buffer (e.g. from MAIL SIZE=), capped at limit.
+    /// `hint` pre-sizes the buffer (e.g. from MAIL SIZE=), capped at limit
+    /// and at 1 MiB; without a hint, 16 KiB (most mail is smaller), so a
+    /// typical message is received without regrowing the buffer.
     pub fn new(limit: usize, hint: usize) -> DataReceiver {
+        let initial = if hint == 0 { 16 << 10 } else { hint };
         DataReceiver {
-            body: Vec::with_capacity(hint.min(limit).min(1 << 20)),
+            body: Vec::with_capacity(initial.min(limit).min(1 << 20)),
             limit,
             lines: Lines::default(),
             line_start: true,
