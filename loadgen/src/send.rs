@@ -1,10 +1,280 @@
-//! `tern-loadgen send` (being built).
+//! `tern-loadgen send`: drives one or more SMTP targets and measures.
+//!
+//! # Model
+//!
+//! * Closed loop (default): `--concurrency C` connections, each sending
+//!   messages back to back, `--per-conn K` per connection (0 = unlimited)
+//!   then QUIT and reconnect.
+//! * Open loop (`--rate R`): message `k` is due at `start + k / R`; a free
+//!   connection (at most C) takes it when due, and its transaction latency
+//!   is measured from that scheduled time (wrk2: a stalled server cannot
+//!   hide its stall by slowing the sender down).
+//! * Bounded by `--messages N` and/or `--duration D`.
+//!
+//! Every message is `X-Tern-Loadgen`-stamped (see [`crate::stamp`]) with the
+//! run id, a sequence number unique across cores (an atomic counter), the
+//! send time and the body checksum. Bodies are prebuilt once per size.
+//!
+//! # Layout
+//!
+//! ```text
+//! send.rs          arguments, executors, progress, report
+//! send_core.rs     one executor: connections, the SMTP conversation
+//! send_target.rs   targets, priorities, failover, backoff
+//! send_stats.rs    histograms, reply counts, JSON/text report, plot files
+//! ```
+
+#[path = "send_core.rs"]
+pub mod send_core;
+#[path = "send_stats.rs"]
+pub mod send_stats;
+#[path = "send_target.rs"]
+pub mod send_target;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::size::Sizes;
+use send_core::Plan;
+use send_stats::{CoreStats, Live, RunInfo};
+use send_target::{Health, Target};
 
 /// Arguments of `send`.
-#[derive(clap::Args, Debug)]
-pub struct SendArgs {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct SendArgs {
+    /// Target `HOST:PORT[,PRIORITY]` (repeatable). Lower priority values are
+    /// preferred; when every target of a group is down, the next group is
+    /// used; down targets are retried after a backoff.
+    #[arg(long = "target", required = true, value_name = "HOST:PORT[,PRIO]")]
+    pub targets: Vec<Target>,
+    /// Connections (closed loop), or the maximum in use (open loop).
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Messages per connection before QUIT and reconnect (0 = unlimited).
+    #[arg(long, default_value_t = 100)]
+    pub per_conn: u64,
+    /// Open loop: messages per second on a fixed schedule.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Stop after this long (e.g. "30s", "2m").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Message size: "4096", "16KiB" or a distribution "1KiB:60,16KiB:30,1MiB:10".
+    #[arg(long, default_value = "4096")]
+    pub size: Sizes,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
+    pub rcpts: usize,
+    /// Envelope sender.
+    #[arg(long, default_value = "loadgen@example.com")]
+    pub from: String,
+    /// Recipient pattern; `{n}` is replaced by the recipient index (0..rcpts).
+    #[arg(long, default_value = "rcpt{n}@example.net")]
+    pub to: String,
+    /// Use BDAT (RFC 3030) when the server offers CHUNKING, else DATA.
+    #[arg(long)]
+    pub bdat: bool,
+    /// Do not pipeline MAIL/RCPT/DATA even when the server offers PIPELINING.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Executors (one thread pinned per core); connections are split over them.
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+    /// Run id in hex (default: random).
+    #[arg(long, value_parser = parse_hex)]
+    pub run_id: Option<u64>,
+    /// Timeout for connect and for each read/write.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Name sent in EHLO.
+    #[arg(long, default_value = "tern-loadgen.invalid")]
+    pub helo: String,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write `<phase>.hgrm` percentile distributions and `send.svg` here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No live progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_hex(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn no_newlines(s: &str) -> String {
+    s.replace(['\r', '\n'], "")
+}
 
 /// Runs `send`.
-pub fn main(_args: SendArgs) -> anyhow::Result<()> {
-    anyhow::bail!("send: not built yet")
+pub fn main(args: SendArgs) -> anyhow::Result<()> {
+    if args.messages.is_none() && args.duration.is_none() {
+        anyhow::bail!("give --messages N and/or --duration D");
+    }
+    if args.concurrency == 0 || args.cores == 0 || args.rcpts == 0 {
+        anyhow::bail!("--concurrency, --cores and --rcpts must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        anyhow::bail!("--rate must be positive");
+    }
+    let run = args.run_id.unwrap_or_else(rand::random);
+    let addrs = args
+        .targets
+        .iter()
+        .map(Target::resolve)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cores = args.cores.min(args.concurrency);
+    let plan = Arc::new(Plan {
+        run,
+        addrs,
+        priorities: args.targets.iter().map(|t| t.priority).collect(),
+        health: args.targets.iter().map(|_| Health::default()).collect(),
+        next: AtomicU64::new(0),
+        messages: args.messages,
+        duration: args.duration,
+        rate: args.rate,
+        start: Instant::now(),
+        per_conn: args.per_conn,
+        pipelining: !args.no_pipelining,
+        bdat: args.bdat,
+        timeout: args.timeout,
+        helo: no_newlines(&args.helo),
+        from: no_newlines(&args.from),
+        rcpts: (0..args.rcpts)
+            .map(|n| no_newlines(&args.to.replace("{n}", &n.to_string())))
+            .collect(),
+        sizes: args.size.clone(),
+        live: (0..cores).map(|_| Live::default()).collect(),
+    });
+    println!("run {run:016x}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    let mut first_id = 0;
+    for core in 0..cores {
+        let conns = args.concurrency / cores + usize::from(core < args.concurrency % cores);
+        let plan = plan.clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(core % cpus))
+            .name(&format!("loadgen-{core}"))
+            .io_memory(512 << 10)
+            .ring_depth(256)
+            .spawn(move || async move { send_core::run(plan, core, conns, first_id).await })
+            .map_err(std::io::Error::from)?;
+        first_id += conns;
+        handles.push(h);
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+        let (plan, done, messages) = (plan.clone(), done.clone(), args.messages);
+        std::thread::spawn(move || progress(&plan, &done, messages))
+    });
+    let mut total = CoreStats::new(plan.addrs.len());
+    let mut panicked = None;
+    for (core, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(s) => total.merge(s),
+            Err(e) => panicked = Some(format!("core {core} failed: {e}")),
+        }
+    }
+    // Until the last connection finished (not until the executors exited).
+    let seconds = total.elapsed.as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    if let Some(p) = panicked {
+        anyhow::bail!(p);
+    }
+    let targets: Vec<(String, u32)> = args
+        .targets
+        .iter()
+        .map(|t| (t.addr.clone(), t.priority))
+        .collect();
+    let info = RunInfo {
+        run,
+        seconds,
+        targets: &targets,
+        rate: args.rate,
+    };
+    print!("{}", send_stats::text_report(&total, &info));
+    if let Some(path) = &args.json {
+        let j = send_stats::json_report(&total, &info);
+        std::fs::write(path, serde_json::to_vec_pretty(&j)?)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = &args.plot {
+        send_stats::write_plot(dir, &total, &format!("tern-loadgen run {run:016x}"))
+            .map_err(|e| anyhow::anyhow!("writing plots to {}: {e}", dir.display()))?;
+    }
+    if total.failed() > 0 {
+        anyhow::bail!(
+            "{} of {} messages failed ({} temp_fail, {} perm_fail, {} conn_errors)",
+            total.failed(),
+            total.failed() + total.ok,
+            total.temp_fail,
+            total.perm_fail,
+            total.conn_errors
+        );
+    }
+    if total.ok == 0 {
+        anyhow::bail!("no message was sent");
+    }
+    Ok(())
+}
+
+/// Live progress on stderr, shown once the run has lasted a second.
+fn progress(plan: &Plan, done: &std::sync::atomic::AtomicBool, messages: Option<u64>) {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let tick = Duration::from_millis(200);
+    while plan.start.elapsed() < Duration::from_secs(1) {
+        if done.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(tick);
+    }
+    let bar = match (messages, plan.duration) {
+        (Some(n), _) => ProgressBar::new(n),
+        (None, Some(d)) => ProgressBar::new(d.as_secs().max(1)),
+        (None, None) => ProgressBar::new_spinner(),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut last = (Instant::now(), 0u64);
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        let (mut ok, mut failed, mut p50, mut p99) = (0, 0, 0, 0);
+        for l in &plan.live {
+            ok += l.ok.load(Ordering::Relaxed);
+            failed += l.failed.load(Ordering::Relaxed);
+            p50 = p50.max(l.p50_us.load(Ordering::Relaxed));
+            p99 = p99.max(l.p99_us.load(Ordering::Relaxed));
+        }
+        let now = Instant::now();
+        let rate = (ok + failed).saturating_sub(last.1) as f64 / (now - last.0).as_secs_f64();
+        last = (now, ok + failed);
+        if messages.is_some() {
+            bar.set_position(ok + failed);
+        } else {
+            bar.set_position(plan.start.elapsed().as_secs());
+        }
+        bar.set_message(format!(
+            "{rate:.0} msg/s, {failed} errors, p50 {:.2} ms, p99 {:.2} ms",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0
+        ));
+    }
+    bar.finish_and_clear();
 }
