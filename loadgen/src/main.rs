@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tern-loadgen", version, about = "SMTP load generator and sink for benchmarking any MTA")]
+#[command(
+    name = "tern-loadgen",
+    version,
+    about = "SMTP load generator and sink for benchmarking any MTA"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

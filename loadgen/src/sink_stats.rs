@@ -191,7 +191,10 @@ impl RunStats {
             received: 0,
             seqs: SeqSet::default(),
             bad_stamps: 0,
-            latency: Histogram::new(3).expect("3 significant figures"),
+            // 1 us .. 1 hour: a fixed range, so `saturating_record` never
+            // clamps a real latency (an auto-resizing histogram would clamp
+            // to its tiny initial range).
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             expect: None,
         }
     }
@@ -574,6 +577,19 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn latencies_of_seconds_are_recorded_not_clamped() {
+        // Regression: an auto-resizing histogram with saturating_record
+        // clamped every latency above its initial range to 2 us.
+        let sent = now_us() - 5_000_000;
+        let msg = crate::stamp::build_message(7, 0, sent, 1000, "a@x", "b@y");
+        let mut core = CoreStats::default();
+        core.record(&msg, None);
+        let r = Report::new(&core);
+        let p50 = r.runs[0].latency_us.p50;
+        assert!((4_900_000..6_000_000).contains(&p50), "{p50}");
+    }
+
     use super::*;
     use crate::stamp::build_message;
 
