@@ -76,7 +76,8 @@ pub struct SendArgs {
     /// Envelope sender.
     #[arg(long, default_value = "loadgen@example.com")]
     pub from: String,
-    /// Recipient pattern; `{n}` is replaced by the recipient index (0..rcpts).
+    /// Recipient pattern; the placeholder "{ n }" written without spaces is
+    /// replaced by the recipient index (0..rcpts), as in the default.
     #[arg(long, default_value = "rcpt{n}@example.net")]
     pub to: String,
     /// Use BDAT (RFC 3030) when the server offers CHUNKING, else DATA.
