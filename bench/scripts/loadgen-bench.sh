@@ -25,6 +25,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Postfix (smtp-source, smtp-sink, the relay) from Debian when missing.
+if ! command -v smtp-source >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
 cargo build --release -q -p tern-loadgen --bin tern-loadgen -p tern-engine --bin tern
 LG=target/release/tern-loadgen
 TERN=target/release/tern
