@@ -8,12 +8,12 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tern_smtp::data::{DataReceiver, Progress};
 
 /// `size` bytes of mail text: 76-character lines, every 50th starting with
-/// a dot (stuffed on the wire), ending with CRLF.CRLF when `terminated`.
+/// a dot; `stuffed`: as on the wire (dots doubled, `.CRLF` terminator).
 fn wire_body(size: usize, stuffed: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(size + 100);
     let mut n = 0u64;
     while out.len() < size {
-        if n % 50 == 0 {
+        if n.is_multiple_of(50) {
             out.push(b'.');
             if stuffed {
                 out.push(b'.');
