@@ -6,11 +6,13 @@
 //! ```text
 //! stamp.rs   the X-Tern-Loadgen header: run id, sequence, send time, body checksum
 //! size.rs    message size distributions
+//! latency.rs latency histograms and summaries (both reports)
 //! send*.rs   the sender (closed and open loop, targets with priorities, phases)
 //! sink*.rs   the sink (verifies stamps, counts lost/duplicated, fault injection)
 //! ```
 #![warn(missing_docs)]
 
+pub mod latency;
 pub mod send;
 pub mod sink;
 pub mod size;

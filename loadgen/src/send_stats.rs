@@ -62,11 +62,6 @@ impl Phase {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // 1 us .. 1 hour, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
-}
-
 /// What one core measured.
 #[derive(Debug)]
 pub struct CoreStats {
@@ -103,7 +98,7 @@ impl CoreStats {
     /// Empty stats for `targets` targets.
     pub fn new(targets: usize) -> CoreStats {
         CoreStats {
-            latency: (0..PHASES).map(|_| new_histogram()).collect(),
+            latency: (0..PHASES).map(|_| crate::latency::histogram()).collect(),
             replies: vec![0; 600],
             ok: 0,
             temp_fail: 0,
@@ -284,38 +279,8 @@ pub struct JsonMessages {
     pub conn_errors: u64,
 }
 
-/// A latency summary, microseconds.
-#[derive(Debug, Serialize)]
-pub struct JsonLatency {
-    /// Samples.
-    pub count: u64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Maximum.
-    pub max: u64,
-    /// Mean.
-    pub mean: f64,
-}
-
-impl JsonLatency {
-    fn of(h: &Histogram<u64>) -> JsonLatency {
-        JsonLatency {
-            count: h.len(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-            mean: h.mean(),
-        }
-    }
-}
+/// A latency summary, microseconds (shared with the sink's report).
+pub type JsonLatency = crate::latency::Summary;
 
 /// One target.
 #[derive(Debug, Serialize)]

@@ -191,10 +191,7 @@ impl RunStats {
             received: 0,
             seqs: SeqSet::default(),
             bad_stamps: 0,
-            // 1 us .. 1 hour: a fixed range, so `saturating_record` never
-            // clamps a real latency (an auto-resizing histogram would clamp
-            // to its tiny initial range).
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            latency: crate::latency::histogram(),
             expect: None,
         }
     }
@@ -386,7 +383,7 @@ fn parse_num(v: &[u8], radix: u32) -> Option<u64> {
 ///       "lost": n,                 // sequence numbers missing below the highest seen
 ///       "lost_first": [seq, ...],  // the first 20 of them
 ///       "bad_stamps": n,           // stamps of this run with a wrong body checksum
-///       "latency_us": {"p50": n, "p90": n, "p99": n, "p999": n, "max": n, "mean": f}
+///       "latency_us": {"count": n, "p50": n, "p90": n, "p99": n, "p999": n, "max": n, "mean": f}
 ///   } ],
 ///   "messages": n,                 // messages answered 250 (stamped or not)
 ///   "bytes": n,                    // their content bytes
@@ -463,22 +460,8 @@ pub struct RunReport {
     pub latency_us: Latency,
 }
 
-/// Latency summary, microseconds.
-#[derive(Serialize, Debug, Clone, Default)]
-pub struct Latency {
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Maximum.
-    pub max: u64,
-    /// Mean.
-    pub mean: f64,
-}
+/// Latency summary, microseconds (shared with the sender's report).
+pub type Latency = crate::latency::Summary;
 
 impl Report {
     /// Builds the report from the merged counters.
@@ -492,19 +475,7 @@ impl Report {
             .iter()
             .map(|r| {
                 let (lost, lost_first) = r.seqs.lost();
-                let h = &r.latency;
-                let latency_us = if h.is_empty() {
-                    Latency::default()
-                } else {
-                    Latency {
-                        p50: h.value_at_quantile(0.5),
-                        p90: h.value_at_quantile(0.9),
-                        p99: h.value_at_quantile(0.99),
-                        p999: h.value_at_quantile(0.999),
-                        max: h.max(),
-                        mean: h.mean(),
-                    }
-                };
+                let latency_us = Latency::of(&r.latency);
                 RunReport {
                     run: format!("{:016x}", r.run),
                     received: r.received,
