@@ -2,58 +2,15 @@
 //! Counts, checksums, zero lost or duplicated; and sink fault injection
 //! seen by the sender as the right reply codes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-const WAIT: Duration = Duration::from_secs(60);
 const BIN: &str = env!("CARGO_BIN_EXE_tern-loadgen");
 
-/// A sink process on an OS-chosen port; killed on drop.
-struct Sink {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Sink;
 
 fn sink(args: &[&str]) -> Sink {
-    let mut child = Command::new(BIN)
-        .arg("sink")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sink");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("sink did not start listening");
-    Sink { child, addr }
-}
-
-fn wait_exit(child: &mut Child) -> i32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Sink::start(args)
 }
 
 fn send(target: &str, extra: &[&str], json: &std::path::Path) -> i32 {
@@ -98,7 +55,7 @@ fn every_message_arrives_once_and_intact() {
         "2",
     ];
     assert_eq!(send(&s.addr, &args, &send_json), 0);
-    assert_eq!(wait_exit(&mut s.child), 0, "sink saw all 600");
+    assert_eq!(s.wait(), 0, "sink saw all 600");
     let sent = json(&send_json);
     let got = json(&sink_json);
     assert_eq!(sent["messages"]["ok"], 600);

@@ -5,73 +5,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use tern_loadgen::stamp::build_message;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// The sink process, killed on drop.
-struct Sink {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sink {
-    fn start(args: &[&str]) -> Sink {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"))
-            .arg("sink")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sink");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let mut sink = Sink {
-            child,
-            addr: String::new(),
-        };
-        sink.addr = rx.recv_timeout(WAIT).expect("sink did not start listening");
-        sink
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn terminate(&mut self) -> i32 {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.wait()
-    }
-
-    fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code().expect("exit code");
-            }
-            assert!(Instant::now() < deadline, "sink did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+mod common;
+use common::{Sink, WAIT};
 
 struct Client {
     r: BufReader<TcpStream>,
