@@ -10,5 +10,6 @@ pub mod fuzzing;
 pub mod limits;
 pub mod reply;
 pub mod server;
+pub mod transaction;
 
 pub use reply::{Reply, ReplyParser, Status};
