@@ -333,7 +333,8 @@ mod tests {
     #[test]
     fn table_of_outcomes() {
         // (pipelining, chunking, recipients, replies, statuses, writes)
-        let cases: Vec<(bool, bool, usize, Vec<u16>, Vec<char>, usize)> = vec![
+        type Case = (bool, bool, usize, Vec<u16>, Vec<char>, usize);
+        let cases: Vec<Case> = vec![
             (
                 true,
                 false,
