@@ -119,6 +119,9 @@ impl<E: Env> Log<E> {
         now: TimestampMs,
     ) -> Result<(Log<E>, RecoveryReport)> {
         config.validate()?;
+        // Absolute from here on: glommio opens directories (for fsync) with
+        // openat on a null dirfd, which fails for relative paths (EBADF).
+        let dir = &std::path::absolute(dir)?;
         create_dir_durably(dir)?;
         let lock = recovery::lock_dir(dir)?;
         let (state, report) = recovery::recover(&env, dir, &config, now).await?;

@@ -239,3 +239,27 @@ fn inspection_reads_a_live_log_without_the_lock() {
         assert_eq!(last.payload, payload(2, 3000));
     });
 }
+
+#[test]
+fn opens_a_relative_directory() {
+    // Regression: `tern serve` defaults to ./tern-data; a relative log
+    // directory used to fail at the first directory fsync (EBADF).
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let rel = std::path::PathBuf::from(format!(
+        "{up}{}",
+        dir.path().display().to_string().trim_start_matches('/')
+    ));
+    assert!(rel.is_relative());
+    run(async {
+        let log = open(BufferedEnv, &rel.join("shard-0"), &small_config()).await;
+        let seq = log
+            .append(KIND, TimestampMs(5), &[b"relative"])
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+        let log = open(BufferedEnv, &rel.join("shard-0"), &small_config()).await;
+        assert_eq!(&log.read(seq).unwrap().payload[..], b"relative");
+    });
+}
