@@ -238,8 +238,12 @@ impl TernProcess {
         cmd.arg("serve")
             .arg("--listen")
             .arg(self.smtp.addr().to_string())
+            // Relative, as with the default `./tern-data`: the server runs
+            // in the test's directory (a relative data directory once kept
+            // it from starting).
+            .current_dir(self.dir.path())
             .arg("--data-dir")
-            .arg(self.data_dir())
+            .arg("data")
             .arg("--cores")
             .arg(self.options.cores.to_string())
             .arg("--admin-listen")
