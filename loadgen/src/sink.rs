@@ -57,7 +57,8 @@ pub struct SinkArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub size_max: usize,
     /// Exit when N distinct messages of one run arrived (or at --timeout):
-    /// print the report, exit 0 if N arrived, 3 otherwise.
+    /// print the report, exit 0 if N arrived, 3 otherwise. Sequence
+    /// numbers below N that did not arrive count as lost.
     #[arg(long, value_name = "N")]
     pub expect: Option<u64>,
     /// With --expect: give up after this long (e.g. 60s, 5m).
@@ -144,7 +145,13 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
         hostname: "tern-loadgen-sink".into(),
         message_bytes_max: args.size_max,
         recipients_max: 1000,
-        errors_max: 100,
+        // Injected failure replies count as session errors: with fault
+        // injection they must not end the session with 421.
+        errors_max: if faults.fail_rate > 0.0 {
+            u32::MAX
+        } else {
+            100
+        },
         extra_ehlo: Vec::new(),
     };
     let mut handles = Vec::new();
@@ -229,7 +236,8 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("sink: core {core} failed: {e}"),
         }
     }
-    let report = Report::new(&total);
+    total.start = Some(started);
+    let report = Report::with_expect(&total, args.expect);
     print!("{}", report.text());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;

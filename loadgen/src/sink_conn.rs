@@ -160,7 +160,7 @@ fn events<P: Policy>(core: &Core, s: &mut Session<P>, qid: &mut String, closing:
         match event {
             Event::Message { content, .. } => {
                 if let Some(r) = core.faults.borrow_mut().fail(FailOn::Dot) {
-                    core.stats.borrow_mut().failed += 1;
+                    core.stats.borrow_mut().refused(&content);
                     s.complete(Err(r));
                     continue;
                 }
@@ -180,12 +180,29 @@ fn events<P: Policy>(core: &Core, s: &mut Session<P>, qid: &mut String, closing:
     }
 }
 
-/// Feeds `input` to the session one command line at a time, answering
-/// the command `--fail-on` names itself when the fault fires.
+/// A partial command line held back from the session (splitter path).
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// The line outgrew [`HOLD_MAX`] and was passed on as it came: its
+    /// end goes to the session too, never refused by the sink.
+    spilled: bool,
+}
+
+/// Longest partial command line held (the session's limit is smaller: it
+/// answers such a line itself).
+const HOLD_MAX: usize = 4096;
+
+/// Feeds `input` to the session one whole command line at a time (a line
+/// split across reads is held until its end arrives), answering the
+/// command `--fail-on` names itself when the fault fires. Message data is
+/// passed through as it comes.
+#[allow(clippy::too_many_arguments)]
 fn feed_split<P: Policy>(
     core: &Core,
     s: &mut Session<P>,
     split: &mut Splitter,
+    held: &mut Held,
     mut input: &[u8],
     out: &mut Vec<u8>,
     qid: &mut String,
@@ -194,7 +211,13 @@ fn feed_split<P: Policy>(
     let mut data_started = false;
     while !input.is_empty() && !*closing {
         let (n, piece) = split.next(input);
+        if piece == Piece::Partial && !held.spilled && held.bytes.len() + n <= HOLD_MAX {
+            held.bytes.extend_from_slice(&input[..n]);
+            input = &input[n..];
+            continue;
+        }
         let point = match piece {
+            _ if held.spilled => None,
             Piece::Line(v, _) if &v == b"EHLO" || &v == b"HELO" => Some(FailOn::Ehlo),
             Piece::Line(v, _) if &v == b"DATA" => Some(FailOn::Data),
             _ => None,
@@ -202,8 +225,18 @@ fn feed_split<P: Policy>(
         let refusal = point.and_then(|p| core.faults.borrow_mut().fail(p));
         if let Some(r) = refusal {
             core.stats.borrow_mut().failed += 1;
+            held.bytes.clear();
             r.encode(out);
         } else {
+            if piece == Piece::Partial {
+                held.spilled = true;
+            } else if matches!(piece, Piece::Line(..)) {
+                held.spilled = false;
+            }
+            if !held.bytes.is_empty() {
+                s.receive(&held.bytes);
+                held.bytes.clear();
+            }
             s.receive(&input[..n]);
             events(core, s, qid, closing);
             let before = out.len();
@@ -229,6 +262,7 @@ fn feed_split<P: Policy>(
 async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut s = Session::new(core.smtp.clone(), SinkPolicy { core: core.clone() });
+    let mut held = Held::default();
     let mut split = core
         .faults
         .borrow()
@@ -275,6 +309,7 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                 &core,
                 &mut s,
                 split,
+                &mut held,
                 &buf[..n],
                 &mut out,
                 &mut qid,

@@ -135,8 +135,12 @@ impl Faults {
 /// What a piece of client input is, for the intercepting splitter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Piece {
-    /// Part of a line or of message data: feed it.
+    /// Message data (after a 354 or BDAT): feed it as it is.
     Bytes,
+    /// The start of a command line whose end has not arrived yet: hold it
+    /// until the line is complete (the session must see whole lines, so a
+    /// refused one leaves nothing behind in it).
+    Partial,
     /// A complete command line with this verb (upper case, 4 letters or
     /// empty), and the size if it is `BDAT n`.
     Line([u8; 4], Option<u64>),
@@ -192,7 +196,7 @@ impl Splitter {
                 self.head[self.head_len..self.head_len + take].copy_from_slice(&input[..take]);
                 self.head_len += take;
                 if !complete {
-                    return (len, Piece::Bytes);
+                    return (len, Piece::Partial);
                 }
                 let head = &self.head[..self.head_len];
                 let mut verb = [0u8; 4];
@@ -334,7 +338,7 @@ mod tests {
         assert_eq!(got, want);
         // A line split across reads is one line.
         let mut s = Splitter::default();
-        assert_eq!(s.next(b"EH"), (2, Piece::Bytes));
+        assert_eq!(s.next(b"EH"), (2, Piece::Partial));
         assert_eq!(s.next(b"LO y\r\nX"), (6, Piece::Line(*b"EHLO", None)));
         // An end-of-data marker split across reads.
         let mut s = Splitter::default();

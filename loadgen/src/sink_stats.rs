@@ -3,8 +3,9 @@
 //! tracker (one atomic `fetch_or` per new sequence number).
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -87,18 +88,56 @@ impl SeqSet {
         };
     }
 
+    /// True if `seq` is a member.
+    pub fn contains(&self, seq: u64) -> bool {
+        if seq < DENSE_MAX {
+            let w = self.bits.get((seq / 64) as usize).copied().unwrap_or(0);
+            w & (1 << (seq % 64)) != 0
+        } else {
+            self.sparse.contains(&seq)
+        }
+    }
+
+    /// Members of `self` that are not in `other`.
+    pub fn count_not_in(&self, other: &SeqSet) -> u64 {
+        let dense: u64 = self
+            .bits
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| u64::from((w & !other.bits.get(i).copied().unwrap_or(0)).count_ones()))
+            .sum();
+        dense
+            + self
+                .sparse
+                .iter()
+                .filter(|s| !other.sparse.contains(s))
+                .count() as u64
+    }
+
     /// Sequence numbers missing below the highest seen: how many, and the
     /// first [`LOST_FIRST`] of them.
     pub fn lost(&self) -> (u64, Vec<u64>) {
-        let Some(max) = self.max else {
-            return (0, Vec::new());
+        self.missing(0, &SeqSet::default())
+    }
+
+    /// Sequence numbers in neither `self` nor `excluded`, below
+    /// `max(expect, highest member of either + 1)`: how many, and the
+    /// first [`LOST_FIRST`] of them.
+    pub fn missing(&self, expect: u64, excluded: &SeqSet) -> (u64, Vec<u64>) {
+        let top = match (self.max, excluded.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         };
-        let count = max + 1 - self.len;
+        let bound = top.map_or(0, |m| m + 1).max(expect);
+        // Every member of either set is below `bound`.
+        let count = bound - self.len - excluded.count_not_in(self);
         let mut first = Vec::new();
         let mut seq = 0u64;
-        while first.len() < LOST_FIRST && seq <= max && (first.len() as u64) < count {
+        while first.len() < LOST_FIRST && seq < bound && (first.len() as u64) < count {
             if seq < DENSE_MAX {
-                let w = self.bits.get((seq / 64) as usize).copied().unwrap_or(0);
+                let i = (seq / 64) as usize;
+                let w = self.bits.get(i).copied().unwrap_or(0)
+                    | excluded.bits.get(i).copied().unwrap_or(0);
                 if w == u64::MAX && seq.is_multiple_of(64) {
                     seq += 64;
                     continue;
@@ -106,7 +145,7 @@ impl SeqSet {
                 if w & (1 << (seq % 64)) == 0 {
                     first.push(seq);
                 }
-            } else if !self.sparse.contains(&seq) {
+            } else if !self.sparse.contains(&seq) && !excluded.sparse.contains(&seq) {
                 first.push(seq);
             }
             seq += 1;
@@ -115,9 +154,14 @@ impl SeqSet {
     }
 }
 
-/// Shared by all cores when `--expect N` is given: one bitmap of the first
-/// N sequence numbers per run, set with `fetch_or`, so a message that
-/// reached two cores counts once.
+/// Bits per lazily allocated chunk of a run's global bitmap (8 KiB).
+const CHUNK_BITS: u64 = 1 << 16;
+
+/// Shared by all cores when `--expect N` is given: one bitmap of every
+/// sequence number per run (chunks allocated on first use; numbers of
+/// `DENSE_MAX` and more in a locked set), set with `fetch_or`, so a
+/// message that reached two cores counts once. The run's distinct count
+/// reaching N fires, whatever the sequence numbers are.
 pub struct ExpectTracker {
     n: u64,
     runs: Mutex<HashMap<u64, Arc<RunBits>>>,
@@ -127,7 +171,8 @@ pub struct ExpectTracker {
 
 /// The global bitmap of one run.
 pub struct RunBits {
-    bits: Box<[AtomicU64]>,
+    chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    sparse: Mutex<HashSet<u64>>,
     count: AtomicU64,
 }
 
@@ -146,9 +191,11 @@ impl ExpectTracker {
         let mut runs = self.runs.lock().expect("expect tracker poisoned");
         runs.entry(run)
             .or_insert_with(|| {
-                let words = self.n.div_ceil(64) as usize;
                 Arc::new(RunBits {
-                    bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                    chunks: (0..DENSE_MAX / CHUNK_BITS)
+                        .map(|_| OnceLock::new())
+                        .collect(),
+                    sparse: Mutex::default(),
                     count: AtomicU64::new(0),
                 })
             })
@@ -157,13 +204,21 @@ impl ExpectTracker {
 
     /// `seq` of the run with bitmap `bits` arrived.
     pub fn mark(&self, bits: &RunBits, seq: u64) {
-        let Some(word) = bits.bits.get((seq / 64) as usize) else {
-            return;
+        let new = match bits.chunks.get((seq / CHUNK_BITS) as usize) {
+            Some(chunk) => {
+                let chunk =
+                    chunk.get_or_init(|| (0..CHUNK_BITS / 64).map(|_| AtomicU64::new(0)).collect());
+                let word = &chunk[((seq % CHUNK_BITS) / 64) as usize];
+                let mask = 1 << (seq % 64);
+                word.fetch_or(mask, Ordering::Relaxed) & mask == 0
+            }
+            None => bits
+                .sparse
+                .lock()
+                .expect("expect tracker poisoned")
+                .insert(seq),
         };
-        let mask = 1 << (seq % 64);
-        if word.fetch_or(mask, Ordering::Relaxed) & mask == 0
-            && bits.count.fetch_add(1, Ordering::Relaxed) + 1 == self.n
-        {
+        if new && bits.count.fetch_add(1, Ordering::Relaxed) + 1 == self.n {
             self.reached.store(true, Ordering::SeqCst);
         }
     }
@@ -177,6 +232,8 @@ pub struct RunStats {
     pub received: u64,
     /// Sequence numbers seen.
     pub seqs: SeqSet,
+    /// Sequence numbers the sink itself refused at the end of data.
+    pub refused: SeqSet,
     /// Stamps of this run whose body checksum failed.
     pub bad_stamps: u64,
     /// End-to-end latency, microseconds.
@@ -190,6 +247,7 @@ impl RunStats {
             run,
             received: 0,
             seqs: SeqSet::default(),
+            refused: SeqSet::default(),
             bad_stamps: 0,
             latency: crate::latency::histogram(),
             expect: None,
@@ -216,7 +274,10 @@ pub struct CoreStats {
     pub failed: u64,
     /// Connections dropped mid-DATA.
     pub dropped: u64,
-    /// First and last accepted message.
+    /// When the sink started listening (set on the merged counters):
+    /// `seconds` runs from it, else from the first accepted message.
+    pub start: Option<Instant>,
+    /// First accepted message.
     pub first: Option<Instant>,
     /// Last accepted message.
     pub last: Option<Instant>,
@@ -233,13 +294,17 @@ impl CoreStats {
         let i = match self.runs.iter().position(|r| r.run == run) {
             Some(i) => i,
             None => {
-                let mut r = RunStats::new(run);
-                r.expect = expect.map(|e| e.run(run));
-                self.runs.push(r);
+                self.runs.push(RunStats::new(run));
                 self.runs.len() - 1
             }
         };
-        &mut self.runs[i]
+        let r = &mut self.runs[i];
+        // A run first seen through a refusal or a bad stamp has no
+        // tracker bitmap yet.
+        if r.expect.is_none() {
+            r.expect = expect.map(|e| e.run(run));
+        }
+        r
     }
 
     /// A message is about to be answered 250: verify and count it.
@@ -272,6 +337,16 @@ impl CoreStats {
         }
     }
 
+    /// The sink refused this message at the end of data (fault
+    /// injection): count it, and remember its sequence number when the
+    /// stamp verifies, so the report tells it apart from a loss.
+    pub fn refused(&mut self, content: &[u8]) {
+        self.failed += 1;
+        if let Ok(stamp) = verify(content) {
+            self.run_mut(stamp.run, None).refused.insert(stamp.seq);
+        }
+    }
+
     /// Adds another core's counters.
     pub fn merge(&mut self, other: CoreStats) {
         for o in other.runs {
@@ -279,6 +354,7 @@ impl CoreStats {
             r.received += o.received;
             r.bad_stamps += o.bad_stamps;
             r.seqs.merge(&o.seqs);
+            r.refused.merge(&o.refused);
             let _ = r.latency.add(&o.latency);
         }
         self.messages += other.messages;
@@ -288,6 +364,10 @@ impl CoreStats {
         self.bad_sum += other.bad_sum;
         self.failed += other.failed;
         self.dropped += other.dropped;
+        self.start = match (self.start, other.start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.first = match (self.first, other.first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -380,14 +460,17 @@ fn parse_num(v: &[u8], radix: u32) -> Option<u64> {
 ///       "received": n,             // verified messages (duplicates included)
 ///       "distinct": n,             // distinct sequence numbers
 ///       "duplicates": n,           // received - distinct
-///       "lost": n,                 // sequence numbers missing below the highest seen
+///       "lost": n,                 // sequence numbers missing below max(highest seen + 1, --expect N),
+///                                  // excluding those in "refused"
 ///       "lost_first": [seq, ...],  // the first 20 of them
+///       "refused": n,              // distinct sequence numbers the sink refused at the end of
+///                                  // data (fault injection) and never accepted
 ///       "bad_stamps": n,           // stamps of this run with a wrong body checksum
 ///       "latency_us": {"count": n, "p50": n, "p90": n, "p99": n, "p999": n, "max": n, "mean": f}
 ///   } ],
 ///   "messages": n,                 // messages answered 250 (stamped or not)
 ///   "bytes": n,                    // their content bytes
-///   "seconds": f,                  // first to last accepted message
+///   "seconds": f,                  // sink start (listening) to the last accepted message
 ///   "messages_per_second": f,      // messages / seconds
 ///   "bad_stamps": n,               // missing + malformed + bad_sum, all runs
 ///   "bad_stamp_kinds": {"missing": n, "malformed": n, "bad_sum": n},
@@ -397,7 +480,11 @@ fn parse_num(v: &[u8], radix: u32) -> Option<u64> {
 ///
 /// Messages refused by fault injection or dropped mid-DATA are not
 /// counted in `messages`, `received` or latency (a correct sender retries
-/// them). Latency is arrival time minus the stamp's send time (same host
+/// them). `lost` excludes the refusals the sink can attribute (those at the
+/// end of data, whose stamp it has read: `refused`); refusals injected at
+/// EHLO, MAIL, RCPT or DATA and connections dropped mid-DATA carry no
+/// stamp the sink could read, so a message the sender never retried after
+/// one of those shows up as lost (their totals are in `faults`). Latency is arrival time minus the stamp's send time (same host
 /// clock, or synchronised clocks).
 #[derive(Serialize, Debug, Clone)]
 pub struct Report {
@@ -407,7 +494,7 @@ pub struct Report {
     pub messages: u64,
     /// Content bytes of those.
     pub bytes: u64,
-    /// First to last accepted message.
+    /// Sink start to the last accepted message.
     pub seconds: f64,
     /// messages / seconds.
     pub messages_per_second: f64,
@@ -450,10 +537,12 @@ pub struct RunReport {
     pub distinct: u64,
     /// received - distinct.
     pub duplicates: u64,
-    /// Missing below the highest seen.
+    /// Missing below the highest seen (or `--expect N`), refusals excluded.
     pub lost: u64,
     /// First missing ones.
     pub lost_first: Vec<u64>,
+    /// Refused at the end of data by the sink and never accepted.
+    pub refused: u64,
     /// Bad checksums attributed to this run.
     pub bad_stamps: u64,
     /// Latency, microseconds.
@@ -466,15 +555,21 @@ pub type Latency = crate::latency::Summary;
 impl Report {
     /// Builds the report from the merged counters.
     pub fn new(s: &CoreStats) -> Report {
-        let seconds = match (s.first, s.last) {
-            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        Report::with_expect(s, None)
+    }
+
+    /// Builds the report; with `--expect N`, every sequence number below N
+    /// not received counts as lost (or refused).
+    pub fn with_expect(s: &CoreStats, expect: Option<u64>) -> Report {
+        let seconds = match (s.start.or(s.first), s.last) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
             _ => 0.0,
         };
         let runs = s
             .runs
             .iter()
             .map(|r| {
-                let (lost, lost_first) = r.seqs.lost();
+                let (lost, lost_first) = r.seqs.missing(expect.unwrap_or(0), &r.refused);
                 let latency_us = Latency::of(&r.latency);
                 RunReport {
                     run: format!("{:016x}", r.run),
@@ -483,6 +578,7 @@ impl Report {
                     duplicates: r.received - r.seqs.len(),
                     lost,
                     lost_first,
+                    refused: r.refused.count_not_in(&r.seqs),
                     bad_stamps: r.bad_stamps,
                     latency_us,
                 }
@@ -530,8 +626,8 @@ impl Report {
             let l = &r.latency_us;
             let _ = writeln!(
                 t,
-                "run {}: received {}, distinct {}, duplicates {}, lost {}, bad stamps {}",
-                r.run, r.received, r.distinct, r.duplicates, r.lost, r.bad_stamps
+                "run {}: received {}, distinct {}, duplicates {}, lost {}, refused {}, bad stamps {}",
+                r.run, r.received, r.distinct, r.duplicates, r.lost, r.refused, r.bad_stamps
             );
             let _ = writeln!(
                 t,
@@ -681,5 +777,63 @@ mod tests {
         assert!(!e.reached.load(Ordering::SeqCst));
         b.record(&m(2), Some(&e));
         assert!(e.reached.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn expect_fires_on_distinct_count_whatever_the_seqs() {
+        // Regression: only seqs 0..N-1 counted, so a run whose
+        // first messages were refused never met --expect.
+        let e = ExpectTracker::new(4);
+        let mut a = CoreStats::default();
+        let mut b = CoreStats::default();
+        let m = |seq| build_message(1, seq, 0, 10, "a@x", "b@y");
+        a.record(&m(5), Some(&e));
+        b.record(&m(5), Some(&e));
+        a.record(&m(70_000), Some(&e));
+        b.record(&m(DENSE_MAX + 9), Some(&e));
+        assert!(!e.reached.load(Ordering::SeqCst));
+        a.record(&m(DENSE_MAX + 9), Some(&e));
+        assert!(!e.reached.load(Ordering::SeqCst));
+        b.record(&m(2), Some(&e));
+        assert!(e.reached.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn lost_counts_up_to_expect_and_excludes_refusals() {
+        let m = |seq| build_message(7, seq, 0, 10, "a@x", "b@y");
+        let mut a = CoreStats::default();
+        let mut b = CoreStats::default();
+        for seq in [0, 1] {
+            a.record(&m(seq), None);
+        }
+        // Refused at the end of data: 2 (never retried), 3 (accepted
+        // later, on another core), 6 (above everything received).
+        a.refused(&m(2));
+        a.refused(&m(3));
+        b.record(&m(3), None);
+        b.refused(&m(6));
+        a.refused(b"Subject: unstamped\r\n\r\nx\r\n");
+        a.merge(b);
+        let r = Report::with_expect(&a, Some(9));
+        let run = &r.runs[0];
+        assert_eq!((run.distinct, run.refused), (3, 2));
+        assert_eq!((run.lost, &run.lost_first[..]), (4, &[4, 5, 7, 8][..]));
+        assert_eq!(r.faults.failed, 4);
+        // Without --expect: missing below the highest seen (6), refusals
+        // still excluded.
+        let run = &Report::new(&a).runs[0];
+        assert_eq!((run.lost, &run.lost_first[..]), (2, &[4, 5][..]));
+    }
+
+    #[test]
+    fn seconds_run_from_the_sink_start() {
+        // Regression: first to last message, so one message made 0 msg/s.
+        let mut s = CoreStats::default();
+        s.record(&build_message(1, 0, 0, 10, "a@x", "b@y"), None);
+        assert_eq!(Report::new(&s).messages_per_second, 0.0);
+        s.start = Some(Instant::now() - std::time::Duration::from_secs(2));
+        let r = Report::new(&s);
+        assert!(r.seconds >= 1.9 && r.seconds < 10.0, "{}", r.seconds);
+        assert!(r.messages_per_second > 0.0);
     }
 }

@@ -182,7 +182,11 @@ fn fail_rate_one_fails_end_of_data() {
     let r = report(&json);
     assert_eq!(r["faults"]["failed"], 2);
     assert_eq!(r["messages"], 0);
-    assert_eq!(r["runs"], serde_json::json!([]));
+    // The refused message's run is listed: refused (seq 0 twice), not lost.
+    let run = &r["runs"][0];
+    assert_eq!(run["received"], 0);
+    assert_eq!(run["refused"], 1);
+    assert_eq!(run["lost"], 0);
 }
 
 #[test]
