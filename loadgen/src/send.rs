@@ -10,6 +10,12 @@
 //!   is measured from that scheduled time (wrk2: a stalled server cannot
 //!   hide its stall by slowing the sender down).
 //! * Bounded by `--messages N` and/or `--duration D`.
+//! * Failover: a connection whose target is no longer in the best priority
+//!   group up QUITs between transactions (checked about once a second) and
+//!   reconnects, so traffic comes back to a recovered better group even with
+//!   `--per-conn 0`. When every target has been down for longer than
+//!   `--timeout`, the run stops: the messages not sent count as
+//!   connection errors, and `send` exits non-zero.
 //!
 //! Every message is `X-Tern-Loadgen`-stamped (see [`crate::stamp`]) with the
 //! run id, a sequence number unique across cores (an atomic counter), the
@@ -156,6 +162,8 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
             .collect(),
         sizes: args.size.clone(),
         live: (0..cores).map(|_| Live::default()).collect(),
+        down_since_us: AtomicU64::new(send_core::NOT_DOWN),
+        aborted: std::sync::atomic::AtomicBool::new(false),
     });
     println!("run {run:016x}");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -195,6 +203,11 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
     if let Some(p) = panicked {
         anyhow::bail!(p);
     }
+    // Every target down for longer than --timeout: the messages never
+    // taken count as connection errors.
+    let aborted = plan.aborted.load(Ordering::Relaxed);
+    let untaken = if aborted { plan.untaken() } else { 0 };
+    total.conn_errors += untaken;
     let targets: Vec<(String, u32)> = args
         .targets
         .iter()
@@ -215,6 +228,16 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.plot {
         send_stats::write_plot(dir, &total, &format!("tern-loadgen run {run:016x}"))
             .map_err(|e| anyhow::anyhow!("writing plots to {}: {e}", dir.display()))?;
+    }
+    if aborted {
+        anyhow::bail!(
+            "run stopped: every target was down for longer than --timeout ({}); \
+             {} of {} messages failed ({} conn_errors, {untaken} of them never attempted)",
+            humantime::format_duration(args.timeout),
+            total.failed(),
+            total.failed() + total.ok,
+            total.conn_errors
+        );
     }
     if total.failed() > 0 {
         anyhow::bail!(

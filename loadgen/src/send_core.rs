@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,7 +60,15 @@ pub struct Plan {
     pub sizes: Sizes,
     /// Per-core live counters.
     pub live: Vec<Live>,
+    /// Since when (µs since the start) every target has been down without
+    /// a successful connect since; [`NOT_DOWN`] if not.
+    pub down_since_us: AtomicU64,
+    /// Every target was down for longer than `timeout`: the run stops.
+    pub aborted: AtomicBool,
 }
+
+/// [`Plan::down_since_us`] when some target is reachable.
+pub const NOT_DOWN: u64 = u64::MAX;
 
 /// When message `k` of an open loop at `rate`/s is due, after the start;
 /// `None` if it falls outside the bounds (`messages`, `duration`).
@@ -88,6 +96,9 @@ impl Plan {
     /// The next message: its sequence number and, in the open loop, when
     /// it is due. `None` when the run is over.
     fn ticket(&self) -> Option<(u64, Option<Instant>)> {
+        if self.aborted.load(Ordering::Relaxed) {
+            return None;
+        }
         if let Some(rate) = self.rate {
             let k = self.next.fetch_add(1, Ordering::Relaxed);
             let due = open_loop_due(k, rate, self.messages, self.duration)?;
@@ -101,6 +112,40 @@ impl Plan {
             return None;
         }
         Some((k, None))
+    }
+
+    /// After an aborted run: the messages of the run that were never
+    /// taken (no ticket). Known when `--messages` or an open-loop
+    /// schedule bounds the run; 0 otherwise.
+    pub fn untaken(&self) -> u64 {
+        let scheduled = match (self.rate, self.duration) {
+            (Some(r), Some(d)) => Some((d.as_secs_f64() * r).ceil() as u64),
+            _ => None,
+        };
+        let total = match (self.messages, scheduled) {
+            (Some(n), Some(s)) => n.min(s),
+            (Some(n), None) => n,
+            (None, Some(s)) => s,
+            (None, None) => return 0,
+        };
+        total.saturating_sub(self.next.load(Ordering::Relaxed).min(total))
+    }
+
+    /// Records that every target is down (from `now_us` unless already).
+    /// Returns true, and aborts the run, once that has lasted longer than
+    /// the timeout.
+    fn all_down(&self, now_us: u64) -> bool {
+        let _ = self.down_since_us.compare_exchange(
+            NOT_DOWN,
+            now_us,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let since = self.down_since_us.load(Ordering::Relaxed);
+        if since != NOT_DOWN && now_us.saturating_sub(since) > self.timeout.as_micros() as u64 {
+            self.aborted.store(true, Ordering::Relaxed);
+        }
+        self.aborted.load(Ordering::Relaxed)
     }
 }
 
@@ -171,6 +216,14 @@ struct Conn {
     chained: Option<u64>,
     /// Text of the last 4xx/5xx reply line.
     last_error: String,
+    /// The message of the transaction under way until it is accounted
+    /// ([`Conn::finish`]): an error after that must not count it again.
+    unfinished: Option<u64>,
+    /// Next check that this connection's target is still in the best
+    /// priority group up (failback with `--per-conn 0`).
+    next_check: Instant,
+    /// This connection should QUIT after the current transaction.
+    leave: bool,
 }
 
 /// A connection's deadline, enforced by the core's watchdog: cheaper than
@@ -247,6 +300,26 @@ fn note(code: u16, worst: &mut u16) {
     }
 }
 
+/// The failure of a transaction that failed before DATA/BDAT, from its
+/// MAIL and RCPT replies: the MAIL reply if it failed (the RCPTs after it
+/// are then refused for sequence), else the worst RCPT reply if none was
+/// accepted. `None` if the envelope was accepted. The reply to a pipelined
+/// DATA/BDAT after such a failure (503/554) says nothing about the message,
+/// so the outcome is the same pipelined or not.
+fn envelope_failure(mail: u16, rcpts: &[u16]) -> Option<u16> {
+    if mail >= 400 {
+        return Some(mail);
+    }
+    if !rcpts.is_empty() && rcpts.iter().all(|&c| c >= 400) {
+        return rcpts.iter().copied().max();
+    }
+    None
+}
+
+/// How often a connection checks that its target is still in the best
+/// priority group up.
+const FAILBACK_CHECK: Duration = Duration::from_secs(1);
+
 const RBUF: usize = 16 << 10;
 /// Bodies up to this size are copied into the output buffer (one write);
 /// larger ones are written from the shared body.
@@ -279,6 +352,9 @@ impl Conn {
             sent: 0,
             chained: None,
             last_error: String::new(),
+            unfinished: None,
+            next_check: Instant::now() + FAILBACK_CHECK,
+            leave: false,
         };
         let t = Instant::now();
         let code = c.reply(stats, None).await?;
@@ -451,6 +527,7 @@ impl Conn {
 
     /// Accounts a finished transaction.
     fn finish(&mut self, plan: &Plan, m: Msg, worst: u16, stats: &Stats) -> Outcome {
+        self.unfinished = None;
         let mut s = stats.borrow_mut();
         let from = if plan.rate.is_some() {
             m.due.unwrap_or(m.t0)
@@ -492,14 +569,27 @@ impl Conn {
         stats: &Stats,
         next: &mut dyn FnMut(&mut Conn) -> Option<Msg>,
     ) -> std::io::Result<Option<Msg>> {
+        self.unfinished = Some(m.seq);
         let mut worst = 0u16;
-        let code = self.reply(stats, None).await?;
+        let mail = self.reply(stats, None).await?;
         stats.borrow_mut().record(Phase::Mail, us(m.t0));
-        note(code, &mut worst);
+        note(mail, &mut worst);
+        if mail == 421 {
+            // The server closes: the message failed temporarily, as without
+            // pipelining (not a connection error).
+            self.finish(plan, m, mail, stats);
+            return Err(io_err(self.last_error.clone()));
+        }
+        let mut rcpts = Vec::with_capacity(plan.rcpts.len());
         for _ in &plan.rcpts {
             let code = self.reply(stats, None).await?;
             stats.borrow_mut().record(Phase::Rcpt, us(m.t0));
             note(code, &mut worst);
+            if code == 421 {
+                self.finish(plan, m, code, stats);
+                return Err(io_err(self.last_error.clone()));
+            }
+            rcpts.push(code);
         }
         let code = self.reply(stats, None).await?;
         stats.borrow_mut().record(Phase::Data, us(m.t0));
@@ -508,7 +598,7 @@ impl Conn {
         if code == 354 {
             let t = Instant::now();
             self.send_content(&m, b".\r\n").await?;
-            if plan.rate.is_none() && (plan.per_conn == 0 || self.sent < plan.per_conn) {
+            if plan.rate.is_none() && !self.should_quit(plan) {
                 if let Some(mut n) = next(self) {
                     self.begin(plan, &mut n);
                     self.chained = Some(n.seq);
@@ -524,7 +614,10 @@ impl Conn {
                 return Err(io_err(self.last_error.clone()));
             }
         } else {
-            note(code.max(400), &mut worst);
+            match envelope_failure(mail, &rcpts) {
+                Some(code) => worst = code,
+                None => note(code.max(400), &mut worst),
+            }
             let outcome = self.finish(plan, m, worst, stats);
             if outcome != Outcome::Ok {
                 self.after_failure(worst, stats).await?;
@@ -532,6 +625,21 @@ impl Conn {
         }
         self.chained = None;
         Ok(chained)
+    }
+
+    /// True when this connection should QUIT after its transaction: its
+    /// `--per-conn` is used up, or (checked at most every
+    /// [`FAILBACK_CHECK`]) a better priority group than its target's is up
+    /// again. Once true, stays true.
+    fn should_quit(&mut self, plan: &Plan) -> bool {
+        if plan.per_conn > 0 && self.sent >= plan.per_conn {
+            return true;
+        }
+        if !self.leave && Instant::now() >= self.next_check {
+            self.next_check = Instant::now() + FAILBACK_CHECK;
+            self.leave = better_group_up(plan, self.target);
+        }
+        self.leave
     }
 
     /// After a failed transaction: 421 closes; anything else is RSET.
@@ -550,6 +658,7 @@ impl Conn {
     async fn transaction(&mut self, plan: &Plan, m: Msg, stats: &Stats) -> std::io::Result<()> {
         let pipelining = plan.pipelining && self.caps.pipelining;
         let bdat = plan.bdat && self.caps.chunking;
+        self.unfinished = Some(m.seq);
         let mut worst = 0u16;
         self.sent += 1;
         let t0 = m.t0;
@@ -563,17 +672,22 @@ impl Conn {
             let _ = write!(self.out, "BDAT {} LAST\r\n", m.size);
             self.send_content(&m, b"").await?;
             self.flush().await?;
-            let code = self.reply(stats, None).await?;
+            let mail = self.reply(stats, None).await?;
             stats.borrow_mut().record(Phase::Mail, us(t0));
-            note(code, &mut worst);
+            note(mail, &mut worst);
+            let mut rcpts = Vec::with_capacity(plan.rcpts.len());
             for _ in &plan.rcpts {
                 let code = self.reply(stats, None).await?;
                 stats.borrow_mut().record(Phase::Rcpt, us(t0));
                 note(code, &mut worst);
+                rcpts.push(code);
             }
             let code = self.reply(stats, None).await?;
             stats.borrow_mut().record(Phase::Eod, us(t0));
-            note(code, &mut worst);
+            match envelope_failure(mail, &rcpts) {
+                Some(code) => worst = code,
+                None => note(code, &mut worst),
+            }
         } else {
             self.flush().await?;
             let code = self.reply(stats, None).await?;
@@ -639,6 +753,17 @@ impl Conn {
     }
 }
 
+/// True when a priority group better than `target`'s has a target up
+/// (may be tried).
+fn better_group_up(plan: &Plan, target: usize) -> bool {
+    let now_us = plan.now_us();
+    let mine = plan.priorities[target];
+    plan.priorities
+        .iter()
+        .zip(&plan.health)
+        .any(|(&p, h)| p < mine && h.is_up(now_us))
+}
+
 /// Connects to the best target up, failing over within the attempt; `Err`
 /// with the last error when none could be reached.
 async fn connect_any(plan: &Plan, stats: &Stats, spread: &mut usize) -> Result<Conn, String> {
@@ -647,9 +772,18 @@ async fn connect_any(plan: &Plan, stats: &Stats, spread: &mut usize) -> Result<C
     let mut waited = false;
     let mut attempts = 0;
     while attempts < n {
+        if plan.aborted.load(Ordering::Relaxed) {
+            return Err(last);
+        }
         let now_us = plan.now_us();
         let up: Vec<bool> = plan.health.iter().map(|h| h.is_up(now_us)).collect();
         let Some(i) = choose(&plan.priorities, &up, *spread) else {
+            if plan.all_down(now_us) {
+                return Err(format!(
+                    "every target down for longer than the timeout ({:?}); last: {last}",
+                    plan.timeout
+                ));
+            }
             if waited {
                 break;
             }
@@ -670,6 +804,7 @@ async fn connect_any(plan: &Plan, stats: &Stats, spread: &mut usize) -> Result<C
         match Conn::open(plan, i, stats).await {
             Ok(c) => {
                 plan.health[i].succeeded();
+                plan.down_since_us.store(NOT_DOWN, Ordering::Relaxed);
                 return Ok(c);
             }
             Err(e) => {
@@ -760,7 +895,11 @@ async fn worker(plan: Arc<Plan>, stats: Stats, bodies: Rc<Bodies>, id: usize) {
             Ok(next) => pending = next,
             Err(e) => {
                 let e = format!("{}: {e}", plan.addrs[c.target]);
-                lost(&stats, seq, &e);
+                // Unless finish() already accounted it (a 421 or a failed
+                // RSET after the reply).
+                if c.unfinished.take() == Some(seq) {
+                    lost(&stats, seq, &e);
+                }
                 if let Some(next) = c.chained.take() {
                     lost(&stats, next, &e);
                 }
@@ -768,7 +907,7 @@ async fn worker(plan: Arc<Plan>, stats: Stats, bodies: Rc<Bodies>, id: usize) {
                 continue;
             }
         }
-        if pending.is_none() && plan.per_conn > 0 && c.sent >= plan.per_conn {
+        if pending.is_none() && c.should_quit(&plan) {
             if let Some(c) = conn.take() {
                 c.quit(&stats).await;
             }
@@ -855,6 +994,16 @@ mod tests {
             .map(|k| open_loop_due(k, 4.0, None, None).unwrap())
             .collect();
         assert_eq!(due[4] - due[0], Duration::from_secs(1));
+    }
+
+    #[test]
+    fn envelope_failure_ignores_the_follow_up_data_reply() {
+        assert_eq!(envelope_failure(250, &[250, 250]), None);
+        assert_eq!(envelope_failure(451, &[503]), Some(451));
+        assert_eq!(envelope_failure(250, &[451, 451]), Some(451));
+        assert_eq!(envelope_failure(250, &[451, 550]), Some(550));
+        // One recipient accepted: the message goes on.
+        assert_eq!(envelope_failure(250, &[451, 250]), None);
     }
 
     #[test]

@@ -18,7 +18,10 @@ struct Server {
 }
 
 fn server(chunking: bool) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    server_on(TcpListener::bind("127.0.0.1:0").unwrap(), chunking)
+}
+
+fn server_on(listener: TcpListener, chunking: bool) -> Server {
     let port = listener.local_addr().unwrap().port();
     let messages = Arc::new(Mutex::new(Vec::new()));
     let store = messages.clone();
@@ -340,4 +343,79 @@ fn failures_exit_nonzero() {
     assert!(!ok, "{out}\n{err}");
     assert!(out.contains("3 conn_errors"), "{out}");
     assert!(err.contains("failed"), "{err}");
+}
+
+#[test]
+fn fails_back_to_a_better_priority_with_unlimited_per_conn() {
+    // The preferred target is down at the start and comes up after 1.5 s.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let backup = server(false);
+    let dir = temp_dir();
+    let json = dir.path().join("r.json");
+    let first = format!("127.0.0.1:{port},10");
+    let second = format!("127.0.0.1:{},20", backup.port);
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        server_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), false)
+    });
+    let (ok, out, err) = send(&[
+        "--target",
+        &first,
+        "--target",
+        &second,
+        "--duration",
+        "5s",
+        "--concurrency",
+        "2",
+        "--per-conn",
+        "0",
+        "--size",
+        "256",
+        "--run-id",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let preferred = late.join().unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(j["targets"][1]["messages"].as_u64().unwrap() > 0, "{j}");
+    let back = preferred.messages.lock().unwrap().len() as u64;
+    assert!(back > 0, "no failback: {}", j["targets"]);
+    assert_eq!(j["targets"][0]["messages"].as_u64().unwrap(), back);
+    // After failing back, the preferred target takes the traffic.
+    let after = backup.messages.lock().unwrap().len() as u64;
+    assert_eq!(back + after, j["messages"]["ok"].as_u64().unwrap());
+}
+
+#[test]
+fn stops_soon_when_every_target_is_down() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let target = format!("127.0.0.1:{port}");
+    let dir = temp_dir();
+    let json = dir.path().join("r.json");
+    let t = Instant::now();
+    let (ok, out, err) = send(&[
+        "--target",
+        &target,
+        "--messages",
+        "500",
+        "--concurrency",
+        "4",
+        "--timeout",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let took = t.elapsed();
+    assert!(!ok, "{out}\n{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(err.contains("every target was down"), "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["messages"]["conn_errors"], 500, "{j}");
+    assert_eq!(j["messages"]["ok"], 0);
 }

@@ -111,3 +111,58 @@ fn injected_failures_reach_the_sender_as_reply_codes() {
     assert_eq!(r["messages"]["perm_fail"], 10);
     assert!(r["replies"]["550"].as_u64().unwrap() >= 10);
 }
+
+/// (ok, temp_fail, perm_fail, conn_errors) of a report.
+fn counts(r: &serde_json::Value) -> (u64, u64, u64, u64) {
+    let m = &r["messages"];
+    let n = |k: &str| m[k].as_u64().unwrap();
+    (n("ok"), n("temp_fail"), n("perm_fail"), n("conn_errors"))
+}
+
+#[test]
+fn a_421_at_end_of_data_counts_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["--no-pipelining"]] {
+        let s = sink(&[
+            "--fail-on",
+            "dot",
+            "--fail-code",
+            "421",
+            "--duration",
+            "60s",
+        ]);
+        let out = dir.path().join("421.json");
+        let mut args = vec!["--messages", "10", "--concurrency", "1"];
+        args.extend_from_slice(extra);
+        assert_eq!(send(&s.addr, &args, &out), 1);
+        let (ok, temp, perm, conn) = counts(&json(&out));
+        assert_eq!(
+            ok + temp + perm + conn,
+            10,
+            "{extra:?}: {ok} {temp} {perm} {conn}"
+        );
+        assert!(temp >= 5, "{extra:?}: {temp} temp_fail");
+        assert_eq!((ok, perm), (0, 0), "{extra:?}");
+    }
+}
+
+#[test]
+fn a_4xx_on_mail_or_rcpt_is_temporary_pipelined_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    for on in ["mail", "rcpt"] {
+        let s = sink(&["--fail-on", on, "--fail-code", "451", "--duration", "60s"]);
+        for extra in [
+            &[][..],
+            &["--no-pipelining"],
+            &["--rcpts", "3"],
+            &["--bdat"],
+            &["--bdat", "--no-pipelining"],
+        ] {
+            let out = dir.path().join("451.json");
+            let mut args = vec!["--messages", "10", "--concurrency", "2"];
+            args.extend_from_slice(extra);
+            assert_eq!(send(&s.addr, &args, &out), 1);
+            assert_eq!(counts(&json(&out)), (0, 10, 0, 0), "{on} {extra:?}");
+        }
+    }
+}
