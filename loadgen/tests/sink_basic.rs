@@ -2,88 +2,10 @@
 //! it with a tiny blocking client: counts (received, duplicates, lost, bad
 //! stamps) in the JSON report, and fault injection reply codes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-
 use tern_loadgen::stamp::build_message;
 
 mod common;
-use common::{Sink, WAIT};
-
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut c = Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        };
-        assert_eq!(c.reply(), 220);
-        c
-    }
-
-    /// Reads one (possibly multi-line) reply; its code, or 0 on EOF.
-    fn reply(&mut self) -> u16 {
-        loop {
-            let mut line = String::new();
-            if self.r.read_line(&mut line).expect("read reply") == 0 {
-                return 0;
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return line[..3].parse().expect("reply code");
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> u16 {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
-
-    /// EHLO, MAIL, RCPT, DATA, content: the code at each step (stops at
-    /// the first refusal).
-    fn send(&mut self, content: &[u8]) -> Vec<u16> {
-        let mut codes = vec![self.cmd("EHLO client.test")];
-        for (line, ok) in [
-            ("MAIL FROM:<a@x.test>", 250),
-            ("RCPT TO:<b@y.test>", 250),
-            ("DATA", 354),
-        ] {
-            let code = self.cmd(line);
-            codes.push(code);
-            if code != ok {
-                return codes;
-            }
-        }
-        let mut data = Vec::new();
-        for line in content.split_inclusive(|&b| b == b'\n') {
-            if line.starts_with(b".") {
-                data.push(b'.');
-            }
-            data.extend_from_slice(line);
-        }
-        data.extend_from_slice(b".\r\n");
-        let _ = self.w.write_all(&data);
-        codes.push(self.reply());
-        codes
-    }
-
-    fn quit(mut self) {
-        assert_eq!(self.cmd("QUIT"), 221);
-        let mut rest = Vec::new();
-        let _ = self.r.read_to_end(&mut rest);
-    }
-}
-
-fn report(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("json report")).expect("json")
-}
+use common::{report, Client, Sink};
 
 const RUN: u64 = 0x0123_4567_89ab_cdef;
 
@@ -110,16 +32,16 @@ fn counts_duplicates_gaps_and_bad_stamps() {
     let mut c = Client::connect(&sink.addr);
     // 0, 1, 1 again (duplicate), no 2 (gap), an unstamped message, 3, 4.
     for seq in [0, 1, 1] {
-        assert_eq!(c.send(&msg(seq)), [250, 250, 250, 354, 250]);
+        assert_eq!(c.ehlo_send(&msg(seq)), [250, 250, 250, 354, 250]);
     }
     assert_eq!(
-        c.send(b"Subject: no stamp\r\n\r\n.leading dot\r\n"),
+        c.ehlo_send(b"Subject: no stamp\r\n\r\n.leading dot\r\n"),
         [250, 250, 250, 354, 250]
     );
     c.quit();
     let mut c = Client::connect(&sink.addr);
-    assert_eq!(c.send(&msg(3)), [250, 250, 250, 354, 250]);
-    assert_eq!(c.send(&msg(4)), [250, 250, 250, 354, 250]);
+    assert_eq!(c.ehlo_send(&msg(3)), [250, 250, 250, 354, 250]);
+    assert_eq!(c.ehlo_send(&msg(4)), [250, 250, 250, 354, 250]);
     // The 4th distinct message of the run: the sink exits by itself.
     assert_eq!(sink.wait(), 0);
     let r = report(&json);
@@ -143,7 +65,7 @@ fn counts_duplicates_gaps_and_bad_stamps() {
 fn expect_unmet_exits_3() {
     let mut sink = Sink::start(&["--expect", "2", "--timeout", "300ms"]);
     let mut c = Client::connect(&sink.addr);
-    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 250]);
+    assert_eq!(c.ehlo_send(&msg(0)), [250, 250, 250, 354, 250]);
     c.quit();
     assert_eq!(sink.wait(), 3);
 }
@@ -161,7 +83,7 @@ fn fail_on_rcpt_with_code() {
         json.to_str().unwrap(),
     ]);
     let mut c = Client::connect(&sink.addr);
-    assert_eq!(c.send(&msg(0)), [250, 250, 550]);
+    assert_eq!(c.ehlo_send(&msg(0)), [250, 250, 550]);
     c.quit();
     assert_eq!(sink.terminate(), 0);
     let r = report(&json);
@@ -175,8 +97,8 @@ fn fail_rate_one_fails_end_of_data() {
     let json = dir.path().join("report.json");
     let mut sink = Sink::start(&["--fail-rate", "1", "--json", json.to_str().unwrap()]);
     let mut c = Client::connect(&sink.addr);
-    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 451]);
-    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 451]);
+    assert_eq!(c.ehlo_send(&msg(0)), [250, 250, 250, 354, 451]);
+    assert_eq!(c.ehlo_send(&msg(0)), [250, 250, 250, 354, 451]);
     c.quit();
     assert_eq!(sink.terminate(), 0);
     let r = report(&json);
@@ -193,7 +115,7 @@ fn fail_rate_one_fails_end_of_data() {
 fn fail_on_ehlo_and_data_and_drop() {
     let sink = Sink::start(&["--fail-on", "data", "--fail-code", "554"]);
     let mut c = Client::connect(&sink.addr);
-    assert_eq!(c.send(&msg(0)), [250, 250, 250, 554]);
+    assert_eq!(c.ehlo_send(&msg(0)), [250, 250, 250, 554]);
     assert_eq!(c.cmd("RSET"), 250);
     c.quit();
     drop(sink);
@@ -208,5 +130,5 @@ fn fail_on_ehlo_and_data_and_drop() {
     let sink = Sink::start(&["--drop-rate", "1"]);
     let mut c = Client::connect(&sink.addr);
     // The connection closes after the data, with no reply (EOF: 0).
-    assert_eq!(c.send(&msg(0)), [250, 250, 250, 354, 0]);
+    assert_eq!(c.ehlo_send(&msg(0)), [250, 250, 250, 354, 0]);
 }

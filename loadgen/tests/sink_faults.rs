@@ -2,101 +2,10 @@
 //! blocking client: `--expect` with refusals, lost messages at the end of
 //! a run, the session error limit, and command lines split across reads.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::time::Duration;
-
 use tern_loadgen::stamp::build_message;
 
 mod common;
-use common::{Sink, WAIT};
-
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut c = Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        };
-        assert_eq!(c.reply(), 220);
-        c
-    }
-
-    /// Reads one (possibly multi-line) reply; its code, or 0 on EOF.
-    fn reply(&mut self) -> u16 {
-        loop {
-            let mut line = String::new();
-            if self.r.read_line(&mut line).expect("read reply") == 0 {
-                return 0;
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return line[..3].parse().expect("reply code");
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> u16 {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
-
-    /// Writes `pieces` as separate reads on the sink's side (a pause
-    /// between them), then reads one reply.
-    fn split(&mut self, pieces: &[&[u8]]) -> u16 {
-        for (i, p) in pieces.iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(60));
-            }
-            self.w.write_all(p).unwrap();
-            self.w.flush().unwrap();
-        }
-        self.reply()
-    }
-
-    /// MAIL, RCPT, DATA, content: the code at each step (stops at the
-    /// first refusal).
-    fn send(&mut self, content: &[u8]) -> Vec<u16> {
-        let mut codes = Vec::new();
-        for (line, ok) in [
-            ("MAIL FROM:<a@x.test>", 250),
-            ("RCPT TO:<b@y.test>", 250),
-            ("DATA", 354),
-        ] {
-            let code = self.cmd(line);
-            codes.push(code);
-            if code != ok {
-                return codes;
-            }
-        }
-        self.w.write_all(&dot_stuffed(content)).unwrap();
-        codes.push(self.reply());
-        codes
-    }
-}
-
-fn dot_stuffed(content: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for line in content.split_inclusive(|&b| b == b'\n') {
-        if line.starts_with(b".") {
-            data.push(b'.');
-        }
-        data.extend_from_slice(line);
-    }
-    data.extend_from_slice(b".\r\n");
-    data
-}
-
-fn report(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("json report")).expect("json")
-}
+use common::{report, Client, Sink};
 
 const RUN: u64 = 0x00c0_ffee_0000_0001;
 
@@ -249,9 +158,7 @@ fn split_lines_and_data_pass_through_when_not_refused() {
     let (b, last) = b.split_at(b.len() - 1);
     assert_eq!(c.split(&[a, b, last]), 250);
     assert_eq!(c.split(&[b"NO", b"OP\r\n"]), 250);
-    assert_eq!(c.cmd("QUIT"), 221);
-    let mut rest = Vec::new();
-    let _ = c.r.read_to_end(&mut rest);
+    c.quit();
     assert_eq!(sink.terminate(), 0);
     let r = report(&json);
     assert_eq!(r["messages"], 1);
