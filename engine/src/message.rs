@@ -141,26 +141,27 @@ impl<'a> Encoder<'a> {
         if envelope.esmtp {
             flags |= FLAG_ESMTP;
         }
-        let mut env = Vec::with_capacity(64 + envelope.recipients.len() * 32);
-        env.extend_from_slice(&received_ms.to_le_bytes());
-        env.extend_from_slice(&envelope.params.size.unwrap_or(u64::MAX).to_le_bytes());
-        put_str(&mut env, &client.to_string());
-        put_str(&mut env, &envelope.helo);
+        // Written once, straight into the header; envelope_len patched after.
+        let mut head = Vec::with_capacity(FIXED + 64 + envelope.recipients.len() * 32);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&flags.to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        head.extend_from_slice(&received_ms.to_le_bytes());
+        head.extend_from_slice(&envelope.params.size.unwrap_or(u64::MAX).to_le_bytes());
+        put_str(&mut head, &client.to_string());
+        put_str(&mut head, &envelope.helo);
         let from = match &envelope.from {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(m) => m.to_string(),
         };
-        put_str(&mut env, &from);
-        env.extend_from_slice(&(envelope.recipients.len() as u32).to_le_bytes());
+        put_str(&mut head, &from);
+        head.extend_from_slice(&(envelope.recipients.len() as u32).to_le_bytes());
         for r in &envelope.recipients {
-            put_str(&mut env, &r.to_string());
+            put_str(&mut head, &r.to_string());
         }
-        let mut head = Vec::with_capacity(FIXED + env.len());
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
-        head.extend_from_slice(&flags.to_le_bytes());
-        head.extend_from_slice(&(env.len() as u32).to_le_bytes());
-        head.extend_from_slice(&env);
+        let env_len = (head.len() - FIXED) as u32;
+        head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
         Encoder {
             head,
             received_prefix: received.0,
