@@ -11,6 +11,7 @@
 //! policy.rs    relay control
 //! message.rs   the message record format (envelope + Received + content)
 //! received.rs  the Received: trace header
+//! dsn.rs       delivery status notifications (bounces, delay notices)
 //! metrics.rs   per-core counters, Prometheus rendering
 //! admin.rs     admin HTTP listener (/metrics)
 //! failpoint.rs storage env with a test-only fdatasync failpoint
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod dsn;
 pub mod failpoint;
 pub mod message;
 pub mod metrics;
