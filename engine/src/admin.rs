@@ -1,5 +1,14 @@
-//! The admin listener (default 127.0.0.1:8025): `GET /metrics` in the
-//! Prometheus text format. Runs on its own thread, off the data path.
+//! The admin listener (default 127.0.0.1:8025). Runs on its own thread,
+//! off the data path.
+//!
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /routes`: the static routes and run-time overrides, one
+//!   `PATTERN POOL (config|override)` per line.
+//! - `PUT /routes/PATTERN` with the pool name as body: re-points a route
+//!   (domain, `*.domain` or `*`) to a configured pool, on every core, at
+//!   once; 404 for an unknown pool, 400 for a bad pattern. Overrides last
+//!   until restart (`tern route set`).
+//! - `DELETE /routes/PATTERN`: drops the override (`tern route clear`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,6 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::core::Shared;
 use crate::metrics::{self, CoreMetrics};
 
@@ -15,6 +25,7 @@ pub fn spawn(
     addr: SocketAddr,
     shared: Arc<Shared>,
     cores: Vec<Arc<CoreMetrics>>,
+    config: Arc<Config>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let server =
         tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("admin listener {addr}: {e}"))?;
@@ -22,10 +33,26 @@ pub fn spawn(
         .name("tern-admin".into())
         .spawn(move || {
             while !shared.stop.load(Ordering::SeqCst) {
-                let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) else {
+                let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(200)) else {
                     continue;
                 };
-                let response = match (request.method(), request.url()) {
+                let url = request.url().to_owned();
+                if let Some(pattern) = url.strip_prefix("/routes/") {
+                    let mut body = String::new();
+                    let _ = std::io::Read::read_to_string(
+                        &mut std::io::Read::take(request.as_reader(), 1024),
+                        &mut body,
+                    );
+                    let (code, text) =
+                        route_change(&shared, &config, request.method(), pattern, body.trim());
+                    let _ = request
+                        .respond(tiny_http::Response::from_string(text).with_status_code(code));
+                    continue;
+                }
+                let response = match (request.method(), url.as_str()) {
+                    (tiny_http::Method::Get, "/routes") => {
+                        tiny_http::Response::from_string(list_routes(&shared, &config))
+                    }
                     (tiny_http::Method::Get, "/metrics") => {
                         let refs: Vec<&CoreMetrics> = cores.iter().map(|c| c.as_ref()).collect();
                         let header = tiny_http::Header::from_bytes(
@@ -41,4 +68,55 @@ pub fn spawn(
             }
         })?;
     Ok(handle)
+}
+
+fn list_routes(shared: &Shared, config: &Config) -> String {
+    let mut out = String::new();
+    let overrides = shared.routes.overrides();
+    for (pattern, pool) in &config.routes {
+        if !overrides.contains_key(pattern) {
+            out.push_str(&format!("{pattern} {pool} config\n"));
+        }
+    }
+    for (pattern, pool) in &overrides {
+        out.push_str(&format!("{pattern} {pool} override\n"));
+    }
+    out
+}
+
+fn route_change(
+    shared: &Shared,
+    config: &Config,
+    method: &tiny_http::Method,
+    pattern: &str,
+    pool: &str,
+) -> (u16, String) {
+    let pattern = pattern.to_ascii_lowercase();
+    let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
+    if pattern != "*" && !tern_smtp::address::domain_name(domain) {
+        return (400, format!("{pattern:?} is not DOMAIN, *.DOMAIN or *\n"));
+    }
+    match method {
+        tiny_http::Method::Put => {
+            if !config.pools.contains_key(pool) {
+                let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
+                return (
+                    404,
+                    format!("no pool named {pool:?} (pools: {})\n", known.join(", ")),
+                );
+            }
+            shared.routes.set(&pattern, pool);
+            tracing::info!(route = %pattern, pool, "route re-pointed at run time");
+            (200, format!("{pattern} -> {pool}\n"))
+        }
+        tiny_http::Method::Delete => {
+            if shared.routes.clear(&pattern) {
+                tracing::info!(route = %pattern, "run-time route override removed");
+                (200, format!("{pattern}: override removed\n"))
+            } else {
+                (404, format!("{pattern}: no override\n"))
+            }
+        }
+        _ => (405, "use PUT or DELETE\n".into()),
+    }
 }

@@ -82,7 +82,121 @@ pub struct FileConfig {
     relay: RelaySection,
     #[serde(default)]
     storage: StorageSection,
+    #[serde(default)]
+    delivery: DeliverySection,
+    #[serde(default)]
+    pools: std::collections::BTreeMap<String, PoolSection>,
+    #[serde(default)]
+    routes: std::collections::BTreeMap<String, String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliverySection {
+    concurrency_per_destination: Option<usize>,
+    connect_timeout: Option<HumanDuration>,
+    inactivity_timeout: Option<HumanDuration>,
+    connection_idle: Option<HumanDuration>,
+    messages_per_connection_max: Option<usize>,
+    retry_initial: Option<HumanDuration>,
+    retry_max: Option<HumanDuration>,
+    message_expiration_timeout: Option<HumanDuration>,
+    safety_net_hold_time: Option<HumanDuration>,
+    host_down_initial: Option<HumanDuration>,
+    host_down_max: Option<HumanDuration>,
+    mx_port: Option<u16>,
+    dns_servers: Option<Vec<String>>,
+    dns_timeout: Option<HumanDuration>,
+    copy_forward_after: Option<HumanDuration>,
+    in_flight_max: Option<usize>,
+    dsn_return_content_max: Option<ByteSize>,
+    maintenance_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolSection {
+    hosts: Vec<PoolHostSection>,
+    failover: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolHostSection {
+    address: String,
+    priority: Option<u16>,
+    weight: Option<u32>,
+}
+
+/// Outbound delivery settings (`[delivery]`).
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// Connections per destination (pool, smarthost or MX domain), per core.
+    pub concurrency_per_destination: usize,
+    /// Longest TCP connect to a next hop.
+    pub connect_timeout: Duration,
+    /// Longest wait for a next hop's reply (send side; RFC 5321 4.5.3.2).
+    pub inactivity_timeout: Duration,
+    /// How long an idle outbound connection is kept for reuse.
+    pub connection_idle: Duration,
+    /// Messages sent over one connection before it is closed and reopened.
+    pub messages_per_connection_max: usize,
+    /// First retry delay; doubles per attempt.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// A message not delivered this long after it arrived is bounced.
+    pub message_expiration_timeout: Duration,
+    /// Handled messages stay in the Safety Net this long.
+    pub safety_net_hold_time: Duration,
+    /// A next-hop host that failed is not tried for this long (doubling).
+    pub host_down_initial: Duration,
+    /// Longest time a failed host is skipped.
+    pub host_down_max: Duration,
+    /// Port for MX delivery.
+    pub mx_port: u16,
+    /// DNS servers for MX lookups (empty: /etc/resolv.conf).
+    pub dns_servers: Vec<SocketAddr>,
+    /// DNS query timeout.
+    pub dns_timeout: Duration,
+    /// A queued message whose record is older than this, in a segment that
+    /// is not the newest, is copied to the log head so old segments can go.
+    pub copy_forward_after: Duration,
+    /// Messages being delivered at once, per core.
+    pub in_flight_max: usize,
+    /// Bounces carry the whole original up to this size, else its headers.
+    pub dsn_return_content_max: usize,
+    /// How often cursors move, segments are reclaimed and pinned messages
+    /// copied forward.
+    pub maintenance_interval: Duration,
+}
+
+/// One host of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolHost {
+    /// As written (HOST:PORT).
+    pub name: String,
+    /// Resolved at start.
+    pub addr: SocketAddr,
+    /// Lower is tried first (as MX preference / SRV priority).
+    pub priority: u16,
+    /// Share of connections among hosts of the same priority (as SRV).
+    pub weight: u32,
+}
+
+/// A named pool of next-hop hosts (`[pools.NAME]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Its name.
+    pub name: String,
+    /// Hosts.
+    pub hosts: Vec<PoolHost>,
+    /// Pool used while every host of this one is down.
+    pub failover: Option<String>,
+}
+
+/// Name of the implicit pool made from `server.relay_to`.
+pub const SMARTHOST_POOL: &str = "relay_to";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +312,12 @@ pub struct Config {
     pub storage: LogConfig,
     /// How the log writes (page cache or O_DIRECT).
     pub io: crate::failpoint::IoMode,
+    /// Outbound delivery.
+    pub delivery: DeliveryConfig,
+    /// Next-hop pools by name (including `relay_to` when set).
+    pub pools: std::collections::BTreeMap<String, Pool>,
+    /// Static routes: domain, `*.domain` or `*` -> pool name.
+    pub routes: std::collections::BTreeMap<String, String>,
 }
 
 fn available_cores() -> usize {
@@ -292,6 +412,9 @@ impl Config {
                 problems.push(format!("server.relay_to: {r:?} is not HOST:PORT"));
             }
         }
+        let delivery = resolve_delivery(&f.delivery, &mut problems);
+        let (pools, routes) =
+            resolve_pools(&f.pools, &f.routes, relay_to.as_deref(), &mut problems);
         let smtp = resolve_smtp(&f.smtp, &mut problems);
         let relay = resolve_relay(&f.relay, &mut problems);
         let storage = resolve_storage(&f.storage, &smtp, &mut problems);
@@ -336,6 +459,9 @@ impl Config {
             relay,
             storage,
             io,
+            delivery,
+            pools,
+            routes,
         };
         if problems.is_empty() {
             Ok(config)
@@ -343,6 +469,176 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+fn dur(d: Option<HumanDuration>, default: Duration) -> Duration {
+    d.map_or(default, |d| d.0)
+}
+
+fn resolve_delivery(d: &DeliverySection, problems: &mut Vec<String>) -> DeliveryConfig {
+    let mut dns_servers = Vec::new();
+    for s in d.dns_servers.clone().unwrap_or_default() {
+        match s.parse::<SocketAddr>().or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        }) {
+            Ok(a) => dns_servers.push(a),
+            Err(_) => problems.push(format!("delivery.dns_servers: {s:?} is not IP or IP:PORT")),
+        }
+    }
+    let c = DeliveryConfig {
+        concurrency_per_destination: d.concurrency_per_destination.unwrap_or(20),
+        connect_timeout: dur(d.connect_timeout, Duration::from_secs(30)),
+        inactivity_timeout: dur(d.inactivity_timeout, Duration::from_secs(600)),
+        connection_idle: dur(d.connection_idle, Duration::from_secs(2)),
+        messages_per_connection_max: d.messages_per_connection_max.unwrap_or(1000),
+        retry_initial: dur(d.retry_initial, Duration::from_secs(60)),
+        retry_max: dur(d.retry_max, Duration::from_secs(3600)),
+        message_expiration_timeout: dur(
+            d.message_expiration_timeout,
+            Duration::from_secs(2 * 86400),
+        ),
+        safety_net_hold_time: dur(d.safety_net_hold_time, Duration::from_secs(2 * 86400)),
+        host_down_initial: dur(d.host_down_initial, Duration::from_secs(30)),
+        host_down_max: dur(d.host_down_max, Duration::from_secs(600)),
+        mx_port: d.mx_port.unwrap_or(25),
+        dns_servers,
+        dns_timeout: dur(d.dns_timeout, Duration::from_secs(5)),
+        copy_forward_after: dur(d.copy_forward_after, Duration::from_secs(3600)),
+        in_flight_max: d.in_flight_max.unwrap_or(10_000),
+        dsn_return_content_max: d.dsn_return_content_max.map_or(1 << 20, |b| b.0 as usize),
+        maintenance_interval: dur(d.maintenance_interval, Duration::from_secs(1)),
+    };
+    if !(1..=10_000).contains(&c.concurrency_per_destination) {
+        problems.push("delivery.concurrency_per_destination must be 1..=10000".into());
+    }
+    if c.messages_per_connection_max == 0 || c.in_flight_max == 0 {
+        problems.push(
+            "delivery.messages_per_connection_max and in_flight_max must be at least 1".into(),
+        );
+    }
+    for (name, v) in [
+        ("connect_timeout", c.connect_timeout),
+        ("inactivity_timeout", c.inactivity_timeout),
+        ("retry_initial", c.retry_initial),
+        ("host_down_initial", c.host_down_initial),
+        ("dns_timeout", c.dns_timeout),
+        ("maintenance_interval", c.maintenance_interval),
+    ] {
+        if v < Duration::from_millis(100) {
+            problems.push(format!("delivery.{name} must be at least 100ms"));
+        }
+    }
+    if c.retry_max < c.retry_initial || c.host_down_max < c.host_down_initial {
+        problems.push(
+            "delivery.retry_max must be >= retry_initial and host_down_max >= host_down_initial"
+                .into(),
+        );
+    }
+    if c.mx_port == 0 {
+        problems.push("delivery.mx_port must not be 0".into());
+    }
+    c
+}
+
+/// Resolves HOST:PORT (a name is looked up once, at start).
+fn resolve_host(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if port.parse::<u16>().is_err() || host.is_empty() {
+        return Err(format!("{s:?} is not HOST:PORT"));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} has no address"))
+}
+
+type Pools = std::collections::BTreeMap<String, Pool>;
+type Routes = std::collections::BTreeMap<String, String>;
+
+fn resolve_pools(
+    sections: &std::collections::BTreeMap<String, PoolSection>,
+    routes_in: &Routes,
+    relay_to: Option<&str>,
+    problems: &mut Vec<String>,
+) -> (Pools, Routes) {
+    let mut pools = Pools::new();
+    for (name, p) in sections {
+        if name == SMARTHOST_POOL {
+            problems.push(format!(
+                "pools.{name}: the name is reserved for server.relay_to"
+            ));
+            continue;
+        }
+        if p.hosts.is_empty() {
+            problems.push(format!("pools.{name}: hosts is empty"));
+        }
+        let mut hosts = Vec::new();
+        for h in &p.hosts {
+            match resolve_host(&h.address) {
+                Ok(addr) => hosts.push(PoolHost {
+                    name: h.address.clone(),
+                    addr,
+                    priority: h.priority.unwrap_or(0),
+                    weight: h.weight.unwrap_or(1).max(1),
+                }),
+                Err(e) => problems.push(format!("pools.{name}.hosts: {e}")),
+            }
+        }
+        pools.insert(
+            name.clone(),
+            Pool {
+                name: name.clone(),
+                hosts,
+                failover: p.failover.clone(),
+            },
+        );
+    }
+    if let Some(r) = relay_to {
+        if let Ok(addr) = resolve_host(r) {
+            pools.insert(
+                SMARTHOST_POOL.into(),
+                Pool {
+                    name: SMARTHOST_POOL.into(),
+                    hosts: vec![PoolHost {
+                        name: r.to_string(),
+                        addr,
+                        priority: 0,
+                        weight: 1,
+                    }],
+                    failover: None,
+                },
+            );
+        } else {
+            problems.push(format!("server.relay_to: cannot resolve {r:?}"));
+        }
+    }
+    for (name, p) in &pools {
+        if let Some(f) = &p.failover {
+            if !pools.contains_key(f) {
+                problems.push(format!("pools.{name}.failover: no pool named {f:?}"));
+            }
+        }
+    }
+    let mut routes = Routes::new();
+    for (pattern, pool) in routes_in {
+        let pattern = pattern.to_ascii_lowercase();
+        let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
+        if pattern != "*" && !tern_smtp::address::domain_name(domain) {
+            problems.push(format!("routes: {pattern:?} is not DOMAIN, *.DOMAIN or *"));
+        }
+        if !pools.contains_key(pool) {
+            problems.push(format!("routes.{pattern:?}: no pool named {pool:?}"));
+        }
+        routes.insert(pattern, pool.clone());
+    }
+    (pools, routes)
 }
 
 fn resolve_smtp(s: &SmtpSection, problems: &mut Vec<String>) -> SmtpLimits {

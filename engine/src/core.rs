@@ -31,6 +31,8 @@ pub struct Shared {
     pub ready: std::sync::atomic::AtomicUsize,
     /// Open connections per client address, whole server.
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Run-time route overrides (admin).
+    pub routes: crate::delivery::route::RouteOverrides,
 }
 
 /// Core-local shutdown signal.
@@ -84,7 +86,10 @@ pub struct Core {
     /// Message content held by this core's sessions (see
     /// `smtp.message_memory_max`).
     pub content_bytes: Cell<usize>,
-    shared: Arc<Shared>,
+    /// State shared by all cores.
+    pub shared: Arc<Shared>,
+    /// Notified when records were appended (delivery tails the log).
+    pub delivery_wake: event_listener::Event,
 }
 
 impl Core {
@@ -114,6 +119,7 @@ impl Core {
         match appended {
             Ok(sequence) => {
                 let id = QueueId { shard, sequence };
+                self.delivery_wake.notify(usize::MAX);
                 CoreMetrics::inc(&self.metrics.messages_accepted);
                 self.metrics
                     .bytes_accepted
@@ -223,8 +229,10 @@ pub async fn run(
         open: Cell::new(0),
         content_bytes: Cell::new(0),
         shared: shared.clone(),
+        delivery_wake: event_listener::Event::new(),
     });
     glommio::spawn_local(watch(core.clone())).detach();
+    let delivery = crate::delivery::Delivery::start(core.clone())?;
     accept_loop(&core, &listener).await;
     drop(listener);
     let deadline = Instant::now() + config.shutdown_grace;
@@ -238,6 +246,10 @@ pub async fn run(
             "grace period over; closing sessions mid-transaction (none was answered 250)"
         );
     }
+    // Delivery gets what is left of the grace period (at least 1 s) to
+    // finish the transactions it is in and record every outcome.
+    let left = deadline.saturating_duration_since(Instant::now());
+    delivery.stop(left.max(Duration::from_secs(1))).await;
     core.log.clone().close().await?;
     core.metrics.set_log_stats(&core.log.stats());
     tracing::info!(shard, "core stopped");

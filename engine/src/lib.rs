@@ -11,9 +11,12 @@
 //! policy.rs    relay control
 //! message.rs   the message record format (envelope + Received + content)
 //! received.rs  the Received: trace header
+//! delivery/    queue (cursor over the log), routing + pools, outbound client,
+//!              retries, bounces, Safety Net and reclamation
 //! dsn.rs       delivery status notifications (bounces, delay notices)
 //! metrics.rs   per-core counters, Prometheus rendering
 //! admin.rs     admin HTTP listener (/metrics)
+//! dns.rs       MX resolution for delivery (hickory on a tokio thread)
 //! failpoint.rs storage env with a test-only fdatasync failpoint
 //! queue_cmd.rs `tern queue list/show` over the read-only inspector
 //! ```
@@ -22,6 +25,8 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod delivery;
+pub mod dns;
 pub mod dsn;
 pub mod failpoint;
 pub mod message;

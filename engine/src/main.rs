@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Re-point routes of the running server (through its admin listener).
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+    },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
         #[command(flatten)]
@@ -67,6 +72,78 @@ enum QueueAction {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct AdminArgs {
+    /// TOML config file (its server.admin_listen is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Admin address of the running server (default: from the config, else
+    /// 127.0.0.1:8025).
+    #[arg(long)]
+    admin: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    /// Route PATTERN (domain, *.domain or *) to pool POOL, on every core, now.
+    Set {
+        /// Domain, *.domain or *.
+        pattern: String,
+        /// A pool named in the config ([pools.NAME]).
+        pool: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove the run-time override of PATTERN (back to the config).
+    Clear {
+        /// Domain, *.domain or *.
+        pattern: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the routes in force.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn admin_url(a: &AdminArgs) -> anyhow::Result<String> {
+    let addr = match &a.admin {
+        Some(addr) => addr.clone(),
+        None => {
+            let common = Common {
+                config: a.config.clone(),
+                data_dir: None,
+            };
+            load(&common, Overrides::default())?
+                .admin_listen
+                .ok_or_else(|| {
+                    anyhow::anyhow!("the admin listener is off in this config; pass --admin")
+                })?
+                .to_string()
+        }
+    };
+    Ok(format!("http://{addr}"))
+}
+
+/// One admin request; prints the body, fails on a non-2xx answer.
+fn admin_call(method: &str, url: &str, body: &str) -> anyhow::Result<()> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(10))
+        .build();
+    match agent.request(method, url).send_string(body) {
+        Ok(r) => {
+            print!("{}", r.into_string()?);
+            Ok(())
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            anyhow::bail!("{code}: {}", r.into_string().unwrap_or_default().trim())
+        }
+        Err(e) => anyhow::bail!("cannot reach the admin listener at {url}: {e}"),
+    }
 }
 
 fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
@@ -121,6 +198,25 @@ fn main() -> anyhow::Result<()> {
             let config = load(&common, Overrides::default())?;
             tern_engine::queue_cmd::show(&config.data_dir, &id, &mut stdout)
         }
+        Command::Route { action } => match action {
+            RouteAction::Set {
+                pattern,
+                pool,
+                admin,
+            } => admin_call(
+                "PUT",
+                &format!("{}/routes/{pattern}", admin_url(&admin)?),
+                &pool,
+            ),
+            RouteAction::Clear { pattern, admin } => admin_call(
+                "DELETE",
+                &format!("{}/routes/{pattern}", admin_url(&admin)?),
+                "",
+            ),
+            RouteAction::List { admin } => {
+                admin_call("GET", &format!("{}/routes", admin_url(&admin)?), "")
+            }
+        },
         Command::CheckConfig { common } => {
             let config = load(&common, Overrides::default())?;
             println!("{config:#?}");

@@ -109,8 +109,9 @@ pub struct StoredMessage {
 /// before the sequence is.
 pub struct Encoder<'a> {
     head: Vec<u8>,
-    received_prefix: &'a [u8],
-    received_suffix: &'a [u8],
+    /// The Received header around the queue id; `None` for messages tern
+    /// makes itself (delivery status notifications).
+    received: Option<(&'a [u8], &'a [u8])>,
     content: &'a [u8],
 }
 
@@ -164,8 +165,43 @@ impl<'a> Encoder<'a> {
         head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
         Encoder {
             head,
-            received_prefix: received.0,
-            received_suffix: received.1,
+            received: Some(received),
+            content,
+        }
+    }
+
+    /// A message tern generates (a DSN): null sender, one recipient, from
+    /// this host, no Received header (the content is complete).
+    pub fn generated(
+        hostname: &str,
+        recipient: &str,
+        received_ms: u64,
+        content: &'a [u8],
+    ) -> Encoder<'a> {
+        let mut flags = FLAG_ESMTP;
+        if content.iter().any(|&b| b >= 0x80) {
+            flags |= FLAG_8BITMIME;
+        }
+        if !recipient.is_ascii() {
+            flags |= FLAG_SMTPUTF8;
+        }
+        let mut head = Vec::with_capacity(FIXED + 64 + recipient.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&flags.to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        head.extend_from_slice(&received_ms.to_le_bytes());
+        head.extend_from_slice(&u64::MAX.to_le_bytes());
+        put_str(&mut head, "127.0.0.1:0");
+        put_str(&mut head, hostname);
+        put_str(&mut head, "");
+        head.extend_from_slice(&1u32.to_le_bytes());
+        put_str(&mut head, recipient);
+        let env_len = (head.len() - FIXED) as u32;
+        head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
+        Encoder {
+            head,
+            received: None,
             content,
         }
     }
@@ -173,9 +209,9 @@ impl<'a> Encoder<'a> {
     /// Exact payload length.
     pub fn len(&self) -> usize {
         self.head.len()
-            + self.received_prefix.len()
-            + QUEUE_ID_LEN
-            + self.received_suffix.len()
+            + self
+                .received
+                .map_or(0, |(p, s)| p.len() + QUEUE_ID_LEN + s.len())
             + self.content.len()
     }
 
@@ -188,9 +224,11 @@ impl<'a> Encoder<'a> {
     /// content, straight into the log's batch buffer).
     pub fn write(&self, id: QueueId, put: &mut impl FnMut(&[u8])) {
         put(&self.head);
-        put(self.received_prefix);
-        put(id.to_string().as_bytes());
-        put(self.received_suffix);
+        if let Some((prefix, suffix)) = self.received {
+            put(prefix);
+            put(id.to_string().as_bytes());
+            put(suffix);
+        }
         put(self.content);
     }
 }
@@ -224,6 +262,33 @@ impl Reader<'_> {
         let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| Malformed("string not UTF-8"))
     }
+}
+
+/// The fields the queue needs, without decoding the strings:
+/// `(received_ms, recipient count)`.
+pub fn peek(payload: &[u8]) -> Result<(u64, u32), Malformed> {
+    if payload.get(..4) != Some(MAGIC) {
+        return Err(Malformed("bad magic"));
+    }
+    let mut r = Reader {
+        buf: payload,
+        at: 4,
+    };
+    if u16::from_le_bytes(r.take(2)?.try_into().expect("2")) != VERSION {
+        return Err(Malformed("unknown version"));
+    }
+    r.take(6)?;
+    let received_ms = r.u64()?;
+    r.take(8)?;
+    for _ in 0..3 {
+        let n = u16::from_le_bytes(r.take(2)?.try_into().expect("2")) as usize;
+        r.take(n)?;
+    }
+    let count = r.u32()?;
+    if count > 100_000 {
+        return Err(Malformed("too many recipients"));
+    }
+    Ok((received_ms, count))
 }
 
 /// Decodes a message record payload.
@@ -329,6 +394,17 @@ mod tests {
         );
         assert_eq!(&m.message[..], b"Received: x id 0100000000002A\r\nbody\r\n");
         assert_eq!(m.client, "127.0.0.1:4000");
+        assert_eq!(peek(&out), Ok((1234, 2)));
+        let g = Encoder::generated("mx.example", "a@x.example", 9, b"DSN\r\n");
+        let mut out = Vec::new();
+        g.write(id, &mut |b| out.extend_from_slice(b));
+        assert_eq!(out.len(), g.len());
+        let m = decode(&bytes::Bytes::from(out)).unwrap();
+        assert_eq!(
+            (m.mail_from.as_str(), &m.recipients[..]),
+            ("", &["a@x.example".to_string()][..])
+        );
+        assert_eq!(&m.message[..], b"DSN\r\n");
         assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
         assert!(decode(&bytes::Bytes::from_static(b"TNM1\x01\x00")).is_err());
         assert!("xyz".parse::<QueueId>().is_err());

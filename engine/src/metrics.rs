@@ -29,6 +29,30 @@ pub struct CoreMetrics {
     pub rejected_protocol: AtomicU64,
     /// Sessions ended by a timeout.
     pub timeouts: AtomicU64,
+    /// Recipients delivered to a next hop.
+    pub delivered_rcpts: AtomicU64,
+    /// Recipients bounced (permanent failure).
+    pub bounced_rcpts: AtomicU64,
+    /// Recipients bounced because the message expired.
+    pub expired_rcpts: AtomicU64,
+    /// Attempts that left recipients for a retry.
+    pub deferred: AtomicU64,
+    /// Delivery status notifications queued.
+    pub dsns_queued: AtomicU64,
+    /// Outbound transactions (MAIL FROM) started.
+    pub delivery_transactions: AtomicU64,
+    /// Outbound connections attempted.
+    pub outbound_connections: AtomicU64,
+    /// Outbound connections that failed (connect, greeting, EHLO).
+    pub outbound_connect_failures: AtomicU64,
+    /// Messages copied forward out of old segments.
+    pub copied_forward: AtomicU64,
+    /// Log segments deleted.
+    pub segments_reclaimed: AtomicU64,
+    /// Messages queued (gauge).
+    pub queue_messages: AtomicU64,
+    /// Messages being delivered now (gauge).
+    pub queue_in_flight: AtomicU64,
     log_batches: AtomicU64,
     log_records: AtomicU64,
     log_bytes: AtomicU64,
@@ -203,6 +227,77 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &batch_bounds,
         |c, b| l(&c.batch_records[b]),
     );
+    for (name, help, get) in [
+        (
+            "tern_delivered_recipients_total",
+            "Recipients accepted by the next hop",
+            (|c: &CoreMetrics| c.delivered_rcpts.load(Relaxed)) as fn(&CoreMetrics) -> u64,
+        ),
+        (
+            "tern_bounced_recipients_total",
+            "Recipients that failed permanently",
+            |c| c.bounced_rcpts.load(Relaxed),
+        ),
+        (
+            "tern_expired_recipients_total",
+            "Recipients bounced because the message expired",
+            |c| c.expired_rcpts.load(Relaxed),
+        ),
+        (
+            "tern_deferred_total",
+            "Delivery attempts that left recipients for a retry",
+            |c| c.deferred.load(Relaxed),
+        ),
+        (
+            "tern_dsns_queued_total",
+            "Delivery status notifications queued",
+            |c| c.dsns_queued.load(Relaxed),
+        ),
+        (
+            "tern_delivery_transactions_total",
+            "Outbound transactions started",
+            |c| c.delivery_transactions.load(Relaxed),
+        ),
+        (
+            "tern_outbound_connections_total",
+            "Outbound connections attempted",
+            |c| c.outbound_connections.load(Relaxed),
+        ),
+        (
+            "tern_outbound_connect_failures_total",
+            "Outbound connections that failed before a transaction",
+            |c| c.outbound_connect_failures.load(Relaxed),
+        ),
+        (
+            "tern_copied_forward_total",
+            "Queued messages copied out of old segments",
+            |c| c.copied_forward.load(Relaxed),
+        ),
+        (
+            "tern_segments_reclaimed_total",
+            "Log segments deleted",
+            |c| c.segments_reclaimed.load(Relaxed),
+        ),
+    ] {
+        counter(&mut out, name, help, cores, get);
+    }
+    for (name, help, get) in [
+        (
+            "tern_queue_messages",
+            "Messages in the delivery queue",
+            (|c: &CoreMetrics| c.queue_messages.load(Relaxed)) as fn(&CoreMetrics) -> u64,
+        ),
+        (
+            "tern_queue_in_flight",
+            "Messages being delivered now",
+            |c| c.queue_in_flight.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (i, c) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(c));
+        }
+    }
     out
 }
 

@@ -23,7 +23,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
     spawn_signal_thread(shared.clone())?;
     let admin = match config.admin_listen {
-        Some(addr) => Some(crate::admin::spawn(addr, shared.clone(), metrics.clone())?),
+        Some(addr) => Some(crate::admin::spawn(
+            addr,
+            shared.clone(),
+            metrics.clone(),
+            config.clone(),
+        )?),
         None => None,
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

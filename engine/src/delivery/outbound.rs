@@ -1,0 +1,203 @@
+//! One outbound SMTP connection on the core's executor: connect, banner,
+//! EHLO (HELO fallback), then any number of transactions, each driven by
+//! the sans-IO [`tern_smtp::transaction::Transaction`], and QUIT. Every
+//! read and write has the send-side inactivity timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tern_smtp::client::{self, Capabilities, MailOptions};
+use tern_smtp::reply::ReplyParser;
+use tern_smtp::transaction::{Outcome, RcptStatus, Transaction};
+use tern_smtp::{Reply, Status};
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// TCP connect failed or timed out.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    /// The greeting was not 220, or EHLO and HELO were refused.
+    #[error("{0} refused the session: {1}")]
+    Refused(SocketAddr, Reply),
+    /// Read/write error, timeout, or the peer closed.
+    #[error("connection to {0} lost: {1}")]
+    Io(SocketAddr, std::io::Error),
+    /// The peer broke the protocol.
+    #[error("{0} broke the protocol: {1}")]
+    Protocol(SocketAddr, String),
+}
+
+impl ConnError {
+    /// The reply recorded for recipients that could not be tried.
+    pub fn as_reply(&self) -> Reply {
+        match self {
+            ConnError::Refused(_, r) if r.is_transient() || r.is_permanent() => {
+                // A refused session says nothing about the recipients: try
+                // again later (another host, or this one when it is back).
+                Reply::new(451, Status(4, 4, 0), format!("{self}"))
+            }
+            _ => Reply::new(451, Status(4, 4, 1), format!("{self}")),
+        }
+    }
+}
+
+/// Runs `fut` with a time limit; `TimedOut` when it passes.
+pub async fn timed<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let timer = async {
+        glommio::timer::sleep(limit).await;
+        Err(std::io::ErrorKind::TimedOut.into())
+    };
+    futures_lite::future::or(fut, timer).await
+}
+
+/// An open, greeted connection.
+pub struct Conn {
+    stream: TcpStream,
+    /// Who.
+    pub peer: SocketAddr,
+    /// What the peer offers.
+    pub caps: Capabilities,
+    parser: ReplyParser,
+    buf: Vec<u8>,
+    timeout: Duration,
+    /// Transactions run on it.
+    pub sent: usize,
+}
+
+impl Conn {
+    /// Connects and greets: banner, EHLO (HELO if EHLO is refused).
+    pub async fn open(
+        peer: SocketAddr,
+        helo_name: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Conn, ConnError> {
+        let stream = TcpStream::connect_timeout(peer, connect_timeout)
+            .await
+            .map_err(|e| ConnError::Connect(peer, std::io::Error::other(e.to_string())))?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn {
+            stream,
+            peer,
+            caps: Capabilities::default(),
+            parser: ReplyParser::new(),
+            buf: vec![0; 16 * 1024],
+            timeout,
+            sent: 0,
+        };
+        let banner = c.reply().await?;
+        if banner.code != 220 {
+            return Err(ConnError::Refused(peer, banner));
+        }
+        let mut out = Vec::new();
+        client::ehlo(&mut out, helo_name);
+        c.write(&out).await?;
+        let ehlo = c.reply().await?;
+        if ehlo.code == 250 {
+            c.caps = Capabilities::from_ehlo(&ehlo);
+        } else {
+            out.clear();
+            client::helo(&mut out, helo_name);
+            c.write(&out).await?;
+            let helo = c.reply().await?;
+            if helo.code != 250 {
+                return Err(ConnError::Refused(peer, helo));
+            }
+        }
+        Ok(c)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let peer = self.peer;
+        timed(self.timeout, self.stream.write_all(bytes))
+            .await
+            .map_err(|e| ConnError::Io(peer, e))
+    }
+
+    /// The next complete reply.
+    async fn reply(&mut self) -> Result<Reply, ConnError> {
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(ConnError::Protocol(self.peer, e.to_string())),
+            }
+            let peer = self.peer;
+            let n = timed(self.timeout, self.stream.read(&mut self.buf))
+                .await
+                .map_err(|e| ConnError::Io(peer, e))?;
+            if n == 0 {
+                return Err(ConnError::Io(
+                    peer,
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            self.parser.feed(&self.buf[..n]);
+        }
+    }
+
+    /// Runs one transaction. `Err` when the connection broke before every
+    /// reply arrived (the caller treats its recipients as temporary).
+    pub async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        opts: &MailOptions,
+        content: &[u8],
+    ) -> Result<Outcome, ConnError> {
+        self.sent += 1;
+        let mut t = Transaction::new(&self.caps, from, rcpts, opts, content);
+        loop {
+            let out = t.transmit();
+            if !out.is_empty() {
+                self.write(&out).await?;
+            }
+            if let Some(o) = t.outcome() {
+                let o = o.clone();
+                if !o
+                    .recipients
+                    .iter()
+                    .any(|r| matches!(r, RcptStatus::Delivered(_)))
+                {
+                    // Leave the server in a known state for the next one.
+                    let mut rset = Vec::new();
+                    client::rset(&mut rset);
+                    self.write(&rset).await?;
+                    let r = self.reply().await?;
+                    if !r.is_positive() {
+                        return Err(ConnError::Refused(self.peer, r));
+                    }
+                }
+                return Ok(o);
+            }
+            let r = self.reply().await?;
+            if r.code == 421 {
+                // Closing: what is still unanswered fails temporarily.
+                let _ = t.handle(r.clone());
+                return Err(ConnError::Refused(self.peer, r));
+            }
+            t.handle(r)
+                .map_err(|e| ConnError::Protocol(self.peer, e.to_string()))?;
+        }
+    }
+
+    /// QUIT and close (errors ignored: the work is done).
+    pub async fn quit(mut self) {
+        let mut out = Vec::new();
+        client::quit(&mut out);
+        if self.write(&out).await.is_ok() {
+            let _ = timed(Duration::from_secs(1).min(self.timeout), async {
+                let _ = self.reply().await;
+                Ok(())
+            })
+            .await;
+        }
+        let _ = self.stream.close().await;
+    }
+}
