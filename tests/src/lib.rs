@@ -1,12 +1,14 @@
 //! Shared helpers for tern integration tests.
 //!
 //! - [`crash`]: payloads of the storage crash writer.
+//! - [`dns`]: an authoritative test DNS server on loopback ([`dns::TestDns`]).
 //! - [`server`]: the real `tern` binary as a child process ([`server::TernProcess`]).
 //! - [`smtp`]: a blocking SMTP client that reads complete replies.
 //! - [`queue`]: `tern queue list/show`, run and parsed.
 //! - [`sink`]: an in-process SMTP server that tern delivers to ([`sink::TestSink`]).
 
 pub mod crash;
+pub mod dns;
 pub mod queue;
 pub mod server;
 pub mod sink;
