@@ -93,6 +93,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeliverySection {
+    hold: Option<bool>,
     concurrency_per_destination: Option<usize>,
     connect_timeout: Option<HumanDuration>,
     inactivity_timeout: Option<HumanDuration>,
@@ -131,6 +132,8 @@ struct PoolHostSection {
 /// Outbound delivery settings (`[delivery]`).
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
+    /// Queue everything, deliver nothing (maintenance, tests).
+    pub hold: bool,
     /// Connections per destination (pool, smarthost or MX domain), per core.
     pub concurrency_per_destination: usize,
     /// Longest TCP connect to a next hop.
@@ -487,6 +490,7 @@ fn resolve_delivery(d: &DeliverySection, problems: &mut Vec<String>) -> Delivery
         }
     }
     let c = DeliveryConfig {
+        hold: d.hold.unwrap_or(false),
         concurrency_per_destination: d.concurrency_per_destination.unwrap_or(20),
         connect_timeout: dur(d.connect_timeout, Duration::from_secs(30)),
         inactivity_timeout: dur(d.inactivity_timeout, Duration::from_secs(600)),
@@ -601,7 +605,8 @@ fn resolve_pools(
         );
     }
     if let Some(r) = relay_to {
-        if let Ok(addr) = resolve_host(r) {
+        let resolved = resolve_host(r);
+        if let Ok(addr) = resolved {
             pools.insert(
                 SMARTHOST_POOL.into(),
                 Pool {
@@ -615,8 +620,11 @@ fn resolve_pools(
                     failover: None,
                 },
             );
-        } else {
-            problems.push(format!("server.relay_to: cannot resolve {r:?}"));
+        } else if let Err(e) = resolved {
+            // A malformed value was reported above; this is a lookup error.
+            if !e.contains("is not HOST:PORT") {
+                problems.push(format!("server.relay_to: {e}"));
+            }
         }
     }
     for (name, p) in &pools {
@@ -791,6 +799,49 @@ mod tests {
         assert_eq!(c.storage.segment_bytes_max, 64 << 20);
         assert_eq!(c.relay.recipient_domains, vec!["example.com".to_string()]);
         assert_eq!(c.relay.client_networks[1].to_string(), "192.0.2.7/32");
+    }
+
+    #[test]
+    fn pools_routes_and_delivery() {
+        let text = r#"
+            [server]
+            relay_to = "127.0.0.1:2600"
+            [delivery]
+            retry_initial = "2s"
+            retry_max = "10s"
+            dns_servers = ["127.0.0.53:5353", "127.0.0.54"]
+            [pools.main]
+            hosts = [ { address = "127.0.0.2:25", priority = 10, weight = 3 }, { address = "127.0.0.3:25" } ]
+            failover = "backup"
+            [pools.backup]
+            hosts = [ { address = "127.0.0.4:25" } ]
+            [routes]
+            "Example.com" = "main"
+            "*.example.net" = "backup"
+        "#;
+        let c = Config::from_toml(text, &Overrides::default()).unwrap();
+        assert_eq!(c.delivery.retry_initial, Duration::from_secs(2));
+        assert_eq!(c.delivery.dns_servers[1].to_string(), "127.0.0.54:53");
+        assert_eq!(c.pools["main"].hosts[0].weight, 3);
+        assert_eq!(c.pools["main"].hosts[1].priority, 0);
+        assert_eq!(c.pools["main"].failover.as_deref(), Some("backup"));
+        assert_eq!(c.pools[SMARTHOST_POOL].hosts[0].addr.port(), 2600);
+        assert_eq!(c.routes["example.com"], "main");
+        let bad = r#"
+            [delivery]
+            retry_initial = "1h"
+            retry_max = "1m"
+            [pools.a]
+            hosts = []
+            failover = "nowhere"
+            [pools.relay_to]
+            hosts = [ { address = "127.0.0.1:25" } ]
+            [routes]
+            "x.example" = "missing"
+            "bad domain" = "a"
+        "#;
+        let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+        assert_eq!(problems.len(), 6, "{problems:#?}");
     }
 
     #[test]

@@ -382,6 +382,7 @@ mod tests {
         let mut out = Vec::new();
         enc.write(id, &mut |b| out.extend_from_slice(b));
         assert_eq!(out.len(), enc.len());
+        assert_eq!(peek(&out), Ok((1234, 2)));
         let m = decode(&bytes::Bytes::from(out)).unwrap();
         assert_eq!(m.mail_from, "a@x.example");
         assert_eq!(
@@ -394,7 +395,6 @@ mod tests {
         );
         assert_eq!(&m.message[..], b"Received: x id 0100000000002A\r\nbody\r\n");
         assert_eq!(m.client, "127.0.0.1:4000");
-        assert_eq!(peek(&out), Ok((1234, 2)));
         let g = Encoder::generated("mx.example", "a@x.example", 9, b"DSN\r\n");
         let mut out = Vec::new();
         g.write(id, &mut |b| out.extend_from_slice(b));

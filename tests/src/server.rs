@@ -248,11 +248,16 @@ impl TernProcess {
             .arg(self.options.cores.to_string())
             .arg("--admin-listen")
             .arg(self.admin.to_string());
-        if let Some(toml) = &self.options.config {
-            let path = self.dir.path().join("config.toml");
-            std::fs::write(&path, toml).expect("write config");
-            cmd.arg("--config").arg(path);
+        // Unless the test sets up delivery, messages stay queued (tests of
+        // the receiving side inspect the queue).
+        let mut toml = self.options.config.clone().unwrap_or_default();
+        if !toml.contains("[delivery]") && !toml.contains("relay_to") && !toml.contains("[routes]")
+        {
+            toml.push_str("\n[delivery]\nhold = true\n");
         }
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, toml).expect("write config");
+        cmd.arg("--config").arg(path);
         cmd.env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
             .env_remove(tern_engine::failpoint::FAILPOINT_VAR)

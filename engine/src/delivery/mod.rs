@@ -227,10 +227,13 @@ impl Delivery {
                 tracing::error!(error = %e, "cannot read the log; delivery paused");
             }
             let now = now_ms();
-            let room = self
-                .cfg
-                .in_flight_max
-                .saturating_sub(self.open_attempts.get());
+            let room = if self.cfg.hold {
+                0
+            } else {
+                self.cfg
+                    .in_flight_max
+                    .saturating_sub(self.open_attempts.get())
+            };
             let due = self.queue.borrow_mut().pop_due(now, room);
             for key in due {
                 self.open_attempts.set(self.open_attempts.get() + 1);

@@ -180,7 +180,7 @@ mod tests {
 \x02\x01\x00\x00\x00\x00\x00\x00\x03\x07\x00\x00\x00\x00\x00\x00\x00\
 \x03\x00\x00\x00\x02\x00\x00\x00\x01\x00\x00\x00\x04\x00\x00\x00";
         assert_eq!(out, want);
-        assert_eq!(out.len(), encoded_len(&[e.clone()]));
+        assert_eq!(out.len(), encoded_len(std::slice::from_ref(&e)));
         assert_eq!(decode(&out), Ok(vec![e]));
     }
 
