@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use tern_storage::inspect::inspect;
 use tern_storage::Sequence;
 
+use crate::delivery::queue::{Entry, Queue};
+use crate::delivery::status::{self, STATUS};
 use crate::message::{decode, QueueId, StoredMessage, MESSAGE};
 
 fn shards(data_dir: &Path) -> anyhow::Result<Vec<(u16, std::path::PathBuf)>> {
@@ -27,24 +29,53 @@ fn shards(data_dir: &Path) -> anyhow::Result<Vec<(u16, std::path::PathBuf)>> {
     Ok(out)
 }
 
-/// Queued messages of every shard: from the `queue` cursor to the end.
-pub fn queued(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage)>> {
+/// Queued messages of every shard with their delivery state, rebuilt the
+/// way the server rebuilds its queue: replay from the `queue` cursor
+/// (message records, then status records).
+pub fn queued_with_state(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage, Entry)>> {
     let mut out = Vec::new();
     for (shard, dir) in shards(data_dir)? {
         let view = inspect(&dir)?;
         let from = view.cursor("queue").unwrap_or(Sequence(0));
-        for rec in view.records_from(from).filter(|r| r.kind == MESSAGE) {
+        let mut q = Queue::new();
+        let mut payloads = std::collections::HashMap::new();
+        for rec in view.records_from(from) {
+            if rec.kind == MESSAGE {
+                let key = rec.origin.unwrap_or(rec.sequence).0;
+                match crate::message::peek(&rec.payload) {
+                    Ok((ms, n)) => {
+                        q.add(key, rec.sequence.0, ms, n);
+                        payloads.insert(key, rec.payload);
+                    }
+                    Err(e) => eprintln!("record {}: {e}", rec.sequence),
+                }
+            } else if rec.kind == STATUS {
+                match status::decode(&rec.payload) {
+                    Ok(events) => events.iter().for_each(|e| q.apply(e)),
+                    Err(e) => eprintln!("record {}: {e}", rec.sequence),
+                }
+            }
+        }
+        for (key, entry) in q.iter() {
             let id = QueueId {
                 shard,
-                sequence: rec.sequence,
+                sequence: Sequence(*key),
             };
-            match decode(&rec.payload) {
-                Ok(m) => out.push((id, m)),
+            match decode(&payloads[key]) {
+                Ok(m) => out.push((id, m, entry.clone())),
                 Err(e) => eprintln!("{id}: {e}"),
             }
         }
     }
     Ok(out)
+}
+
+/// Queued messages of every shard (see [`queued_with_state`]).
+pub fn queued(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage)>> {
+    Ok(queued_with_state(data_dir)?
+        .into_iter()
+        .map(|(id, m, _)| (id, m))
+        .collect())
 }
 
 fn when(ms: u64) -> String {
@@ -75,7 +106,10 @@ pub fn list(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
 /// Prints the envelope and the message of `id`.
 pub fn show(data_dir: &Path, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let id: QueueId = id.parse().map_err(anyhow::Error::msg)?;
-    let Some((_, m)) = queued(data_dir)?.into_iter().find(|(i, _)| *i == id) else {
+    let Some((_, m, state)) = queued_with_state(data_dir)?
+        .into_iter()
+        .find(|(i, _, _)| *i == id)
+    else {
         anyhow::bail!("{id}: not in the queue");
     };
     writeln!(
@@ -87,9 +121,21 @@ pub fn show(data_dir: &Path, id: &str, out: &mut impl Write) -> anyhow::Result<(
     )?;
     writeln!(
         out,
-        "from: <{}>\nto: {}\nsize: {}\n",
+        "from: <{}>\nto: {}\npending: {}\nattempts: {}\nnext attempt: {}\nsize: {}\n",
         m.mail_from,
         m.recipients.join(", "),
+        state
+            .pending()
+            .iter()
+            .map(|&i| m.recipients[i as usize].as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        state.attempts,
+        if state.next_ms == 0 {
+            "now".to_string()
+        } else {
+            when(state.next_ms)
+        },
         m.message.len()
     )?;
     out.write_all(&m.message)?;

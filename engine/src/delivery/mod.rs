@@ -302,20 +302,8 @@ impl Delivery {
             branches: Cell::new(1),
             results: RefCell::new(Vec::with_capacity(pending.len())),
         });
-        let expires = entry.received_ms + self.cfg.message_expiration_timeout.as_millis() as u64;
-        if now_ms() >= expires {
-            let r = Reply::new(
-                554,
-                Status(5, 4, 7),
-                "message expired: not delivered within message_expiration_timeout",
-            );
-            let results = pending
-                .iter()
-                .map(|&i| (i, Result_::Permanent(r.clone(), None)))
-                .collect();
-            self.branch_done(&attempt, results);
-            return;
-        }
+        // An expired message still gets this attempt: if it fails
+        // temporarily, it bounces with that reply (see `conclude`).
         // Group recipients by destination.
         let mut groups: Vec<(Target, Vec<u32>)> = Vec::new();
         {
@@ -861,7 +849,7 @@ impl Delivery {
                     reply.status.unwrap_or(Status(5, 0, 0))
                 },
                 remote_mta: host.as_deref(),
-                diagnostic: host.as_ref().map(|_| reply),
+                diagnostic: (host.is_some() || *expired).then_some(reply),
                 explanation: if *expired {
                     &expired_text
                 } else if host.is_some() {
