@@ -561,6 +561,11 @@ impl Delivery {
                 }
                 match self.send(&mut conn, &host.name, &job).await {
                     Ok(results) => self.report(job, results),
+                    Err(e) if conn.stale(&e) => {
+                        tracing::debug!(dest = %dest.name, host = %host.name, error = %e, "reused connection was closed by the peer; reconnecting");
+                        dest.jobs.borrow_mut().push_front(job);
+                        continue 'hosts;
+                    }
                     Err(e) => {
                         tracing::warn!(dest = %dest.name, host = %host.name, error = %e, "connection failed during a transaction");
                         let reply = e.as_reply();

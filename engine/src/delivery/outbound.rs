@@ -68,6 +68,8 @@ pub struct Conn {
     timeout: Duration,
     /// Transactions run on it.
     pub sent: usize,
+    /// Replies received in the current transaction.
+    pub txn_replies: usize,
 }
 
 impl Conn {
@@ -90,6 +92,7 @@ impl Conn {
             buf: vec![0; 16 * 1024],
             timeout,
             sent: 0,
+            txn_replies: 0,
         };
         let banner = c.reply().await?;
         if banner.code != 220 {
@@ -124,7 +127,10 @@ impl Conn {
     async fn reply(&mut self) -> Result<Reply, ConnError> {
         loop {
             match self.parser.next_reply() {
-                Ok(Some(r)) => return Ok(r),
+                Ok(Some(r)) => {
+                    self.txn_replies += 1;
+                    return Ok(r);
+                }
                 Ok(None) => {}
                 Err(e) => return Err(ConnError::Protocol(self.peer, e.to_string())),
             }
@@ -152,6 +158,7 @@ impl Conn {
         content: &[u8],
     ) -> Result<Outcome, ConnError> {
         self.sent += 1;
+        self.txn_replies = 0;
         let mut t = Transaction::new(&self.caps, from, rcpts, opts, content);
         loop {
             let out = t.transmit();
@@ -185,6 +192,13 @@ impl Conn {
             t.handle(r)
                 .map_err(|e| ConnError::Protocol(self.peer, e.to_string()))?;
         }
+    }
+
+    /// Did this transaction fail because a reused connection had been
+    /// closed by the peer while idle (nothing answered yet)? Then the
+    /// message never reached it: send it again on a new connection.
+    pub fn stale(&self, e: &ConnError) -> bool {
+        self.sent > 1 && self.txn_replies == 0 && matches!(e, ConnError::Io(..))
     }
 
     /// QUIT and close (errors ignored: the work is done).
