@@ -96,9 +96,11 @@ struct DeliverySection {
     hold: Option<bool>,
     concurrency_per_destination: Option<usize>,
     connect_timeout: Option<HumanDuration>,
+    greeting_timeout: Option<HumanDuration>,
     inactivity_timeout: Option<HumanDuration>,
     connection_idle: Option<HumanDuration>,
     messages_per_connection_max: Option<usize>,
+    recipients_per_transaction_max: Option<usize>,
     retry_initial: Option<HumanDuration>,
     retry_max: Option<HumanDuration>,
     message_expiration_timeout: Option<HumanDuration>,
@@ -138,12 +140,16 @@ pub struct DeliveryConfig {
     pub concurrency_per_destination: usize,
     /// Longest TCP connect to a next hop.
     pub connect_timeout: Duration,
+    /// Longest wait for a next hop's 220 greeting (RFC 5321 4.5.3.2.1).
+    pub greeting_timeout: Duration,
     /// Longest wait for a next hop's reply (send side; RFC 5321 4.5.3.2).
     pub inactivity_timeout: Duration,
     /// How long an idle outbound connection is kept for reuse.
     pub connection_idle: Duration,
     /// Messages sent over one connection before it is closed and reopened.
     pub messages_per_connection_max: usize,
+    /// Recipients per outbound transaction (more are split).
+    pub recipients_per_transaction_max: usize,
     /// First retry delay; doubles per attempt.
     pub retry_initial: Duration,
     /// Longest retry delay.
@@ -493,9 +499,11 @@ fn resolve_delivery(d: &DeliverySection, problems: &mut Vec<String>) -> Delivery
         hold: d.hold.unwrap_or(false),
         concurrency_per_destination: d.concurrency_per_destination.unwrap_or(20),
         connect_timeout: dur(d.connect_timeout, Duration::from_secs(30)),
+        greeting_timeout: dur(d.greeting_timeout, Duration::from_secs(300)),
         inactivity_timeout: dur(d.inactivity_timeout, Duration::from_secs(600)),
         connection_idle: dur(d.connection_idle, Duration::from_secs(2)),
         messages_per_connection_max: d.messages_per_connection_max.unwrap_or(1000),
+        recipients_per_transaction_max: d.recipients_per_transaction_max.unwrap_or(100),
         retry_initial: dur(d.retry_initial, Duration::from_secs(60)),
         retry_max: dur(d.retry_max, Duration::from_secs(3600)),
         message_expiration_timeout: dur(
@@ -516,6 +524,9 @@ fn resolve_delivery(d: &DeliverySection, problems: &mut Vec<String>) -> Delivery
     if !(1..=10_000).contains(&c.concurrency_per_destination) {
         problems.push("delivery.concurrency_per_destination must be 1..=10000".into());
     }
+    if !(1..=100_000).contains(&c.recipients_per_transaction_max) {
+        problems.push("delivery.recipients_per_transaction_max must be 1..=100000".into());
+    }
     if c.messages_per_connection_max == 0 || c.in_flight_max == 0 {
         problems.push(
             "delivery.messages_per_connection_max and in_flight_max must be at least 1".into(),
@@ -523,6 +534,7 @@ fn resolve_delivery(d: &DeliverySection, problems: &mut Vec<String>) -> Delivery
     }
     for (name, v) in [
         ("connect_timeout", c.connect_timeout),
+        ("greeting_timeout", c.greeting_timeout),
         ("inactivity_timeout", c.inactivity_timeout),
         ("retry_initial", c.retry_initial),
         ("host_down_initial", c.host_down_initial),

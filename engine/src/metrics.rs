@@ -45,6 +45,8 @@ pub struct CoreMetrics {
     pub outbound_connections: AtomicU64,
     /// Outbound connections that failed (connect, greeting, EHLO).
     pub outbound_connect_failures: AtomicU64,
+    /// Queued message records that could not be read (damaged).
+    pub unreadable: AtomicU64,
     /// Messages copied forward out of old segments.
     pub copied_forward: AtomicU64,
     /// Log segments deleted.

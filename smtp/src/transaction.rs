@@ -106,18 +106,19 @@ impl Transaction {
             // BDAT frames are commands with their data: queue each chunk.
             let mut framed = Vec::new();
             client::bdat(&mut framed, content, CHUNK_BYTES_MAX);
-            let chunks = content.len().div_ceil(CHUNK_BYTES_MAX).max(1);
+            // Walk the frames as written (line-ending repair may have
+            // grown the content): `BDAT <size>[ LAST]\r\n` + size bytes.
             let mut rest = &framed[..];
-            for i in 0..chunks {
+            while !rest.is_empty() {
                 let header_end = rest.iter().position(|&b| b == b'\n').expect("BDAT line") + 1;
-                let size: usize = std::str::from_utf8(&rest[5..header_end - 2])
-                    .expect("ascii")
-                    .split(' ')
+                let line = std::str::from_utf8(&rest[5..header_end - 2]).expect("ascii");
+                let mut words = line.split(' ');
+                let size: usize = words
                     .next()
                     .and_then(|n| n.parse().ok())
                     .expect("BDAT size");
+                let last = words.next() == Some("LAST");
                 let end = header_end + size;
-                let last = i + 1 == chunks;
                 queue.push_back((
                     rest[..end].to_vec(),
                     if last { Await::Final } else { Await::Chunk },
@@ -374,6 +375,37 @@ mod tests {
                 "pipelining {p} chunking {ch} {replies:?}: {w:?}"
             );
         }
+    }
+
+    #[test]
+    fn bdat_chunks_follow_the_repaired_content() {
+        // Bare LFs just under a chunk boundary grow past it when repaired
+        // to CRLF: the frames (and the awaited replies) follow what is
+        // written, with exactly one LAST at the end.
+        let content = vec![b'\n'; CHUNK_BYTES_MAX - 10];
+        let mut t = Transaction::new(
+            &caps(true, true),
+            "a@x",
+            &["b@y".to_string()],
+            &MailOptions::default(),
+            &content,
+        );
+        let out = t.transmit();
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("BDAT ").count(), 2);
+        assert_eq!(text.matches(" LAST\r\n").count(), 1);
+        for code in [250, 250, 250] {
+            assert!(t.outcome().is_none());
+            t.handle(Reply::new(code, crate::Status(2, 0, 0), "ok"))
+                .unwrap();
+        }
+        assert!(t.outcome().is_none(), "the LAST reply is still awaited");
+        t.handle(Reply::new(250, crate::Status(2, 0, 0), "ok"))
+            .unwrap();
+        assert!(matches!(
+            t.outcome().unwrap().recipients[0],
+            RcptStatus::Delivered(_)
+        ));
     }
 
     #[test]

@@ -90,6 +90,10 @@ struct Dest {
     jobs: RefCell<VecDeque<Job>>,
     conns: Cell<usize>,
     idle: Cell<usize>,
+    /// A connection is trying a better host that just came back; the
+    /// others stay where they are until it is known to work.
+    /// (Until this time, unix ms; 0 = nobody.)
+    probing: Cell<u64>,
     event: event_listener::Event,
 }
 
@@ -111,6 +115,33 @@ pub struct Delivery {
     stop_event: event_listener::Event,
     /// Attempts created and not yet recorded.
     open_attempts: Cell<usize>,
+    /// Open outbound connections per host.
+    host_conns: RefCell<HashMap<SocketAddr, usize>>,
+}
+
+/// Counts an open connection to a host while alive.
+struct HostSlot {
+    d: Rc<Delivery>,
+    addr: SocketAddr,
+}
+
+impl HostSlot {
+    fn new(d: &Rc<Delivery>, addr: SocketAddr) -> HostSlot {
+        *d.host_conns.borrow_mut().entry(addr).or_insert(0) += 1;
+        HostSlot { d: d.clone(), addr }
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut m = self.d.host_conns.borrow_mut();
+        if let Some(n) = m.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.addr);
+            }
+        }
+    }
 }
 
 impl Delivery {
@@ -144,6 +175,7 @@ impl Delivery {
             stopping: Cell::new(false),
             stop_event: event_listener::Event::new(),
             open_attempts: Cell::new(0),
+            host_conns: RefCell::new(HashMap::new()),
             core,
         });
         let log = &d.core.log;
@@ -285,11 +317,38 @@ impl Delivery {
         {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(id = %id, error = %e, "cannot read queued message; retrying later");
+                CoreMetrics::inc(&self.metrics().unreadable);
+                let expires =
+                    entry.received_ms + self.cfg.message_expiration_timeout.as_millis() as u64;
+                if now_ms() < expires {
+                    tracing::error!(id = %id, error = %e, "cannot read queued message; retrying later");
+                    self.queue
+                        .borrow_mut()
+                        .release(key, now_ms() + self.cfg.retry_max.as_millis() as u64);
+                } else {
+                    // It cannot be delivered nor bounced (the sender is in
+                    // the damaged record); stop it from pinning the log.
+                    tracing::error!(id = %id, error = %e, "queued message unreadable until expiry; removed from the queue (LOST)");
+                    let done = StatusEvent {
+                        message: key,
+                        event: Event::Done,
+                        at_ms: now_ms(),
+                        attempts: entry.attempts,
+                        rcpts: Vec::new(),
+                    };
+                    if self
+                        .append_status(std::slice::from_ref(&done))
+                        .await
+                        .is_ok()
+                    {
+                        self.queue.borrow_mut().apply(&done);
+                    } else {
+                        self.queue
+                            .borrow_mut()
+                            .release(key, now_ms() + self.cfg.retry_max.as_millis() as u64);
+                    }
+                }
                 self.open_attempts.set(self.open_attempts.get() - 1);
-                self.queue
-                    .borrow_mut()
-                    .release(key, now_ms() + self.cfg.retry_max.as_millis() as u64);
                 return;
             }
         };
@@ -321,19 +380,23 @@ impl Delivery {
         for (target, rcpts) in groups {
             if self.stopping.get() {
                 let results = rcpts.iter().map(|&i| (i, Result_::NotTried)).collect();
+                attempt.branches.set(attempt.branches.get() + 1);
                 self.branch_done(&attempt, results);
                 continue;
             }
             match self.destination(&target).await {
                 Ok(dest) => {
-                    attempt.branches.set(attempt.branches.get() + 1);
-                    self.push(
-                        &dest,
-                        Job {
-                            attempt: attempt.clone(),
-                            rcpts,
-                        },
-                    );
+                    // At most recipients_per_transaction_max per transaction.
+                    for part in rcpts.chunks(self.cfg.recipients_per_transaction_max) {
+                        attempt.branches.set(attempt.branches.get() + 1);
+                        self.push(
+                            &dest,
+                            Job {
+                                attempt: attempt.clone(),
+                                rcpts: part.to_vec(),
+                            },
+                        );
+                    }
                 }
                 Err(result) => {
                     let results = rcpts.iter().map(|&i| (i, result.clone())).collect();
@@ -376,6 +439,7 @@ impl Delivery {
                     jobs: RefCell::new(VecDeque::new()),
                     conns: Cell::new(0),
                     idle: Cell::new(0),
+                    probing: Cell::new(0),
                     event: event_listener::Event::new(),
                 })
             })
@@ -444,7 +508,9 @@ impl Delivery {
 
     fn push(self: &Rc<Self>, dest: &Rc<Dest>, job: Job) {
         dest.jobs.borrow_mut().push_back(job);
-        dest.event.notify(1);
+        // Wake one more idle connection per job (not the same one twice).
+        dest.event
+            .notify(event_listener::IntoNotification::additional(1));
         let waiting = dest.jobs.borrow().len();
         if dest.conns.get() < self.cfg.concurrency_per_destination && waiting > dest.idle.get() {
             dest.conns.set(dest.conns.get() + 1);
@@ -499,6 +565,11 @@ impl Delivery {
                 .pick(&candidates, now_ms(), &excluded, self.random())
                 .cloned();
             let Some(host) = picked else {
+                if dest.conns.get() > 1 {
+                    // Other connections are working: leave them the jobs
+                    // (the last one to end defers what is left).
+                    break;
+                }
                 // Every host is down: the waiting jobs are deferred.
                 let reply = last_error.take().unwrap_or_else(|| {
                     Reply::new(
@@ -513,24 +584,46 @@ impl Delivery {
                 break;
             };
             CoreMetrics::inc(&self.metrics().outbound_connections);
+            let probe = dest.probing.get() > now_ms()
+                && self
+                    .health
+                    .borrow()
+                    .best_priority(&candidates, now_ms())
+                    .is_some_and(|p| p == host.priority);
             let opened = Conn::open(
                 host.addr,
                 &self.core.config.hostname,
                 self.cfg.connect_timeout,
+                self.cfg.greeting_timeout,
                 self.cfg.inactivity_timeout,
             )
             .await;
+            if probe {
+                dest.probing.set(0);
+            }
             let mut conn = match opened {
                 Ok(c) => c,
                 Err(e) => {
                     CoreMetrics::inc(&self.metrics().outbound_connect_failures);
                     tracing::warn!(dest = %dest.name, host = %host.name, addr = %host.addr, error = %e, "next hop unavailable; trying another");
-                    self.health.borrow_mut().mark_down(host.addr, now_ms());
+                    // A refused TCP connect, or a failing greeting with no
+                    // other session to the host, marks it down; a greeting
+                    // refusal while other sessions work (a connection
+                    // limit) only moves this connection elsewhere.
+                    let busy = self
+                        .host_conns
+                        .borrow()
+                        .get(&host.addr)
+                        .is_some_and(|&n| n > 0);
+                    if matches!(e, outbound::ConnError::Connect(..)) || !busy {
+                        self.health.borrow_mut().mark_down(host.addr, now_ms());
+                    }
                     excluded.push(host.addr);
                     last_error = Some(e.as_reply());
                     continue 'hosts;
                 }
             };
+            let _slot = HostSlot::new(&self, host.addr);
             self.health.borrow_mut().mark_up(&host.addr);
             loop {
                 let job = match Self::pop_job(&dest) {
@@ -547,11 +640,16 @@ impl Delivery {
                     self.fail_job(job, Result_::NotTried);
                     continue;
                 }
-                let better = self
-                    .health
-                    .borrow()
-                    .best_priority(&candidates, now_ms())
-                    .is_some_and(|p| p < host.priority);
+                let better = dest.probing.get() <= now_ms()
+                    && self
+                        .health
+                        .borrow()
+                        .best_priority(&candidates, now_ms())
+                        .is_some_and(|p| p < host.priority);
+                if better {
+                    let limit = self.cfg.connect_timeout + self.cfg.greeting_timeout;
+                    dest.probing.set(now_ms() + limit.as_millis() as u64);
+                }
                 if better || conn.sent >= self.cfg.messages_per_connection_max {
                     // Fail back to a better host, or recycle the connection.
                     dest.jobs.borrow_mut().push_front(job);
@@ -560,7 +658,12 @@ impl Delivery {
                     continue 'hosts;
                 }
                 match self.send(&mut conn, &host.name, &job).await {
-                    Ok(results) => self.report(job, results),
+                    Ok(results) => {
+                        self.report(job, results);
+                        if conn.broken {
+                            continue 'hosts;
+                        }
+                    }
                     Err(e) if conn.stale(&e) => {
                         tracing::debug!(dest = %dest.name, host = %host.name, error = %e, "reused connection was closed by the peer; reconnecting");
                         dest.jobs.borrow_mut().push_front(job);
@@ -573,7 +676,9 @@ impl Delivery {
                             job,
                             Result_::Temporary(reply.clone(), Some(host.name.clone())),
                         );
-                        self.health.borrow_mut().mark_down(host.addr, now_ms());
+                        // Deferred; one broken session does not mark the
+                        // host down (others may be fine), but this
+                        // connection tries elsewhere first.
                         excluded.push(host.addr);
                         last_error = Some(reply);
                         continue 'hosts;
@@ -630,17 +735,31 @@ impl Delivery {
     ) -> Result<Vec<(u32, Result_)>, outbound::ConnError> {
         let msg = &job.attempt.msg;
         let content: &[u8] = &msg.message;
-        if msg.smtputf8 && !conn.caps.smtputf8 {
-            let r = Reply::new(
-                553,
-                Status(5, 6, 7),
-                format!("{host} does not support SMTPUTF8 (RFC 6531)"),
-            );
-            return Ok(job
-                .rcpts
-                .iter()
-                .map(|&i| (i, Result_::Permanent(r.clone(), Some(host.into()))))
-                .collect());
+        // RFC 6531 3.7.4: a message that needs SMTPUTF8 cannot go to a
+        // server without it; one whose envelope and header are ASCII is
+        // sent without the parameter.
+        let mut smtputf8 = msg.smtputf8;
+        if smtputf8 && !conn.caps.smtputf8 {
+            let header_end = memchr::memmem::find(content, b"\r\n\r\n").unwrap_or(content.len());
+            let ascii = msg.mail_from.is_ascii()
+                && job
+                    .rcpts
+                    .iter()
+                    .all(|&i| msg.recipients[i as usize].is_ascii())
+                && content[..header_end].is_ascii();
+            if !ascii {
+                let r = Reply::new(
+                    553,
+                    Status(5, 6, 7),
+                    format!("{host} does not support SMTPUTF8 (RFC 6531)"),
+                );
+                return Ok(job
+                    .rcpts
+                    .iter()
+                    .map(|&i| (i, Result_::Permanent(r.clone(), Some(host.into()))))
+                    .collect());
+            }
+            smtputf8 = false;
         }
         if let Some(max) = conn.caps.size.filter(|&m| m > 0) {
             if content.len() as u64 > max {
@@ -668,7 +787,7 @@ impl Delivery {
             } else {
                 Body::SevenBit
             },
-            smtputf8: msg.smtputf8,
+            smtputf8,
             extra: Vec::new(),
         };
         CoreMetrics::inc(&self.metrics().delivery_transactions);
@@ -711,17 +830,7 @@ impl Delivery {
             }
             let mut ok = true;
             for chunk in events.chunks(status::EVENTS_MAX) {
-                let size = status::encoded_len(chunk);
-                let appended = self
-                    .core
-                    .log
-                    .append_with(STATUS, TimestampMs(now), size, |_, w| {
-                        let mut buf = Vec::with_capacity(size);
-                        status::encode(chunk, &mut buf);
-                        w.put(&buf);
-                    })
-                    .await;
-                if let Err(e) = appended {
+                if let Err(e) = self.append_status(chunk).await {
                     tracing::error!(error = %e, "cannot record delivery results; they will be retried after restart");
                     ok = false;
                     break;
@@ -742,6 +851,19 @@ impl Delivery {
                 .set(self.open_attempts.get() - batch.len());
             self.core.delivery_wake.notify(usize::MAX);
         }
+    }
+
+    /// Appends one status record (durable on return).
+    async fn append_status(&self, events: &[StatusEvent]) -> tern_storage::Result<Sequence> {
+        let size = status::encoded_len(events);
+        self.core
+            .log
+            .append_with(STATUS, TimestampMs::now(), size, |_, w| {
+                let mut buf = Vec::with_capacity(size);
+                status::encode(events, &mut buf);
+                w.put(&buf);
+            })
+            .await
     }
 
     /// The events for a finished attempt (and its DSN, appended here).
@@ -922,7 +1044,9 @@ impl Delivery {
     async fn maintain(&self) -> anyhow::Result<()> {
         let log = &self.core.log;
         let now = now_ms();
-        self.copy_forward(now).await?;
+        if let Err(e) = self.copy_forward(now).await {
+            tracing::error!(error = %e, "copy-forward failed");
+        }
         let scanned = self.scanned.get();
         let queue_at = self.queue.borrow().cursor(scanned);
         let first = log.first_sequence().0;
@@ -941,6 +1065,12 @@ impl Delivery {
         if log.cursor("safety-net") != Some(Sequence(net)) && net >= first {
             log.set_cursor("safety-net", Sequence(net)).await?;
         }
+        // Forget idle destinations (per-domain ones would pile up) and old
+        // host failures.
+        self.dests
+            .borrow_mut()
+            .retain(|_, d| d.conns.get() > 0 || !d.jobs.borrow().is_empty());
+        self.health.borrow_mut().prune(now);
         let freed = log.reclaim(TimestampMs(now)).await?;
         if !freed.deleted.is_empty() {
             self.metrics()
@@ -987,14 +1117,7 @@ impl Delivery {
                 Ok(new) => {
                     let mut snap = self.queue.borrow().snapshot(key).expect("held");
                     snap.at_ms = entry.next_ms;
-                    let size = status::encoded_len(std::slice::from_ref(&snap));
-                    let r = log
-                        .append_with(STATUS, TimestampMs(now), size, |_, w| {
-                            let mut buf = Vec::with_capacity(size);
-                            status::encode(std::slice::from_ref(&snap), &mut buf);
-                            w.put(&buf);
-                        })
-                        .await;
+                    let r = self.append_status(std::slice::from_ref(&snap)).await;
                     if r.is_ok() {
                         self.queue.borrow_mut().relocate(key, new.0);
                         CoreMetrics::inc(&self.metrics().copied_forward);
@@ -1004,7 +1127,16 @@ impl Delivery {
                 Err(e) => Err(e),
             };
             self.queue.borrow_mut().release(key, entry.next_ms);
-            result?;
+            if let Err(e) = result {
+                // Try the others; this one stays where it is for now.
+                tracing::error!(message = key, error = %e, "cannot copy a queued message forward");
+                if matches!(
+                    e,
+                    tern_storage::Error::Fatal(_) | tern_storage::Error::Closed
+                ) {
+                    return Err(e.into());
+                }
+            }
         }
         Ok(())
     }

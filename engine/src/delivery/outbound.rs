@@ -56,6 +56,9 @@ pub async fn timed<T>(
     futures_lite::future::or(fut, timer).await
 }
 
+/// Largest single write (each has its own inactivity deadline).
+const WRITE_CHUNK: usize = 256 * 1024;
+
 /// An open, greeted connection.
 pub struct Conn {
     stream: TcpStream,
@@ -70,6 +73,8 @@ pub struct Conn {
     pub sent: usize,
     /// Replies received in the current transaction.
     pub txn_replies: usize,
+    /// The connection cannot be used again (RSET failed after a result).
+    pub broken: bool,
 }
 
 impl Conn {
@@ -78,6 +83,7 @@ impl Conn {
         peer: SocketAddr,
         helo_name: &str,
         connect_timeout: Duration,
+        greeting_timeout: Duration,
         timeout: Duration,
     ) -> Result<Conn, ConnError> {
         let stream = TcpStream::connect_timeout(peer, connect_timeout)
@@ -90,14 +96,16 @@ impl Conn {
             caps: Capabilities::default(),
             parser: ReplyParser::new(),
             buf: vec![0; 16 * 1024],
-            timeout,
+            timeout: greeting_timeout,
             sent: 0,
             txn_replies: 0,
+            broken: false,
         };
         let banner = c.reply().await?;
         if banner.code != 220 {
             return Err(ConnError::Refused(peer, banner));
         }
+        c.timeout = timeout;
         let mut out = Vec::new();
         client::ehlo(&mut out, helo_name);
         c.write(&out).await?;
@@ -116,11 +124,23 @@ impl Conn {
         Ok(c)
     }
 
+    /// Writes everything; the inactivity timeout applies to each write
+    /// that makes progress, not to the whole (a large message on a slow
+    /// link is fine as long as bytes move).
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let peer = self.peer;
-        timed(self.timeout, self.stream.write_all(bytes))
-            .await
-            .map_err(|e| ConnError::Io(peer, e))
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = bytes.len().min(at + WRITE_CHUNK);
+            let n = timed(self.timeout, self.stream.write(&bytes[at..end]))
+                .await
+                .map_err(|e| ConnError::Io(peer, e))?;
+            if n == 0 {
+                return Err(ConnError::Io(peer, std::io::ErrorKind::WriteZero.into()));
+            }
+            at += n;
+        }
+        Ok(())
     }
 
     /// The next complete reply.
@@ -173,13 +193,15 @@ impl Conn {
                     .any(|r| matches!(r, RcptStatus::Delivered(_)))
                 {
                     // Leave the server in a known state for the next one.
+                    // A failure here changes nothing about the result: the
+                    // connection is just not reused.
                     let mut rset = Vec::new();
                     client::rset(&mut rset);
-                    self.write(&rset).await?;
-                    let r = self.reply().await?;
-                    if !r.is_positive() {
-                        return Err(ConnError::Refused(self.peer, r));
-                    }
+                    let ok = match self.write(&rset).await {
+                        Ok(()) => self.reply().await.is_ok_and(|r| r.is_positive()),
+                        Err(_) => false,
+                    };
+                    self.broken = !ok;
                 }
                 return Ok(o);
             }
@@ -198,7 +220,13 @@ impl Conn {
     /// closed by the peer while idle (nothing answered yet)? Then the
     /// message never reached it: send it again on a new connection.
     pub fn stale(&self, e: &ConnError) -> bool {
-        self.sent > 1 && self.txn_replies == 0 && matches!(e, ConnError::Io(..))
+        self.sent > 1
+            && match e {
+                ConnError::Io(..) => self.txn_replies == 0,
+                // The server timed the idle session out: its 421 came first.
+                ConnError::Refused(_, r) => r.code == 421 && self.txn_replies == 1,
+                _ => false,
+            }
     }
 
     /// QUIT and close (errors ignored: the work is done).

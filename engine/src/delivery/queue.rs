@@ -29,6 +29,10 @@ pub struct Entry {
     done: Box<[u8]>,
     /// Being delivered now (not in the timer set).
     pub in_flight: bool,
+    /// Replay only: a copy of this message seen in the log, adopted as its
+    /// location when the snapshot written after it is applied (a copy
+    /// without its snapshot was interrupted and is ignored).
+    copy: Option<u64>,
 }
 
 /// Approximate memory per queued message beyond its recipient bits:
@@ -98,14 +102,15 @@ impl Queue {
     }
 
     /// A message record at `location` with queue sequence `key` (equal,
-    /// unless it is a copy made by copy-forward). A copy of a known message
-    /// moves it and keeps its state; the snapshot that follows the copy
-    /// restores the state when the original was already passed.
+    /// unless it is a copy made by copy-forward). A copy of a message still
+    /// queued from its original becomes its location only when the
+    /// snapshot that follows the copy is applied; a copy whose original was
+    /// already passed starts the entry, and its snapshot restores the state.
     pub fn add(&mut self, key: u64, location: u64, received_ms: u64, rcpts: u32) {
         if let Some(e) = self.entries.get_mut(&key) {
-            self.locations.remove(&e.location);
-            e.location = location;
-            self.locations.insert(location, key);
+            if location != e.location {
+                e.copy = Some(location);
+            }
             return;
         }
         let entry = Entry {
@@ -116,6 +121,7 @@ impl Queue {
             rcpts,
             done: vec![0; (rcpts as usize).div_ceil(8)].into_boxed_slice(),
             in_flight: false,
+            copy: None,
         };
         self.timers.insert((0, key));
         self.locations.insert(location, key);
@@ -141,6 +147,11 @@ impl Queue {
                     e.done.iter_mut().for_each(|b| *b = 0);
                     for &r in &ev.rcpts {
                         e.set_final(r);
+                    }
+                    if let Some(copy) = e.copy.take() {
+                        self.locations.remove(&e.location);
+                        e.location = copy;
+                        self.locations.insert(copy, key);
                     }
                 }
                 if !e.in_flight {
@@ -321,6 +332,20 @@ mod tests {
         assert_eq!(r.get(5).unwrap().next_ms, 99);
         assert_eq!(r.get(5).unwrap().location, 40);
         assert_eq!(r.cursor(50), 6);
+        // Replay with the original still in range: the copy is adopted
+        // only with its snapshot.
+        let mut r = Queue::new();
+        r.add(5, 5, 1, 2);
+        r.add(6, 6, 1, 1);
+        r.add(5, 40, 1, 2);
+        assert_eq!(
+            r.get(5).unwrap().location,
+            5,
+            "copy without snapshot ignored"
+        );
+        r.apply(&snap);
+        assert_eq!(r.get(5).unwrap().location, 40);
+        assert_eq!(r.get(5).unwrap().pending(), vec![0]);
     }
 
     #[test]

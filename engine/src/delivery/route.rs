@@ -232,6 +232,12 @@ impl Health {
         );
     }
 
+    /// Forgets hosts whose skip ended more than `host_down_max` ago.
+    pub fn prune(&mut self, now_ms: u64) {
+        let keep = self.max_ms;
+        self.down.retain(|_, d| d.until_ms + keep > now_ms);
+    }
+
     /// `addr` worked: forget its failures.
     pub fn mark_up(&mut self, addr: &SocketAddr) {
         self.down.remove(addr);
