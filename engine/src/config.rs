@@ -113,6 +113,7 @@ struct DeliverySection {
     copy_forward_after: Option<HumanDuration>,
     in_flight_max: Option<usize>,
     dsn_return_content_max: Option<ByteSize>,
+    recent_cache_bytes: Option<ByteSize>,
     maintenance_interval: Option<HumanDuration>,
 }
 
@@ -175,6 +176,9 @@ pub struct DeliveryConfig {
     pub in_flight_max: usize,
     /// Bounces carry the whole original up to this size, else its headers.
     pub dsn_return_content_max: usize,
+    /// Just-accepted messages kept in memory for their first delivery
+    /// attempt (beyond it, delivery reads the log), per core.
+    pub recent_cache_bytes: usize,
     /// How often cursors move, segments are reclaimed and pinned messages
     /// copied forward.
     pub maintenance_interval: Duration,
@@ -519,6 +523,7 @@ fn resolve_delivery(d: &DeliverySection, problems: &mut Vec<String>) -> Delivery
         copy_forward_after: dur(d.copy_forward_after, Duration::from_secs(3600)),
         in_flight_max: d.in_flight_max.unwrap_or(10_000),
         dsn_return_content_max: d.dsn_return_content_max.map_or(1 << 20, |b| b.0 as usize),
+        recent_cache_bytes: d.recent_cache_bytes.map_or(64 << 20, |b| b.0 as usize),
         maintenance_interval: dur(d.maintenance_interval, Duration::from_secs(1)),
     };
     if !(1..=10_000).contains(&c.concurrency_per_destination) {

@@ -90,6 +90,76 @@ pub struct Core {
     pub shared: Arc<Shared>,
     /// Notified when records were appended (delivery tails the log).
     pub delivery_wake: event_listener::Event,
+    /// Payloads of just-accepted messages, taken by delivery.
+    pub recent: std::cell::RefCell<Recent>,
+}
+
+/// What the delivery tail needs of a record this core appended, so it
+/// need not read the record back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announced {
+    /// A new message record (not a copy).
+    Message {
+        /// Arrival (unix ms).
+        received_ms: u64,
+        /// Recipient count.
+        rcpts: u32,
+    },
+    /// A record delivery ignores when tailing (status records).
+    Other,
+}
+
+/// Records just appended by this core: their kind and queue facts (until
+/// the delivery tail passes them) and message payloads (until delivery
+/// takes them, within a byte budget; past it, delivery reads the log).
+#[derive(Debug, Default)]
+pub struct Recent {
+    map: HashMap<u64, bytes::Bytes>,
+    announced: HashMap<u64, Announced>,
+    bytes: usize,
+    max: usize,
+}
+
+impl Recent {
+    /// A cache of at most `max` bytes.
+    pub fn new(max: usize) -> Recent {
+        Recent {
+            map: HashMap::new(),
+            announced: HashMap::new(),
+            bytes: 0,
+            max,
+        }
+    }
+
+    /// Notes what record `seq` is (called while appending it).
+    pub fn announce(&mut self, seq: u64, what: Announced) {
+        self.announced.insert(seq, what);
+    }
+
+    /// Takes what was announced about record `seq`.
+    pub fn announced(&mut self, seq: u64) -> Option<Announced> {
+        self.announced.remove(&seq)
+    }
+
+    /// Would a payload of `size` bytes fit?
+    pub fn has_room(&self, size: usize) -> bool {
+        self.bytes + size <= self.max
+    }
+
+    /// Keeps `payload` of record `seq` if it fits.
+    pub fn insert(&mut self, seq: u64, payload: bytes::Bytes) {
+        if self.has_room(payload.len()) {
+            self.bytes += payload.len();
+            self.map.insert(seq, payload);
+        }
+    }
+
+    /// Takes the payload of record `seq`, if kept.
+    pub fn take(&mut self, seq: u64) -> Option<bytes::Bytes> {
+        let p = self.map.remove(&seq)?;
+        self.bytes -= p.len();
+        Some(p)
+    }
 }
 
 impl Core {
@@ -110,15 +180,37 @@ impl Core {
         let encoder = Encoder::new(env, peer, ms, (&prefix, &suffix), content);
         let shard = self.shard;
         let size = encoder.len();
+        // A copy for delivery, so it need not read the record back from
+        // disk (O_DIRECT writes bypass the page cache) while it is fresh.
+        let mut copy = self
+            .recent
+            .borrow()
+            .has_room(size)
+            .then(|| Vec::with_capacity(size));
         let appended = self
             .log
             .append_with(MESSAGE, TimestampMs(ms), size, |sequence, w| {
-                encoder.write(QueueId { shard, sequence }, &mut |b| w.put(b))
+                self.recent.borrow_mut().announce(
+                    sequence.0,
+                    Announced::Message {
+                        received_ms: ms,
+                        rcpts: env.recipients.len() as u32,
+                    },
+                );
+                encoder.write(QueueId { shard, sequence }, &mut |b| {
+                    w.put(b);
+                    if let Some(c) = copy.as_mut() {
+                        c.extend_from_slice(b);
+                    }
+                })
             })
             .await;
         match appended {
             Ok(sequence) => {
                 let id = QueueId { shard, sequence };
+                if let Some(c) = copy {
+                    self.recent.borrow_mut().insert(sequence.0, c.into());
+                }
                 self.delivery_wake.notify(usize::MAX);
                 CoreMetrics::inc(&self.metrics.messages_accepted);
                 self.metrics
@@ -230,6 +322,7 @@ pub async fn run(
         content_bytes: Cell::new(0),
         shared: shared.clone(),
         delivery_wake: event_listener::Event::new(),
+        recent: std::cell::RefCell::new(Recent::new(config.delivery.recent_cache_bytes)),
     });
     glommio::spawn_local(watch(core.clone())).detach();
     let delivery = crate::delivery::Delivery::start(core.clone())?;

@@ -43,7 +43,7 @@ use tern_smtp::{Reply, Status};
 use tern_storage::{Record, Sequence, TimestampMs};
 
 use crate::config::DeliveryConfig;
-use crate::core::Core;
+use crate::core::{Announced, Core};
 use crate::dns::{DnsError, Resolver};
 use crate::message::{self, Encoder, QueueId, StoredMessage, MESSAGE};
 use crate::metrics::CoreMetrics;
@@ -202,8 +202,17 @@ impl Delivery {
             if seq >= end {
                 break;
             }
-            let rec = log.read(Sequence(seq))?;
-            self.ingest_record(&rec, rebuild);
+            let announced = self.core.recent.borrow_mut().announced(seq);
+            match announced {
+                Some(Announced::Message { received_ms, rcpts }) if !rebuild => {
+                    self.queue.borrow_mut().add(seq, seq, received_ms, rcpts);
+                }
+                Some(Announced::Other) if !rebuild => {}
+                _ => {
+                    let rec = log.read(Sequence(seq))?;
+                    self.ingest_record(&rec, rebuild);
+                }
+            }
             n += 1;
         }
         Ok(n)
@@ -308,13 +317,17 @@ impl Delivery {
             shard: self.core.shard,
             sequence: Sequence(key),
         };
-        let msg = match self
-            .core
-            .log
-            .read(Sequence(entry.location))
-            .map_err(|e| e.to_string())
-            .and_then(|r| message::decode(&r.payload).map_err(|e| e.to_string()))
-        {
+        let fresh = self.core.recent.borrow_mut().take(entry.location);
+        let payload = match fresh {
+            Some(p) => Ok(p),
+            None => self
+                .core
+                .log
+                .read(Sequence(entry.location))
+                .map(|r| r.payload)
+                .map_err(|e| e.to_string()),
+        };
+        let msg = match payload.and_then(|p| message::decode(&p).map_err(|e| e.to_string())) {
             Ok(m) => m,
             Err(e) => {
                 CoreMetrics::inc(&self.metrics().unreadable);
@@ -858,7 +871,11 @@ impl Delivery {
         let size = status::encoded_len(events);
         self.core
             .log
-            .append_with(STATUS, TimestampMs::now(), size, |_, w| {
+            .append_with(STATUS, TimestampMs::now(), size, |seq, w| {
+                self.core
+                    .recent
+                    .borrow_mut()
+                    .announce(seq.0, Announced::Other);
                 let mut buf = Vec::with_capacity(size);
                 status::encode(events, &mut buf);
                 w.put(&buf);
@@ -1004,6 +1021,13 @@ impl Delivery {
             .core
             .log
             .append_with(MESSAGE, TimestampMs(now), enc.len(), |sequence, w| {
+                self.core.recent.borrow_mut().announce(
+                    sequence.0,
+                    Announced::Message {
+                        received_ms: now,
+                        rcpts: 1,
+                    },
+                );
                 enc.write(QueueId { shard, sequence }, &mut |b| w.put(b))
             })
             .await
