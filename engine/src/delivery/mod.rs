@@ -1143,6 +1143,7 @@ impl Delivery {
                     snap.at_ms = entry.next_ms;
                     let r = self.append_status(std::slice::from_ref(&snap)).await;
                     if r.is_ok() {
+                        self.core.recent.borrow_mut().take(entry.location);
                         self.queue.borrow_mut().relocate(key, new.0);
                         CoreMetrics::inc(&self.metrics().copied_forward);
                     }
