@@ -5,7 +5,8 @@
 #   3. smtp-source       -> tern-loadgen sink     (our sink vs smtp-sink under the same client)
 #   4. tern-loadgen send -> smtp-sink             (our client vs smtp-source against the same sink)
 #   5. tern-loadgen send -> Postfix -> tern-loadgen sink (a real relay, end to end)
-#   6. tern-loadgen send -> tern serve            (acceptance only: delivery is not built yet)
+#   6. tern-loadgen send -> tern serve            (acceptance only)
+#   7. tern-loadgen send -> tern serve -> tern-loadgen sink (tern relaying, end to end)
 # Prints one Markdown table (msgs/s, p50, p99, errors, lost, duplicated) and
 # the ratios. Needs root and postfix (smtp-source, smtp-sink) for 2-5.
 # Usage: bench/scripts/loadgen-bench.sh [MESSAGES] [SESSIONS] [SIZE]
@@ -101,10 +102,19 @@ if command -v smtp-source >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 
 # 6. loadgen -> tern (acceptance only)
-"$TERN" serve --listen 127.0.0.1:2546 --data-dir "$WORK/tern" --cores 1 --admin-listen off 2>/dev/null &
+printf '[delivery]\nhold = true\n' > "$WORK/hold.toml"   # accept and queue, deliver nothing
+"$TERN" serve --config "$WORK/hold.toml" --listen 127.0.0.1:2546 --data-dir "$WORK/tern" --cores 1 --admin-listen off 2>/dev/null &
 TP=$!; PIDS+=("$TP"); wait_port 2546
 lg_send 2546 "$WORK/6.send.json"; kill -TERM "$TP"; wait "$TP" || true
 row "tern-loadgen send -> tern serve (accept only)" "$WORK/6.send.json" - >> "$WORK/table"
+
+# 7. loadgen -> tern (relaying to the sink) -> loadgen sink
+start_sink 2548 "$WORK/7.sink.json"
+"$TERN" serve --listen 127.0.0.1:2547 --data-dir "$WORK/tern7" --cores 1 --admin-listen off \
+  --relay-to 127.0.0.1:2548 2>/dev/null &
+TP=$!; PIDS+=("$TP"); wait_port 2547
+lg_send 2547 "$WORK/7.send.json"; wait "$SINK" || true; kill -TERM "$TP"; wait "$TP" || true
+row "tern-loadgen send -> tern serve -> tern-loadgen sink" "$WORK/7.send.json" "$WORK/7.sink.json" >> "$WORK/table"
 
 echo
 echo "$N messages of $SIZE bytes, $C connections, $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -114,4 +124,5 @@ if [ -n "${R2:-}" ]; then
   echo
   python3 -c "print(f'tern-loadgen send -> sink / smtp-source -> smtp-sink: {$R1 / $R2:.1f}x (target >= 2x)')"
   python3 -c "print(f'smtp-source -> tern-loadgen sink / smtp-source -> smtp-sink: {$R3 / $R2:.2f}x (sink not the bottleneck when >= 1)')"
+  python3 -c "import json; a=json.load(open('$WORK/7.send.json'))['messages_per_second']; b=json.load(open('$WORK/5.send.json'))['messages_per_second']; print(f'relay: tern / Postfix (loadgen -> relay -> sink): {a / b:.1f}x')"
 fi
