@@ -65,6 +65,11 @@ enum QueueAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Handled messages still kept in the Safety Net.
+    SafetyNet {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Envelope and content of one message.
     Show {
         /// Queue id (14 hex digits, as in "queued as ...").
@@ -191,6 +196,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             let config = load(&common, Overrides::default())?;
             tern_engine::queue_cmd::list(&config.data_dir, &mut stdout)
+        }
+        Command::Queue {
+            action: QueueAction::SafetyNet { common },
+        } => {
+            let config = load(&common, Overrides::default())?;
+            tern_engine::queue_cmd::list_safety_net(&config.data_dir, &mut stdout)
         }
         Command::Queue {
             action: QueueAction::Show { id, common },

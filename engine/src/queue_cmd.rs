@@ -78,6 +78,63 @@ pub fn queued(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage)>> 
         .collect())
 }
 
+/// Handled messages still in the Safety Net: every message record from
+/// the `safety-net` cursor on whose recipients are all final, with when it
+/// was handled (the time of its `done` event).
+pub fn safety_net(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage, u64)>> {
+    let mut out = Vec::new();
+    for (shard, dir) in shards(data_dir)? {
+        let view = inspect(&dir)?;
+        let from = view.cursor("safety-net").unwrap_or(Sequence(0));
+        let mut payloads = std::collections::BTreeMap::new();
+        let mut done = std::collections::HashMap::new();
+        for rec in view.records_from(from) {
+            if rec.kind == MESSAGE {
+                payloads.insert(rec.origin.unwrap_or(rec.sequence).0, rec.payload);
+            } else if rec.kind == STATUS {
+                for e in status::decode(&rec.payload).unwrap_or_default() {
+                    if e.event == status::Event::Done {
+                        done.insert(e.message, e.at_ms);
+                    }
+                }
+            }
+        }
+        for (key, payload) in payloads {
+            let Some(&at) = done.get(&key) else { continue };
+            let id = QueueId {
+                shard,
+                sequence: Sequence(key),
+            };
+            match decode(&payload) {
+                Ok(m) => out.push((id, m, at)),
+                Err(e) => eprintln!("{id}: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Prints one line per message in the Safety Net.
+pub fn list_safety_net(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    let all = safety_net(data_dir)?;
+    for (id, m, at) in &all {
+        let from = if m.mail_from.is_empty() {
+            "<>"
+        } else {
+            &m.mail_from
+        };
+        writeln!(
+            out,
+            "{id} {:>9} handled {} {from} -> {}",
+            m.message.len(),
+            when(*at),
+            m.recipients.join(", ")
+        )?;
+    }
+    writeln!(out, "-- {} message(s) in the Safety Net", all.len())?;
+    Ok(())
+}
+
 fn when(ms: u64) -> String {
     crate::received::rfc5322_date(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }

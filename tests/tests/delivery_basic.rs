@@ -329,3 +329,56 @@ fn clean_restart_delivers_nothing_twice() {
         "each message exactly once"
     );
 }
+
+fn safety_net(tern: &TernProcess) -> Vec<String> {
+    let out = std::process::Command::new(tern_tests::server::tern_bin())
+        .args(["queue", "safety-net", "--data-dir"])
+        .arg(tern.data_dir())
+        .output()
+        .expect("run tern queue safety-net");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn delivered_messages_stay_in_the_safety_net_for_the_hold_time() {
+    let sink = start_sink();
+    let tern = TernProcess::start(Options::with_config(&config(
+        sink.addr(),
+        "safety_net_hold_time = \"3s\"",
+    )));
+    let mut c = tern.ehlo();
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            c.send_message(
+                "sender@example.org",
+                &["rcpt@example.com"],
+                &message(&format!("m{i}"), &["x"]),
+            )
+        })
+        .collect();
+    c.quit();
+    sink.wait_for(3, Duration::from_secs(10));
+    // Handled: out of the queue, in the Safety Net (still on disk).
+    wait_until("the queue to empty", Duration::from_secs(10), || {
+        tern.queue_ids().is_empty()
+    });
+    wait_until(
+        "the safety net to list them",
+        Duration::from_secs(10),
+        || safety_net(&tern) == ids,
+    );
+    // After the hold time the safety-net cursor passes them.
+    wait_until("the hold time to pass", Duration::from_secs(15), || {
+        safety_net(&tern).is_empty()
+    });
+}
