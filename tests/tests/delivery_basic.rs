@@ -382,3 +382,29 @@ fn delivered_messages_stay_in_the_safety_net_for_the_hold_time() {
         safety_net(&tern).is_empty()
     });
 }
+
+#[test]
+fn many_recipients_are_split_into_transactions() {
+    let sink = start_sink();
+    let tern = TernProcess::start(Options::with_config(&config(
+        sink.addr(),
+        "recipients_per_transaction_max = 100",
+    )));
+    let rcpts: Vec<String> = (0..250).map(|i| format!("r{i}@example.com")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let mut c = tern.ehlo();
+    c.send_message("sender@example.org", &refs, &message("many", &["x"]));
+    c.quit();
+    let got = sink.wait_for(3, Duration::from_secs(15));
+    let mut sizes: Vec<usize> = got.iter().map(|m| m.rcpts.len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![50, 100, 100]);
+    let mut all: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
+    all.sort();
+    let mut want = rcpts.clone();
+    want.sort();
+    assert_eq!(all, want, "every recipient once");
+    wait_until("the queue to empty", Duration::from_secs(10), || {
+        tern.queue_ids().is_empty()
+    });
+}
