@@ -118,21 +118,25 @@ pub fn safety_net(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage
 pub fn list_safety_net(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let all = safety_net(data_dir)?;
     for (id, m, at) in &all {
-        let from = if m.mail_from.is_empty() {
-            "<>"
-        } else {
-            &m.mail_from
-        };
-        writeln!(
-            out,
-            "{id} {:>9} handled {} {from} -> {}",
-            m.message.len(),
-            when(*at),
-            m.recipients.join(", ")
-        )?;
+        line(out, *id, m, &format!("handled {}", when(*at)))?;
     }
     writeln!(out, "-- {} message(s) in the Safety Net", all.len())?;
     Ok(())
+}
+
+/// `ID SIZE WHEN FROM -> RCPTS`.
+fn line(out: &mut impl Write, id: QueueId, m: &StoredMessage, at: &str) -> std::io::Result<()> {
+    let from = if m.mail_from.is_empty() {
+        "<>"
+    } else {
+        &m.mail_from
+    };
+    writeln!(
+        out,
+        "{id} {:>9} {at} {from} -> {}",
+        m.message.len(),
+        m.recipients.join(", ")
+    )
 }
 
 fn when(ms: u64) -> String {
@@ -143,18 +147,7 @@ fn when(ms: u64) -> String {
 pub fn list(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let all = queued(data_dir)?;
     for (id, m) in &all {
-        let from = if m.mail_from.is_empty() {
-            "<>"
-        } else {
-            &m.mail_from
-        };
-        writeln!(
-            out,
-            "{id} {:>9} {} {from} -> {}",
-            m.message.len(),
-            when(m.received_ms),
-            m.recipients.join(", ")
-        )?;
+        line(out, *id, m, &when(m.received_ms))?;
     }
     writeln!(out, "-- {} message(s) queued", all.len())?;
     Ok(())

@@ -422,6 +422,16 @@ impl TernProcess {
         out
     }
 
+    /// Sum over cores of counter (or gauge) `name` from `/metrics`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let prefix = format!("{name}{{");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// `tern queue list` on this data directory.
     pub fn queue_list(&self) -> Vec<crate::queue::Entry> {
         crate::queue::list(&self.data_dir())
@@ -468,4 +478,18 @@ impl Drop for TernProcess {
 pub fn first_reply(addr: SocketAddr) -> Option<crate::smtp::Reply> {
     let mut c = Client::connect(addr).ok()?;
     c.try_reply().ok().flatten()
+}
+
+/// Polls `f` every 50 ms until it holds; panics naming `what` after
+/// `limit`.
+#[track_caller]
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + limit;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -104,6 +104,17 @@ pub struct SinkMessage {
     pub bare_newline: bool,
 }
 
+impl SinkMessage {
+    /// The value of its first `Subject:` header ("" if none).
+    pub fn subject(&self) -> String {
+        String::from_utf8_lossy(&self.content)
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
 /// What the sink saw, guarded by [`Shared::state`].
 #[derive(Default)]
 struct State {

@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 
 use mail_parser::MimeHeaders;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tern_tests::queue::strip_received;
-use tern_tests::server::{Options, TernProcess};
+use tern_tests::server::{wait_until, Options, TernProcess};
 use tern_tests::sink::{Behavior, SinkMessage, TestSink};
 use tern_tests::smtp::message;
 
@@ -23,31 +23,6 @@ fn config(sink: SocketAddr, delivery_extra: &str) -> String {
 
 fn start_sink() -> TestSink {
     TestSink::start("127.0.0.1:0".parse().unwrap())
-}
-
-/// Sum of a Prometheus counter over cores.
-fn metric(tern: &TernProcess, name: &str) -> u64 {
-    tern.metrics()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn subject(m: &SinkMessage) -> String {
-    let text = String::from_utf8_lossy(&m.content);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .unwrap_or("")
-        .to_string()
 }
 
 /// Content with the lines that break naive relays: leading dots, a lone
@@ -77,12 +52,12 @@ fn deliver_byte_exact(behavior: Behavior, bdat: bool) {
     let got_all = sink.messages();
     assert_eq!(got_all.len(), n, "each message exactly once");
     let _ = got;
-    let mut subjects: Vec<String> = got_all.iter().map(subject).collect();
+    let mut subjects: Vec<String> = got_all.iter().map(SinkMessage::subject).collect();
     subjects.sort();
     subjects.dedup();
     assert_eq!(subjects.len(), n);
     for m in &got_all {
-        let i: usize = subject(m)[1..].parse().unwrap();
+        let i: usize = m.subject()[1..].parse().unwrap();
         assert_eq!(strip_received(&m.content), &tricky(i)[..], "byte-exact");
         assert!(m.content.starts_with(b"Received: from "));
         assert!(!m.bare_newline, "no bare CR or LF on the wire");
@@ -99,7 +74,7 @@ fn deliver_byte_exact(behavior: Behavior, bdat: bool) {
     wait_until("the queue to empty", Duration::from_secs(10), || {
         tern.queue_ids().is_empty()
     });
-    assert_eq!(metric(&tern, "tern_delivered_recipients_total"), n as u64);
+    assert_eq!(tern.counter("tern_delivered_recipients_total"), n as u64);
 }
 
 #[test]
@@ -155,7 +130,7 @@ fn temporary_failure_is_retried_and_delivered_once() {
         || tern.queue_show(&id).field("attempts") != "0",
     );
     assert_eq!(tern.queue_show(&id).field("pending"), "rcpt@example.com");
-    assert!(metric(&tern, "tern_deferred_total") >= 1);
+    assert!(tern.counter("tern_deferred_total") >= 1);
     sink.set_behavior(Behavior::default());
     sink.wait_for(1, Duration::from_secs(15));
     std::thread::sleep(Duration::from_millis(2500));
@@ -242,11 +217,11 @@ fn permanent_failure_bounces_with_a_dsn_and_null_sender_is_never_bounced() {
     );
     c.quit();
     wait_until("the second refusal", Duration::from_secs(10), || {
-        metric(&tern, "tern_bounced_recipients_total") >= 2
+        tern.counter("tern_bounced_recipients_total") >= 2
     });
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sink.messages().len(), 2, "no DSN for the null sender");
-    assert_eq!(metric(&tern, "tern_dsns_queued_total"), 1);
+    assert_eq!(tern.counter("tern_dsns_queued_total"), 1);
     wait_until("the queue to empty", Duration::from_secs(10), || {
         tern.queue_ids().is_empty()
     });
@@ -283,7 +258,7 @@ fn undeliverable_message_expires_with_a_dsn() {
         assert!(report.contains(want), "{want:?} missing in:\n{report}");
     }
     assert!(sink.rcpt_replies().len() >= 2, "retried before expiring");
-    assert_eq!(metric(&tern, "tern_expired_recipients_total"), 1);
+    assert_eq!(tern.counter("tern_expired_recipients_total"), 1);
 }
 
 #[test]
@@ -320,7 +295,7 @@ fn clean_restart_delivers_nothing_twice() {
     tern.restart();
     std::thread::sleep(Duration::from_secs(2));
     let got = sink.messages();
-    let mut subjects: Vec<String> = got.iter().map(subject).collect();
+    let mut subjects: Vec<String> = got.iter().map(SinkMessage::subject).collect();
     subjects.sort();
     subjects.dedup();
     assert_eq!(

@@ -5,40 +5,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tern_tests::server::{Options, TernProcess};
+use tern_tests::server::{wait_until, Options, TernProcess};
 use tern_tests::sink::{Behavior, SinkMessage, TestSink};
 use tern_tests::smtp::{message, Client};
-
-fn metric(tern: &TernProcess, name: &str) -> u64 {
-    tern.metrics()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn subject(m: &SinkMessage) -> String {
-    let text = String::from_utf8_lossy(&m.content);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .unwrap_or("")
-        .to_string()
-}
 
 fn counts(msgs: &[SinkMessage]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for m in msgs {
-        *out.entry(subject(m)).or_insert(0) += 1;
+        *out.entry(m.subject()).or_insert(0) += 1;
     }
     out
 }
@@ -162,8 +138,8 @@ fn deferred_message_does_not_pin_disk_space() {
         Duration::from_secs(20),
         || segments(&tern.data_dir()) <= 2,
     );
-    assert!(metric(&tern, "tern_copied_forward_total") >= 1);
-    assert!(metric(&tern, "tern_segments_reclaimed_total") >= 1);
+    assert!(tern.counter("tern_copied_forward_total") >= 1);
+    assert!(tern.counter("tern_segments_reclaimed_total") >= 1);
     assert_eq!(
         tern.queue_ids(),
         vec![stuck.clone()],
@@ -182,7 +158,7 @@ fn deferred_message_does_not_pin_disk_space() {
     let m = sink
         .messages()
         .into_iter()
-        .find(|m| subject(m) == "stuck")
+        .find(|m| m.subject() == "stuck")
         .unwrap();
     assert!(String::from_utf8_lossy(&m.content).contains(&format!("id {stuck}")));
 }

@@ -154,16 +154,6 @@ fn expect_exactly(sink: &TestSink, sent: &[Sent], what: &str) {
     assert_eq!(got, want, "{what}: each message exactly once");
 }
 
-/// Sum over cores of a counter from `/metrics`.
-fn metric(tern: &TernProcess, name: &str) -> u64 {
-    let text = tern.metrics();
-    let prefix = format!("{name}{{");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// `tern route ARGS --admin ADDR`.
 fn tern_route(tern: &TernProcess, args: &[&str]) -> Output {
     Command::new(tern_bin())
@@ -243,8 +233,8 @@ fn pool_fails_over_to_its_backup_and_back() {
     let second = send(&tern, "sender@origin.test", "rcpt@example.com", "back", 10);
     expect_exactly(&a, &second, "main pool back: its host");
     expect_exactly(&b, &first, "the backup, after the main pool was back");
-    assert_eq!(metric(&tern, "tern_delivered_recipients_total"), 20);
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 0);
+    assert_eq!(tern.counter("tern_delivered_recipients_total"), 20);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 0);
 }
 
 #[test]
@@ -469,8 +459,8 @@ fn mx_routing_with_real_dns() {
     let implicit = send(&tern, from, "rcpt@plain.test", "implicit", 2);
     expect_exactly(&plain, &implicit, "implicit MX (A record only)");
 
-    let transactions = metric(&tern, "tern_delivery_transactions_total");
-    let failures = metric(&tern, "tern_outbound_connect_failures_total");
+    let transactions = tern.counter("tern_delivery_transactions_total");
+    let failures = tern.counter("tern_outbound_connect_failures_total");
     let null_mx = send(&tern, from, "rcpt@nullmx.test", "nullmx", 1);
     let arrived = mx1.wait_for(to_mx.len() + 1, ARRIVE_WAIT);
     check_bounce(&arrived[to_mx.len()], &null_mx[0], "5.1.10");
@@ -479,12 +469,12 @@ fn mx_routing_with_real_dns() {
     check_bounce(&arrived[to_mx.len() + 1], &nxdomain[0], "5.1.2");
     std::thread::sleep(SETTLE);
     assert_eq!(
-        metric(&tern, "tern_delivery_transactions_total") - transactions,
+        tern.counter("tern_delivery_transactions_total") - transactions,
         2,
         "the two bounces are the only transactions"
     );
     assert_eq!(
-        metric(&tern, "tern_outbound_connect_failures_total"),
+        tern.counter("tern_outbound_connect_failures_total"),
         failures
     );
     for sink in [&mx1, &mx2, &plain] {
@@ -504,7 +494,7 @@ fn mx_routing_with_real_dns() {
     std::thread::sleep(IDLE_GONE);
     let to_backup = send(&tern, from, "rcpt@mx.test", "mx2", 5);
     expect_exactly(&mx2, &to_backup, "best MX down: the next one");
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 2);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 2);
 }
 
 /// ENGINE BUG (reported, not fixed here): a job handed to a cached

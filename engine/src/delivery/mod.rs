@@ -766,11 +766,7 @@ impl Delivery {
                     Status(5, 6, 7),
                     format!("{host} does not support SMTPUTF8 (RFC 6531)"),
                 );
-                return Ok(job
-                    .rcpts
-                    .iter()
-                    .map(|&i| (i, Result_::Permanent(r.clone(), Some(host.into()))))
-                    .collect());
+                return Ok(refuse_all(job, &r, host));
             }
             smtputf8 = false;
         }
@@ -781,11 +777,7 @@ impl Delivery {
                     Status(5, 3, 4),
                     format!("message too big for {host} (SIZE {max})"),
                 );
-                return Ok(job
-                    .rcpts
-                    .iter()
-                    .map(|&i| (i, Result_::Permanent(r.clone(), Some(host.into()))))
-                    .collect());
+                return Ok(refuse_all(job, &r, host));
             }
         }
         let rcpts: Vec<String> = job
@@ -1197,6 +1189,14 @@ impl Delivery {
         }
         Ok(())
     }
+}
+
+/// Every recipient of `job` failed permanently with `reply` at `host`.
+fn refuse_all(job: &Job, reply: &Reply, host: &str) -> Vec<(u32, Result_)> {
+    job.rcpts
+        .iter()
+        .map(|&i| (i, Result_::Permanent(reply.clone(), Some(host.into()))))
+        .collect()
 }
 
 /// Exponential from `retry_initial`, doubling per attempt, capped.
