@@ -117,7 +117,15 @@ pub struct Delivery {
     open_attempts: Cell<usize>,
     /// Open outbound connections per host.
     host_conns: RefCell<HashMap<SocketAddr, usize>>,
+    /// MX answers (and permanent failures) per domain, briefly, so busy
+    /// domains do not cross to the DNS thread for every message.
+    mx_cache: RefCell<HashMap<String, MxCached>>,
 }
+
+type MxCached = (u64, Result<Candidates, Result_>);
+
+/// How long a core reuses an MX answer (the resolver itself caches by TTL).
+const MX_CACHE_MS: u64 = 10_000;
 
 /// Counts an open connection to a host while alive.
 struct HostSlot {
@@ -176,6 +184,7 @@ impl Delivery {
             stop_event: event_listener::Event::new(),
             open_attempts: Cell::new(0),
             host_conns: RefCell::new(HashMap::new()),
+            mx_cache: RefCell::new(HashMap::new()),
             core,
         });
         let log = &d.core.log;
@@ -440,7 +449,28 @@ impl Delivery {
                     Some(Rc::new(c))
                 }
             }
-            Target::Mx(domain) => Some(Rc::new(self.mx(domain).await?)),
+            Target::Mx(domain) => {
+                let now = now_ms();
+                let cached = self
+                    .mx_cache
+                    .borrow()
+                    .get(domain)
+                    .filter(|(until, _)| *until > now)
+                    .map(|(_, r)| r.clone());
+                let answer = match cached {
+                    Some(r) => r,
+                    None => {
+                        let r = self.mx(domain).await.map(Rc::new);
+                        if !matches!(r, Err(Result_::Temporary(..))) {
+                            self.mx_cache
+                                .borrow_mut()
+                                .insert(domain.clone(), (now + MX_CACHE_MS, r.clone()));
+                        }
+                        r
+                    }
+                };
+                Some(answer?)
+            }
         };
         let mut dests = self.dests.borrow_mut();
         let dest = dests
@@ -1087,6 +1117,9 @@ impl Delivery {
             .borrow_mut()
             .retain(|_, d| d.conns.get() > 0 || !d.jobs.borrow().is_empty());
         self.health.borrow_mut().prune(now);
+        self.mx_cache
+            .borrow_mut()
+            .retain(|_, (until, _)| *until > now);
         let freed = log.reclaim(TimestampMs(now)).await?;
         if !freed.deleted.is_empty() {
             self.metrics()
