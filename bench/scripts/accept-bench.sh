@@ -67,8 +67,10 @@ postfix_round() {
 # --- tern ---
 tern_round() {
   local cores=$1 round=$2 dir="$WORK/tern-$1-$2"
-  "$TERN" serve --listen "127.0.0.1:$TERN_PORT" --data-dir "$dir" --cores "$cores" --admin-listen off \
-    2>"$WORK/tern-$cores-$round.log" &
+  # Accept and queue only, like the Postfix side (defer_transports = smtp).
+  printf '[delivery]\nhold = true\n' > "$WORK/hold.toml"
+  "$TERN" serve --config "$WORK/hold.toml" --listen "127.0.0.1:$TERN_PORT" --data-dir "$dir" --cores "$cores" \
+    --admin-listen off 2>"$WORK/tern-$cores-$round.log" &
   TERN_PID=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$TERN_PORT) 2>/dev/null && break; sleep 0.05; done
   RATE=$(run_source "$TERN_PORT")
