@@ -875,10 +875,8 @@ fn five_mib_messages_arrive_byte_exact_over_bdat_and_data() {
 
 /// A next hop slow to greet (a tarpit) must not hold up a graceful stop:
 /// no transaction has started, so the job is "not tried" at once.
-// BUG: `Delivery::stop` waits for every open attempt; a connection still
-// in `Conn::open` (banner, EHLO) holds its job until the greeting is over
-// (each step bounded only by greeting_timeout / inactivity_timeout, 5 and
-// 10 minutes by default), so the stop takes up to `shutdown_grace`.
+// Regression: `Delivery::stop` used to wait for jobs held by a connection
+// still greeting (up to `shutdown_grace`).
 #[test]
 fn graceful_stop_does_not_wait_for_a_slow_greeting() {
     let sink = start_sink();
@@ -987,11 +985,8 @@ fn per_recipient(sink: &TestSink, name: &str) -> BTreeMap<String, usize> {
 /// "its outcome is unknown, so it runs again after restart"). The
 /// transactions of the same message that finished before the stop were
 /// answered 250 and must not be sent again.
-// BUG: an attempt is recorded only when all its transactions reported;
-// when the grace period ends with one of them in flight, the outcomes of
-// its finished transactions (250 received) are dropped too, and after the
-// restart the whole attempt runs again: recipients delivered before the
-// stop get the message twice.
+// Regression: the finished transactions' 250s used to be dropped with the
+// attempt when the grace period ended, and re-sent after the restart.
 #[test]
 fn grace_ending_mid_transaction_resends_only_that_transaction() {
     let sink = start_sink();
@@ -1042,9 +1037,7 @@ fn grace_ending_mid_transaction_resends_only_that_transaction() {
 /// backoff) until the message expires: the DSN should still carry the
 /// connection failure that put the host down, not only "all hosts are
 /// down".
-// BUG (minor): once the host is marked down, later attempts defer with a
-// synthetic "451 4.4.1 all hosts of pool:dead are down" that replaces the
-// real error; the expiry DSN then carries only that.
+// Regression: the deferral used to carry only "all hosts ... are down".
 #[test]
 fn expiry_dsn_carries_the_connection_error_while_the_host_is_marked_down() {
     let dead = PortReservation::new();

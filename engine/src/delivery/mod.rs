@@ -75,6 +75,10 @@ struct Attempt {
     /// Branches (destinations) still working, plus one while dispatching.
     branches: Cell<usize>,
     results: RefCell<Vec<(u32, Result_)>>,
+    /// The recipients this attempt is for.
+    rcpts: Vec<u32>,
+    /// Recorded early (shutdown): later reports are ignored.
+    closed: Cell<bool>,
 }
 
 /// Recipients of one attempt going to one destination.
@@ -117,6 +121,8 @@ pub struct Delivery {
     open_attempts: Cell<usize>,
     /// Open outbound connections per host.
     host_conns: RefCell<HashMap<SocketAddr, usize>>,
+    /// Attempts under way (dispatched, not yet finished).
+    live: RefCell<HashMap<u64, Rc<Attempt>>>,
     /// MX answers (and permanent failures) per domain, briefly, so busy
     /// domains do not cross to the DNS thread for every message.
     mx_cache: RefCell<HashMap<String, MxCached>>,
@@ -184,6 +190,7 @@ impl Delivery {
             stop_event: event_listener::Event::new(),
             open_attempts: Cell::new(0),
             host_conns: RefCell::new(HashMap::new()),
+            live: RefCell::new(HashMap::new()),
             mx_cache: RefCell::new(HashMap::new()),
             core,
         });
@@ -382,7 +389,10 @@ impl Delivery {
             attempts: entry.attempts + 1,
             branches: Cell::new(1),
             results: RefCell::new(Vec::with_capacity(pending.len())),
+            rcpts: pending.clone(),
+            closed: Cell::new(false),
         });
+        self.live.borrow_mut().insert(key, attempt.clone());
         // An expired message still gets this attempt: if it fails
         // temporarily, it bounces with that reply (see `conclude`).
         // Group recipients by destination.
@@ -563,13 +573,23 @@ impl Delivery {
 
     /// A branch of `attempt` reported `results`; the last one finishes it.
     fn branch_done(&self, attempt: &Rc<Attempt>, results: Vec<(u32, Result_)>) {
+        if attempt.closed.get() {
+            return;
+        }
         attempt.results.borrow_mut().extend(results);
         let left = attempt.branches.get() - 1;
         attempt.branches.set(left);
         if left == 0 {
-            self.finished.borrow_mut().push(attempt.clone());
-            self.finished_event.notify(1);
+            self.finish(attempt);
         }
+    }
+
+    /// Hands a finished attempt to the writer.
+    fn finish(&self, attempt: &Rc<Attempt>) {
+        attempt.closed.set(true);
+        self.live.borrow_mut().remove(&attempt.key);
+        self.finished.borrow_mut().push(attempt.clone());
+        self.finished_event.notify(1);
     }
 
     fn report(&self, job: Job, results: Vec<(u32, Result_)>) {
@@ -615,10 +635,15 @@ impl Delivery {
                 }
                 // Every host is down: the waiting jobs are deferred.
                 let reply = last_error.take().unwrap_or_else(|| {
+                    let why = self
+                        .health
+                        .borrow()
+                        .last_error(&candidates)
+                        .map_or(String::new(), |e| format!(" (last error: {e})"));
                     Reply::new(
                         451,
                         Status(4, 4, 1),
-                        format!("all hosts of {} are down", dest.name),
+                        format!("all hosts of {} are down{why}", dest.name),
                     )
                 });
                 while let Some(job) = Self::pop_job(&dest) {
@@ -659,7 +684,9 @@ impl Delivery {
                         .get(&host.addr)
                         .is_some_and(|&n| n > 0);
                     if matches!(e, outbound::ConnError::Connect(..)) || !busy {
-                        self.health.borrow_mut().mark_down(host.addr, now_ms());
+                        self.health
+                            .borrow_mut()
+                            .mark_down(host.addr, now_ms(), &e.to_string());
                     }
                     excluded.push(host.addr);
                     last_error = Some(e.as_reply());
@@ -1198,18 +1225,45 @@ impl Delivery {
         self.stopping.set(true);
         self.stop_event.notify(usize::MAX);
         self.finished_event.notify(usize::MAX);
-        for d in self.dests.borrow().values() {
+        // Jobs no connection has started are not tried: recorded as such
+        // now, without waiting for connections still connecting or
+        // greeting.
+        let dests: Vec<Rc<Dest>> = self.dests.borrow().values().cloned().collect();
+        for d in dests {
+            while let Some(job) = Self::pop_job(&d) {
+                self.fail_job(job, Result_::NotTried);
+            }
             d.event.notify(usize::MAX);
         }
         let deadline = std::time::Instant::now() + grace;
         while self.open_attempts.get() > 0 && std::time::Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        if self.open_attempts.get() > 0 {
+        let live: Vec<Rc<Attempt>> = self.live.borrow().values().cloned().collect();
+        if !live.is_empty() {
+            // Record what is known (e.g. recipients another transaction of
+            // the same message already delivered); the transactions still
+            // waiting for a reply count as not tried and run again after
+            // restart.
             tracing::warn!(
-                open = self.open_attempts.get(),
-                "grace period over with deliveries in flight; they will run again after restart"
+                open = live.len(),
+                "grace period over with transactions in flight; they will run again after restart"
             );
+            for a in live {
+                let answered: Vec<u32> = a.results.borrow().iter().map(|(i, _)| *i).collect();
+                let missing: Vec<(u32, Result_)> = a
+                    .rcpts
+                    .iter()
+                    .filter(|i| !answered.contains(i))
+                    .map(|&i| (i, Result_::NotTried))
+                    .collect();
+                a.results.borrow_mut().extend(missing);
+                self.finish(&a);
+            }
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while self.open_attempts.get() > 0 && std::time::Instant::now() < end {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
         }
         let _ = self.maintain_cursor().await;
     }

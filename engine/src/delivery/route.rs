@@ -187,10 +187,12 @@ pub fn mx_verdict(answer: &MxAnswer) -> Result<&[MxHost], &'static str> {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Down {
     until_ms: u64,
     backoff_ms: u64,
+    /// Why it was marked down (for deferral and bounce texts).
+    error: String,
 }
 
 /// Which hosts are down, per core.
@@ -216,9 +218,9 @@ impl Health {
         self.down.get(addr).is_none_or(|d| d.until_ms <= now_ms)
     }
 
-    /// `addr` failed: skip it for the next backoff (doubling each time it
-    /// fails again).
-    pub fn mark_down(&mut self, addr: SocketAddr, now_ms: u64) {
+    /// `addr` failed with `error`: skip it for the next backoff (doubling
+    /// each time it fails again).
+    pub fn mark_down(&mut self, addr: SocketAddr, now_ms: u64, error: &str) {
         let backoff = match self.down.get(&addr) {
             Some(d) => (d.backoff_ms * 2).min(self.max_ms),
             None => self.initial_ms,
@@ -228,6 +230,7 @@ impl Health {
             Down {
                 until_ms: now_ms + backoff,
                 backoff_ms: backoff,
+                error: error.to_owned(),
             },
         );
     }
@@ -241,6 +244,15 @@ impl Health {
     /// `addr` worked: forget its failures.
     pub fn mark_up(&mut self, addr: &SocketAddr) {
         self.down.remove(addr);
+    }
+
+    /// The error of the candidate marked down most recently.
+    pub fn last_error(&self, candidates: &[Candidate]) -> Option<&str> {
+        candidates
+            .iter()
+            .filter_map(|c| self.down.get(&c.addr))
+            .max_by_key(|d| d.until_ms)
+            .map(|d| d.error.as_str())
     }
 
     /// Lowest priority with a host up, if any.
@@ -362,13 +374,13 @@ mod tests {
             .map(|r| h.pick(&c, 0, &[], r).unwrap().addr.to_string())
             .collect();
         assert_eq!(picks.iter().filter(|p| *p == "127.0.0.2:25").count(), 3);
-        h.mark_down("127.0.0.2:25".parse().unwrap(), 0);
-        h.mark_down("127.0.0.3:25".parse().unwrap(), 0);
+        h.mark_down("127.0.0.2:25".parse().unwrap(), 0, "refused");
+        h.mark_down("127.0.0.3:25".parse().unwrap(), 0, "refused");
         assert_eq!(
             h.pick(&c, 0, &[], 0).unwrap().addr.to_string(),
             "127.0.0.4:25"
         );
-        h.mark_down("127.0.0.4:25".parse().unwrap(), 0);
+        h.mark_down("127.0.0.4:25".parse().unwrap(), 0, "refused");
         assert_eq!(
             h.pick(&c, 0, &[], 0).unwrap().addr.to_string(),
             "127.0.0.5:25"
@@ -378,12 +390,13 @@ mod tests {
         assert_eq!(h.pick(&c, 1000, &[], 0).unwrap().priority, 10);
         // Doubling backoff, capped.
         let a: SocketAddr = "127.0.0.2:25".parse().unwrap();
-        h.mark_down(a, 1000);
+        h.mark_down(a, 1000, "refused");
         assert!(!h.is_up(&a, 2999));
         assert!(h.is_up(&a, 3000));
-        h.mark_down(a, 3000);
-        h.mark_down(a, 3000);
+        h.mark_down(a, 3000, "refused");
+        h.mark_down(a, 3000, "refused");
         assert!(h.is_up(&a, 7000));
+        assert_eq!(h.last_error(&c), Some("refused"));
         h.mark_up(&a);
         assert!(h.is_up(&a, 0));
         let all: Vec<SocketAddr> = c.iter().map(|c| c.addr).collect();
