@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mail_parser::MimeHeaders;
 use tern_tests::queue::strip_received;
-use tern_tests::server::{Options, PortReservation, TernProcess};
+use tern_tests::server::{wait_until, Options, PortReservation, TernProcess};
 use tern_tests::sink::{Behavior, SinkMessage, TestSink};
 use tern_tests::smtp::{message, Client};
 
@@ -53,42 +53,11 @@ fn start_sink() -> TestSink {
     TestSink::start("127.0.0.1:0".parse().unwrap())
 }
 
-/// Sum over cores of a counter from `/metrics`.
-fn metric(tern: &TernProcess, name: &str) -> u64 {
-    let prefix = format!("{name}{{");
-    tern.metrics()
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-#[track_caller]
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn subject(m: &SinkMessage) -> String {
-    let text = String::from_utf8_lossy(&m.content);
-    text.lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Arrivals per Subject, DSNs (null sender) left out.
 fn counts(msgs: &[SinkMessage]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for m in msgs.iter().filter(|m| !m.mail_from.is_empty()) {
-        *out.entry(subject(m)).or_insert(0) += 1;
+        *out.entry(m.subject()).or_insert(0) += 1;
     }
     out
 }
@@ -356,7 +325,7 @@ fn drop_mid_data_then_recover(base: Behavior) {
         sink.messages().is_empty(),
         "nothing completed while dropping"
     );
-    assert!(metric(&tern, "tern_deferred_total") >= 1);
+    assert!(tern.counter("tern_deferred_total") >= 1);
     assert_eq!(tern.queue_ids().len(), 30, "everything still queued");
     sink.set_behavior(base.clone());
     let got = wait_all(&sink, &sent, ARRIVE_WAIT);
@@ -365,8 +334,8 @@ fn drop_mid_data_then_recover(base: Behavior) {
     let chunked = !base.no_chunking;
     assert!(sink.messages().iter().all(|m| m.bdat == chunked));
     wait_queue_empty(&tern);
-    assert_eq!(metric(&tern, "tern_delivered_recipients_total"), 30);
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 0);
+    assert_eq!(tern.counter("tern_delivered_recipients_total"), 30);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 0);
 }
 
 #[test]
@@ -414,7 +383,7 @@ fn banner_421_connection_limits_and_452_deliver_each_recipient_once() {
         "{} connections",
         sink.connections()
     );
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 0);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 0);
 
     sink.clear();
     sink.set_behavior(Behavior {
@@ -448,7 +417,7 @@ fn banner_421_connection_limits_and_452_deliver_each_recipient_once() {
     let mut per: BTreeMap<(String, String), usize> = BTreeMap::new();
     for m in sink.messages() {
         for r in &m.rcpts {
-            *per.entry((subject(&m), r.clone())).or_insert(0) += 1;
+            *per.entry((m.subject(), r.clone())).or_insert(0) += 1;
         }
     }
     assert_eq!(per.len(), 15, "{per:?}");
@@ -525,8 +494,8 @@ fn data_end_554_bounces_once_with_one_dsn_for_every_recipient() {
         );
     }
     assert_eq!(bad.rejected(), 1, "a permanent failure is not retried");
-    assert_eq!(metric(&tern, "tern_dsns_queued_total"), 1);
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 2);
+    assert_eq!(tern.counter("tern_dsns_queued_total"), 1);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 2);
     wait_queue_empty(&tern);
 }
 
@@ -562,16 +531,16 @@ fn a_bounce_whose_delivery_fails_is_never_bounced() {
     );
     c.quit();
     wait_until("originals and bounces refused", ARRIVE_WAIT, || {
-        metric(&tern, "tern_bounced_recipients_total") >= 8
+        tern.counter("tern_bounced_recipients_total") >= 8
     });
     wait_queue_empty(&tern);
     std::thread::sleep(SETTLE);
     assert_eq!(
-        metric(&tern, "tern_dsns_queued_total"),
+        tern.counter("tern_dsns_queued_total"),
         4,
         "one per original"
     );
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 8);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 8);
     assert!(sink.messages().is_empty());
     // 4 originals + 3 DSNs refused at the end of data; the 4th DSN at RCPT.
     assert_eq!(sink.rejected(), 7, "no retry, no bounce of a bounce");
@@ -656,9 +625,9 @@ fn mixed_outcomes_across_three_pools() {
     assert_eq!(home.messages().len(), 1, "still one DSN");
     assert_eq!(c_sink.rcpt_replies().len(), 1);
     // ra, rb and the DSN.
-    assert_eq!(metric(&tern, "tern_delivered_recipients_total"), 3);
-    assert_eq!(metric(&tern, "tern_bounced_recipients_total"), 1);
-    assert_eq!(metric(&tern, "tern_dsns_queued_total"), 1);
+    assert_eq!(tern.counter("tern_delivered_recipients_total"), 3);
+    assert_eq!(tern.counter("tern_bounced_recipients_total"), 1);
+    assert_eq!(tern.counter("tern_dsns_queued_total"), 1);
 }
 
 /// The only next hop refuses connections until the message expires: one
@@ -708,8 +677,8 @@ fn expiry_while_the_next_hop_refuses_connections() {
         whole.contains(&port) || whole.contains("are down"),
         "the DSN does not carry the connection failure:\n{whole}"
     );
-    assert!(metric(&tern, "tern_outbound_connect_failures_total") >= 2);
-    assert_eq!(metric(&tern, "tern_expired_recipients_total"), 1);
+    assert!(tern.counter("tern_outbound_connect_failures_total") >= 2);
+    assert_eq!(tern.counter("tern_expired_recipients_total"), 1);
     wait_queue_empty(&tern);
     std::thread::sleep(SETTLE);
     assert_eq!(home.messages().len(), 1, "one DSN");
@@ -749,7 +718,7 @@ fn copied_forward_message_survives_restarts_and_is_delivered_once() {
     let mut filler = send_batch(tern.addr(), "fill0", 10, 1);
     for round in 0..4 {
         wait_until("a copy-forward", Duration::from_secs(30), || {
-            metric(&tern, "tern_copied_forward_total") >= 1
+            tern.counter("tern_copied_forward_total") >= 1
         });
         // Land the stop at different points of the copy cycle.
         std::thread::sleep(Duration::from_millis(150 * round));
@@ -776,7 +745,7 @@ fn copied_forward_message_survives_restarts_and_is_delivered_once() {
         filler.extend(send_batch(tern.addr(), &format!("fill{}", round + 1), 5, 1));
     }
     wait_until("another copy-forward", Duration::from_secs(30), || {
-        metric(&tern, "tern_copied_forward_total") >= 1
+        tern.counter("tern_copied_forward_total") >= 1
     });
     sink.set_behavior(Behavior::default());
     let mut sent = filler.clone();
@@ -786,7 +755,7 @@ fn copied_forward_message_survives_restarts_and_is_delivered_once() {
     let stuck_msgs: Vec<SinkMessage> = sink
         .messages()
         .into_iter()
-        .filter(|m| subject(m) == "stuck")
+        .filter(|m| m.subject() == "stuck")
         .collect();
     let rcpts: Vec<Vec<String>> = stuck_msgs.iter().map(|m| m.rcpts.clone()).collect();
     assert_eq!(
@@ -972,7 +941,7 @@ fn graceful_stop_records_untried_jobs_without_an_attempt() {
 /// Arrivals per recipient of the message with this Subject.
 fn per_recipient(sink: &TestSink, name: &str) -> BTreeMap<String, usize> {
     let mut per = BTreeMap::new();
-    for m in sink.messages().iter().filter(|m| subject(m) == name) {
+    for m in sink.messages().iter().filter(|m| m.subject() == name) {
         for r in &m.rcpts {
             *per.entry(r.clone()).or_insert(0) += 1;
         }
@@ -1092,12 +1061,12 @@ fn an_expiring_bounce_is_never_bounced() {
     );
     c.quit();
     wait_until("the original and its DSN to expire", ARRIVE_WAIT, || {
-        metric(&tern, "tern_expired_recipients_total") >= 2
+        tern.counter("tern_expired_recipients_total") >= 2
     });
     wait_queue_empty(&tern);
     std::thread::sleep(SETTLE);
-    assert_eq!(metric(&tern, "tern_dsns_queued_total"), 1);
-    assert_eq!(metric(&tern, "tern_expired_recipients_total"), 2);
+    assert_eq!(tern.counter("tern_dsns_queued_total"), 1);
+    assert_eq!(tern.counter("tern_expired_recipients_total"), 2);
     assert!(tern.queue_ids().is_empty());
 }
 
