@@ -309,6 +309,7 @@ pub async fn run(
         recipients_max: config.smtp.recipients_max,
         errors_max: config.smtp.errors_max,
         extra_ehlo: Vec::new(),
+        shadow_ehlo: None,
     });
     let core = Rc::new(Core {
         shard: shard as u16,

@@ -359,6 +359,7 @@ mod tests {
                 size: Some(42),
                 body: Body::EightBitMime,
                 smtputf8: false,
+                xshadow: None,
             },
             recipients: vec![
                 ForwardPath::Mailbox(Mailbox {

@@ -138,6 +138,15 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                         Err(reply) => s.complete(Err(reply)),
                     }
                 }
+                Event::Discard { .. } => {
+                    // The relay policy refuses the shadow link (issue 6
+                    // wires it up), so the session never asks.
+                    s.answer(Reply::new(
+                        502,
+                        Status(5, 5, 1),
+                        "Error: command not implemented",
+                    ));
+                }
                 Event::Close => closing = true,
             }
         }

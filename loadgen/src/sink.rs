@@ -153,6 +153,7 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
             100
         },
         extra_ehlo: Vec::new(),
+        shadow_ehlo: None,
     };
     let mut handles = Vec::new();
     let mut lives = Vec::new();

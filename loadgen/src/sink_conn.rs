@@ -158,6 +158,14 @@ fn drain<P: Policy>(s: &mut Session<P>, out: &mut Vec<u8>) -> bool {
 fn events<P: Policy>(core: &Core, s: &mut Session<P>, qid: &mut String, closing: &mut bool) {
     while let Some(event) = s.poll() {
         match event {
+            Event::Discard { .. } => {
+                // The sink's policy refuses the shadow link: never asked.
+                s.answer(tern_smtp::Reply::new(
+                    502,
+                    tern_smtp::Status(5, 5, 1),
+                    "Error: command not implemented",
+                ));
+            }
             Event::Message { content, .. } => {
                 if let Some(r) = core.faults.borrow_mut().fail(FailOn::Dot) {
                     core.stats.borrow_mut().refused(&content);

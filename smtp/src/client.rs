@@ -113,6 +113,11 @@ pub fn noop(out: &mut Vec<u8>) {
     out.extend_from_slice(b"NOOP\r\n");
 }
 
+/// `XQDISCARD node database-id` (tern's shadow link).
+pub fn xqdiscard(out: &mut Vec<u8>, node: &str, database: &str) {
+    line(out, format_args!("XQDISCARD {node} {database}"));
+}
+
 /// `QUIT`.
 pub fn quit(out: &mut Vec<u8>) {
     out.extend_from_slice(b"QUIT\r\n");

@@ -23,6 +23,25 @@ pub struct MailParams {
     pub body: Body,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `XSHADOW=<node>,<database id>,<queue id>`: tern's shadow link (a
+    /// peer sending its copy of a message it holds as primary). Accepted
+    /// only from peers (see `server::Policy::allow_shadow`).
+    pub xshadow: Option<String>,
+}
+
+/// Longest `XSHADOW=` value.
+pub const XSHADOW_BYTES_MAX: usize = 200;
+
+/// Is `v` a well-formed `XSHADOW=` value: three comma-separated tokens of
+/// `[A-Za-z0-9._-]`?
+pub fn xshadow_value(v: &str) -> bool {
+    v.len() <= XSHADOW_BYTES_MAX
+        && v.split(',').count() == 3
+        && v.split(',').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
 }
 
 /// A parsed command.
@@ -65,6 +84,15 @@ pub enum Command {
     Help,
     /// `EXPN`, `STARTTLS`, `AUTH`, `TURN`...: recognised, not implemented.
     NotImplemented(&'static str),
+    /// `XQDISCARD <node> <database id>`: tern's shadow link, a shadow
+    /// asking its primary which of its messages it may discard (peers
+    /// only).
+    XqDiscard {
+        /// The asking shadow's node id.
+        node: String,
+        /// The primary's database id as the shadow knows it.
+        database: String,
+    },
 }
 
 /// Why a command line was refused; each maps to exactly one reply.
@@ -154,6 +182,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "STARTTLS" => Ok(Command::NotImplemented("STARTTLS")),
         "AUTH" => Ok(Command::NotImplemented("AUTH")),
         "TURN" | "ETRN" | "ATRN" => Ok(Command::NotImplemented("TURN")),
+        "XQDISCARD" => xqdiscard(args),
         _ => Err(CommandError::Unrecognized),
     }
 }
@@ -228,12 +257,34 @@ fn mail(args: &str) -> Result<Command, CommandError> {
                 )))
             }
             ("SMTPUTF8", None) => params.smtputf8 = true,
+            ("XSHADOW", Some(v)) if xshadow_value(v) => params.xshadow = Some(v.to_owned()),
+            ("XSHADOW", _) => return Err(CommandError::BadParamValue("XSHADOW")),
             ("SIZE" | "BODY", None) => return Err(CommandError::BadParamValue("missing value")),
             _ => return Err(CommandError::UnsupportedParam(key.to_owned())),
         }
         seen.push(upper);
     }
     Ok(Command::Mail { from, params })
+}
+
+fn xqdiscard(args: &str) -> Result<Command, CommandError> {
+    let mut words = args.split(' ');
+    let (Some(node), Some(database), None) = (words.next(), words.next(), words.next()) else {
+        return Err(CommandError::Syntax("XQDISCARD node database-id"));
+    };
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    if !token(node) || !token(database) {
+        return Err(CommandError::Syntax("XQDISCARD node database-id"));
+    }
+    Ok(Command::XqDiscard {
+        node: node.to_owned(),
+        database: database.to_owned(),
+    })
 }
 
 fn rcpt(args: &str) -> Result<Command, CommandError> {
@@ -344,6 +395,7 @@ mod tests {
                         size: Some(1000),
                         body: Body::EightBitMime,
                         smtputf8: true,
+                        xshadow: None,
                     },
                 },
             ),

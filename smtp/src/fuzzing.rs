@@ -8,7 +8,17 @@ use std::rc::Rc;
 use crate::client::{self, has_bare_newline};
 use crate::data::{DataReceiver, Progress};
 use crate::reply::ReplyParser;
-use crate::server::{AcceptAll, Event, ServerConfig, Session};
+use crate::reply::{Reply, Status};
+use crate::server::{Event, Policy, ServerConfig, Session};
+
+/// Accepts everything, the shadow link included (so fuzzing reaches it).
+struct Peer;
+
+impl Policy for Peer {
+    fn allow_shadow(&mut self) -> bool {
+        true
+    }
+}
 
 /// Server input: the first byte picks a read size, the rest is the
 /// client's byte stream. Invariants: no panic; every reply is well formed;
@@ -23,9 +33,10 @@ pub fn server_input(data: &[u8]) {
         message_bytes_max: 4096,
         recipients_max: 100,
         errors_max: 10,
+        shadow_ehlo: Some("XSHADOW fuzz 00".into()),
         ..ServerConfig::default()
     });
-    let mut session = Session::new(config, AcceptAll);
+    let mut session = Session::new(config, Peer);
     let mut out = Vec::new();
     let mut closed = false;
     for chunk in stream.chunks(step) {
@@ -40,6 +51,10 @@ pub fn server_input(data: &[u8]) {
                     assert!(!envelope.recipients.is_empty());
                     assert!(content.len() <= 4096);
                     session.complete(Ok("id"));
+                }
+                Event::Discard { node, database } => {
+                    assert!(!node.is_empty() && !database.is_empty());
+                    session.answer(Reply::new(250, Status(2, 0, 0), "none"));
                 }
                 Event::Close => closed = true,
             }

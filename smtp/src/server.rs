@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub errors_max: u32,
     /// Extra EHLO keywords (later: the shadow-link extension).
     pub extra_ehlo: Vec<String>,
+    /// EHLO line advertised only to clients the policy allows the shadow
+    /// link (`XSHADOW <node> <database id>`).
+    pub shadow_ehlo: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             recipients_max: crate::limits::RECIPIENTS_DEFAULT,
             errors_max: crate::limits::ERRORS_MAX_DEFAULT,
             extra_ehlo: Vec::new(),
+            shadow_ehlo: None,
         }
     }
 }
@@ -51,6 +55,11 @@ pub trait Policy {
     /// MAIL FROM accepted syntactically; `Err` is sent as the reply.
     fn check_sender(&mut self, _from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         Ok(())
+    }
+    /// May this client use tern's shadow link (`XSHADOW` on MAIL,
+    /// `XQDISCARD`)? Only configured peers should.
+    fn allow_shadow(&mut self) -> bool {
+        false
     }
     /// RCPT TO accepted syntactically; `Err` is sent as the reply.
     fn check_recipient(&mut self, _to: &ForwardPath) -> Result<(), Reply> {
@@ -88,6 +97,14 @@ pub enum Event {
         envelope: Envelope,
         /// The content, un-dot-stuffed (DATA) or concatenated chunks (BDAT).
         content: Vec<u8>,
+    },
+    /// `XQDISCARD`: answer with [`Session::answer`] (the queue ids the
+    /// shadow may discard); no further input is processed until then.
+    Discard {
+        /// The asking shadow's node id.
+        node: String,
+        /// The primary's database id as the shadow knows it.
+        database: String,
     },
     /// Send what [`Session::transmit`] holds, then close the connection.
     Close,
@@ -137,6 +154,8 @@ pub struct Session<P> {
     errors_total: u32,
     /// Discarding an over-long command line up to its LF.
     skipping_line: bool,
+    /// An event produced by a command (XQDISCARD), returned by `poll`.
+    pending_event: Option<Event>,
 }
 
 /// Does this command line start with the BDAT verb?
@@ -177,6 +196,7 @@ impl<P: Policy> Session<P> {
             errors: 0,
             errors_total: 0,
             skipping_line: false,
+            pending_event: None,
         };
         let greeting = format!("{} ESMTP tern", s.config.hostname);
         Reply::plain(220, vec![greeting.into()]).encode(&mut s.output);
@@ -264,6 +284,17 @@ impl<P: Policy> Session<P> {
         self.phase = Phase::Command;
     }
 
+    /// The caller's answer to [`Event::Discard`]; the transaction in
+    /// progress (if any) is kept.
+    pub fn answer(&mut self, r: Reply) {
+        assert!(
+            matches!(self.phase, Phase::Waiting),
+            "answer() without a request"
+        );
+        r.encode(&mut self.output);
+        self.phase = Phase::Command;
+    }
+
     /// The caller's inactivity or session deadline passed.
     pub fn timeout(&mut self) {
         self.close_with(reply(421, (4, 4, 2), "Error: timeout exceeded"));
@@ -293,7 +324,7 @@ impl<P: Policy> Session<P> {
                     *emitted = true;
                     return Some(Event::Close);
                 }
-                Phase::Waiting => return None,
+                Phase::Waiting => return self.pending_event.take(),
                 Phase::Command => {
                     if !self.command_step() {
                         return None;
@@ -424,6 +455,13 @@ impl<P: Policy> Session<P> {
             Command::NotImplemented(_) => {
                 self.error(reply(502, (5, 5, 1), "Error: command not implemented"))
             }
+            Command::XqDiscard { node, database } => {
+                if !self.policy.allow_shadow() || self.helo.is_none() {
+                    return self.error(reply(500, (5, 5, 1), "Error: command not recognized"));
+                }
+                self.phase = Phase::Waiting;
+                self.pending_event = Some(Event::Discard { node, database });
+            }
         }
     }
 
@@ -441,6 +479,11 @@ impl<P: Policy> Session<P> {
                 "CHUNKING".into(),
             ];
             lines.extend(self.config.extra_ehlo.iter().cloned().map(Into::into));
+            if let Some(line) = &self.config.shadow_ehlo {
+                if self.policy.allow_shadow() {
+                    lines.push(line.clone().into());
+                }
+            }
             Reply::plain(250, lines)
         } else {
             Reply::plain(250, vec![host.into()])
@@ -477,6 +520,9 @@ impl<P: Policy> Session<P> {
                 (5, 6, 7),
                 "Error: non-ASCII address requires SMTPUTF8",
             ));
+        }
+        if params.xshadow.is_some() && !self.policy.allow_shadow() {
+            return self.error(reply(555, (5, 5, 4), "Unsupported option: XSHADOW"));
         }
         if let Err(r) = self.policy.check_sender(&from, &params) {
             return self.error(r);

@@ -14,6 +14,7 @@ fn config() -> Rc<ServerConfig> {
         recipients_max: 100,
         errors_max: 5,
         extra_ehlo: Vec::new(),
+        shadow_ehlo: Some("XSHADOW mx 0123abcd".into()),
     })
 }
 
@@ -33,6 +34,12 @@ fn drive<P: Policy>(s: &mut Session<P>, input: &[u8], run: &mut Run) {
                 run.messages.push((envelope, content));
                 let id = format!("Q{}", run.messages.len());
                 s.complete(Ok(&id));
+            }
+            Event::Discard { node, database } => {
+                s.answer(Reply::plain(
+                    250,
+                    vec![format!("{node} {database}").into(), "Q1".into()],
+                ));
             }
             Event::Close => run.closed = true,
         }
@@ -491,4 +498,83 @@ fn recipient_overshoot_is_not_an_error_and_esmtp_params_need_ehlo() {
     assert_eq!(r.messages[0].0.recipients.len(), 100);
     let r = talk(&[b"HELO c\r\n", b"MAIL FROM:<a@x> SIZE=10\r\n"]);
     assert!(r.out.contains("555 5.5.4"), "{}", r.out);
+}
+
+/// A peer: the shadow link is allowed.
+struct Peer;
+
+impl Policy for Peer {
+    fn allow_shadow(&mut self) -> bool {
+        true
+    }
+}
+
+fn talk_as<P: Policy>(policy: P, chunks: &[&[u8]]) -> Run {
+    let mut s = Session::new(config(), policy);
+    let mut run = Run {
+        out: String::new(),
+        messages: Vec::new(),
+        closed: false,
+    };
+    drive(&mut s, b"", &mut run);
+    for c in chunks {
+        drive(&mut s, c, &mut run);
+    }
+    run
+}
+
+#[test]
+fn shadow_link_is_for_peers_only() {
+    let script: &[&[u8]] = &[
+        b"EHLO peer.test\r\n",
+        b"XQDISCARD b 0123abcd\r\n",
+        b"MAIL FROM:<a@x.test> XSHADOW=a,00ff,01000000000001\r\n",
+    ];
+    // Anyone else: not advertised, the verb is unknown, the parameter
+    // unsupported.
+    let r = talk_as(AcceptAll, script);
+    assert!(!r.out.contains("XSHADOW mx"));
+    assert_eq!(codes(&r.out), ["220", "250", "500", "555"]);
+    // A peer: advertised, answered by the engine, parameter kept.
+    let r = talk_as(
+        Peer,
+        &[
+            script[0],
+            script[1],
+            script[2],
+            b"XQDISCARD b 0123abcd\r\n",
+            b"RCPT TO:<b@y.test>\r\nBDAT 3 LAST\r\nx\r\n",
+        ],
+    );
+    assert!(r.out.contains("250 XSHADOW mx 0123abcd\r\n"), "{}", r.out);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "250", "250", "250"]
+    );
+    assert!(r.out.contains("250-b 0123abcd\r\n250 Q1\r\n"));
+    // XQDISCARD in the middle of a transaction keeps it.
+    assert_eq!(r.messages.len(), 1);
+    let env = &r.messages[0].0;
+    assert_eq!(env.params.xshadow.as_deref(), Some("a,00ff,01000000000001"));
+}
+
+#[test]
+fn shadow_link_syntax() {
+    for (line, code) in [
+        (&b"MAIL FROM:<a@x.test> XSHADOW=a,b\r\n"[..], "501"),
+        (b"MAIL FROM:<a@x.test> XSHADOW=a,b,c d\r\n", "555"),
+        (b"MAIL FROM:<a@x.test> XSHADOW=a,b,c+\r\n", "501"),
+        (b"MAIL FROM:<a@x.test> XSHADOW\r\n", "501"),
+        (b"XQDISCARD onlyone\r\n", "501"),
+        (b"XQDISCARD a b c\r\n", "501"),
+        (b"XQDISCARD a b+\r\n", "501"),
+    ] {
+        let r = talk_as(Peer, &[b"EHLO peer.test\r\n", line]);
+        assert_eq!(
+            codes(&r.out).last(),
+            Some(&code),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
 }
