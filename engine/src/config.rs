@@ -11,6 +11,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use tern_storage::LogConfig;
 
+use crate::cluster::{ClusterConfig, Peer, ShadowPreference};
+
 /// A duration written as "5m", "30s", "2d" (humantime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -88,6 +90,34 @@ pub struct FileConfig {
     pools: std::collections::BTreeMap<String, PoolSection>,
     #[serde(default)]
     routes: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    cluster: ClusterSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    node_id: Option<String>,
+    site: Option<String>,
+    shadow_redundancy: Option<bool>,
+    shadow_preference: Option<String>,
+    max_retries_remote_site: Option<u32>,
+    max_retries_local_site: Option<u32>,
+    reject_on_shadow_failure: Option<bool>,
+    shadow_heartbeat_frequency: Option<HumanDuration>,
+    shadow_message_auto_discard_interval: Option<HumanDuration>,
+    shadow_resubmit_time_span: Option<HumanDuration>,
+    shadow_timeout: Option<HumanDuration>,
+    duplicate_window: Option<HumanDuration>,
+    peers: Option<Vec<PeerSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    node_id: String,
+    address: String,
+    site: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +361,8 @@ pub struct Config {
     pub pools: std::collections::BTreeMap<String, Pool>,
     /// Static routes: domain, `*.domain` or `*` -> pool name.
     pub routes: std::collections::BTreeMap<String, String>,
+    /// The HA boundary and shadow redundancy.
+    pub cluster: ClusterConfig,
 }
 
 fn available_cores() -> usize {
@@ -453,6 +485,7 @@ impl Config {
                 "server.hostname: {hostname:?} is not a domain name"
             ));
         }
+        let cluster = resolve_cluster(&f.cluster, &hostname, &mut problems);
         let config = Config {
             listen,
             hostname,
@@ -475,6 +508,7 @@ impl Config {
             delivery,
             pools,
             routes,
+            cluster,
         };
         if problems.is_empty() {
             Ok(config)
@@ -578,6 +612,128 @@ fn resolve_host(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{s:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{s:?} has no address"))
+}
+
+/// Node ids and sites are compared in lower case.
+fn cluster_token(key: &str, s: &str, problems: &mut Vec<String>) -> String {
+    if !crate::cluster::is_token(s) {
+        problems.push(format!(
+            "{key}: {s:?} must be 1..=64 of letters, digits, '.', '_', '-'"
+        ));
+    }
+    s.to_ascii_lowercase()
+}
+
+fn resolve_cluster(
+    c: &ClusterSection,
+    hostname: &str,
+    problems: &mut Vec<String>,
+) -> ClusterConfig {
+    let node_id = match c.node_id.as_deref() {
+        None | Some("") => hostname,
+        Some(id) => id,
+    };
+    let node_id = cluster_token(
+        "cluster.node_id (default: server.hostname)",
+        node_id,
+        problems,
+    );
+    let site = cluster_token(
+        "cluster.site",
+        c.site.as_deref().unwrap_or("default"),
+        problems,
+    );
+    let shadow_preference = c
+        .shadow_preference
+        .as_deref()
+        .map_or(Ok(ShadowPreference::PreferRemote), str::parse)
+        .unwrap_or_else(|e| {
+            problems.push(format!("cluster.shadow_preference: {e}"));
+            ShadowPreference::PreferRemote
+        });
+    let peers = resolve_peers(c.peers.as_deref().unwrap_or_default(), &node_id, problems);
+    let cluster = ClusterConfig {
+        node_id,
+        site,
+        shadow_redundancy: c.shadow_redundancy.unwrap_or(true),
+        shadow_preference,
+        max_retries_remote_site: c.max_retries_remote_site.unwrap_or(4),
+        max_retries_local_site: c.max_retries_local_site.unwrap_or(2),
+        reject_on_shadow_failure: c.reject_on_shadow_failure.unwrap_or(false),
+        shadow_heartbeat_frequency: dur(c.shadow_heartbeat_frequency, Duration::from_secs(120)),
+        shadow_message_auto_discard_interval: dur(
+            c.shadow_message_auto_discard_interval,
+            Duration::from_secs(2 * 86400),
+        ),
+        shadow_resubmit_time_span: dur(c.shadow_resubmit_time_span, Duration::from_secs(3 * 3600)),
+        shadow_timeout: dur(c.shadow_timeout, Duration::from_secs(30)),
+        duplicate_window: dur(c.duplicate_window, Duration::from_secs(600)),
+        peers,
+    };
+    check_cluster(&cluster, problems);
+    cluster
+}
+
+fn resolve_peers(list: &[PeerSection], node_id: &str, problems: &mut Vec<String>) -> Vec<Peer> {
+    let mut seen = std::collections::BTreeSet::from([node_id.to_string()]);
+    let mut peers = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        let key = format!("cluster.peers[{i}]");
+        let peer_id = cluster_token(&format!("{key}.node_id"), &p.node_id, problems);
+        if !seen.insert(peer_id.clone()) {
+            problems.push(format!(
+                "{key}.node_id: {peer_id:?} is not unique (nor may it be this node's)"
+            ));
+        }
+        let site = p.site.as_deref().unwrap_or("default");
+        let site = cluster_token(&format!("{key}.site"), site, problems);
+        match resolve_host(&p.address) {
+            Ok(addr) => peers.push(Peer {
+                node_id: peer_id,
+                addr,
+                name: p.address.clone(),
+                site,
+            }),
+            Err(e) => problems.push(format!("{key}.address: {e}")),
+        }
+    }
+    peers
+}
+
+fn check_cluster(c: &ClusterConfig, problems: &mut Vec<String>) {
+    let max = crate::cluster::RETRIES_MAX;
+    if c.max_retries_remote_site > max || c.max_retries_local_site > max {
+        problems.push(format!(
+            "cluster.max_retries_remote_site and max_retries_local_site must be 0..={max}"
+        ));
+    }
+    for (name, v) in [
+        ("shadow_heartbeat_frequency", c.shadow_heartbeat_frequency),
+        (
+            "shadow_message_auto_discard_interval",
+            c.shadow_message_auto_discard_interval,
+        ),
+        ("shadow_resubmit_time_span", c.shadow_resubmit_time_span),
+        ("shadow_timeout", c.shadow_timeout),
+        ("duplicate_window", c.duplicate_window),
+    ] {
+        if v < Duration::from_millis(100) {
+            problems.push(format!("cluster.{name} must be at least 100ms"));
+        }
+    }
+    // Peers listed, but the preference and tries leave none to try: every
+    // shadow would fail.
+    if c.shadow_redundancy && !c.peers.is_empty() && c.shadow_order(0).is_empty() {
+        problems.push(format!(
+            "cluster: shadow_preference = {:?} with max_retries_remote_site = {} and \
+             max_retries_local_site = {} leaves no peer to try (sites: this node {:?}, peers {:?})",
+            c.shadow_preference.as_str(),
+            c.max_retries_remote_site,
+            c.max_retries_local_site,
+            c.site,
+            c.peers.iter().map(|p| p.site.as_str()).collect::<Vec<_>>(),
+        ));
+    }
 }
 
 type Pools = std::collections::BTreeMap<String, Pool>;
@@ -894,6 +1050,89 @@ mod tests {
             &Overrides::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn cluster_defaults_values_and_problems() {
+        let c = Config::from_toml(
+            "[server]\nhostname = \"MX1.example.net\"",
+            &Overrides::default(),
+        )
+        .unwrap()
+        .cluster;
+        assert_eq!(c.node_id, "mx1.example.net");
+        assert_eq!(c.site, "default");
+        assert!(c.shadow_redundancy && !c.reject_on_shadow_failure);
+        assert_eq!(c.shadow_preference, ShadowPreference::PreferRemote);
+        assert_eq!(
+            (c.max_retries_remote_site, c.max_retries_local_site),
+            (4, 2)
+        );
+        assert_eq!(c.shadow_heartbeat_frequency, Duration::from_secs(120));
+        assert_eq!(
+            c.shadow_message_auto_discard_interval,
+            Duration::from_secs(2 * 86400)
+        );
+        assert_eq!(c.shadow_resubmit_time_span, Duration::from_secs(3 * 3600));
+        assert_eq!(c.shadow_timeout, Duration::from_secs(30));
+        assert_eq!(c.duplicate_window, Duration::from_secs(600));
+        assert!(c.peers.is_empty());
+        let text = r#"
+            [cluster]
+            node_id = "A"
+            site = "East"
+            shadow_preference = "local_only"
+            shadow_timeout = "2s"
+            peers = [
+              { node_id = "b", address = "127.0.0.3:2525" },
+              { node_id = "c", address = "localhost:2526", site = "east" },
+              { node_id = "w", address = "127.0.0.4:2525", site = "west" },
+            ]
+        "#;
+        let c = Config::from_toml(text, &Overrides::default())
+            .unwrap()
+            .cluster;
+        assert_eq!((c.node_id.as_str(), c.site.as_str()), ("a", "east"));
+        assert_eq!(c.shadow_timeout, Duration::from_secs(2));
+        assert_eq!(c.peers[0].site, "default");
+        assert_eq!(c.peers[1].name, "localhost:2526");
+        assert_eq!(c.peers[1].addr.port(), 2526);
+        assert_eq!(c.local_peers().count(), 1);
+        assert!(Config::from_toml(
+            "[cluster]\npeers = [ { node_id = \"b\", address = \"127.0.0.3:25\", port = 1 } ]",
+            &Overrides::default()
+        )
+        .is_err());
+        let bad = r#"
+            [server]
+            hostname = "mx1.example.net"
+            [cluster]
+            node_id = "has space"
+            site = ""
+            shadow_preference = "anywhere"
+            max_retries_local_site = 101
+            shadow_heartbeat_frequency = "10ms"
+            duplicate_window = "0s"
+            peers = [
+              { node_id = "b", address = "no-port" },
+              { node_id = "B", address = "127.0.0.3:2525" },
+              { node_id = "c/d", address = "127.0.0.4:2525", site = "x y" },
+            ]
+        "#;
+        let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+        assert_eq!(problems.len(), 10, "{problems:#?}");
+        // Own id among the peers; remote_only with one site.
+        let bad = r#"
+            [cluster]
+            node_id = "a"
+            shadow_preference = "remote_only"
+            peers = [ { node_id = "A", address = "127.0.0.3:2525" } ]
+        "#;
+        let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        let long = format!("[server]\nhostname = \"{}.example\"", "x".repeat(60));
+        let problems = Config::from_toml(&long, &Overrides::default()).unwrap_err();
+        assert!(problems[0].starts_with("cluster.node_id"), "{problems:#?}");
     }
 
     #[test]

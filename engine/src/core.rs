@@ -33,6 +33,9 @@ pub struct Shared {
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Run-time route overrides (admin).
     pub routes: crate::delivery::route::RouteOverrides,
+    /// This node's transport database id: set once by `serve` before any
+    /// core starts (announced to peers on the shadow link).
+    pub database_id: std::sync::OnceLock<crate::cluster::DatabaseId>,
 }
 
 /// Core-local shutdown signal.

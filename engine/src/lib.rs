@@ -5,6 +5,7 @@
 //! ```text
 //! main.rs      CLI (clap): serve, queue list/show, check-config
 //! config.rs    TOML config (strict) + CLI overrides + validation
+//! cluster.rs   HA boundary: node id, site, peers, shadow peer order; database id
 //! server.rs    one pinned glommio executor per core, signals, admin thread
 //! core.rs      per core: log shard, SO_REUSEPORT listener, accept loop, limits
 //! session.rs   per connection: socket loop (buffers, deadlines) around tern_smtp
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod delivery;

@@ -18,8 +18,14 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     tern_storage::log::create_dir_durably(&config.data_dir)?;
+    let (database_id, created) = crate::cluster::load_or_create(&config.data_dir)?;
+    let cluster = &config.cluster;
+    tracing::info!(%database_id, created, node_id = %cluster.node_id, site = %cluster.site,
+        peers = cluster.peers.len(), shadow_redundancy = cluster.shadow_redundancy,
+        "transport database");
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
+    let _ = shared.database_id.set(database_id);
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
     spawn_signal_thread(shared.clone())?;
     let admin = match config.admin_listen {
