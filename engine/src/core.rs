@@ -180,7 +180,7 @@ impl Core {
             .unwrap_or_default()
             .as_millis() as u64;
         let (prefix, suffix) = received::header(&self.config.hostname, env, peer, now);
-        let encoder = Encoder::new(env, peer, ms, (&prefix, &suffix), content);
+        let encoder = Encoder::new(env, peer, ms, Some((&prefix, &suffix)), content);
         let shard = self.shard;
         let size = encoder.len();
         // A copy for delivery, so it need not read the record back from

@@ -14,6 +14,7 @@
 //! received.rs  the Received: trace header
 //! delivery/    queue (cursor over the log), routing + pools, outbound client,
 //!              retries, bounces, Safety Net and reclamation
+//! shadow/      shadow redundancy: the shadow record (more to come, issue 6)
 //! dsn.rs       delivery status notifications (bounces, delay notices)
 //! metrics.rs   per-core counters, Prometheus rendering
 //! admin.rs     admin HTTP listener (/metrics)
@@ -38,3 +39,4 @@ pub mod queue_cmd;
 pub mod received;
 pub mod server;
 pub mod session;
+pub mod shadow;

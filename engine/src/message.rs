@@ -108,6 +108,8 @@ pub struct StoredMessage {
 /// Everything needed to write one record, with its exact size known
 /// before the sequence is.
 pub struct Encoder<'a> {
+    /// Written before the message record (a shadow record's origin).
+    preamble: Vec<u8>,
     head: Vec<u8>,
     /// The Received header around the queue id; `None` for messages tern
     /// makes itself (delivery status notifications).
@@ -129,7 +131,7 @@ impl<'a> Encoder<'a> {
         envelope: &Envelope,
         client: SocketAddr,
         received_ms: u64,
-        received: (&'a [u8], &'a [u8]),
+        received: Option<(&'a [u8], &'a [u8])>,
         content: &'a [u8],
     ) -> Encoder<'a> {
         let mut flags = 0;
@@ -164,10 +166,18 @@ impl<'a> Encoder<'a> {
         let env_len = (head.len() - FIXED) as u32;
         head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
         Encoder {
+            preamble: Vec::new(),
             head,
-            received: Some(received),
+            received,
             content,
         }
+    }
+
+    /// Writes `preamble` before the message record (see
+    /// `crate::shadow::record`).
+    pub fn with_preamble(mut self, preamble: Vec<u8>) -> Encoder<'a> {
+        self.preamble = preamble;
+        self
     }
 
     /// A message tern generates (a DSN): null sender, one recipient, from
@@ -200,6 +210,7 @@ impl<'a> Encoder<'a> {
         let env_len = (head.len() - FIXED) as u32;
         head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
         Encoder {
+            preamble: Vec::new(),
             head,
             received: None,
             content,
@@ -208,7 +219,8 @@ impl<'a> Encoder<'a> {
 
     /// Exact payload length.
     pub fn len(&self) -> usize {
-        self.head.len()
+        self.preamble.len()
+            + self.head.len()
             + self
                 .received
                 .map_or(0, |(p, s)| p.len() + QUEUE_ID_LEN + s.len())
@@ -223,6 +235,9 @@ impl<'a> Encoder<'a> {
     /// Writes the payload for queue id `id` through `put` (one copy of the
     /// content, straight into the log's batch buffer).
     pub fn write(&self, id: QueueId, put: &mut impl FnMut(&[u8])) {
+        if !self.preamble.is_empty() {
+            put(&self.preamble);
+        }
         put(&self.head);
         if let Some((prefix, suffix)) = self.received {
             put(prefix);
@@ -373,7 +388,7 @@ mod tests {
             &env,
             "127.0.0.1:4000".parse().unwrap(),
             1234,
-            (b"Received: x id ", b"\r\n"),
+            Some((b"Received: x id ", b"\r\n")),
             b"body\r\n",
         );
         let id = QueueId {

@@ -1,0 +1,8 @@
+//! Shadow redundancy (SPEC sections 1-4): copies of messages held for
+//! other nodes, and this node's copies held by peers.
+//!
+//! Built so far: the shadow record format ([`record`]). The shadow link
+//! protocol (EHLO `XSHADOW`, `MAIL ... XSHADOW=`, `XQDISCARD`) is in
+//! `tern_smtp`; ARCHITECTURE.md documents both.
+
+pub mod record;
