@@ -95,6 +95,10 @@ pub struct Core {
     pub delivery_wake: event_listener::Event,
     /// Payloads of just-accepted messages, taken by delivery.
     pub recent: std::cell::RefCell<Recent>,
+    /// Cluster peers' addresses (they may use the shadow link).
+    pub peer_ips: Vec<IpAddr>,
+    /// This core's shadow links to its peers.
+    pub links: crate::shadow::link::Links,
 }
 
 /// What the delivery tail needs of a record this core appended, so it
@@ -110,6 +114,11 @@ pub enum Announced {
     },
     /// A record delivery ignores when tailing (status records).
     Other,
+    /// A shadow copy held for a peer (pins the `shadow` cursor).
+    Shadow {
+        /// When it was stored (unix ms).
+        at_ms: u64,
+    },
 }
 
 /// Records just appended by this core: their kind and queue facts (until
@@ -119,6 +128,9 @@ pub enum Announced {
 pub struct Recent {
     map: HashMap<u64, bytes::Bytes>,
     announced: HashMap<u64, Announced>,
+    /// Messages whose shadow copy is still being made: the delivery tail
+    /// stops before them until the outcome is known.
+    pub undecided: std::collections::HashSet<u64>,
     bytes: usize,
     max: usize,
 }
@@ -129,6 +141,7 @@ impl Recent {
         Recent {
             map: HashMap::new(),
             announced: HashMap::new(),
+            undecided: std::collections::HashSet::new(),
             bytes: 0,
             max,
         }
@@ -166,14 +179,26 @@ impl Recent {
 }
 
 impl Core {
-    /// Makes a message durable in this core's log; `Ok` only after the
-    /// group commit that covers it. Any storage error is a 452, never 250.
+    /// Is shadow redundancy on with someone to shadow to?
+    fn shadowing(&self) -> bool {
+        let c = &self.config.cluster;
+        c.shadow_redundancy && !c.peers.is_empty()
+    }
+
+    /// Makes a message durable in this core's log and, with shadow
+    /// redundancy, a copy on a peer, in parallel; `Ok` only after the group
+    /// commit that covers it and the peer's 250. Any storage error is a
+    /// 452, never 250. A message from a peer's shadow link (`XSHADOW=`) is
+    /// stored as a shadow copy instead.
     pub async fn accept(
         &self,
         env: &Envelope,
         content: &[u8],
         peer: SocketAddr,
     ) -> Result<QueueId, Reply> {
+        if let Some(x) = &env.params.xshadow {
+            return self.accept_shadow(env, content, peer, x).await;
+        }
         let now = SystemTime::now();
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -183,6 +208,7 @@ impl Core {
         let encoder = Encoder::new(env, peer, ms, Some((&prefix, &suffix)), content);
         let shard = self.shard;
         let size = encoder.len();
+        let shadowing = self.shadowing();
         // A copy for delivery, so it need not read the record back from
         // disk (O_DIRECT writes bypass the page cache) while it is fresh.
         let mut copy = self
@@ -190,41 +216,228 @@ impl Core {
             .borrow()
             .has_room(size)
             .then(|| Vec::with_capacity(size));
+        let assigned: Cell<Option<tern_storage::Sequence>> = Cell::new(None);
+        let append_done = Cell::new(false);
+        let progress = event_listener::Event::new();
+        let append = async {
+            let r = self
+                .log
+                .append_with(MESSAGE, TimestampMs(ms), size, |sequence, w| {
+                    let mut recent = self.recent.borrow_mut();
+                    recent.announce(
+                        sequence.0,
+                        Announced::Message {
+                            received_ms: ms,
+                            rcpts: env.recipients.len() as u32,
+                        },
+                    );
+                    if shadowing {
+                        // Delivery waits for the shadow outcome.
+                        recent.undecided.insert(sequence.0);
+                    }
+                    drop(recent);
+                    assigned.set(Some(sequence));
+                    progress.notify(usize::MAX);
+                    encoder.write(QueueId { shard, sequence }, &mut |b| {
+                        w.put(b);
+                        if let Some(c) = copy.as_mut() {
+                            c.extend_from_slice(b);
+                        }
+                    })
+                })
+                .await;
+            append_done.set(true);
+            progress.notify(usize::MAX);
+            r
+        };
+        let shadow = async {
+            if !shadowing {
+                return None;
+            }
+            // The queue id names the copy: wait until the log assigned it.
+            let sequence = loop {
+                if let Some(s) = assigned.get() {
+                    break s;
+                }
+                if append_done.get() {
+                    return None;
+                }
+                let l = progress.listen();
+                if assigned.get().is_none() && !append_done.get() {
+                    l.await;
+                }
+            };
+            let id = QueueId { shard, sequence };
+            let mut message = Vec::with_capacity(prefix.len() + 14 + suffix.len() + content.len());
+            message.extend_from_slice(&prefix);
+            message.extend_from_slice(id.to_string().as_bytes());
+            message.extend_from_slice(&suffix);
+            message.extend_from_slice(content);
+            let from = match &env.from {
+                tern_smtp::address::ReversePath::Null => String::new(),
+                tern_smtp::address::ReversePath::Mailbox(m) => m.to_string(),
+            };
+            let rcpts: Vec<String> = env.recipients.iter().map(|r| r.to_string()).collect();
+            let xshadow = format!(
+                "{},{},{id}",
+                self.config.cluster.node_id,
+                self.shared
+                    .database_id
+                    .get()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            );
+            let started = std::time::Instant::now();
+            let r = self
+                .links
+                .shadow(
+                    &self.config.cluster,
+                    &xshadow,
+                    &crate::shadow::link::Copy {
+                        from: &from,
+                        rcpts: &rcpts,
+                        eight_bit: env.params.body == tern_smtp::command::Body::EightBitMime,
+                        smtputf8: env.params.smtputf8,
+                        message: &message,
+                    },
+                )
+                .await;
+            self.metrics
+                .shadow_latency_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            Some(r)
+        };
+        let (appended, shadowed) = futures_lite::future::zip(append, shadow).await;
+        let sequence = match appended {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(s) = assigned.get() {
+                    self.recent.borrow_mut().undecided.remove(&s.0);
+                }
+                CoreMetrics::inc(&self.metrics.rejected_storage);
+                tracing::error!(error = %e, client = %peer, "cannot store message; answering 452");
+                return Err(Reply::new(
+                    452,
+                    Status(4, 3, 1),
+                    "Error: insufficient system storage",
+                ));
+            }
+        };
+        let id = QueueId { shard, sequence };
+        let verdict = match shadowed {
+            None => Ok(()),
+            Some(Ok(node)) => {
+                CoreMetrics::inc(&self.metrics.shadow_copies_made);
+                tracing::debug!(id = %id, shadow = %node, "shadow copy made");
+                Ok(())
+            }
+            Some(Err(e)) if self.config.cluster.reject_on_shadow_failure => {
+                CoreMetrics::inc(&self.metrics.shadow_copies_failed);
+                tracing::warn!(id = %id, error = %e, "no shadow copy: refusing the message (reject_on_shadow_failure)");
+                Err(self.withdraw(id).await)
+            }
+            Some(Err(e)) => {
+                CoreMetrics::inc(&self.metrics.shadow_copies_failed);
+                CoreMetrics::inc(&self.metrics.non_redundant_accepts);
+                tracing::warn!(id = %id, error = %e, "no shadow copy: accepted without redundancy");
+                Ok(())
+            }
+        };
+        self.recent.borrow_mut().undecided.remove(&sequence.0);
+        self.delivery_wake.notify(usize::MAX);
+        verdict?;
+        if let Some(c) = copy {
+            self.recent.borrow_mut().insert(sequence.0, c.into());
+        }
+        CoreMetrics::inc(&self.metrics.messages_accepted);
+        self.metrics
+            .bytes_accepted
+            .fetch_add(size as u64, Ordering::Relaxed);
+        tracing::info!(id = %id, size, client = %peer, from = %env.from, rcpts = env.recipients.len(), "accepted");
+        Ok(id)
+    }
+
+    /// The shadow copy failed and the message must not be kept: a durable
+    /// `done` status removes it from the queue (also after a restart).
+    async fn withdraw(&self, id: QueueId) -> Reply {
+        let done = crate::delivery::status::StatusEvent {
+            message: id.sequence.0,
+            event: crate::delivery::status::Event::Done,
+            at_ms: TimestampMs::now().0,
+            attempts: 0,
+            rcpts: Vec::new(),
+        };
+        self.recent
+            .borrow_mut()
+            .announce(id.sequence.0, Announced::Other);
+        if let Err(e) = self.append_status(std::slice::from_ref(&done)).await {
+            tracing::error!(id = %id, error = %e, "cannot record the withdrawal");
+            return Reply::new(452, Status(4, 3, 1), "Error: insufficient system storage");
+        }
+        Reply::new(451, Status(4, 4, 0), "Message failed to be made redundant")
+    }
+
+    /// Appends one delivery status record (durable on return).
+    pub async fn append_status(
+        &self,
+        events: &[crate::delivery::status::StatusEvent],
+    ) -> tern_storage::Result<tern_storage::Sequence> {
+        use crate::delivery::status;
+        let size = status::encoded_len(events);
+        self.log
+            .append_with(status::STATUS, TimestampMs::now(), size, |seq, w| {
+                self.recent.borrow_mut().announce(seq.0, Announced::Other);
+                let mut buf = Vec::with_capacity(size);
+                status::encode(events, &mut buf);
+                w.put(&buf);
+            })
+            .await
+    }
+
+    /// A peer's shadow copy: stored as a shadow record (no Received
+    /// header: the message is as the primary stored it).
+    async fn accept_shadow(
+        &self,
+        env: &Envelope,
+        content: &[u8],
+        peer: SocketAddr,
+        xshadow: &str,
+    ) -> Result<QueueId, Reply> {
+        let Some(origin) = crate::shadow::record::Origin::from_param(xshadow) else {
+            return Err(Reply::new(
+                501,
+                Status(5, 5, 4),
+                "Bad parameter value: XSHADOW",
+            ));
+        };
+        let ms = TimestampMs::now();
+        let encoder = Encoder::new(env, peer, ms.0, None, content).with_preamble(origin.preamble());
+        let shard = self.shard;
         let appended = self
             .log
-            .append_with(MESSAGE, TimestampMs(ms), size, |sequence, w| {
-                self.recent.borrow_mut().announce(
-                    sequence.0,
-                    Announced::Message {
-                        received_ms: ms,
-                        rcpts: env.recipients.len() as u32,
-                    },
-                );
-                encoder.write(QueueId { shard, sequence }, &mut |b| {
-                    w.put(b);
-                    if let Some(c) = copy.as_mut() {
-                        c.extend_from_slice(b);
-                    }
-                })
-            })
+            .append_with(
+                crate::shadow::record::SHADOW,
+                ms,
+                encoder.len(),
+                |sequence, w| {
+                    self.recent
+                        .borrow_mut()
+                        .announce(sequence.0, Announced::Shadow { at_ms: ms.0 });
+                    encoder.write(QueueId { shard, sequence }, &mut |b| w.put(b))
+                },
+            )
             .await;
         match appended {
             Ok(sequence) => {
                 let id = QueueId { shard, sequence };
-                if let Some(c) = copy {
-                    self.recent.borrow_mut().insert(sequence.0, c.into());
-                }
                 self.delivery_wake.notify(usize::MAX);
-                CoreMetrics::inc(&self.metrics.messages_accepted);
-                self.metrics
-                    .bytes_accepted
-                    .fetch_add(size as u64, Ordering::Relaxed);
-                tracing::info!(id = %id, size, client = %peer, from = %env.from, rcpts = env.recipients.len(), "accepted");
+                CoreMetrics::inc(&self.metrics.shadow_copies_held);
+                tracing::info!(id = %id, primary = %origin.node, primary_id = %origin.queue_id, "shadow copy stored");
                 Ok(id)
             }
             Err(e) => {
                 CoreMetrics::inc(&self.metrics.rejected_storage);
-                tracing::error!(error = %e, client = %peer, "cannot store message; answering 452");
+                tracing::error!(error = %e, client = %peer, "cannot store a shadow copy; answering 452");
                 Err(Reply::new(
                     452,
                     Status(4, 3, 1),
@@ -312,7 +525,19 @@ pub async fn run(
         recipients_max: config.smtp.recipients_max,
         errors_max: config.smtp.errors_max,
         extra_ehlo: Vec::new(),
-        shadow_ehlo: None,
+        shadow_ehlo: (config.cluster.shadow_redundancy && !config.cluster.peers.is_empty()).then(
+            || {
+                format!(
+                    "XSHADOW {} {}",
+                    config.cluster.node_id,
+                    shared
+                        .database_id
+                        .get()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default()
+                )
+            },
+        ),
     });
     let core = Rc::new(Core {
         shard: shard as u16,
@@ -327,6 +552,8 @@ pub async fn run(
         shared: shared.clone(),
         delivery_wake: event_listener::Event::new(),
         recent: std::cell::RefCell::new(Recent::new(config.delivery.recent_cache_bytes)),
+        peer_ips: config.cluster.peers.iter().map(|p| p.addr.ip()).collect(),
+        links: crate::shadow::link::Links::new(&config.hostname),
     });
     glommio::spawn_local(watch(core.clone())).detach();
     let delivery = crate::delivery::Delivery::start(core.clone())?;

@@ -65,6 +65,11 @@ enum QueueAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Shadow copies held here for peers (their primary's node and id).
+    Shadow {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Handled messages still kept in the Safety Net.
     SafetyNet {
         #[command(flatten)]
@@ -196,6 +201,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             let config = load(&common, Overrides::default())?;
             tern_engine::queue_cmd::list(&config.data_dir, &mut stdout)
+        }
+        Command::Queue {
+            action: QueueAction::Shadow { common },
+        } => {
+            let config = load(&common, Overrides::default())?;
+            tern_engine::queue_cmd::list_shadow(&config.data_dir, &mut stdout)
         }
         Command::Queue {
             action: QueueAction::SafetyNet { common },

@@ -47,6 +47,17 @@ pub struct CoreMetrics {
     pub outbound_connect_failures: AtomicU64,
     /// Queued message records that could not be read (damaged).
     pub unreadable: AtomicU64,
+    /// Shadow copies of our messages made on a peer.
+    pub shadow_copies_made: AtomicU64,
+    /// Messages for which no peer took a shadow copy.
+    pub shadow_copies_failed: AtomicU64,
+    /// Messages accepted without a shadow copy (reject_on_shadow_failure
+    /// off).
+    pub non_redundant_accepts: AtomicU64,
+    /// Microseconds spent making shadow copies (sum; / attempts = mean).
+    pub shadow_latency_us: AtomicU64,
+    /// Shadow copies of peers' messages stored here.
+    pub shadow_copies_held: AtomicU64,
     /// Messages copied forward out of old segments.
     pub copied_forward: AtomicU64,
     /// Log segments deleted.
@@ -271,6 +282,36 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             |c| c.outbound_connect_failures.load(Relaxed),
         ),
         (
+            "tern_unreadable_messages_total",
+            "Queued message records that could not be read",
+            |c| c.unreadable.load(Relaxed),
+        ),
+        (
+            "tern_shadow_copies_made_total",
+            "Shadow copies of our messages made on a peer",
+            |c| c.shadow_copies_made.load(Relaxed),
+        ),
+        (
+            "tern_shadow_copies_failed_total",
+            "Messages for which no peer took a shadow copy",
+            |c| c.shadow_copies_failed.load(Relaxed),
+        ),
+        (
+            "tern_non_redundant_accepts_total",
+            "Messages accepted without a shadow copy",
+            |c| c.non_redundant_accepts.load(Relaxed),
+        ),
+        (
+            "tern_shadow_latency_microseconds_total",
+            "Time spent making shadow copies",
+            |c| c.shadow_latency_us.load(Relaxed),
+        ),
+        (
+            "tern_shadow_copies_held_total",
+            "Shadow copies of peers' messages stored here",
+            |c| c.shadow_copies_held.load(Relaxed),
+        ),
+        (
             "tern_copied_forward_total",
             "Queued messages copied out of old segments",
             |c| c.copied_forward.load(Relaxed),
@@ -321,6 +362,20 @@ mod tests {
         assert!(text.contains("tern_log_fdatasync_seconds_bucket{core=\"0\",le=\"0.000256\"} 3\n"));
         assert!(text.contains("tern_log_fdatasync_seconds_bucket{core=\"0\",le=\"0.000512\"} 4\n"));
         assert!(text.contains("tern_log_fdatasync_seconds_count{core=\"0\"} 4\n"));
+        // Every delivery and shadow counter is rendered.
+        for name in [
+            "tern_delivered_recipients_total",
+            "tern_unreadable_messages_total",
+            "tern_shadow_copies_made_total",
+            "tern_shadow_copies_failed_total",
+            "tern_non_redundant_accepts_total",
+            "tern_shadow_latency_microseconds_total",
+            "tern_shadow_copies_held_total",
+            "tern_copied_forward_total",
+            "tern_queue_messages",
+        ] {
+            assert!(text.contains(&format!("{name}{{core=\"0\"}} 0\n")), "{name}");
+        }
         assert!(text.contains("tern_rejected_total{core=\"0\",reason=\"storage\"} 0\n"));
     }
 }

@@ -15,25 +15,39 @@ use crate::config::RelayRules;
 /// Per-session relay decision.
 pub struct RelayPolicy {
     client_may_relay: bool,
+    /// The client is a cluster peer: it may use the shadow link (and
+    /// relay: its copies are for any domain).
+    peer: bool,
     rules: Rc<RelayRules>,
 }
 
 impl RelayPolicy {
     /// Decides once per connection whether the client is trusted.
     pub fn new(rules: Rc<RelayRules>, client: IpAddr) -> RelayPolicy {
+        RelayPolicy::with_peers(rules, client, &[])
+    }
+
+    /// As [`RelayPolicy::new`]; `peers` are the cluster peers' addresses.
+    pub fn with_peers(rules: Rc<RelayRules>, client: IpAddr, peers: &[IpAddr]) -> RelayPolicy {
         let client = match client {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        let client_may_relay = rules.client_networks.iter().any(|n| n.contains(&client));
+        let peer = peers.contains(&client);
+        let client_may_relay = peer || rules.client_networks.iter().any(|n| n.contains(&client));
         RelayPolicy {
             client_may_relay,
+            peer,
             rules,
         }
     }
 }
 
 impl Policy for RelayPolicy {
+    fn allow_shadow(&mut self) -> bool {
+        self.peer
+    }
+
     fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
         if self.client_may_relay {
             return Ok(());

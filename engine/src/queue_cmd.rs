@@ -114,6 +114,47 @@ pub fn safety_net(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage
     Ok(out)
 }
 
+/// Shadow copies this node holds for peers: every shadow record from the
+/// `shadow` cursor on (local id, origin, message).
+pub fn shadow_copies(
+    data_dir: &Path,
+) -> anyhow::Result<Vec<(QueueId, crate::shadow::record::Origin, StoredMessage)>> {
+    let mut out = Vec::new();
+    for (shard, dir) in shards(data_dir)? {
+        let view = inspect(&dir)?;
+        let from = view.cursor("shadow").unwrap_or(Sequence(0));
+        for rec in view.records_from(from) {
+            if rec.kind != crate::shadow::record::SHADOW {
+                continue;
+            }
+            let id = QueueId {
+                shard,
+                sequence: rec.sequence,
+            };
+            match crate::shadow::record::decode(&rec.payload) {
+                Ok((origin, m)) => out.push((id, origin, m)),
+                Err(e) => eprintln!("{id}: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Prints one line per shadow copy held for a peer.
+pub fn list_shadow(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    let all = shadow_copies(data_dir)?;
+    for (id, origin, m) in &all {
+        line(
+            out,
+            *id,
+            m,
+            &format!("for {} as {}", origin.node, origin.queue_id),
+        )?;
+    }
+    writeln!(out, "-- {} shadow copie(s) held", all.len())?;
+    Ok(())
+}
+
 /// Prints one line per message in the Safety Net.
 pub fn list_safety_net(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let all = safety_net(data_dir)?;

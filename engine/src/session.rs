@@ -29,6 +29,9 @@ struct CountingPolicy {
 }
 
 impl Policy for CountingPolicy {
+    fn allow_shadow(&mut self) -> bool {
+        self.inner.allow_shadow()
+    }
     fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
         let r = self.inner.check_recipient(to);
         if r.is_err() {
@@ -94,7 +97,7 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let limits = &core.config.smtp;
     let refused = Rc::new(std::cell::Cell::new(0));
     let policy = CountingPolicy {
-        inner: RelayPolicy::new(core.relay.clone(), peer.ip()),
+        inner: RelayPolicy::with_peers(core.relay.clone(), peer.ip(), &core.peer_ips),
         refused: refused.clone(),
     };
     let mut s = Session::new(core.smtp.clone(), policy);
@@ -139,8 +142,8 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                     }
                 }
                 Event::Discard { .. } => {
-                    // The relay policy refuses the shadow link (issue 6
-                    // wires it up), so the session never asks.
+                    // Discard notifications are not built yet: a peer's
+                    // shadow copies stay until they expire.
                     s.answer(Reply::new(
                         502,
                         Status(5, 5, 1),

@@ -156,6 +156,12 @@ impl TernProcess {
     /// Starts a server on a fresh data directory and waits until it is
     /// ready.
     pub fn start(options: Options) -> TernProcess {
+        TernProcess::start_on(options, PortReservation::new())
+    }
+
+    /// [`TernProcess::start`] on a port reserved beforehand (to name this
+    /// node in another node's config before either starts).
+    pub fn start_on(options: Options, smtp: PortReservation) -> TernProcess {
         let dir = tempfile::Builder::new()
             .prefix("tern-test-")
             .tempdir()
@@ -166,7 +172,7 @@ impl TernProcess {
             options,
             child: None,
             status: None,
-            smtp: PortReservation::new(),
+            smtp,
             admin: free_addr(),
             starts: 0,
         };

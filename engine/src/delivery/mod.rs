@@ -121,6 +121,9 @@ pub struct Delivery {
     open_attempts: Cell<usize>,
     /// Open outbound connections per host.
     host_conns: RefCell<HashMap<SocketAddr, usize>>,
+    /// Shadow copies held for peers (sequence -> stored at), until they
+    /// expire; they hold the `shadow` cursor.
+    shadows: RefCell<std::collections::BTreeMap<u64, u64>>,
     /// Attempts under way (dispatched, not yet finished).
     live: RefCell<HashMap<u64, Rc<Attempt>>>,
     /// MX answers (and permanent failures) per domain, briefly, so busy
@@ -191,6 +194,7 @@ impl Delivery {
             open_attempts: Cell::new(0),
             host_conns: RefCell::new(HashMap::new()),
             live: RefCell::new(HashMap::new()),
+            shadows: RefCell::new(std::collections::BTreeMap::new()),
             mx_cache: RefCell::new(HashMap::new()),
             core,
         });
@@ -214,6 +218,10 @@ impl Delivery {
         let mut n = 0;
         while self.scanned.get() < end {
             let seq = self.scanned.get().max(log.first_sequence().0);
+            if !rebuild && self.core.recent.borrow().undecided.contains(&seq) {
+                // Its shadow copy is still being made: wait for the outcome.
+                break;
+            }
             self.scanned.set(seq + 1);
             if seq >= end {
                 break;
@@ -224,6 +232,9 @@ impl Delivery {
                     self.queue.borrow_mut().add(seq, seq, received_ms, rcpts);
                 }
                 Some(Announced::Other) if !rebuild => {}
+                Some(Announced::Shadow { at_ms }) if !rebuild => {
+                    self.shadows.borrow_mut().insert(seq, at_ms);
+                }
                 _ => {
                     let rec = log.read(Sequence(seq))?;
                     self.ingest_record(&rec, rebuild);
@@ -248,6 +259,11 @@ impl Delivery {
                     Err(e) => tracing::error!(seq = %rec.sequence, error = %e,
                         "unreadable message record skipped (not deliverable)"),
                 }
+            }
+            crate::shadow::record::SHADOW => {
+                self.shadows
+                    .borrow_mut()
+                    .insert(rec.sequence.0, rec.timestamp.0);
             }
             STATUS if rebuild => match status::decode(&rec.payload) {
                 Ok(events) => events.iter().for_each(|e| q.apply(e)),
@@ -917,19 +933,7 @@ impl Delivery {
 
     /// Appends one status record (durable on return).
     async fn append_status(&self, events: &[StatusEvent]) -> tern_storage::Result<Sequence> {
-        let size = status::encoded_len(events);
-        self.core
-            .log
-            .append_with(STATUS, TimestampMs::now(), size, |seq, w| {
-                self.core
-                    .recent
-                    .borrow_mut()
-                    .announce(seq.0, Announced::Other);
-                let mut buf = Vec::with_capacity(size);
-                status::encode(events, &mut buf);
-                w.put(&buf);
-            })
-            .await
+        self.core.append_status(events).await
     }
 
     /// The events for a finished attempt (and its DSN, appended here).
@@ -1126,9 +1130,23 @@ impl Delivery {
         if log.cursor("queue") != Some(Sequence(queue_at)) && queue_at >= first {
             log.set_cursor("queue", Sequence(queue_at)).await?;
         }
-        // No shadow copies are kept yet: nothing pins the shadow cursor.
-        if log.cursor("shadow") != Some(Sequence(scanned)) && scanned >= first {
-            log.set_cursor("shadow", Sequence(scanned)).await?;
+        // Shadow copies held for peers pin the shadow cursor until they
+        // expire (discard notifications are not built yet): SPEC 5, never
+        // confirmed copies go after safety_net_hold_time +
+        // message_expiration_timeout.
+        let keep_ms = (self.cfg.safety_net_hold_time + self.cfg.message_expiration_timeout)
+            .as_millis() as u64;
+        self.shadows
+            .borrow_mut()
+            .retain(|_, at| at.saturating_add(keep_ms) > now);
+        let shadow_at = self
+            .shadows
+            .borrow()
+            .first_key_value()
+            .map_or(scanned, |(s, _)| *s)
+            .min(scanned);
+        if log.cursor("shadow") != Some(Sequence(shadow_at)) && shadow_at >= first {
+            log.set_cursor("shadow", Sequence(shadow_at)).await?;
         }
         let hold = self.cfg.safety_net_hold_time.as_millis() as u64;
         let net = log

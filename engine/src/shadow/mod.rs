@@ -1,8 +1,10 @@
 //! Shadow redundancy (SPEC sections 1-4): copies of messages held for
 //! other nodes, and this node's copies held by peers.
 //!
-//! Built so far: the shadow record format ([`record`]). The shadow link
-//! protocol (EHLO `XSHADOW`, `MAIL ... XSHADOW=`, `XQDISCARD`) is in
-//! `tern_smtp`; ARCHITECTURE.md documents both.
+//! Built so far: the shadow record format ([`record`]) and the primary's
+//! side of the link ([`link`]). The shadow link protocol (EHLO `XSHADOW`,
+//! `MAIL ... XSHADOW=`, `XQDISCARD`) is in `tern_smtp`; ARCHITECTURE.md
+//! documents both.
 
+pub mod link;
 pub mod record;

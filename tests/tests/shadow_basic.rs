@@ -1,0 +1,129 @@
+//! Shadow redundancy, first part (issue 6): two real nodes on loopback.
+//! A message answered 250 by node A is already a shadow copy on node B
+//! (checked right after each 250, and after SIGKILLing A); without a
+//! reachable peer, A accepts without redundancy (counted) or, with
+//! `reject_on_shadow_failure`, answers 451 4.4.0 and keeps nothing.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tern_tests::server::{Options, PortReservation, TernProcess};
+use tern_tests::smtp::message;
+
+fn node_config(node: &str, peer: &str, peer_addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "[delivery]\nhold = true\n\
+         [cluster]\nnode_id = \"{node}\"\nshadow_timeout = \"2s\"\n{extra}\n\
+         peers = [ {{ node_id = \"{peer}\", address = \"{peer_addr}\" }} ]\n"
+    )
+}
+
+/// (primary node, primary queue id, message bytes) of every shadow copy
+/// held in `data_dir`, read as `tern queue shadow` does.
+fn shadow_copies(data_dir: &Path) -> Vec<(String, String, Vec<u8>)> {
+    tern_engine::queue_cmd::shadow_copies(data_dir)
+        .expect("read shadow copies")
+        .into_iter()
+        .map(|(_, origin, m)| (origin.node, origin.queue_id, m.message.to_vec()))
+        .collect()
+}
+
+#[test]
+fn every_250_has_a_shadow_copy_on_the_peer() {
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let b = TernProcess::start_on(Options::with_config(&node_config("b", "a", a_addr, "")), rb);
+    let mut a = TernProcess::start_on(Options::with_config(&node_config("a", "b", b_addr, "")), ra);
+    let mut c = a.ehlo();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com", "other@example.net"],
+            &message(&format!("m{i}"), &["body"]),
+        );
+        // The 250 came after B's 250, which came after B's group commit.
+        let copies = shadow_copies(&b.data_dir());
+        assert!(
+            copies
+                .iter()
+                .any(|(node, qid, _)| node == "a" && *qid == id),
+            "{id} not on B right after A's 250"
+        );
+        ids.push(id);
+    }
+    c.quit();
+    // B holds exactly what A stored (A's Received header included).
+    let stored = tern_tests::queue::stored(&a.data_dir());
+    for (node, qid, bytes) in shadow_copies(&b.data_dir()) {
+        assert_eq!(node, "a");
+        assert_eq!(Some(&bytes), stored.get(&qid), "copy of {qid} differs");
+    }
+    assert_eq!(a.counter("tern_shadow_copies_made_total"), 10);
+    assert_eq!(b.counter("tern_shadow_copies_held_total"), 10);
+    assert_eq!(a.counter("tern_non_redundant_accepts_total"), 0);
+    // Stop A the hard way right after a 250: B still has that copy.
+    let mut c = a.ehlo();
+    let last = c.send_message(
+        "sender@example.org",
+        &["rcpt@example.com"],
+        &message("last", &["x"]),
+    );
+    a.kill();
+    let copies = shadow_copies(&b.data_dir());
+    assert_eq!(copies.len(), 11);
+    assert!(copies.iter().any(|(_, qid, _)| *qid == last));
+}
+
+#[test]
+fn without_a_reachable_peer_the_message_is_accepted_without_redundancy() {
+    let nobody = PortReservation::new(); // reserved, never listening
+    let a = TernProcess::start(Options::with_config(&node_config(
+        "a",
+        "b",
+        nobody.addr(),
+        "",
+    )));
+    let mut c = a.ehlo();
+    let id = c.send_message(
+        "sender@example.org",
+        &["rcpt@example.com"],
+        &message("m", &["x"]),
+    );
+    c.quit();
+    assert_eq!(a.queue_ids(), vec![id]);
+    assert_eq!(a.counter("tern_non_redundant_accepts_total"), 1);
+    assert_eq!(a.counter("tern_shadow_copies_failed_total"), 1);
+    assert!(a.stderr().contains("accepted without redundancy"));
+}
+
+#[test]
+fn reject_on_shadow_failure_answers_451_and_keeps_nothing() {
+    let nobody = PortReservation::new();
+    let mut a = TernProcess::start(Options::with_config(&node_config(
+        "a",
+        "b",
+        nobody.addr(),
+        "reject_on_shadow_failure = true",
+    )));
+    let mut c = a.ehlo();
+    let r = c.data_message(
+        "sender@example.org",
+        &["rcpt@example.com"],
+        &message("m", &["x"]),
+    );
+    r.expect(451, "4.4.0");
+    assert!(
+        r.text().contains("Message failed to be made redundant"),
+        "{}",
+        r.text()
+    );
+    c.quit();
+    assert!(a.queue_ids().is_empty(), "nothing kept");
+    assert!(a.stop_gracefully().success());
+    a.restart();
+    assert!(
+        a.queue_ids().is_empty(),
+        "nothing kept after a restart either"
+    );
+}
