@@ -33,7 +33,11 @@ impl RelayPolicy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        let peer = peers.contains(&client);
+        // A peer by address; on loopback (several nodes on one host, where
+        // the kernel picks 127.0.0.1 as the source whatever the peer
+        // listens on) any local client counts when a peer is local.
+        let peer = peers.contains(&client)
+            || (client.is_loopback() && peers.iter().any(IpAddr::is_loopback));
         let client_may_relay = peer || rules.client_networks.iter().any(|n| n.contains(&client));
         RelayPolicy {
             client_may_relay,
@@ -78,6 +82,24 @@ mod tests {
             local: "u".into(),
             domain: domain.into(),
         })
+    }
+
+    #[test]
+    fn peers_may_use_the_shadow_link() {
+        let rules = Rc::new(RelayRules {
+            client_networks: vec![],
+            recipient_domains: vec![],
+        });
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut p = RelayPolicy::with_peers(rules.clone(), peer, &[peer]);
+        assert!(p.allow_shadow());
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_ok());
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        assert!(!RelayPolicy::with_peers(rules.clone(), other, &[peer]).allow_shadow());
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let local_peer: IpAddr = "127.0.0.3".parse().unwrap();
+        assert!(RelayPolicy::with_peers(rules.clone(), lo, &[local_peer]).allow_shadow());
+        assert!(!RelayPolicy::with_peers(rules, lo, &[peer]).allow_shadow());
     }
 
     #[test]
