@@ -36,6 +36,10 @@ pub struct Shared {
     /// This node's transport database id: set once by `serve` before any
     /// core starts (announced to peers on the shadow link).
     pub database_id: std::sync::OnceLock<crate::cluster::DatabaseId>,
+    /// Primary side: handled messages, for the shadows' `XQDISCARD`.
+    pub discards: Mutex<crate::shadow::discard::DiscardLog>,
+    /// Shadow side: copies the primaries said may go.
+    pub discarded: Mutex<crate::shadow::discard::Discarded>,
 }
 
 /// Core-local shutdown signal.
@@ -103,7 +107,7 @@ pub struct Core {
 
 /// What the delivery tail needs of a record this core appended, so it
 /// need not read the record back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Announced {
     /// A new message record (not a copy).
     Message {
@@ -118,6 +122,8 @@ pub enum Announced {
     Shadow {
         /// When it was stored (unix ms).
         at_ms: u64,
+        /// Who holds the primary copy (node, database id) and its id there.
+        origin: (String, String, String),
     },
 }
 
@@ -394,6 +400,30 @@ impl Core {
             .await
     }
 
+    /// The answer to a shadow's `XQDISCARD` (see `shadow::discard`).
+    pub fn discard_answer(&self, node: &str, database: &str) -> Reply {
+        let ours = self
+            .shared
+            .database_id
+            .get()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let ids = if database == ours {
+            self.shared
+                .discards
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_for(node)
+        } else {
+            Vec::new()
+        };
+        let n = ids.len();
+        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![ours.into()];
+        lines.extend(ids.into_iter().map(Into::into));
+        lines.push(format!("{n} discard(s)").into());
+        Reply::plain(250, lines)
+    }
+
     /// A peer's shadow copy: stored as a shadow record (no Received
     /// header: the message is as the primary stored it).
     async fn accept_shadow(
@@ -420,9 +450,17 @@ impl Core {
                 ms,
                 encoder.len(),
                 |sequence, w| {
-                    self.recent
-                        .borrow_mut()
-                        .announce(sequence.0, Announced::Shadow { at_ms: ms.0 });
+                    self.recent.borrow_mut().announce(
+                        sequence.0,
+                        Announced::Shadow {
+                            at_ms: ms.0,
+                            origin: (
+                                origin.node.clone(),
+                                origin.database.clone(),
+                                origin.queue_id.clone(),
+                            ),
+                        },
+                    );
                     encoder.write(QueueId { shard, sequence }, &mut |b| w.put(b))
                 },
             )
@@ -557,6 +595,10 @@ pub async fn run(
     });
     glommio::spawn_local(watch(core.clone())).detach();
     let delivery = crate::delivery::Delivery::start(core.clone())?;
+    if shard == 0 && core.config.cluster.shadow_redundancy && !core.config.cluster.peers.is_empty()
+    {
+        glommio::spawn_local(crate::shadow::heartbeat::run(core.clone())).detach();
+    }
     accept_loop(&core, &listener).await;
     drop(listener);
     let deadline = Instant::now() + config.shutdown_grace;

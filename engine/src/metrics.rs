@@ -58,6 +58,10 @@ pub struct CoreMetrics {
     pub shadow_latency_us: AtomicU64,
     /// Shadow copies of peers' messages stored here.
     pub shadow_copies_held: AtomicU64,
+    /// Shadow copies dropped on their primary's discard notification.
+    pub shadow_discards: AtomicU64,
+    /// Discard queries (heartbeats) answered by primaries.
+    pub heartbeats: AtomicU64,
     /// Messages copied forward out of old segments.
     pub copied_forward: AtomicU64,
     /// Log segments deleted.
@@ -307,6 +311,16 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             |c| c.shadow_latency_us.load(Relaxed),
         ),
         (
+            "tern_shadow_discards_total",
+            "Shadow copies dropped on their primary's discard notification",
+            |c| c.shadow_discards.load(Relaxed),
+        ),
+        (
+            "tern_shadow_heartbeats_total",
+            "Discard queries answered by primaries",
+            |c| c.heartbeats.load(Relaxed),
+        ),
+        (
             "tern_shadow_copies_held_total",
             "Shadow copies of peers' messages stored here",
             |c| c.shadow_copies_held.load(Relaxed),
@@ -374,7 +388,10 @@ mod tests {
             "tern_copied_forward_total",
             "tern_queue_messages",
         ] {
-            assert!(text.contains(&format!("{name}{{core=\"0\"}} 0\n")), "{name}");
+            assert!(
+                text.contains(&format!("{name}{{core=\"0\"}} 0\n")),
+                "{name}"
+            );
         }
         assert!(text.contains("tern_rejected_total{core=\"0\",reason=\"storage\"} 0\n"));
     }

@@ -141,14 +141,8 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                         Err(reply) => s.complete(Err(reply)),
                     }
                 }
-                Event::Discard { .. } => {
-                    // Discard notifications are not built yet: a peer's
-                    // shadow copies stay until they expire.
-                    s.answer(Reply::new(
-                        502,
-                        Status(5, 5, 1),
-                        "Error: command not implemented",
-                    ));
+                Event::Discard { node, database } => {
+                    s.answer(core.discard_answer(&node, &database));
                 }
                 Event::Close => closing = true,
             }

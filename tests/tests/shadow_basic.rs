@@ -127,3 +127,47 @@ fn reject_on_shadow_failure_answers_451_and_keeps_nothing() {
         "nothing kept after a restart either"
     );
 }
+
+#[test]
+fn shadow_copies_are_discarded_after_the_primary_delivers() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let timers = "shadow_heartbeat_frequency = \"300ms\"";
+    let b = TernProcess::start_on(
+        Options::with_config(&node_config("b", "a", a_addr, timers)),
+        rb,
+    );
+    // A delivers to the sink (its [delivery] hold is overridden below).
+    let a_config = node_config("a", "b", b_addr, timers).replace(
+        "[delivery]\nhold = true\n",
+        &format!(
+            "[server]\nrelay_to = \"{}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n",
+            sink.addr()
+        ),
+    );
+    let a = TernProcess::start_on(Options::with_config(&a_config), ra);
+    let mut c = a.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    sink.wait_for(5, std::time::Duration::from_secs(10));
+    // Within a few heartbeats B's shadow queue drains.
+    tern_tests::server::wait_until(
+        "B to drop its copies",
+        std::time::Duration::from_secs(10),
+        || b.counter("tern_shadow_discards_total") == 5,
+    );
+    tern_tests::server::wait_until(
+        "the shadow cursor to pass them",
+        std::time::Duration::from_secs(10),
+        || shadow_copies(&b.data_dir()).is_empty(),
+    );
+    assert!(b.counter("tern_shadow_heartbeats_total") >= 1);
+    assert_eq!(sink.messages().len(), 5, "delivered once, by A");
+}

@@ -52,7 +52,8 @@ use queue::Queue;
 use route::{Candidates, Health, Router, Target};
 use status::{Event, StatusEvent, STATUS};
 
-fn now_ms() -> u64 {
+/// Unix ms now.
+pub fn now_ms() -> u64 {
     TimestampMs::now().0
 }
 
@@ -123,7 +124,7 @@ pub struct Delivery {
     host_conns: RefCell<HashMap<SocketAddr, usize>>,
     /// Shadow copies held for peers (sequence -> stored at), until they
     /// expire; they hold the `shadow` cursor.
-    shadows: RefCell<std::collections::BTreeMap<u64, u64>>,
+    shadows: RefCell<std::collections::BTreeMap<u64, HeldShadow>>,
     /// Attempts under way (dispatched, not yet finished).
     live: RefCell<HashMap<u64, Rc<Attempt>>>,
     /// MX answers (and permanent failures) per domain, briefly, so busy
@@ -132,6 +133,10 @@ pub struct Delivery {
 }
 
 type MxCached = (u64, Result<Candidates, Result_>);
+
+/// A shadow copy held here: (stored at ms, (primary node, its database
+/// id, its queue id)).
+type HeldShadow = (u64, (String, String, String));
 
 /// How long a core reuses an MX answer (the resolver itself caches by TTL).
 const MX_CACHE_MS: u64 = 10_000;
@@ -232,8 +237,8 @@ impl Delivery {
                     self.queue.borrow_mut().add(seq, seq, received_ms, rcpts);
                 }
                 Some(Announced::Other) if !rebuild => {}
-                Some(Announced::Shadow { at_ms }) if !rebuild => {
-                    self.shadows.borrow_mut().insert(seq, at_ms);
+                Some(Announced::Shadow { at_ms, origin }) if !rebuild => {
+                    self.shadows.borrow_mut().insert(seq, (at_ms, origin));
                 }
                 _ => {
                     let rec = log.read(Sequence(seq))?;
@@ -260,11 +265,17 @@ impl Delivery {
                         "unreadable message record skipped (not deliverable)"),
                 }
             }
-            crate::shadow::record::SHADOW => {
-                self.shadows
-                    .borrow_mut()
-                    .insert(rec.sequence.0, rec.timestamp.0);
-            }
+            crate::shadow::record::SHADOW => match crate::shadow::record::split(&rec.payload) {
+                Ok((o, _)) => {
+                    self.shadows.borrow_mut().insert(
+                        rec.sequence.0,
+                        (rec.timestamp.0, (o.node, o.database, o.queue_id)),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(seq = %rec.sequence, error = %e, "unreadable shadow record skipped")
+                }
+            },
             STATUS if rebuild => match status::decode(&rec.payload) {
                 Ok(events) => events.iter().for_each(|e| q.apply(e)),
                 Err(e) => {
@@ -919,6 +930,25 @@ impl Delivery {
                 for e in &events {
                     q.apply(e);
                 }
+                if self.core.config.cluster.shadow_redundancy
+                    && !self.core.config.cluster.peers.is_empty()
+                {
+                    // Discard status for the shadows (SPEC 3).
+                    let shard = self.core.shard;
+                    let done = events.iter().filter(|e| e.event == Event::Done).map(|e| {
+                        QueueId {
+                            shard,
+                            sequence: Sequence(e.message),
+                        }
+                        .to_string()
+                    });
+                    self.core
+                        .shared
+                        .discards
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(now, done);
+                }
             } else {
                 for a in &batch {
                     q.release(a.key, now + self.cfg.retry_initial.as_millis() as u64);
@@ -1136,9 +1166,48 @@ impl Delivery {
         // message_expiration_timeout.
         let keep_ms = (self.cfg.safety_net_hold_time + self.cfg.message_expiration_timeout)
             .as_millis() as u64;
-        self.shadows
-            .borrow_mut()
-            .retain(|_, at| at.saturating_add(keep_ms) > now);
+        {
+            // Copies whose primary handled the message go (to the Safety
+            // Net: the log keeps them for safety_net_hold_time).
+            let mut discarded = self
+                .core
+                .shared
+                .discarded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut dropped = 0u64;
+            self.shadows
+                .borrow_mut()
+                .retain(|_, (at, (node, db, qid))| {
+                    if discarded.take(node, db, qid) {
+                        dropped += 1;
+                        return false;
+                    }
+                    at.saturating_add(keep_ms) > now
+                });
+            let auto = self
+                .core
+                .config
+                .cluster
+                .shadow_message_auto_discard_interval;
+            discarded.expire(now, auto.as_millis() as u64);
+            self.metrics()
+                .shadow_discards
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.core
+            .shared
+            .discards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(
+                now,
+                self.core
+                    .config
+                    .cluster
+                    .shadow_message_auto_discard_interval
+                    .as_millis() as u64,
+            );
         let shadow_at = self
             .shadows
             .borrow()

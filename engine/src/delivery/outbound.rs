@@ -216,6 +216,12 @@ impl Conn {
         }
     }
 
+    /// Sends one command line and returns its reply.
+    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, ConnError> {
+        self.write(line).await?;
+        self.reply().await
+    }
+
     /// Did this transaction fail because a reused connection had been
     /// closed by the peer while idle (nothing answered yet)? Then the
     /// message never reached it: send it again on a new connection.

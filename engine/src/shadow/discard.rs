@@ -1,0 +1,183 @@
+//! Discard notifications (SPEC 3): the primary remembers which of its
+//! messages were fully handled; a shadow asks with `XQDISCARD` (at least
+//! every `shadow_heartbeat_frequency`) and drops the copies named in the
+//! answer from its shadow queue (they stay on disk in its Safety Net).
+//!
+//! # The answer to `XQDISCARD <shadow node> <database id>`
+//!
+//! ```text
+//! 250-<primary database id>          first line: who answers
+//! 250-<queue id>                     zero or more: copies that may go
+//! 250 <n> discard(s)                 last line: how many were listed
+//! ```
+//!
+//! At most [`IDS_PER_REPLY`] ids per answer (the shadow asks again while
+//! it gets that many). If the asked database id is not the primary's, the
+//! answer lists nothing: the shadow sees the new id on the first line
+//! (the primary lost its store: takeover). Each asking node gets every
+//! handled id once (the primary keeps a read position per node); ids
+//! nobody fetched expire after `shadow_message_auto_discard_interval`.
+//! Kept in memory only: after a primary restart, copies of messages
+//! handled before it are not named and expire on their shadows.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Ids per `XQDISCARD` answer.
+pub const IDS_PER_REPLY: usize = 1000;
+
+/// The primary's handled messages, for its shadows. Shared by all cores
+/// (one lock per status batch and per query, not per message).
+#[derive(Debug, Default)]
+pub struct DiscardLog {
+    /// (serial, handled at ms, queue id), oldest first.
+    entries: VecDeque<(u64, u64, String)>,
+    next_serial: u64,
+    /// Next serial each asking node has not seen.
+    read: HashMap<String, u64>,
+}
+
+impl DiscardLog {
+    /// Records handled messages.
+    pub fn push(&mut self, now_ms: u64, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            self.entries.push_back((self.next_serial, now_ms, id));
+            self.next_serial += 1;
+        }
+    }
+
+    /// Forgets entries older than `keep_ms`.
+    pub fn expire(&mut self, now_ms: u64, keep_ms: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, at, _)| at.saturating_add(keep_ms) <= now_ms)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The next ids for `node` (at most [`IDS_PER_REPLY`]), advancing its
+    /// read position.
+    pub fn take_for(&mut self, node: &str) -> Vec<String> {
+        let from = self.read.get(node).copied().unwrap_or(0);
+        let ids: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(serial, _, _)| *serial >= from)
+            .take(IDS_PER_REPLY)
+            .map(|(serial, _, id)| (*serial, id.clone()))
+            .collect();
+        let next = ids.last().map_or(from, |(s, _)| s + 1);
+        self.read.insert(node.to_owned(), next.max(from));
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+/// The shadow side: ids its primaries said may go, per primary node,
+/// until a core finds and drops the copy (or they expire).
+#[derive(Debug, Default)]
+pub struct Discarded {
+    /// (primary node, its database id, primary queue id) -> when learned.
+    ids: HashMap<(String, String, String), u64>,
+}
+
+impl Discarded {
+    /// Adds what `node` (whose store has database id `db`) said may go.
+    /// The database id is part of the key: a primary with a wiped store
+    /// starts its queue ids again, and its new ids must never name the
+    /// old store's copies.
+    pub fn add(
+        &mut self,
+        node: &str,
+        db: &str,
+        now_ms: u64,
+        ids: impl IntoIterator<Item = String>,
+    ) {
+        for id in ids {
+            self.ids
+                .insert((node.to_owned(), db.to_owned(), id), now_ms);
+        }
+    }
+
+    /// Removes and reports whether the copy (node, db, id) may go.
+    pub fn take(&mut self, node: &str, db: &str, id: &str) -> bool {
+        self.ids
+            .remove(&(node.to_owned(), db.to_owned(), id.to_owned()))
+            .is_some()
+    }
+
+    /// Nothing pending?
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Forgets ids older than `keep_ms` (copies no core holds).
+    pub fn expire(&mut self, now_ms: u64, keep_ms: u64) {
+        self.ids.retain(|_, at| at.saturating_add(keep_ms) > now_ms);
+    }
+}
+
+/// Parses an `XQDISCARD` answer: (primary database id, ids).
+pub fn parse_answer(lines: &[std::borrow::Cow<'_, str>]) -> Option<(String, Vec<String>)> {
+    let (first, rest) = lines.split_first()?;
+    let db = first.split(' ').next()?.to_owned();
+    let ids = rest
+        .iter()
+        .take(rest.len().saturating_sub(1))
+        .map(|l| l.to_string())
+        .collect::<HashSet<String>>()
+        .into_iter()
+        .collect();
+    Some((db, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_gets_each_id_once_and_old_ones_expire() {
+        let mut log = DiscardLog::default();
+        log.push(100, ["A".to_string(), "B".to_string()]);
+        assert_eq!(log.take_for("s1"), vec!["A", "B"]);
+        assert!(log.take_for("s1").is_empty());
+        log.push(200, ["C".to_string()]);
+        assert_eq!(log.take_for("s1"), vec!["C"]);
+        assert_eq!(log.take_for("s2"), vec!["A", "B", "C"]);
+        log.expire(1_000, 850);
+        assert_eq!(log.take_for("s3"), vec!["C"]);
+        let many: Vec<String> = (0..2500).map(|i| i.to_string()).collect();
+        log.push(300, many);
+        assert_eq!(log.take_for("s4").len(), IDS_PER_REPLY);
+        assert_eq!(log.take_for("s4").len(), IDS_PER_REPLY);
+        assert_eq!(log.take_for("s4").len(), 501);
+        assert!(log.take_for("s4").is_empty());
+    }
+
+    #[test]
+    fn shadow_side_and_answer_parsing() {
+        let mut d = Discarded::default();
+        d.add("a", "db1", 10, ["X".to_string()]);
+        assert!(!d.take("b", "db1", "X"));
+        assert!(!d.take("a", "db2", "X"), "another store's id");
+        assert!(d.take("a", "db1", "X"));
+        assert!(d.is_empty());
+        d.add("a", "db1", 10, ["Y".to_string()]);
+        d.expire(100, 50);
+        assert!(d.is_empty());
+        let lines: Vec<std::borrow::Cow<str>> = vec![
+            "0123".into(),
+            "Q1".into(),
+            "Q2".into(),
+            "2 discard(s)".into(),
+        ];
+        let (db, mut ids) = parse_answer(&lines).unwrap();
+        ids.sort();
+        assert_eq!(
+            (db.as_str(), ids),
+            ("0123", vec!["Q1".to_string(), "Q2".to_string()])
+        );
+        let none: Vec<std::borrow::Cow<str>> = vec!["0123 0 discard(s)".into()];
+        assert_eq!(parse_answer(&none).unwrap().1.len(), 0);
+    }
+}
