@@ -40,6 +40,8 @@ pub struct Shared {
     pub discards: Mutex<crate::shadow::discard::DiscardLog>,
     /// Shadow side: copies the primaries said may go.
     pub discarded: Mutex<crate::shadow::discard::Discarded>,
+    /// Shadow side: what the heartbeats learned of each primary.
+    pub primaries: Mutex<HashMap<String, crate::shadow::discard::PrimaryState>>,
 }
 
 /// Core-local shutdown signal.

@@ -62,6 +62,9 @@ pub struct CoreMetrics {
     pub shadow_discards: AtomicU64,
     /// Discard queries (heartbeats) answered by primaries.
     pub heartbeats: AtomicU64,
+    /// Shadow copies taken over (primary lost its store or stayed
+    /// unreachable).
+    pub takeovers: AtomicU64,
     /// Messages copied forward out of old segments.
     pub copied_forward: AtomicU64,
     /// Log segments deleted.
@@ -319,6 +322,11 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "tern_shadow_heartbeats_total",
             "Discard queries answered by primaries",
             |c| c.heartbeats.load(Relaxed),
+        ),
+        (
+            "tern_shadow_takeovers_total",
+            "Shadow copies taken over and queued here",
+            |c| c.takeovers.load(Relaxed),
         ),
         (
             "tern_shadow_copies_held_total",

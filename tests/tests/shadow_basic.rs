@@ -171,3 +171,59 @@ fn shadow_copies_are_discarded_after_the_primary_delivers() {
     assert!(b.counter("tern_shadow_heartbeats_total") >= 1);
     assert_eq!(sink.messages().len(), 5, "delivered once, by A");
 }
+
+/// A (its next hop down) holds 5 messages; B holds their copies. A dies
+/// for good: after `shadow_resubmit_time_span` B delivers them, once.
+#[test]
+fn shadow_takes_over_when_the_primary_is_gone_for_good() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let dead = PortReservation::new();
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"2s\"";
+    let relay = |to: SocketAddr, cfg: String| {
+        cfg.replace(
+            "[delivery]\nhold = true\n",
+            &format!(
+                "[server]\nrelay_to = \"{to}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n"
+            ),
+        )
+    };
+    let b = TernProcess::start_on(
+        Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
+        rb,
+    );
+    let mut a = TernProcess::start_on(
+        Options::with_config(&relay(dead.addr(), node_config("a", "b", b_addr, timers))),
+        ra,
+    );
+    let mut c = a.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    assert_eq!(shadow_copies(&b.data_dir()).len(), 5);
+    a.kill();
+    let got = sink.wait_for(5, std::time::Duration::from_secs(20));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(sink.messages().len(), 5, "each message once");
+    let mut subjects: Vec<String> = got.iter().map(|m| m.subject()).collect();
+    subjects.sort();
+    assert_eq!(subjects, vec!["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(b.counter("tern_shadow_takeovers_total"), 5);
+    tern_tests::server::wait_until(
+        "B's shadow queue to empty",
+        std::time::Duration::from_secs(10),
+        || shadow_copies(&b.data_dir()).is_empty(),
+    );
+    // A takeover is recorded: B restarting does not take them over again.
+    let mut b = b;
+    assert!(b.stop_gracefully().success());
+    b.restart();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(sink.messages().len(), 5, "no second takeover after restart");
+}

@@ -122,6 +122,9 @@ pub struct Delivery {
     open_attempts: Cell<usize>,
     /// Open outbound connections per host.
     host_conns: RefCell<HashMap<SocketAddr, usize>>,
+    /// When this core started (unix ms): a primary never heard from counts
+    /// as reachable from then on.
+    started_ms: u64,
     /// Shadow copies held for peers (sequence -> stored at), until they
     /// expire; they hold the `shadow` cursor.
     shadows: RefCell<std::collections::BTreeMap<u64, HeldShadow>>,
@@ -200,6 +203,7 @@ impl Delivery {
             host_conns: RefCell::new(HashMap::new()),
             live: RefCell::new(HashMap::new()),
             shadows: RefCell::new(std::collections::BTreeMap::new()),
+            started_ms: now_ms(),
             mx_cache: RefCell::new(HashMap::new()),
             core,
         });
@@ -277,7 +281,16 @@ impl Delivery {
                 }
             },
             STATUS if rebuild => match status::decode(&rec.payload) {
-                Ok(events) => events.iter().for_each(|e| q.apply(e)),
+                Ok(events) => {
+                    let mut shadows = self.shadows.borrow_mut();
+                    for e in &events {
+                        q.apply(e);
+                        if e.event == Event::Done {
+                            // A shadow copy discarded or taken over.
+                            shadows.remove(&e.message);
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::error!(seq = %rec.sequence, error = %e, "unreadable status record skipped")
                 }
@@ -1166,35 +1179,7 @@ impl Delivery {
         // message_expiration_timeout.
         let keep_ms = (self.cfg.safety_net_hold_time + self.cfg.message_expiration_timeout)
             .as_millis() as u64;
-        {
-            // Copies whose primary handled the message go (to the Safety
-            // Net: the log keeps them for safety_net_hold_time).
-            let mut discarded = self
-                .core
-                .shared
-                .discarded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let mut dropped = 0u64;
-            self.shadows
-                .borrow_mut()
-                .retain(|_, (at, (node, db, qid))| {
-                    if discarded.take(node, db, qid) {
-                        dropped += 1;
-                        return false;
-                    }
-                    at.saturating_add(keep_ms) > now
-                });
-            let auto = self
-                .core
-                .config
-                .cluster
-                .shadow_message_auto_discard_interval;
-            discarded.expire(now, auto.as_millis() as u64);
-            self.metrics()
-                .shadow_discards
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
+        self.shadow_upkeep(now, keep_ms).await?;
         self.core
             .shared
             .discards
@@ -1249,6 +1234,101 @@ impl Delivery {
             .store(q.in_flight() as u64, Ordering::Relaxed);
         drop(q);
         self.metrics().set_log_stats(&log.stats());
+        Ok(())
+    }
+
+    /// The shadow queue's upkeep: copies whose primary handled the message
+    /// (discard notifications) or that expired go; copies whose primary
+    /// lost its store (new database id) or stayed unreachable for
+    /// `shadow_resubmit_time_span` are taken over: re-queued here as this
+    /// node's own messages (SPEC 3). Each decision is a durable `done`
+    /// event on the shadow record, so a restart does not repeat it.
+    async fn shadow_upkeep(&self, now: u64, keep_ms: u64) -> anyhow::Result<()> {
+        if self.shadows.borrow().is_empty() {
+            return Ok(());
+        }
+        let cluster = &self.core.config.cluster;
+        let span = cluster.shadow_resubmit_time_span.as_millis() as u64;
+        let primaries = self
+            .core
+            .shared
+            .primaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut gone = Vec::new();
+        let mut promote = Vec::new();
+        {
+            let mut discarded = self
+                .core
+                .shared
+                .discarded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (seq, (at, (node, db, qid))) in self.shadows.borrow().iter() {
+                let state = primaries.get(node);
+                let last_ok = state.map_or(self.started_ms, |s| s.last_ok_ms.max(self.started_ms));
+                if discarded.take(node, db, qid) {
+                    gone.push(*seq);
+                } else if state
+                    .and_then(|s| s.database.as_deref())
+                    .is_some_and(|d| d != db)
+                {
+                    promote.push((*seq, format!("{node} has a new store")));
+                } else if now.saturating_sub(last_ok) >= span {
+                    promote.push((*seq, format!("{node} unreachable")));
+                } else if at.saturating_add(keep_ms) <= now {
+                    gone.push(*seq);
+                }
+            }
+            discarded.expire(
+                now,
+                cluster.shadow_message_auto_discard_interval.as_millis() as u64,
+            );
+        }
+        let dropped = gone.len() as u64;
+        let mut events: Vec<StatusEvent> = Vec::new();
+        for (seq, why) in promote {
+            let rec = self.core.log.read(Sequence(seq))?;
+            let (origin, payload) = crate::shadow::record::split(&rec.payload)?;
+            let (received_ms, rcpts) = message::peek(&payload)?;
+            let shard = self.core.shard;
+            let new = self
+                .core
+                .log
+                .append_with(MESSAGE, TimestampMs(now), payload.len(), |sequence, w| {
+                    self.core
+                        .recent
+                        .borrow_mut()
+                        .announce(sequence.0, Announced::Message { received_ms, rcpts });
+                    w.put(&payload);
+                })
+                .await?;
+            CoreMetrics::inc(&self.metrics().takeovers);
+            tracing::warn!(primary = %origin.node, primary_id = %origin.queue_id,
+                id = %QueueId { shard, sequence: new }, reason = %why, "took over a shadow copy");
+            gone.push(seq);
+        }
+        for seq in &gone {
+            events.push(StatusEvent {
+                message: *seq,
+                event: Event::Done,
+                at_ms: now,
+                attempts: 0,
+                rcpts: Vec::new(),
+            });
+        }
+        if !events.is_empty() {
+            self.append_status(&events).await?;
+            let mut shadows = self.shadows.borrow_mut();
+            for seq in &gone {
+                shadows.remove(seq);
+            }
+            self.metrics()
+                .shadow_discards
+                .fetch_add(dropped, Ordering::Relaxed);
+            self.core.delivery_wake.notify(usize::MAX);
+        }
         Ok(())
     }
 

@@ -117,6 +117,15 @@ impl Discarded {
     }
 }
 
+/// What a shadow knows of one primary (from its heartbeats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrimaryState {
+    /// The database id it last answered with.
+    pub database: Option<String>,
+    /// When it last answered (unix ms).
+    pub last_ok_ms: u64,
+}
+
 /// Parses an `XQDISCARD` answer: (primary database id, ids).
 pub fn parse_answer(lines: &[std::borrow::Cow<'_, str>]) -> Option<(String, Vec<String>)> {
     let (first, rest) = lines.split_first()?;

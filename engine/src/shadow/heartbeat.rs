@@ -68,11 +68,23 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
         };
         let n = ids.len();
         total += n;
+        let now = crate::delivery::now_ms();
+        core.shared
+            .primaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                peer.node_id.clone(),
+                crate::shadow::discard::PrimaryState {
+                    database: Some(answered_db.clone()),
+                    last_ok_ms: now,
+                },
+            );
         core.shared
             .discarded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(&peer.node_id, &answered_db, crate::delivery::now_ms(), ids);
+            .add(&peer.node_id, &answered_db, now, ids);
         if n < IDS_PER_REPLY {
             break;
         }
