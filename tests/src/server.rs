@@ -57,6 +57,18 @@ pub struct PortReservation {
 impl PortReservation {
     /// Reserves a free port on 127.0.0.1.
     pub fn new() -> PortReservation {
+        PortReservation::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Reserves `addr` again (to start a node where another one was).
+    pub fn at(addr: SocketAddr) -> PortReservation {
+        PortReservation::bind(addr)
+    }
+
+    fn bind(want: SocketAddr) -> PortReservation {
+        let SocketAddr::V4(want) = want else {
+            panic!("IPv4 only: {want}");
+        };
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscalls on a socket this function owns; the
         // sockaddr structs are fully initialised and sized correctly.
@@ -76,7 +88,8 @@ impl PortReservation {
             assert_eq!(rc, 0, "SO_REUSEPORT: {}", std::io::Error::last_os_error());
             let mut sa: libc::sockaddr_in = std::mem::zeroed();
             sa.sin_family = libc::AF_INET as libc::sa_family_t;
-            sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            sa.sin_addr.s_addr = u32::from(*want.ip()).to_be();
+            sa.sin_port = want.port().to_be();
             let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             let rc = libc::bind(raw, (&sa as *const libc::sockaddr_in).cast(), len);
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());

@@ -227,3 +227,49 @@ fn shadow_takes_over_when_the_primary_is_gone_for_good() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(sink.messages().len(), 5, "no second takeover after restart");
 }
+
+/// A loses its store (killed, started again on the same address with an
+/// empty data directory: a new database id). B notices the new id at its
+/// next heartbeat and delivers A's messages, once.
+#[test]
+fn shadow_takes_over_when_the_primary_comes_back_with_a_new_store() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let dead = PortReservation::new();
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    // A long resubmit span: only the new database id can trigger this.
+    let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"1h\"";
+    let relay = |to: SocketAddr, cfg: String| {
+        cfg.replace(
+            "[delivery]\nhold = true\n",
+            &format!(
+                "[server]\nrelay_to = \"{to}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n"
+            ),
+        )
+    };
+    let a_config = relay(dead.addr(), node_config("a", "b", b_addr, timers));
+    let b = TernProcess::start_on(
+        Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
+        rb,
+    );
+    let mut a = TernProcess::start_on(Options::with_config(&a_config), ra);
+    let mut c = a.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    a.kill();
+    drop(a);
+    // A again, same address, new (empty) store.
+    let a2 = TernProcess::start_on(Options::with_config(&a_config), PortReservation::at(a_addr));
+    let got = sink.wait_for(5, std::time::Duration::from_secs(20));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(sink.messages().len(), 5, "each message once");
+    assert_eq!(got.len(), 5);
+    assert_eq!(b.counter("tern_shadow_takeovers_total"), 5);
+    assert!(a2.queue_ids().is_empty(), "the new store has nothing");
+}
