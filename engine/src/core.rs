@@ -40,6 +40,9 @@ pub struct Shared {
     pub discards: Mutex<crate::shadow::discard::DiscardLog>,
     /// Shadow side: copies the primaries said may go.
     pub discarded: Mutex<crate::shadow::discard::Discarded>,
+    /// Messages accepted within `cluster.duplicate_window` (resends are
+    /// answered with the first one's queue id).
+    pub recent_messages: crate::shadow::dedupe::Window,
     /// Shadow side: what the heartbeats learned of each primary.
     pub primaries: Mutex<HashMap<String, crate::shadow::discard::PrimaryState>>,
 }
@@ -212,6 +215,21 @@ impl Core {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
+        let window_ms = self.config.cluster.duplicate_window.as_millis() as u64;
+        let digest = if self.config.cluster.shadow_redundancy {
+            self.shared.recent_messages.digest(env, content)
+        } else {
+            None
+        };
+        if let Some(d) = &digest {
+            if let Some(first) = self.shared.recent_messages.seen(d, ms, window_ms) {
+                CoreMetrics::inc(&self.metrics.duplicates);
+                tracing::info!(first = %first, client = %peer, from = %env.from, "resent message: accepted, not queued again");
+                return first.parse().map_err(|_| {
+                    Reply::new(451, Status(4, 3, 0), "Error: internal (duplicate id)")
+                });
+            }
+        }
         let (prefix, suffix) = received::header(&self.config.hostname, env, peer, now);
         let encoder = Encoder::new(env, peer, ms, Some((&prefix, &suffix)), content);
         let shard = self.shard;
@@ -362,6 +380,9 @@ impl Core {
             .bytes_accepted
             .fetch_add(size as u64, Ordering::Relaxed);
         tracing::info!(id = %id, size, client = %peer, from = %env.from, rcpts = env.recipients.len(), "accepted");
+        if let Some(d) = digest {
+            self.shared.recent_messages.insert(d, id.to_string(), ms);
+        }
         Ok(id)
     }
 

@@ -60,6 +60,8 @@ pub struct CoreMetrics {
     pub shadow_copies_held: AtomicU64,
     /// Shadow copies dropped on their primary's discard notification.
     pub shadow_discards: AtomicU64,
+    /// Resent messages recognised and not queued again.
+    pub duplicates: AtomicU64,
     /// Discard queries (heartbeats) answered by primaries.
     pub heartbeats: AtomicU64,
     /// Shadow copies taken over (primary lost its store or stayed
@@ -327,6 +329,11 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "tern_shadow_takeovers_total",
             "Shadow copies taken over and queued here",
             |c| c.takeovers.load(Relaxed),
+        ),
+        (
+            "tern_duplicates_total",
+            "Resent messages recognised and not queued again",
+            |c| c.duplicates.load(Relaxed),
         ),
         (
             "tern_shadow_copies_held_total",

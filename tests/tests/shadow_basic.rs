@@ -273,3 +273,39 @@ fn shadow_takes_over_when_the_primary_comes_back_with_a_new_store() {
     assert_eq!(b.counter("tern_shadow_takeovers_total"), 5);
     assert!(a2.queue_ids().is_empty(), "the new store has nothing");
 }
+
+/// A sender that retries (its session timed out after the message was
+/// stored) must not cause a second delivery: same Message-ID and envelope
+/// within `duplicate_window` -> the first one's queue id, nothing queued.
+#[test]
+fn a_resent_message_is_accepted_once() {
+    let a = TernProcess::start(Options::default());
+    let mut with_id = b"Message-ID: <retry-1@example.org>\r\n".to_vec();
+    with_id.extend_from_slice(&message("retry", &["x"]));
+    let first = a
+        .ehlo()
+        .send_message("s@example.org", &["r@example.com"], &with_id);
+    let again = a
+        .ehlo()
+        .send_message("s@example.org", &["r@example.com"], &with_id);
+    assert_eq!(first, again, "answered with the first queue id");
+    // Another envelope, or no Message-ID: a different message.
+    let other = a
+        .ehlo()
+        .send_message("s@example.org", &["q@example.com"], &with_id);
+    assert_ne!(other, first);
+    let plain = message("no id", &["x"]);
+    let p1 = a
+        .ehlo()
+        .send_message("s@example.org", &["r@example.com"], &plain);
+    let p2 = a
+        .ehlo()
+        .send_message("s@example.org", &["r@example.com"], &plain);
+    assert_ne!(p1, p2);
+    let mut ids = a.queue_ids();
+    ids.sort();
+    let mut want = vec![first, other, p1, p2];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(a.counter("tern_duplicates_total"), 1);
+}

@@ -7,6 +7,7 @@
 //! `MAIL ... XSHADOW=`, `XQDISCARD`) is in `tern_smtp`; ARCHITECTURE.md
 //! documents both.
 
+pub mod dedupe;
 pub mod discard;
 pub mod heartbeat;
 pub mod link;
