@@ -9,6 +9,8 @@
 //!   once; 404 for an unknown pool, 400 for a bad pattern. Overrides last
 //!   until restart (`tern route set`).
 //! - `DELETE /routes/PATTERN`: drops the override (`tern route clear`).
+//! - `GET /shadow`: this node, its peers with their database ids, last
+//!   heartbeat and the shadow copies held for each (`tern shadow status`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -60,7 +62,12 @@ pub fn spawn(
                             "text/plain; version=0.0.4",
                         )
                         .expect("static header");
-                        tiny_http::Response::from_string(metrics::render(&refs)).with_header(header)
+                        let mut text = metrics::render(&refs);
+                        text.push_str(&shadow_gauges(&shared));
+                        tiny_http::Response::from_string(text).with_header(header)
+                    }
+                    (tiny_http::Method::Get, "/shadow") => {
+                        tiny_http::Response::from_string(shadow_status(&shared, &config, &cores))
                     }
                     _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
                 };
@@ -119,4 +126,84 @@ fn route_change(
         }
         _ => (405, "use PUT or DELETE\n".into()),
     }
+}
+
+/// Copies held here per primary node, summed over cores.
+fn held_per_primary(shared: &Shared) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((_, node), n) in shared
+        .shadow_depth
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        *out.entry(node.clone()).or_insert(0) += n;
+    }
+    out
+}
+
+fn shadow_gauges(shared: &Shared) -> String {
+    let mut out = String::from(
+        "# HELP tern_shadow_queue_messages Shadow copies held here per primary\n# TYPE tern_shadow_queue_messages gauge\n",
+    );
+    for (node, n) in held_per_primary(shared) {
+        out.push_str(&format!(
+            "tern_shadow_queue_messages{{primary=\"{node}\"}} {n}\n"
+        ));
+    }
+    out
+}
+
+fn shadow_status(shared: &Shared, config: &Config, cores: &[Arc<CoreMetrics>]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &config.cluster;
+    let db = shared
+        .database_id
+        .get()
+        .map_or("unknown".to_string(), |d| d.to_string());
+    let sum = |f: fn(&CoreMetrics) -> u64| cores.iter().map(|m| f(m)).sum::<u64>();
+    let mut out = format!(
+        "node {} site {} database {db} shadow_redundancy {} preference {}\n",
+        c.node_id,
+        c.site,
+        c.shadow_redundancy,
+        c.shadow_preference.as_str()
+    );
+    out.push_str(&format!(
+        "our messages: {} shadowed, {} without a shadow, {} shadow failures\n",
+        sum(|m| m.shadow_copies_made.load(Relaxed)),
+        sum(|m| m.non_redundant_accepts.load(Relaxed)),
+        sum(|m| m.shadow_copies_failed.load(Relaxed)),
+    ));
+    let held = held_per_primary(shared);
+    let primaries = shared
+        .primaries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for p in &c.peers {
+        let state = primaries.get(&p.node_id);
+        let seen = state.map_or("never".to_string(), |s| {
+            crate::received::rfc5322_date(
+                std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(s.last_ok_ms),
+            )
+        });
+        out.push_str(&format!(
+            "peer {} {} site {} database {} last-heartbeat {seen} held-for-it {}\n",
+            p.node_id,
+            p.addr,
+            p.site,
+            state
+                .and_then(|s| s.database.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            held.get(&p.node_id).copied().unwrap_or(0)
+        ));
+    }
+    out.push_str(&format!(
+        "takeovers {} discards {} duplicates {}\n",
+        sum(|m| m.takeovers.load(Relaxed)),
+        sum(|m| m.shadow_discards.load(Relaxed)),
+        sum(|m| m.duplicates.load(Relaxed)),
+    ));
+    out
 }

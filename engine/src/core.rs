@@ -43,6 +43,9 @@ pub struct Shared {
     /// Messages accepted within `cluster.duplicate_window` (resends are
     /// answered with the first one's queue id).
     pub recent_messages: crate::shadow::dedupe::Window,
+    /// Shadow side: copies held per (core, primary node), published by each
+    /// core's maintenance (for `tern shadow status` and /metrics).
+    pub shadow_depth: Mutex<HashMap<(u16, String), u64>>,
     /// Shadow side: what the heartbeats learned of each primary.
     pub primaries: Mutex<HashMap<String, crate::shadow::discard::PrimaryState>>,
 }

@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// Shadow redundancy of the running server (through its admin listener).
+    Shadow {
+        #[command(subcommand)]
+        action: ShadowAction,
+    },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
         #[command(flatten)]
@@ -93,6 +98,16 @@ struct AdminArgs {
     /// 127.0.0.1:8025).
     #[arg(long)]
     admin: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ShadowAction {
+    /// This node, its peers (database ids, last heartbeat, copies held for
+    /// each) and the shadow counters.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -239,6 +254,9 @@ fn main() -> anyhow::Result<()> {
                 admin_call("GET", &format!("{}/routes", admin_url(&admin)?), "")
             }
         },
+        Command::Shadow {
+            action: ShadowAction::Status { admin },
+        } => admin_call("GET", &format!("{}/shadow", admin_url(&admin)?), ""),
         Command::CheckConfig { common } => {
             let config = load(&common, Overrides::default())?;
             println!("{config:#?}");

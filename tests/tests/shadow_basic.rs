@@ -309,3 +309,55 @@ fn a_resent_message_is_accepted_once() {
     assert_eq!(ids, want);
     assert_eq!(a.counter("tern_duplicates_total"), 1);
 }
+
+fn shadow_status(node: &TernProcess) -> String {
+    let out = std::process::Command::new(tern_tests::server::tern_bin())
+        .args(["shadow", "status", "--admin"])
+        .arg(node.admin_addr().to_string())
+        .output()
+        .expect("run tern shadow status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn shadow_status_shows_peers_their_database_ids_and_copies_held() {
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let timers = "shadow_heartbeat_frequency = \"300ms\"";
+    let b = TernProcess::start_on(
+        Options::with_config(&node_config("b", "a", a_addr, timers)),
+        rb,
+    );
+    let a = TernProcess::start_on(
+        Options::with_config(&node_config("a", "b", b_addr, timers)),
+        ra,
+    );
+    let mut c = a.ehlo();
+    for i in 0..3 {
+        c.send_message(
+            "s@example.org",
+            &["r@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    let a_db = std::fs::read_to_string(a.data_dir().join("database-id")).unwrap();
+    let want = format!("database {} last-heartbeat", a_db.trim());
+    tern_tests::server::wait_until(
+        "B's status to show A",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = shadow_status(&b);
+            s.contains(&want) && s.contains("held-for-it 3")
+        },
+    );
+    assert!(shadow_status(&a).contains("our messages: 3 shadowed, 0 without a shadow"));
+    assert!(b
+        .metrics()
+        .contains("tern_shadow_queue_messages{primary=\"a\"} 3"));
+}

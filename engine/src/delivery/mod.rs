@@ -1180,6 +1180,21 @@ impl Delivery {
         let keep_ms = (self.cfg.safety_net_hold_time + self.cfg.message_expiration_timeout)
             .as_millis() as u64;
         self.shadow_upkeep(now, keep_ms).await?;
+        {
+            let mut per_node: HashMap<String, u64> = HashMap::new();
+            for (_, (_, (node, _, _))) in self.shadows.borrow().iter() {
+                *per_node.entry(node.clone()).or_insert(0) += 1;
+            }
+            let shard = self.core.shard;
+            let mut depth = self
+                .core
+                .shared
+                .shadow_depth
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            depth.retain(|(core, _), _| *core != shard);
+            depth.extend(per_node.into_iter().map(|(n, c)| ((shard, n), c)));
+        }
         self.core
             .shared
             .discards
