@@ -23,6 +23,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%database_id, created, node_id = %cluster.node_id, site = %cluster.site,
         peers = cluster.peers.len(), shadow_redundancy = cluster.shadow_redundancy,
         "transport database");
+    let c = &config.cluster;
+    let round = c.shadow_heartbeat_frequency + c.shadow_timeout * 3;
+    if c.shadow_redundancy && !c.peers.is_empty() && c.shadow_resubmit_time_span < round {
+        // One slow heartbeat round (up to three waits of shadow_timeout)
+        // of a live primary could then look like an outage.
+        tracing::warn!(
+            span = ?c.shadow_resubmit_time_span, round = ?round,
+            "cluster.shadow_resubmit_time_span is shorter than a heartbeat round: a slow but live primary may be taken over"
+        );
+    }
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
     let _ = shared.database_id.set(database_id);
