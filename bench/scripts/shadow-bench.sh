@@ -99,12 +99,17 @@ node_id = "b"
 peers = [ { node_id = "a", address = "127.0.0.1:$A_PORT" } ]
 EOF
 
+B_CPU=${B_CPU:-$(( $(nproc) - 1 ))}
+B_TASKSET=""
+if command -v taskset >/dev/null && [ "$B_CPU" -gt 0 ]; then B_TASKSET="taskset -c $B_CPU"; fi
 # start_nodes U|S TAG: A (and for S, first B) with fresh data dirs.
 start_nodes() {
   local cfg=$WORK/u.toml
   if [ "$1" = S ]; then
     cfg=$WORK/a.toml
-    "$TERN" serve --config "$WORK/b.toml" --data-dir "$WORK/data-b" --listen "127.0.0.1:$B_PORT" \
+    # B on the other CPU (tern pins its executors to the CPUs of its
+    # affinity mask), so the two nodes share the machine's two cores.
+    $B_TASKSET "$TERN" serve --config "$WORK/b.toml" --data-dir "$WORK/data-b" --listen "127.0.0.1:$B_PORT" \
       --admin-listen "127.0.0.1:$B_ADMIN" --cores 1 2>"$WORK/$2.b.log" &
     B_PID=$!
     wait_port "$B_PORT" || { echo "node B did not listen on $B_PORT" >&2; tail "$WORK/$2.b.log" >&2; exit 1; }

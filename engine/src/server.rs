@@ -47,12 +47,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Executors are pinned to the CPUs this process may use (its affinity
+    // mask: `taskset -c 1 tern serve` puts a second node on CPU 1), in
+    // order; more cores than CPUs wrap around.
+    let cpus = allowed_cpus();
     tracing::info!(listen = %config.listen, cores = config.cores, data_dir = %config.data_dir.display(), "starting");
     let mut handles = Vec::new();
     for shard in 0..config.cores {
         let (config, shared, metrics) = (config.clone(), shared.clone(), metrics[shard].clone());
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(shard % cpus))
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard % cpus.len()]))
             .name(&format!("tern-core-{shard}"))
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(256)
@@ -109,4 +112,37 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), ascending;
+/// all CPUs if the mask cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask owned here, sized as the kernel
+    // expects; sched_getaffinity only writes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let all = || (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    if rc != 0 {
+        return all();
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `i` is below CPU_SETSIZE, the mask's size.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect();
+    if cpus.is_empty() {
+        all()
+    } else {
+        cpus
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allowed_cpus_is_the_affinity_mask() {
+        let cpus = super::allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+    }
 }
