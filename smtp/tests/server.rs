@@ -51,17 +51,7 @@ fn drive<P: Policy>(s: &mut Session<P>, input: &[u8], run: &mut Run) {
 
 /// Runs the chunks as separate reads (like separate TCP segments).
 fn talk(chunks: &[&[u8]]) -> Run {
-    let mut s = Session::new(config(), AcceptAll);
-    let mut run = Run {
-        out: String::new(),
-        messages: Vec::new(),
-        closed: false,
-    };
-    drive(&mut s, b"", &mut run);
-    for c in chunks {
-        drive(&mut s, c, &mut run);
-    }
-    run
+    talk_as(AcceptAll, chunks)
 }
 
 fn codes(out: &str) -> Vec<&str> {
@@ -509,6 +499,7 @@ impl Policy for Peer {
     }
 }
 
+/// [`talk`] with the given policy.
 fn talk_as<P: Policy>(policy: P, chunks: &[&[u8]]) -> Run {
     let mut s = Session::new(config(), policy);
     let mut run = Run {

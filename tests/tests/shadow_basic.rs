@@ -18,6 +18,14 @@ fn node_config(node: &str, peer: &str, peer_addr: SocketAddr, extra: &str) -> St
     )
 }
 
+/// `cfg` delivering to `to` instead of holding the queue.
+fn relay(to: SocketAddr, cfg: String) -> String {
+    cfg.replace(
+        "[delivery]\nhold = true\n",
+        &format!("[server]\nrelay_to = \"{to}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n"),
+    )
+}
+
 /// (primary node, primary queue id, message bytes) of every shadow copy
 /// held in `data_dir`, read as `tern queue shadow` does.
 fn shadow_copies(data_dir: &Path) -> Vec<(String, String, Vec<u8>)> {
@@ -139,13 +147,7 @@ fn shadow_copies_are_discarded_after_the_primary_delivers() {
         rb,
     );
     // A delivers to the sink (its [delivery] hold is overridden below).
-    let a_config = node_config("a", "b", b_addr, timers).replace(
-        "[delivery]\nhold = true\n",
-        &format!(
-            "[server]\nrelay_to = \"{}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n",
-            sink.addr()
-        ),
-    );
+    let a_config = relay(sink.addr(), node_config("a", "b", b_addr, timers));
     let a = TernProcess::start_on(Options::with_config(&a_config), ra);
     let mut c = a.ehlo();
     for i in 0..5 {
@@ -181,14 +183,6 @@ fn shadow_takes_over_when_the_primary_is_gone_for_good() {
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
     let (a_addr, b_addr) = (ra.addr(), rb.addr());
     let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"2s\"";
-    let relay = |to: SocketAddr, cfg: String| {
-        cfg.replace(
-            "[delivery]\nhold = true\n",
-            &format!(
-                "[server]\nrelay_to = \"{to}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n"
-            ),
-        )
-    };
     let b = TernProcess::start_on(
         Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
         rb,
@@ -239,14 +233,6 @@ fn shadow_takes_over_when_the_primary_comes_back_with_a_new_store() {
     let (a_addr, b_addr) = (ra.addr(), rb.addr());
     // A long resubmit span: only the new database id can trigger this.
     let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"1h\"";
-    let relay = |to: SocketAddr, cfg: String| {
-        cfg.replace(
-            "[delivery]\nhold = true\n",
-            &format!(
-                "[server]\nrelay_to = \"{to}\"\n[delivery]\nmaintenance_interval = \"200ms\"\n"
-            ),
-        )
-    };
     let a_config = relay(dead.addr(), node_config("a", "b", b_addr, timers));
     let b = TernProcess::start_on(
         Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
