@@ -430,15 +430,7 @@ impl TernProcess {
 
     /// `GET /metrics` on the admin listener.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))
-            .expect("connect admin");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("write admin");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read admin");
-        out
+        admin_get(self.admin, "/metrics")
     }
 
     /// Sum over cores of counter (or gauge) `name` from `/metrics`.
@@ -511,4 +503,16 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `GET path` on an admin listener; the whole HTTP response.
+pub fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))
+        .expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("write admin");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read admin");
+    out
 }

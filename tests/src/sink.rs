@@ -105,6 +105,32 @@ pub struct SinkMessage {
 }
 
 impl SinkMessage {
+    /// Parses this message as a DSN (RFC 3464 in a `multipart/report`,
+    /// checked) and returns its Subject and the `message/delivery-status`
+    /// part with folded lines joined.
+    pub fn delivery_status(&self) -> (String, String) {
+        use mail_parser::MimeHeaders;
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&self.content)
+            .unwrap_or_else(|| panic!("DSN does not parse: {}", self.content.escape_ascii()));
+        let ct = parsed.content_type().expect("content type");
+        assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
+        assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+        let part = parsed
+            .parts
+            .iter()
+            .find(|p| {
+                p.content_type().is_some_and(|c| {
+                    c.ctype() == "message" && c.subtype() == Some("delivery-status")
+                })
+            })
+            .expect("a message/delivery-status part");
+        let report = String::from_utf8_lossy(part.contents())
+            .replace("\r\n ", " ")
+            .replace("\r\n\t", " ");
+        (parsed.subject().unwrap_or("").to_string(), report)
+    }
+
     /// The value of its first `Subject:` header ("" if none).
     pub fn subject(&self) -> String {
         String::from_utf8_lossy(&self.content)

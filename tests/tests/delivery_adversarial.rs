@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mail_parser::MimeHeaders;
 use tern_tests::queue::strip_received;
 use tern_tests::server::{wait_until, Options, PortReservation, TernProcess};
 use tern_tests::sink::{Behavior, SinkMessage, TestSink};
@@ -134,27 +133,6 @@ fn wait_queue_empty(tern: &TernProcess) {
     wait_until("the queue to empty", Duration::from_secs(20), || {
         tern.queue_ids().is_empty()
     });
-}
-
-/// The message/delivery-status part of a DSN, folded lines joined.
-fn dsn_report(dsn: &SinkMessage) -> String {
-    let parsed = mail_parser::MessageParser::default()
-        .parse(&dsn.content)
-        .unwrap_or_else(|| panic!("DSN does not parse: {}", dsn.content.escape_ascii()));
-    let ct = parsed.content_type().expect("content type");
-    assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
-    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
-    let part = parsed
-        .parts
-        .iter()
-        .find(|p| {
-            p.content_type()
-                .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
-        })
-        .expect("a message/delivery-status part");
-    String::from_utf8_lossy(part.contents())
-        .replace("\r\n ", " ")
-        .replace("\r\n\t", " ")
 }
 
 /// Per-recipient blocks of a delivery-status report: lower-case field
@@ -473,7 +451,7 @@ fn data_end_554_bounces_once_with_one_dsn_for_every_recipient() {
     let dsn = &got[0];
     assert_eq!(dsn.mail_from, "");
     assert_eq!(dsn.rcpts, vec!["sender@origin.test".to_string()]);
-    let report = dsn_report(dsn);
+    let report = dsn.delivery_status().1;
     let blocks = recipient_blocks(&report);
     let finals: Vec<&str> = blocks
         .iter()
@@ -606,7 +584,7 @@ fn mixed_outcomes_across_three_pools() {
     assert_eq!(c_sink.rcpt_replies().len(), 1, "rc is not sent again");
     let d = home.messages();
     assert_eq!(d.len(), 1, "one DSN");
-    let report = dsn_report(&d[0]);
+    let report = d[0].delivery_status().1;
     let blocks = recipient_blocks(&report);
     assert_eq!(blocks.len(), 1, "only the refused recipient: {report}");
     assert_eq!(
@@ -659,7 +637,7 @@ fn expiry_while_the_next_hop_refuses_connections() {
     );
     let dsn = &got[0];
     assert_eq!(dsn.mail_from, "");
-    let report = dsn_report(dsn);
+    let report = dsn.delivery_status().1;
     let blocks = recipient_blocks(&report);
     assert_eq!(blocks.len(), 1, "{report}");
     let r = &blocks[0];
@@ -1028,7 +1006,7 @@ fn expiry_dsn_carries_the_connection_error_while_the_host_is_marked_down() {
     );
     c.quit();
     let got = home.wait_for(1, ARRIVE_WAIT);
-    let report = dsn_report(&got[0]);
+    let report = got[0].delivery_status().1;
     let blocks = recipient_blocks(&report);
     assert_eq!(
         blocks[0].get("status").map(String::as_str),
@@ -1107,7 +1085,7 @@ fn bounce_of_a_five_mib_message_returns_its_headers_only() {
         !text.contains("big-bounce:0000"),
         "the body is not returned"
     );
-    let blocks = recipient_blocks(&dsn_report(dsn));
+    let blocks = recipient_blocks(&dsn.delivery_status().1);
     assert_eq!(blocks[0].get("status").map(String::as_str), Some("5.3.4"));
     assert_eq!(bad.rejected(), 1);
 }

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 
-use mail_parser::MimeHeaders;
 use std::time::Duration;
 
 use tern_tests::queue::strip_received;
@@ -140,27 +139,6 @@ fn temporary_failure_is_retried_and_delivered_once() {
     });
 }
 
-fn dsn_report(dsn: &SinkMessage) -> (String, String) {
-    let parsed = mail_parser::MessageParser::default()
-        .parse(&dsn.content)
-        .expect("DSN parses");
-    let ct = parsed.content_type().expect("content type");
-    assert_eq!(ct.ctype(), "multipart");
-    assert_eq!(ct.subtype(), Some("report"));
-    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
-    let status_part = parsed
-        .parts
-        .iter()
-        .find(|p| {
-            p.content_type()
-                .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
-        })
-        .expect("a message/delivery-status part");
-    let report = String::from_utf8_lossy(status_part.contents()).to_string();
-    let subject = parsed.subject().unwrap_or("").to_string();
-    (subject, report)
-}
-
 #[test]
 fn permanent_failure_bounces_with_a_dsn_and_null_sender_is_never_bounced() {
     let sink = start_sink();
@@ -195,7 +173,7 @@ fn permanent_failure_bounces_with_a_dsn_and_null_sender_is_never_bounced() {
         .expect("a DSN with the null sender");
     assert_eq!(dsn.rcpts, vec!["sender@example.org".to_string()]);
     assert!(!dsn.bare_newline);
-    let (subject, report) = dsn_report(dsn);
+    let (subject, report) = dsn.delivery_status();
     assert_eq!(subject, "Undelivered Mail Returned to Sender");
     for want in [
         "Final-Recipient: rfc822; bad@example.com",
@@ -248,7 +226,7 @@ fn undeliverable_message_expires_with_a_dsn() {
     let got = sink.wait_for(1, Duration::from_secs(20));
     let dsn = &got[0];
     assert!(dsn.mail_from.is_empty());
-    let (_, report) = dsn_report(dsn);
+    let (_, report) = dsn.delivery_status();
     for want in [
         "Final-Recipient: rfc822; stuck@example.com",
         "Action: failed",

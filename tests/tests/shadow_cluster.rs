@@ -412,15 +412,7 @@ impl Node {
     }
 
     fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))
-            .expect("connect admin");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("write admin");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read admin");
-        out
+        tern_tests::server::admin_get(self.admin, "/metrics")
     }
 
     /// Sum over cores of `name` since the current start.
