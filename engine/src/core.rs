@@ -202,17 +202,18 @@ impl Core {
     /// Makes a message durable in this core's log and, with shadow
     /// redundancy, a copy on a peer, in parallel; `Ok` only after the group
     /// commit that covers it and the peer's 250. Any storage error is a
-    /// 452, never 250. A message from a peer's shadow link (`XSHADOW=`) is
-    /// stored as a shadow copy instead.
+    /// 452, never 250. A copy from a peer's shadow link (`XSHADOW=`) goes
+    /// through [`Core::queue_shadow`] instead.
     pub async fn accept(
         &self,
         env: &Envelope,
         content: &[u8],
         peer: SocketAddr,
     ) -> Result<QueueId, Reply> {
-        if let Some(x) = &env.params.xshadow {
-            return self.accept_shadow(env, content, peer, x).await;
-        }
+        debug_assert!(
+            env.params.xshadow.is_none(),
+            "shadow copies go through queue_shadow"
+        );
         let now = SystemTime::now();
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -321,13 +322,13 @@ impl Core {
                 .links
                 .shadow(
                     &self.config.cluster,
-                    &xshadow,
-                    &crate::shadow::link::Copy {
-                        from: &from,
-                        rcpts: &rcpts,
+                    crate::shadow::link::Copy {
+                        from,
+                        rcpts,
                         eight_bit: env.params.body == tern_smtp::command::Body::EightBitMime,
                         smtputf8: env.params.smtputf8,
-                        message: &message,
+                        xshadow,
+                        message,
                     },
                 )
                 .await;
@@ -450,28 +451,30 @@ impl Core {
         Reply::plain(250, lines)
     }
 
-    /// A peer's shadow copy: stored as a shadow record (no Received
-    /// header: the message is as the primary stored it).
-    async fn accept_shadow(
+    /// A peer's shadow copy (`XSHADOW=` on MAIL), queued in this core's
+    /// log as a shadow record (no Received header: the message is as the
+    /// primary stored it) for the next group commit. **Not durable yet**:
+    /// the session holds its 250 until [`Core::shadows_durable`] for the
+    /// returned sequence succeeds, so a pipelined shadow link gets many
+    /// copies into one commit. `Err` is the reply to give instead.
+    pub async fn queue_shadow(
         &self,
         env: &Envelope,
         content: &[u8],
         peer: SocketAddr,
-        xshadow: &str,
-    ) -> Result<QueueId, Reply> {
-        let Some(origin) = crate::shadow::record::Origin::from_param(xshadow) else {
-            return Err(Reply::new(
-                501,
-                Status(5, 5, 4),
-                "Bad parameter value: XSHADOW",
-            ));
-        };
+    ) -> Result<PendingShadow, Reply> {
+        let origin = env
+            .params
+            .xshadow
+            .as_deref()
+            .and_then(crate::shadow::record::Origin::from_param)
+            .ok_or_else(|| Reply::new(501, Status(5, 5, 4), "Bad parameter value: XSHADOW"))?;
         let ms = TimestampMs::now();
         let encoder = Encoder::new(env, peer, ms.0, None, content).with_preamble(origin.preamble());
         let shard = self.shard;
-        let appended = self
+        let queued = self
             .log
-            .append_with(
+            .enqueue_with(
                 crate::shadow::record::SHADOW,
                 ms,
                 encoder.len(),
@@ -491,14 +494,12 @@ impl Core {
                 },
             )
             .await;
-        match appended {
-            Ok(sequence) => {
-                let id = QueueId { shard, sequence };
-                self.delivery_wake.notify(usize::MAX);
-                CoreMetrics::inc(&self.metrics.shadow_copies_held);
-                tracing::info!(id = %id, primary = %origin.node, primary_id = %origin.queue_id, "shadow copy stored");
-                Ok(id)
-            }
+        match queued {
+            Ok(sequence) => Ok(PendingShadow {
+                id: QueueId { shard, sequence },
+                primary: origin.node,
+                primary_id: origin.queue_id,
+            }),
             Err(e) => {
                 CoreMetrics::inc(&self.metrics.rejected_storage);
                 tracing::error!(error = %e, client = %peer, "cannot store a shadow copy; answering 452");
@@ -510,6 +511,35 @@ impl Core {
             }
         }
     }
+
+    /// Waits for the group commit covering every copy in `pending` (queued
+    /// by [`Core::queue_shadow`], in order). `Ok`: all are durable and their
+    /// 250s may go out. `Err`: the log failed; none may be acknowledged.
+    pub async fn shadows_durable(&self, pending: &[PendingShadow]) -> tern_storage::Result<()> {
+        let Some(last) = pending.last() else {
+            return Ok(());
+        };
+        self.log.durable(last.id.sequence).await?;
+        self.delivery_wake.notify(usize::MAX);
+        self.metrics
+            .shadow_copies_held
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        for p in pending {
+            tracing::info!(id = %p.id, primary = %p.primary, primary_id = %p.primary_id, "shadow copy stored");
+        }
+        Ok(())
+    }
+}
+
+/// A shadow copy queued in the log whose 250 waits for its commit.
+#[derive(Debug)]
+pub struct PendingShadow {
+    /// Its queue id here.
+    pub id: QueueId,
+    /// The primary's node id.
+    pub primary: String,
+    /// The message's queue id on the primary.
+    pub primary_id: String,
 }
 
 /// Releases a connection slot (core and per-IP) when the session ends.

@@ -104,7 +104,23 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let mut buf = vec![0u8; READ_BUF_BYTES];
     let (mut closing, mut shutdown_seen, mut errors, mut held) = (false, false, 0, 0);
+    // Shadow copies queued in the log whose 250s are in the output: the
+    // output goes out only once they are durable (one commit for all the
+    // copies a pipelining primary sent in one go).
+    let mut pending: Vec<crate::core::PendingShadow> = Vec::new();
     loop {
+        if !pending.is_empty() {
+            if let Err(e) = core.shadows_durable(&pending).await {
+                // Their 250s must not go out: close without a word, so the
+                // primary tries another shadow for every copy in flight.
+                core.metrics
+                    .rejected_storage
+                    .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, client = %peer, copies = pending.len(), "cannot store shadow copies; closing the shadow link");
+                break;
+            }
+            pending.clear();
+        }
         if flush(&mut stream, &mut s, limits.inactivity_timeout)
             .await
             .is_err()
@@ -134,6 +150,15 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         }
         while let Some(event) = s.poll() {
             match event {
+                Event::Message { envelope, content } if envelope.params.xshadow.is_some() => {
+                    match core.queue_shadow(&envelope, &content, peer).await {
+                        Ok(p) => {
+                            s.complete(Ok(&p.id.to_string()));
+                            pending.push(p);
+                        }
+                        Err(reply) => s.complete(Err(reply)),
+                    }
+                }
                 Event::Message { envelope, content } => {
                     let result = core.accept(&envelope, &content, peer).await;
                     match result {

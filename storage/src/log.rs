@@ -186,7 +186,45 @@ impl<E: Env> Log<E> {
         self.append_inner(kind, at, payload_len, write).await
     }
 
+    /// Like [`Log::append_with`] but returns as soon as the record is
+    /// queued for the next group commit, *before* it is durable: the caller
+    /// must not acknowledge it until [`Log::durable`] for its sequence
+    /// returns `Ok`. Lets one task queue several records (a pipelined
+    /// shadow link) and wait for them with one commit. A record queued here
+    /// is never readable before it is durable.
+    pub async fn enqueue_with(
+        &self,
+        kind: RecordKind,
+        at: TimestampMs,
+        payload_len: usize,
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
+    ) -> Result<Sequence> {
+        if !kind.is_user() {
+            return Err(Error::ReservedKind(kind));
+        }
+        self.enqueue_inner(kind, at, payload_len, write).await
+    }
+
+    /// Waits until record `seq` (and so every record before it) is
+    /// durable; `Err` if the log failed first (then no record at or after
+    /// the first one not yet committed ever will be).
+    pub async fn durable(&self, seq: Sequence) -> Result<()> {
+        self.wait(|st| st.durable_next > seq).await
+    }
+
     async fn append_inner(
+        &self,
+        kind: RecordKind,
+        at: TimestampMs,
+        len: usize,
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
+    ) -> Result<Sequence> {
+        let seq = self.enqueue_inner(kind, at, len, write).await?;
+        self.durable(seq).await?;
+        Ok(seq)
+    }
+
+    async fn enqueue_inner(
         &self,
         kind: RecordKind,
         at: TimestampMs,
@@ -227,7 +265,6 @@ impl<E: Env> Log<E> {
             st.wake_flusher();
             seq
         };
-        self.wait(|st| st.durable_next > seq).await?;
         Ok(seq)
     }
 

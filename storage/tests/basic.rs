@@ -263,3 +263,40 @@ fn opens_a_relative_directory() {
         assert_eq!(&log.read(seq).unwrap().payload[..], b"relative");
     });
 }
+
+#[test]
+fn enqueued_records_share_one_commit_and_are_unreadable_until_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(BufferedEnv, dir.path(), &small_config()).await;
+        let mut seqs = Vec::new();
+        for i in 0..5u64 {
+            let p = payload(i, 300);
+            seqs.push(
+                log.enqueue_with(KIND, TimestampMs(3), p.len(), |_, out| out.put(&p))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Queued, not yet committed: nothing is readable or reported durable.
+        assert_eq!(seqs, (1..=5).map(Sequence).collect::<Vec<_>>());
+        assert!(log.read(seqs[0]).is_err());
+        assert_eq!(log.durable_end(), Sequence(1));
+        let batches_before = log.stats().batches;
+        log.durable(seqs[4]).await.unwrap();
+        assert_eq!(log.durable_end(), Sequence(6));
+        assert_eq!(
+            log.stats().batches - batches_before,
+            1,
+            "one group commit for all five"
+        );
+        for (i, s) in seqs.iter().enumerate() {
+            assert_eq!(log.read(*s).unwrap().payload, payload(i as u64, 300));
+        }
+        assert!(matches!(
+            log.enqueue_with(RecordKind(0xF1), TimestampMs(2), 0, |_, _| {})
+                .await,
+            Err(Error::ReservedKind(_))
+        ));
+    });
+}

@@ -221,3 +221,24 @@ fn cursor_never_durable_before_the_records_it_passes() {
         );
     });
 }
+
+#[test]
+fn enqueued_record_is_never_reported_durable_when_its_commit_fails() {
+    let dir = fast_tempdir();
+    let env = FaultEnv::new();
+    let (acked, attempted) = run(async {
+        let log = open(env.clone(), dir.path(), &small_config()).await;
+        let acked = fill(&log, 5).await;
+        env.fail_syncs();
+        let p = payload(77, 400);
+        let seq = log
+            .enqueue_with(KIND, TimestampMs(11), p.len(), |_, out| out.put(&p))
+            .await
+            .unwrap();
+        assert!(matches!(log.durable(seq).await, Err(Error::Fatal(_))));
+        assert!(log.read(seq).is_err());
+        (acked, vec![p])
+    });
+    env.power_loss(PowerLoss::DropUnsynced).unwrap();
+    assert_eq!(verify_after(dir.path(), &acked, &attempted), 0);
+}

@@ -216,6 +216,48 @@ impl Conn {
         }
     }
 
+    /// Runs several transactions pipelined back to back (RFC 2920 with
+    /// RFC 3030 BDAT: each one's MAIL, RCPTs and `BDAT ... LAST` go out
+    /// with the others in one write, and the replies are matched in
+    /// order). Needs PIPELINING and CHUNKING; `Err` when the connection
+    /// broke or the peer broke the protocol before every reply arrived
+    /// (transactions without an outcome then count as not made).
+    pub async fn send_batch(&mut self, txns: &mut [Transaction]) -> Result<(), ConnError> {
+        if !(self.caps.pipelining && self.caps.chunking) {
+            return Err(ConnError::Protocol(
+                self.peer,
+                "pipelined transactions need PIPELINING and CHUNKING".into(),
+            ));
+        }
+        self.sent += 1;
+        self.txn_replies = 0;
+        let mut out = Vec::new();
+        for t in txns.iter_mut() {
+            out.extend_from_slice(&t.transmit());
+        }
+        self.write(&out).await?;
+        for t in txns.iter_mut() {
+            while t.outcome().is_none() {
+                let r = self.reply().await?;
+                if r.code == 421 {
+                    return Err(ConnError::Refused(self.peer, r));
+                }
+                t.handle(r)
+                    .map_err(|e| ConnError::Protocol(self.peer, e.to_string()))?;
+                if !t.transmit().is_empty() {
+                    // With PIPELINING and CHUNKING everything went out at
+                    // once; anything more means the transaction changed
+                    // course and the batch's reply order is lost.
+                    return Err(ConnError::Protocol(
+                        self.peer,
+                        "a pipelined transaction wanted another round trip".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends one command line and returns its reply.
     pub async fn command(&mut self, line: &[u8]) -> Result<Reply, ConnError> {
         self.write(line).await?;
