@@ -46,6 +46,11 @@ pub struct Shared {
     /// Shadow side: copies held per (core, primary node), published by each
     /// core's maintenance (for `tern shadow status` and /metrics).
     pub shadow_depth: Mutex<HashMap<(u16, String), u64>>,
+    /// Primary side: each core's discard watermark (`shard -> sequence`,
+    /// see `Queue::watermark`), published by its maintenance and sent to
+    /// shadows with every `XQDISCARD` answer. Rebuilt from the log at
+    /// start, so discards survive a restart.
+    pub watermarks: Mutex<std::collections::BTreeMap<u16, u64>>,
     /// Shadow side: what the heartbeats learned of each primary.
     pub primaries: Mutex<HashMap<String, crate::shadow::discard::PrimaryState>>,
 }
@@ -445,7 +450,21 @@ impl Core {
             Vec::new()
         };
         let n = ids.len();
-        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![ours.into()];
+        let marks = self
+            .shared
+            .watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(shard, w)| format!("{shard}:{w}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let first = if database == ours && !marks.is_empty() {
+            format!("{ours} W={marks}")
+        } else {
+            ours
+        };
+        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![first.into()];
         lines.extend(ids.into_iter().map(Into::into));
         lines.push(format!("{n} discard(s)").into());
         Reply::plain(250, lines)

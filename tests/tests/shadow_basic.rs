@@ -174,6 +174,59 @@ fn shadow_copies_are_discarded_after_the_primary_delivers() {
     assert_eq!(sink.messages().len(), 5, "delivered once, by A");
 }
 
+/// The ids of handled messages live in A's memory only; A's discard
+/// watermark is rebuilt from its log. A delivers 5 messages while B does
+/// not ask (heartbeat every hour), then A is SIGKILLed and restarted with
+/// the same store: B (restarted to ask often) still learns that the copies
+/// may go, from the watermark, and drops them without a takeover.
+#[test]
+fn discards_survive_a_primary_restart() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let quiet = "shadow_heartbeat_frequency = \"1h\"";
+    let mut b = TernProcess::start_on(
+        Options::with_config(&node_config("b", "a", a_addr, quiet)),
+        rb,
+    );
+    let a_config = relay(sink.addr(), node_config("a", "b", b_addr, quiet));
+    let mut a = TernProcess::start_on(Options::with_config(&a_config), ra);
+    let mut c = a.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    sink.wait_for(5, std::time::Duration::from_secs(10));
+    assert_eq!(shadow_copies(&b.data_dir()).len(), 5);
+    a.kill();
+    a.restart();
+    b.stop_gracefully();
+    let chatty = "shadow_heartbeat_frequency = \"300ms\"";
+    // (The harness restarts A on a new port: B's new config names it.)
+    b.restart_with(Options::with_config(&node_config(
+        "b",
+        "a",
+        a.addr(),
+        chatty,
+    )));
+    tern_tests::server::wait_until(
+        "B to drop the copies A handled before its restart",
+        std::time::Duration::from_secs(10),
+        || b.counter("tern_shadow_discards_total") == 5,
+    );
+    tern_tests::server::wait_until(
+        "the shadow cursor to pass them",
+        std::time::Duration::from_secs(10),
+        || shadow_copies(&b.data_dir()).is_empty(),
+    );
+    assert_eq!(b.counter("tern_shadow_takeovers_total"), 0);
+    assert_eq!(sink.messages().len(), 5, "delivered once, by A");
+}
+
 /// A (its next hop down) holds 5 messages; B holds their copies. A dies
 /// for good: after `shadow_resubmit_time_span` B delivers them, once.
 #[test]
@@ -220,6 +273,50 @@ fn shadow_takes_over_when_the_primary_is_gone_for_good() {
     b.restart();
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(sink.messages().len(), 5, "no second takeover after restart");
+}
+
+/// B is SIGKILLed and restarted while it holds A's copies (their records
+/// sit before B's queue cursor, held only by its `shadow` cursor); then A
+/// dies for good. B must still know the copies and take them over.
+#[test]
+fn a_restarted_shadow_still_holds_and_takes_over_its_copies() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let dead = PortReservation::new();
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"2s\"";
+    let mut b = TernProcess::start_on(
+        Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
+        rb,
+    );
+    let mut a = TernProcess::start_on(
+        Options::with_config(&relay(dead.addr(), node_config("a", "b", b_addr, timers))),
+        ra,
+    );
+    let mut c = a.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    // B's maintenance moves its queue cursor past the copies.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    b.kill();
+    b.restart();
+    assert_eq!(
+        shadow_copies(&b.data_dir()).len(),
+        5,
+        "the shadow cursor still holds them"
+    );
+    a.kill();
+    let got = sink.wait_for(5, std::time::Duration::from_secs(20));
+    let mut subjects: Vec<String> = got.iter().map(|m| m.subject()).collect();
+    subjects.sort();
+    assert_eq!(subjects, vec!["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(b.counter("tern_shadow_takeovers_total"), 5);
 }
 
 /// A loses its store (killed, started again on the same address with an

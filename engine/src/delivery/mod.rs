@@ -125,6 +125,10 @@ pub struct Delivery {
     /// When this core started (unix ms): a primary never heard from counts
     /// as reachable from then on.
     started_ms: u64,
+    /// The lowest queue key of a message record that could not be read
+    /// (`u64::MAX`: none): the discard watermark never passes it, so its
+    /// shadow copies stay (the primary cannot deliver it).
+    unreadable_min: Cell<u64>,
     /// Shadow copies held for peers (sequence -> stored at), until they
     /// expire; they hold the `shadow` cursor.
     shadows: RefCell<std::collections::BTreeMap<u64, HeldShadow>>,
@@ -203,16 +207,28 @@ impl Delivery {
             host_conns: RefCell::new(HashMap::new()),
             live: RefCell::new(HashMap::new()),
             shadows: RefCell::new(std::collections::BTreeMap::new()),
+            unreadable_min: Cell::new(u64::MAX),
             started_ms: now_ms(),
             mx_cache: RefCell::new(HashMap::new()),
             core,
         });
         let log = &d.core.log;
         let from = log.cursor("queue").unwrap_or_else(|| log.first_sequence());
+        // Shadow copies held for peers may sit before the queue cursor
+        // (they pin the `shadow` cursor instead): find them first, or
+        // they would be forgotten, released and never taken over.
+        let held_from = log
+            .cursor("shadow")
+            .unwrap_or(from)
+            .max(log.first_sequence());
+        if held_from < from {
+            d.ingest_held_shadows(held_from, from)?;
+        }
         d.scanned.set(from.0.max(log.first_sequence().0));
         let replayed = d.ingest(true)?;
         tracing::info!(shard = d.core.shard, from = %from, records = replayed,
             queued = d.queue.borrow().len(), "delivery queue rebuilt");
+        d.publish_watermark();
         glommio::spawn_local(d.clone().scheduler()).detach();
         glommio::spawn_local(d.clone().writer()).detach();
         glommio::spawn_local(d.clone().maintenance()).detach();
@@ -254,6 +270,38 @@ impl Delivery {
         Ok(n)
     }
 
+    /// At start: the shadow copies (and the `done` events that ended some
+    /// of them) in `[from, to)`, the part of the log before the queue
+    /// cursor that the `shadow` cursor still holds.
+    fn ingest_held_shadows(&self, from: Sequence, to: Sequence) -> anyhow::Result<()> {
+        for rec in self.core.log.iter_from(from) {
+            let rec = rec?;
+            if rec.sequence >= to {
+                break;
+            }
+            match rec.kind {
+                crate::shadow::record::SHADOW => self.ingest_record(&rec, true),
+                // Only the end of shadow copies: these records' queue
+                // events are older than the queue cursor, already applied.
+                STATUS => match status::decode(&rec.payload) {
+                    Ok(events) => {
+                        let mut shadows = self.shadows.borrow_mut();
+                        for e in events.iter().filter(|e| e.event == Event::Done) {
+                            shadows.remove(&e.message);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(seq = %rec.sequence, error = %e, "unreadable status record skipped")
+                    }
+                },
+                _ => {}
+            }
+        }
+        tracing::info!(shard = self.core.shard, from = %from, held = self.shadows.borrow().len(),
+            "shadow copies held before the queue cursor found");
+        Ok(())
+    }
+
     fn ingest_record(&self, rec: &Record, rebuild: bool) {
         let mut q = self.queue.borrow_mut();
         match rec.kind {
@@ -265,8 +313,11 @@ impl Delivery {
                 }
                 match message::peek(&rec.payload) {
                     Ok((received_ms, rcpts)) => q.add(key, rec.sequence.0, received_ms, rcpts),
-                    Err(e) => tracing::error!(seq = %rec.sequence, error = %e,
-                        "unreadable message record skipped (not deliverable)"),
+                    Err(e) => {
+                        self.unreadable_min.set(self.unreadable_min.get().min(key));
+                        tracing::error!(seq = %rec.sequence, error = %e,
+                            "unreadable message record skipped (not deliverable)")
+                    }
                 }
             }
             crate::shadow::record::SHADOW => match crate::shadow::record::split(&rec.payload) {
@@ -398,6 +449,7 @@ impl Delivery {
                     // It cannot be delivered nor bounced (the sender is in
                     // the damaged record); stop it from pinning the log.
                     tracing::error!(id = %id, error = %e, "queued message unreadable until expiry; removed from the queue (LOST)");
+                    self.unreadable_min.set(self.unreadable_min.get().min(key));
                     let done = StatusEvent {
                         message: key,
                         event: Event::Done,
@@ -1173,6 +1225,7 @@ impl Delivery {
         if log.cursor("queue") != Some(Sequence(queue_at)) && queue_at >= first {
             log.set_cursor("queue", Sequence(queue_at)).await?;
         }
+        self.publish_watermark();
         // Shadow copies held for peers pin the shadow cursor until they
         // expire (discard notifications are not built yet): SPEC 5, never
         // confirmed copies go after safety_net_hold_time +
@@ -1252,6 +1305,23 @@ impl Delivery {
         Ok(())
     }
 
+    /// Publishes this core's discard watermark for `XQDISCARD` answers:
+    /// every message of this shard below it is handled (the lowest queued
+    /// key, or the tail's position; never past an unreadable record).
+    fn publish_watermark(&self) {
+        let w = self
+            .queue
+            .borrow()
+            .watermark(self.scanned.get())
+            .min(self.unreadable_min.get());
+        self.core
+            .shared
+            .watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.core.shard, w);
+    }
+
     /// The shadow queue's upkeep: copies whose primary handled the message
     /// (discard notifications) or that expired go; copies whose primary
     /// lost its store (new database id) or stayed unreachable for
@@ -1283,7 +1353,9 @@ impl Delivery {
             for (seq, (at, (node, db, qid))) in self.shadows.borrow().iter() {
                 let state = primaries.get(node);
                 let last_ok = state.map_or(self.started_ms, |s| s.last_ok_ms.max(self.started_ms));
-                if discarded.take(node, db, qid) {
+                if discarded.take(node, db, qid)
+                    || state.is_some_and(|s| s.below_watermark(db, qid))
+                {
                     gone.push(*seq);
                 } else if state
                     .and_then(|s| s.database.as_deref())

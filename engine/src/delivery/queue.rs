@@ -219,6 +219,17 @@ impl Queue {
             .min(scanned)
     }
 
+    /// The discard watermark: every message whose key (its first queue
+    /// sequence, kept across copy-forward) is below it has been handled.
+    /// The lowest key still queued, or `scanned` (nothing read past it)
+    /// when nothing is queued.
+    pub fn watermark(&self, scanned: u64) -> u64 {
+        self.entries
+            .first_key_value()
+            .map_or(scanned, |(k, _)| *k)
+            .min(scanned)
+    }
+
     /// Waiting (not in flight) entries whose record is below `before`,
     /// oldest first, at most `max`: candidates for copy-forward.
     pub fn pinned(&self, before: u64, max: usize) -> Vec<u64> {

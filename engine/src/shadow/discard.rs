@@ -17,8 +17,14 @@
 //! (the primary lost its store: takeover). Each asking node gets every
 //! handled id once (the primary keeps a read position per node); ids
 //! nobody fetched expire after `shadow_message_auto_discard_interval`.
-//! Kept in memory only: after a primary restart, copies of messages
-//! handled before it are not named and expire on their shadows.
+//! The ids are kept in memory only; what survives a primary restart is
+//! the **watermark**: the first line also carries, per shard, the lowest
+//! queue sequence that may still be queued (` W=<shard>:<seq>,...`,
+//! `Queue::watermark`, rebuilt from the log at start). Every message below
+//! it was handled, so the shadow drops its copies below the mark too:
+//! discards of messages handled before a restart (their ids lost with the
+//! memory) still arrive, a little later (once older queued messages are
+//! handled or copied forward).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -124,12 +130,55 @@ pub struct PrimaryState {
     pub database: Option<String>,
     /// When it last answered (unix ms).
     pub last_ok_ms: u64,
+    /// Its discard watermarks (shard -> sequence) for that database: a
+    /// copy whose queue id is below its shard's mark was handled.
+    pub watermarks: Watermarks,
 }
 
-/// Parses an `XQDISCARD` answer: (primary database id, ids).
-pub fn parse_answer(lines: &[std::borrow::Cow<'_, str>]) -> Option<(String, Vec<String>)> {
+/// Discard watermarks, shard -> sequence.
+pub type Watermarks = std::collections::BTreeMap<u16, u64>;
+
+/// A parsed `XQDISCARD` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// The primary's database id.
+    pub database: String,
+    /// Its watermarks (empty when it sent none).
+    pub watermarks: Watermarks,
+    /// Queue ids that may go.
+    pub ids: Vec<String>,
+}
+
+impl PrimaryState {
+    /// Was the copy with primary queue id `qid` of database `db` handled,
+    /// as far as the watermarks say?
+    pub fn below_watermark(&self, db: &str, qid: &str) -> bool {
+        if self.database.as_deref() != Some(db) {
+            return false;
+        }
+        let Ok(id) = qid.parse::<crate::message::QueueId>() else {
+            return false;
+        };
+        self.watermarks
+            .get(&id.shard)
+            .is_some_and(|w| id.sequence.0 < *w)
+    }
+}
+
+/// Parses an `XQDISCARD` answer. The first line is `<database id>`,
+/// optionally followed by ` W=<shard>:<sequence>[,...]`; `None` if
+/// malformed.
+pub fn parse_answer(lines: &[std::borrow::Cow<'_, str>]) -> Option<Answer> {
     let (first, rest) = lines.split_first()?;
-    let db = first.split(' ').next()?.to_owned();
+    let mut words = first.split(' ');
+    let database = words.next()?.to_owned();
+    let mut watermarks = Watermarks::new();
+    if let Some(marks) = words.next().and_then(|w| w.strip_prefix("W=")) {
+        for pair in marks.split(',') {
+            let (shard, seq) = pair.split_once(':')?;
+            watermarks.insert(shard.parse().ok()?, seq.parse().ok()?);
+        }
+    }
     let ids = rest
         .iter()
         .take(rest.len().saturating_sub(1))
@@ -137,7 +186,11 @@ pub fn parse_answer(lines: &[std::borrow::Cow<'_, str>]) -> Option<(String, Vec<
         .collect::<HashSet<String>>()
         .into_iter()
         .collect();
-    Some((db, ids))
+    Some(Answer {
+        database,
+        watermarks,
+        ids,
+    })
 }
 
 #[cfg(test)]
@@ -180,13 +233,51 @@ mod tests {
             "Q2".into(),
             "2 discard(s)".into(),
         ];
-        let (db, mut ids) = parse_answer(&lines).unwrap();
-        ids.sort();
+        let mut a = parse_answer(&lines).unwrap();
+        a.ids.sort();
         assert_eq!(
-            (db.as_str(), ids),
+            (a.database.as_str(), a.ids),
             ("0123", vec!["Q1".to_string(), "Q2".to_string()])
         );
+        assert!(a.watermarks.is_empty());
         let none: Vec<std::borrow::Cow<str>> = vec!["0123 0 discard(s)".into()];
-        assert_eq!(parse_answer(&none).unwrap().1.len(), 0);
+        assert_eq!(parse_answer(&none).unwrap().ids.len(), 0);
+        let marked: Vec<std::borrow::Cow<str>> =
+            vec!["0123 W=0:17,1:5".into(), "0 discard(s)".into()];
+        let a = parse_answer(&marked).unwrap();
+        assert_eq!(a.watermarks, Watermarks::from([(0, 17), (1, 5)]));
+        let bad: Vec<std::borrow::Cow<str>> = vec!["0123 W=0:x".into(), "0 discard(s)".into()];
+        assert!(parse_answer(&bad).is_none());
+    }
+
+    #[test]
+    fn watermarks_name_handled_copies_of_the_same_store_only() {
+        use crate::message::QueueId;
+        use tern_storage::Sequence;
+        let id = |shard, seq| {
+            QueueId {
+                shard,
+                sequence: Sequence(seq),
+            }
+            .to_string()
+        };
+        let state = PrimaryState {
+            database: Some("db1".into()),
+            last_ok_ms: 1,
+            watermarks: Watermarks::from([(0, 100), (1, 7)]),
+        };
+        assert!(state.below_watermark("db1", &id(0, 99)));
+        assert!(
+            !state.below_watermark("db1", &id(0, 100)),
+            "the mark itself may be queued"
+        );
+        assert!(state.below_watermark("db1", &id(1, 6)));
+        assert!(!state.below_watermark("db1", &id(1, 7)));
+        assert!(
+            !state.below_watermark("db1", &id(2, 1)),
+            "a shard without a mark"
+        );
+        assert!(!state.below_watermark("db2", &id(0, 1)), "another store");
+        assert!(!state.below_watermark("db1", "not-an-id"));
     }
 }

@@ -62,10 +62,11 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
             return Err(format!("XQDISCARD refused: {}", reply.text()));
         }
         CoreMetrics::inc(&core.metrics.heartbeats);
-        let Some((answered_db, ids)) = parse_answer(&reply.lines) else {
+        let Some(answer) = parse_answer(&reply.lines) else {
             conn.quit().await;
             return Err("malformed XQDISCARD answer".into());
         };
+        let (answered_db, ids) = (answer.database, answer.ids);
         let n = ids.len();
         total += n;
         let now = crate::delivery::now_ms();
@@ -78,6 +79,7 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
                 crate::shadow::discard::PrimaryState {
                     database: Some(answered_db.clone()),
                     last_ok_ms: now,
+                    watermarks: answer.watermarks.clone(),
                 },
             );
         core.shared
