@@ -21,6 +21,8 @@ use crate::policy::RelayPolicy;
 /// Read buffer per connection. Bounded: 2000 connections per core use
 /// 32 MiB; a larger message just takes more reads.
 const READ_BUF_BYTES: usize = 16 * 1024;
+/// Read buffer of a connection from a cluster peer (a few per core).
+const PEER_READ_BUF_BYTES: usize = 256 * 1024;
 
 /// Relay policy that also counts refusals (for metrics).
 struct CountingPolicy {
@@ -102,14 +104,24 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     };
     let mut s = Session::new(core.smtp.clone(), policy);
     let started = Instant::now();
-    let mut buf = vec![0u8; READ_BUF_BYTES];
+    // A peer's shadow link brings batches of copies (up to
+    // `shadow::link::BATCH_BYTES_MAX`): read a batch in one go.
+    let buf_bytes = if core.peer_ips.contains(&peer.ip()) {
+        PEER_READ_BUF_BYTES
+    } else {
+        READ_BUF_BYTES
+    };
+    let mut buf = vec![0u8; buf_bytes];
     let (mut closing, mut shutdown_seen, mut errors, mut held) = (false, false, 0, 0);
     // Shadow copies queued in the log whose 250s are in the output: the
     // output goes out only once they are durable (one commit for all the
     // copies a pipelining primary sent in one go).
     let mut pending: Vec<crate::core::PendingShadow> = Vec::new();
     loop {
-        if !pending.is_empty() {
+        if !pending.is_empty() && !s.in_content() {
+            // (In the middle of a copy's content the primary is still
+            // writing its batch: read the rest first, so the whole batch
+            // shares one commit.)
             if let Err(e) = core.shadows_durable(&pending).await {
                 // Their 250s must not go out: close without a word, so the
                 // primary tries another shadow for every copy in flight.
@@ -121,10 +133,12 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             }
             pending.clear();
         }
-        if flush(&mut stream, &mut s, limits.inactivity_timeout)
-            .await
-            .is_err()
-            || closing
+        // Held 250s (copies not yet durable) never go out early.
+        if pending.is_empty()
+            && (flush(&mut stream, &mut s, limits.inactivity_timeout)
+                .await
+                .is_err()
+                || closing)
         {
             break;
         }

@@ -234,6 +234,13 @@ impl<P: Policy> Session<P> {
         self.output.drain(..n.min(self.output.len()));
     }
 
+    /// True while message content is being received (DATA after the 354,
+    /// or a BDAT chunk not complete yet): the client has committed to
+    /// sending the rest without waiting for a reply.
+    pub fn in_content(&self) -> bool {
+        matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
+    }
+
     /// True between transactions (no MAIL in progress, nothing waiting):
     /// a graceful shutdown may close the session now.
     pub fn is_idle(&self) -> bool {
