@@ -439,7 +439,17 @@ impl Config {
         };
         let cores = o.cores.or(f.server.cores).unwrap_or(0);
         let cores = if cores == 0 {
-            available_cores().min(256)
+            // Automatic: one per CPU, but never fewer than the shards the
+            // data directory already holds (each shard's log is served by
+            // its own core; executors wrap around the CPUs).
+            let dir = o
+                .data_dir
+                .clone()
+                .or(f.server.data_dir.clone())
+                .unwrap_or_else(|| "./tern-data".into());
+            available_cores()
+                .min(256)
+                .max(crate::server::existing_shards(&dir))
         } else {
             cores
         };

@@ -666,7 +666,7 @@ pub async fn run(
         delivery_wake: event_listener::Event::new(),
         recent: std::cell::RefCell::new(Recent::new(config.delivery.recent_cache_bytes)),
         peer_ips: config.cluster.peers.iter().map(|p| p.addr.ip()).collect(),
-        links: crate::shadow::link::Links::new(&config.hostname),
+        links: crate::shadow::link::Links::new(&config.hostname, shared.clone()),
     });
     glommio::spawn_local(watch(core.clone())).detach();
     let delivery = crate::delivery::Delivery::start(core.clone())?;

@@ -18,6 +18,17 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     tern_storage::log::create_dir_durably(&config.data_dir)?;
+    let shards = existing_shards(&config.data_dir);
+    if shards > config.cores {
+        // The extra shards' logs would be served by nobody: their queued
+        // messages never delivered, their shadows never told.
+        anyhow::bail!(
+            "{} holds {shards} shards (shard-0 .. shard-{}) but cores is {}: start with --cores {shards} or more (or cores = 0)",
+            config.data_dir.display(),
+            shards - 1,
+            config.cores
+        );
+    }
     let (database_id, created) = crate::cluster::load_or_create(&config.data_dir)?;
     let cluster = &config.cluster;
     tracing::info!(%database_id, created, node_id = %cluster.node_id, site = %cluster.site,
@@ -135,6 +146,25 @@ pub fn allowed_cpus() -> Vec<usize> {
     } else {
         cpus
     }
+}
+
+/// One more than the highest `shard-N` directory in `data_dir` (0 when
+/// there is none or the directory cannot be read).
+pub fn existing_shards(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("shard-")?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|n| n + 1)
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -174,6 +174,57 @@ fn shadow_copies_are_discarded_after_the_primary_delivers() {
     assert_eq!(sink.messages().len(), 5, "delivered once, by A");
 }
 
+/// SPEC 3: a shadow asks for discards on any session it has open to the
+/// primary anyway, not only on heartbeats. Heartbeats every hour here:
+/// B learns that A delivered its 5 messages when B sends its own mail to
+/// A over the shadow link.
+#[test]
+fn discards_are_asked_on_the_shadow_link_too() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let (a_addr, b_addr) = (ra.addr(), rb.addr());
+    let quiet = "shadow_heartbeat_frequency = \"1h\"";
+    let b = TernProcess::start_on(
+        Options::with_config(&node_config("b", "a", a_addr, quiet)),
+        rb,
+    );
+    let a_config = relay(sink.addr(), node_config("a", "b", b_addr, quiet));
+    let a = TernProcess::start_on(Options::with_config(&a_config), ra);
+    let mut c = a.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    sink.wait_for(5, std::time::Duration::from_secs(10));
+    // B's own message goes to A as a shadow copy; that session asks.
+    let mut c = b.ehlo();
+    c.send_message(
+        "s@example.org",
+        &["r@example.com"],
+        &message("b's own", &["x"]),
+    );
+    c.quit();
+    tern_tests::server::wait_until(
+        "B to drop the copies A delivered",
+        std::time::Duration::from_secs(10),
+        || b.counter("tern_shadow_discards_total") == 5,
+    );
+    assert_eq!(
+        b.counter("tern_shadow_heartbeats_total"),
+        0,
+        "no heartbeat ran"
+    );
+    assert_eq!(
+        a.counter("tern_shadow_copies_held_total"),
+        1,
+        "B's message on A"
+    );
+}
+
 /// The ids of handled messages live in A's memory only; A's discard
 /// watermark is rebuilt from its log. A delivers 5 messages while B does
 /// not ask (heartbeat every hour), then A is SIGKILLed and restarted with

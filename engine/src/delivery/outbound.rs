@@ -255,6 +255,15 @@ impl Conn {
                 }
             }
         }
+        if self.parser.buffered() > 0 {
+            // More than the batch's replies: the next batch would match
+            // its replies from the wrong place. Every transaction above has
+            // its own outcome already; this connection is not used again.
+            return Err(ConnError::Protocol(
+                self.peer,
+                "data after the last reply of a pipelined batch".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -9,10 +9,10 @@ use std::rc::Rc;
 use tern_smtp::client;
 
 use crate::cluster::Peer;
-use crate::core::Core;
+use crate::core::{Core, Shared};
 use crate::delivery::outbound::Conn;
 use crate::metrics::CoreMetrics;
-use crate::shadow::discard::{parse_answer, IDS_PER_REPLY};
+use crate::shadow::discard::{parse_answer, Answer, PrimaryState, IDS_PER_REPLY};
 
 /// Runs until shutdown.
 pub async fn run(core: Rc<Core>) {
@@ -33,6 +33,33 @@ pub async fn run(core: Rc<Core>) {
             }
         }
     }
+}
+
+/// Keeps what primary `node` answered to `XQDISCARD` (its database id,
+/// watermarks and the ids that may go) for the cores' upkeep; the number
+/// of ids. Used by the heartbeat and by the shadow link, which asks on the
+/// sessions it has open anyway.
+pub fn record_answer(shared: &Shared, node: &str, answer: Answer) -> usize {
+    let now = crate::delivery::now_ms();
+    let n = answer.ids.len();
+    shared
+        .primaries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            node.to_owned(),
+            PrimaryState {
+                database: Some(answer.database.clone()),
+                last_ok_ms: now,
+                watermarks: answer.watermarks,
+            },
+        );
+    shared
+        .discarded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(node, &answer.database, now, answer.ids);
+    n
 }
 
 /// One round with one peer: the ids it says may go.
@@ -66,27 +93,8 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
             conn.quit().await;
             return Err("malformed XQDISCARD answer".into());
         };
-        let (answered_db, ids) = (answer.database, answer.ids);
-        let n = ids.len();
+        let n = record_answer(&core.shared, &peer.node_id, answer);
         total += n;
-        let now = crate::delivery::now_ms();
-        core.shared
-            .primaries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                peer.node_id.clone(),
-                crate::shadow::discard::PrimaryState {
-                    database: Some(answered_db.clone()),
-                    last_ok_ms: now,
-                    watermarks: answer.watermarks.clone(),
-                },
-            );
-        core.shared
-            .discarded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(&peer.node_id, &answered_db, now, ids);
         if n < IDS_PER_REPLY {
             break;
         }

@@ -18,13 +18,15 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tern_smtp::client::MailOptions;
 use tern_smtp::command::Body;
 use tern_smtp::transaction::{RcptStatus, Transaction};
 
 use crate::cluster::{ClusterConfig, Peer};
+use crate::core::Shared;
 use crate::delivery::outbound::{timed, Conn, ConnError};
 
 /// Connections per core per peer carrying batches at the same time.
@@ -33,6 +35,10 @@ pub const LINKS_PER_PEER: usize = 2;
 pub const BATCH_COPIES_MAX: usize = 64;
 /// Most message bytes in one batch (a larger copy goes alone).
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
+/// A link to a peer asks it for discard notifications (`XQDISCARD`, as
+/// the heartbeat does) at most this often, after a batch (SPEC 3: on any
+/// session the shadow has open to the primary anyway).
+pub const DISCARD_ASK_EVERY: Duration = Duration::from_secs(1);
 
 /// What the shadow copy needs of a message.
 pub struct Copy {
@@ -87,6 +93,11 @@ impl Job {
 struct Pipe {
     peer: Peer,
     hostname: String,
+    /// This node's id (for `XQDISCARD`).
+    node_id: String,
+    shared: Arc<Shared>,
+    /// When this pipe last asked its peer for discards.
+    asked: Cell<Option<Instant>>,
     limit: Duration,
     queue: RefCell<VecDeque<Rc<Job>>>,
     idle: RefCell<Vec<Conn>>,
@@ -98,15 +109,17 @@ pub struct Links {
     pipes: RefCell<HashMap<SocketAddr, Rc<Pipe>>>,
     next: Cell<usize>,
     hostname: String,
+    shared: Arc<Shared>,
 }
 
 impl Links {
     /// No connections yet.
-    pub fn new(hostname: &str) -> Links {
+    pub fn new(hostname: &str, shared: Arc<Shared>) -> Links {
         Links {
             pipes: RefCell::new(HashMap::new()),
             next: Cell::new(0),
             hostname: hostname.to_owned(),
+            shared,
         }
     }
 
@@ -137,6 +150,9 @@ impl Links {
                 Rc::new(Pipe {
                     peer: peer.clone(),
                     hostname: self.hostname.clone(),
+                    node_id: cluster.node_id.clone(),
+                    shared: self.shared.clone(),
+                    asked: Cell::new(None),
                     limit: cluster.shadow_timeout,
                     queue: RefCell::new(VecDeque::new()),
                     idle: RefCell::new(Vec::new()),
@@ -268,10 +284,58 @@ async fn run_batch(pipe: &Pipe, batch: &[Rc<Job>]) -> Result<(), String> {
     }
     match sent {
         Ok(()) => {
-            pipe.idle.borrow_mut().push(conn);
+            if ask_discards(pipe, &mut conn).await {
+                pipe.idle.borrow_mut().push(conn);
+            }
             Ok(())
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Asks the peer, as a primary, which of the copies this node holds for it
+/// may go, if the last ask on this pipe is [`DISCARD_ASK_EVERY`] old (the
+/// batch's copies are settled already: this delays nobody). False when
+/// the connection is no longer usable.
+async fn ask_discards(pipe: &Pipe, conn: &mut Conn) -> bool {
+    if pipe
+        .asked
+        .get()
+        .is_some_and(|t| t.elapsed() < DISCARD_ASK_EVERY)
+    {
+        return true;
+    }
+    pipe.asked.set(Some(Instant::now()));
+    let Some(db) = conn
+        .caps
+        .other
+        .iter()
+        .find(|(k, _)| k == "XSHADOW")
+        .and_then(|(_, p)| p.split(' ').nth(1))
+        .map(str::to_owned)
+    else {
+        return true;
+    };
+    let mut line = Vec::new();
+    tern_smtp::client::xqdiscard(&mut line, &pipe.node_id, &db);
+    let asked = timed(pipe.limit, async { Ok(conn.command(&line).await) }).await;
+    match asked {
+        Ok(Ok(reply)) if reply.code == 250 => {
+            if let Some(answer) = crate::shadow::discard::parse_answer(&reply.lines) {
+                let n = crate::shadow::heartbeat::record_answer(
+                    &pipe.shared,
+                    &pipe.peer.node_id,
+                    answer,
+                );
+                tracing::debug!(peer = %pipe.peer.node_id, discards = n, "discards asked on the shadow link");
+            }
+            true
+        }
+        Ok(Ok(reply)) => {
+            tracing::debug!(peer = %pipe.peer.node_id, reply = %reply.text(), "XQDISCARD refused on the shadow link");
+            true
+        }
+        Ok(Err(_)) | Err(_) => false,
     }
 }
 
