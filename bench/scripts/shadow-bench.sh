@@ -4,6 +4,10 @@
 #      only acts when peers are listed, so this is the plain durable relay)
 #   S: tern-loadgen send -> node A, which stores a shadow copy of every
 #      message on node B before its 250 (A and B list each other as peers)
+#   D (CONTROL=1): the disk-sharing control: A alone (no shadow) while a
+#      second, unshadowed node C on B's CPU gets the same load from its own
+#      sender (on C's CPU) for the whole run: what a second busy node on
+#      this machine's one disk costs A, without any shadowing.
 # Both nodes: `tern serve --cores 1`, [delivery] hold = true (acceptance
 # only: delivery does not compete), fresh data directories for every run.
 # Per round (ROUNDS, default 3; medians in the table):
@@ -30,6 +34,8 @@
 #
 # Usage: bench/scripts/shadow-bench.sh [MESSAGES] [CONCURRENCY] [SIZE]
 # Defaults 20000, 10, 4096. Knobs: ROUNDS (3), OPEN_SECS (10), LG_CORES (1),
+# CONTROL (0; 1 adds the same-disk control D to every round),
+# EXTRA_TOML (appended to every node's config, e.g. '[storage]\nio = "buffered"'),
 # RATE_FRACTION (0.5: the fixed rate as a fraction of U's closed-loop msgs/s),
 # WARMUP (2000 messages into U before round 1, not reported), WAIT (300 s:
 # bound on each load generator run), ports A_PORT..B_ADMIN (2671-2674).
@@ -53,9 +59,11 @@ B_ADMIN=${B_ADMIN:-2674}
 WORK=$(mktemp -d /tmp/shadow-bench.XXXXXX)
 A_PID=                       # processes this script started and has not
 B_PID=                       # stopped yet (cleared once stopped)
+C_LG_PID=                    # (D: node C is B_PID, its sender C_LG_PID)
+CONTROL=${CONTROL:-0}
 cleanup() {
   local p
-  for p in $A_PID $B_PID; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in $A_PID $B_PID $C_LG_PID; do kill -KILL "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -99,12 +107,23 @@ node_id = "b"
 peers = [ { node_id = "a", address = "127.0.0.1:$A_PORT" } ]
 EOF
 
+# EXTRA_TOML: appended to every node's config (e.g. a [storage] setting
+# to compare; the same for U and S).
+if [ -n "${EXTRA_TOML:-}" ]; then
+  for f in u a b; do printf '%b\n' "$EXTRA_TOML" >>"$WORK/$f.toml"; done
+fi
 B_CPU=${B_CPU:-$(( $(nproc) - 1 ))}
 B_TASKSET=""
 if command -v taskset >/dev/null && [ "$B_CPU" -gt 0 ]; then B_TASKSET="taskset -c $B_CPU"; fi
 # start_nodes U|S TAG: A (and for S, first B) with fresh data dirs.
 start_nodes() {
   local cfg=$WORK/u.toml
+  if [ "$1" = D ]; then
+    $B_TASKSET "$TERN" serve --config "$WORK/u.toml" --data-dir "$WORK/data-b" --listen "127.0.0.1:$B_PORT" \
+      --admin-listen "127.0.0.1:$B_ADMIN" --cores 1 2>"$WORK/$2.b.log" &
+    B_PID=$!
+    wait_port "$B_PORT" || { echo "node C did not listen on $B_PORT" >&2; tail "$WORK/$2.b.log" >&2; exit 1; }
+  fi
   if [ "$1" = S ]; then
     cfg=$WORK/a.toml
     # B on the other CPU (tern pins its executors to the CPUs of its
@@ -135,6 +154,13 @@ run() {
   local acc made nonred failed held bacc acpu bcpu wa wb ok snap0 busy shlat
   if [ "$mode" = open ]; then count=$((rate * OPEN_SECS)); extra=(--rate "$rate"); fi
   start_nodes "$conf" "$tag"
+  if [ "$conf" = D ]; then
+    # C's own load, same shape, for longer than A's run (stopped after it).
+    $B_TASKSET "$LG" send --target "127.0.0.1:$B_PORT" --concurrency "$C" --per-conn 0 --size "$SIZE" \
+      --messages $((count * 10)) --duration "${WAIT}s" --cores 1 "${extra[@]}" --quiet >"$WORK/$tag.c.out" 2>&1 &
+    C_LG_PID=$!
+    sleep 0.5
+  fi
   snap0=$(cpu_snap)
   timeout "$WAIT" "$LG" send --target "127.0.0.1:$A_PORT" --concurrency "$C" --per-conn 0 --size "$SIZE" \
     --messages "$count" --cores "$LG_CORES" "${extra[@]}" --quiet --json "$WORK/$tag.json" >"$WORK/$tag.out" 2>&1 || rc=$?
@@ -152,6 +178,7 @@ run() {
     bcpu=$(cpu_s "$B_PID")
   fi
   acpu=$(cpu_s "$A_PID")
+  if [ -n "$C_LG_PID" ]; then kill -TERM "$C_LG_PID" 2>/dev/null || true; wait "$C_LG_PID" 2>/dev/null || true; C_LG_PID=; fi
   stop_nodes
   wa=$(warns "$WORK/$tag.a.log"); [ "$conf" = S ] && wb=$(warns "$WORK/$tag.b.log")
   ok=$(python3 -c "import json; print(json.load(open('$WORK/$tag.json'))['messages']['ok'])" 2>/dev/null || echo 0)
@@ -189,6 +216,7 @@ if [ "$WARMUP" -gt 0 ]; then
 fi
 for round in $(seq "$ROUNDS"); do
   order="U S"; [ $((round % 2)) = 0 ] && order="S U"
+  [ "$CONTROL" = 1 ] && order="$order D"
   for conf in $order; do
     run closed "$conf" "$round"
     [ "$conf" = U ] && U_MPS=$LAST_MPS
@@ -196,7 +224,7 @@ for round in $(seq "$ROUNDS"); do
   RATE=$(python3 -c "print(int($U_MPS * $RATE_FRACTION))")
   [ "$RATE" -ge 1 ] || { echo "round $round: no unshadowed throughput measured" >&2; exit 1; }
   for conf in $order; do run open "$conf" "$round" "$RATE"; done
-  tail -n 4 "$WORK/results" | python3 -c "
+  tail -n $((2 * $(echo $order | wc -w))) "$WORK/results" | python3 -c "
 import ast, sys
 for l in sys.stdin:
     r = ast.literal_eval(l)
@@ -219,16 +247,17 @@ def get(mode, conf, k):
     return [r[k] for r in sorted(rs, key=lambda r: r["round"]) if r["mode"] == mode and r["conf"] == conf]
 def ratios(mode, k):
     return [s / u if u else float("nan") for s, u in zip(get(mode, "S", k), get(mode, "U", k))]
-name = {"U": "A alone (no shadow)", "S": "A + shadow on B"}
+name = {"U": "A alone (no shadow)", "S": "A + shadow on B", "D": "A alone, 2nd node C busy on the same disk (control)"}
+confs = ["U", "S"] + (["D"] if get("closed", "D", "mps") else [])
 rates = get("open", "U", "rate")
 print("| load | node(s) | msgs/s (median) | all rounds | eod p50 us | eod p99 us | transaction p99 us | CPU s A / B (median) | busy % per CPU (each round) |")
 print("|---|---|---:|---|---:|---:|---:|---|---|")
 for mode in ("closed", "open"):
-    for conf in ("U", "S"):
+    for conf in confs:
         load = f"closed loop, {C} conns" if mode == "closed" else "fixed rate " + "/".join(map(str, rates)) + " msgs/s"
         mps = get(mode, conf, "mps")
         cpu_a = med([float(x) for x in get(mode, conf, "acpu")])
-        cpu_b = "-" if conf == "U" else f"{med([float(x) for x in get(mode, conf, 'bcpu')]):.1f}"
+        cpu_b = "-" if conf != "S" else f"{med([float(x) for x in get(mode, conf, 'bcpu')]):.1f}"
         print(f"| {load} | {name[conf]} | {med(mps):.0f} | {' '.join(f'{x:.0f}' for x in mps)} | {med(get(mode, conf, 'p50')):.0f} | {med(get(mode, conf, 'p99')):.0f} | {med(get(mode, conf, 'tp99')):.0f} | {cpu_a:.1f} / {cpu_b} | {' '.join(get(mode, conf, 'busy'))} |")
 print()
 print("| shadowed / unshadowed (median of per-round ratios) | all rounds | target | met |")
@@ -245,6 +274,17 @@ line("fixed rate eod p50", ratios("open", "p50"), "<= 1.25", lambda m: m <= 1.25
 line("fixed rate eod p99", ratios("open", "p99"), "<= 1.50", lambda m: m <= 1.50)
 line("fixed rate msgs/s (both must hold the rate)", ratios("open", "mps"), "-", None)
 line("fixed rate transaction p99 (incl. waiting for a connection)", ratios("open", "tp99"), "-", None)
+if "D" in confs:
+    def vs_d(mode, k):
+        return [s / d if d else float("nan") for s, d in zip(get(mode, "S", k), get(mode, "D", k))]
+    print()
+    print("| shadowed / same-disk control D (median of per-round ratios) | all rounds |")
+    print("|---|---|")
+    for what, mode, k in (("closed loop throughput", "closed", "mps"), ("closed loop eod p50", "closed", "p50"),
+                          ("closed loop eod p99", "closed", "p99"), ("fixed rate eod p50", "open", "p50"),
+                          ("fixed rate eod p99", "open", "p99"), ("fixed rate msgs/s", "open", "mps")):
+        xs = vs_d(mode, k)
+        print(f"| {what} | {' '.join(f'{x:.2f}' for x in xs)} (median {med(xs):.2f}) |")
 PY
 echo
 echo "Checks (every message 250; shadowed: copies made = sent, non-redundant 0, failed 0, held on B = sent):"
