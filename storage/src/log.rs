@@ -180,10 +180,9 @@ impl<E: Env> Log<E> {
         payload_len: usize,
         write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
     ) -> Result<Sequence> {
-        if !kind.is_user() {
-            return Err(Error::ReservedKind(kind));
-        }
-        self.append_inner(kind, at, payload_len, write).await
+        let seq = self.enqueue_with(kind, at, payload_len, write).await?;
+        self.durable(seq).await?;
+        Ok(seq)
     }
 
     /// Like [`Log::append_with`] but returns as soon as the record is

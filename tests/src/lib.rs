@@ -4,11 +4,13 @@
 //! - [`dns`]: an authoritative test DNS server on loopback ([`dns::TestDns`]).
 //! - [`server`]: the real `tern` binary as a child process ([`server::TernProcess`]).
 //! - [`smtp`]: a blocking SMTP client that reads complete replies.
+//! - [`node`]: a `tern serve` restarted on the same address and store ([`node::Node`]).
 //! - [`queue`]: `tern queue list/show`, run and parsed.
 //! - [`sink`]: an in-process SMTP server that tern delivers to ([`sink::TestSink`]).
 
 pub mod crash;
 pub mod dns;
+pub mod node;
 pub mod queue;
 pub mod server;
 pub mod sink;

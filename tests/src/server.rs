@@ -435,12 +435,7 @@ impl TernProcess {
 
     /// Sum over cores of counter (or gauge) `name` from `/metrics`.
     pub fn counter(&self, name: &str) -> u64 {
-        let prefix = format!("{name}{{");
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        sum_samples(&self.metrics(), &format!("{name}{{"))
     }
 
     /// `tern queue list` on this data directory.
@@ -489,6 +484,16 @@ impl Drop for TernProcess {
 pub fn first_reply(addr: SocketAddr) -> Option<crate::smtp::Reply> {
     let mut c = Client::connect(addr).ok()?;
     c.try_reply().ok().flatten()
+}
+
+/// Sum of the samples in a `/metrics` text whose line starts with
+/// `prefix` (e.g. `tern_messages_accepted_total{`: every core).
+pub fn sum_samples(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Polls `f` every 50 ms until it holds; panics naming `what` after

@@ -13,15 +13,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tern_tests::server::{
-    free_addr, tern_bin, wait_until, Options, PortReservation, TernProcess, START_WAIT,
-};
+use tern_tests::node::Node;
+use tern_tests::server::{tern_bin, wait_until, Options, PortReservation, TernProcess};
 use tern_tests::sink::{Behavior, TestSink};
 use tern_tests::smtp::{message, Client, Reply};
 
@@ -321,192 +320,6 @@ fn fake_session(mut s: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<Atomic
 // ---------------------------------------------------------------------------
 // A node that comes back on the same address with the same store
 // ---------------------------------------------------------------------------
-
-/// A `tern serve` on a fixed address and data directory (the harness's
-/// `TernProcess::restart` picks new ports; a peer's config names the old
-/// one). Killed on drop.
-struct Node {
-    name: &'static str,
-    dir: tempfile::TempDir,
-    smtp: PortReservation,
-    admin: SocketAddr,
-    config: String,
-    cores: usize,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Node {
-    fn start(name: &'static str, smtp: PortReservation, cores: usize, config: String) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("tern-test-")
-            .tempdir()
-            .expect("tempdir");
-        let mut n = Node {
-            name,
-            dir,
-            smtp,
-            admin: free_addr(),
-            config,
-            cores,
-            child: None,
-            starts: 0,
-        };
-        n.launch();
-        n
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.smtp.addr()
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn stderr_of(&self, start: u32) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("stderr-{start}.log")))
-            .unwrap_or_default()
-    }
-
-    /// stderr of every start.
-    fn all_stderr(&self) -> String {
-        (1..=self.starts).map(|s| self.stderr_of(s)).collect()
-    }
-
-    fn launch(&mut self) {
-        for attempt in 0..3 {
-            self.starts += 1;
-            if self.starts > 1 {
-                self.admin = free_addr();
-            }
-            let path = self.dir.path().join("config.toml");
-            std::fs::write(&path, &self.config).expect("write config");
-            let stderr =
-                std::fs::File::create(self.dir.path().join(format!("stderr-{}.log", self.starts)))
-                    .expect("create stderr log");
-            let child = Command::new(tern_bin())
-                .arg("serve")
-                .arg("--listen")
-                .arg(self.addr().to_string())
-                .current_dir(self.dir.path())
-                .arg("--data-dir")
-                .arg("data")
-                .arg("--cores")
-                .arg(self.cores.to_string())
-                .arg("--admin-listen")
-                .arg(self.admin.to_string())
-                .arg("--config")
-                .arg(&path)
-                .env("RUST_LOG", "info")
-                .env("RUST_BACKTRACE", "0")
-                .env_remove(tern_engine::failpoint::FAILPOINT_VAR)
-                .env_remove("TERN_SPIN_US")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", tern_bin().display()));
-            self.child = Some(child);
-            match self.wait_ready() {
-                Ok(()) => return,
-                Err(why) => {
-                    self.kill();
-                    let stderr = self.stderr_of(self.starts);
-                    if !stderr.contains("in use") || attempt == 2 {
-                        panic!("{} did not start ({why}); stderr:\n{stderr}", self.name);
-                    }
-                }
-            }
-        }
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                return Err(format!("exited during start-up: {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("not ready within {START_WAIT:?}"));
-            }
-            let opened = self.cores == 1
-                || self.stderr_of(self.starts).matches("log opened").count() >= self.cores;
-            if opened {
-                if let Ok(mut c) = Client::connect(self.addr()) {
-                    if let Ok(Some(r)) = c.try_reply() {
-                        if r.code == 220 {
-                            let _ = c.try_send(b"QUIT\r\n");
-                            return Ok(());
-                        }
-                        return Err(format!("probe connection got {r}"));
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Again on the same address and data directory, once the dead
-    /// process's listeners are gone.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "{} is still running", self.name);
-        wait_until("the old listeners to go", Duration::from_secs(10), || {
-            matches!(
-                TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-            )
-        });
-        self.launch();
-    }
-
-    fn metrics(&self) -> String {
-        tern_tests::server::admin_get(self.admin, "/metrics")
-    }
-
-    /// Sum over cores of `name{...}` since the current start.
-    fn counter(&self, name: &str) -> u64 {
-        let prefix = format!("{name}{{");
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// Copies held for primary `node` (the `tern_shadow_queue_messages`
-    /// gauge, published by each core's maintenance).
-    fn held_for(&self, node: &str) -> u64 {
-        let prefix = format!("tern_shadow_queue_messages{{primary=\"{node}\"");
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let stderr = self.all_stderr();
-            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-            eprintln!("--- {} stderr (last {} lines) ---", self.name, tail.len());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Helpers

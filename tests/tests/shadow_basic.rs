@@ -26,6 +26,40 @@ fn relay(to: SocketAddr, cfg: String) -> String {
     )
 }
 
+/// Nodes A and B on their reserved ports, shadowing each other, with
+/// `timers` in both `[cluster]` sections; each delivers to its address
+/// (`Some`) or holds its queue (`None`).
+fn pair(
+    a: (PortReservation, Option<SocketAddr>),
+    b: (PortReservation, Option<SocketAddr>),
+    timers: &str,
+) -> (TernProcess, TernProcess) {
+    let config = |node: &str, peer: &str, peer_addr: SocketAddr, to: Option<SocketAddr>| {
+        let cfg = node_config(node, peer, peer_addr, timers);
+        Options::with_config(&match to {
+            Some(to) => relay(to, cfg),
+            None => cfg,
+        })
+    };
+    let (a_addr, b_addr) = (a.0.addr(), b.0.addr());
+    let b = TernProcess::start_on(config("b", "a", a_addr, b.1), b.0);
+    let a = TernProcess::start_on(config("a", "b", b_addr, a.1), a.0);
+    (a, b)
+}
+
+/// Five messages, subjects m0..m4, through `node`.
+fn send_five(node: &TernProcess) {
+    let mut c = node.ehlo();
+    for i in 0..5 {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+}
+
 /// (primary node, primary queue id, message bytes) of every shadow copy
 /// held in `data_dir`, read as `tern queue shadow` does.
 fn shadow_copies(data_dir: &Path) -> Vec<(String, String, Vec<u8>)> {
@@ -140,24 +174,10 @@ fn reject_on_shadow_failure_answers_451_and_keeps_nothing() {
 fn shadow_copies_are_discarded_after_the_primary_delivers() {
     let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let (a_addr, b_addr) = (ra.addr(), rb.addr());
     let timers = "shadow_heartbeat_frequency = \"300ms\"";
-    let b = TernProcess::start_on(
-        Options::with_config(&node_config("b", "a", a_addr, timers)),
-        rb,
-    );
-    // A delivers to the sink (its [delivery] hold is overridden below).
-    let a_config = relay(sink.addr(), node_config("a", "b", b_addr, timers));
-    let a = TernProcess::start_on(Options::with_config(&a_config), ra);
-    let mut c = a.ehlo();
-    for i in 0..5 {
-        c.send_message(
-            "sender@example.org",
-            &["rcpt@example.com"],
-            &message(&format!("m{i}"), &["x"]),
-        );
-    }
-    c.quit();
+    // A delivers to the sink, B holds.
+    let (a, b) = pair((ra, Some(sink.addr())), (rb, None), timers);
+    send_five(&a);
     sink.wait_for(5, std::time::Duration::from_secs(10));
     // Within a few heartbeats B's shadow queue drains.
     tern_tests::server::wait_until(
@@ -182,23 +202,10 @@ fn shadow_copies_are_discarded_after_the_primary_delivers() {
 fn discards_are_asked_on_the_shadow_link_too() {
     let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let (a_addr, b_addr) = (ra.addr(), rb.addr());
     let quiet = "shadow_heartbeat_frequency = \"1h\"";
-    let b = TernProcess::start_on(
-        Options::with_config(&node_config("b", "a", a_addr, quiet)),
-        rb,
-    );
-    let a_config = relay(sink.addr(), node_config("a", "b", b_addr, quiet));
-    let a = TernProcess::start_on(Options::with_config(&a_config), ra);
-    let mut c = a.ehlo();
-    for i in 0..5 {
-        c.send_message(
-            "sender@example.org",
-            &["rcpt@example.com"],
-            &message(&format!("m{i}"), &["x"]),
-        );
-    }
-    c.quit();
+    // A delivers to the sink, B holds.
+    let (a, b) = pair((ra, Some(sink.addr())), (rb, None), quiet);
+    send_five(&a);
     sink.wait_for(5, std::time::Duration::from_secs(10));
     // B's own message goes to A as a shadow copy; that session asks.
     let mut c = b.ehlo();
@@ -234,23 +241,10 @@ fn discards_are_asked_on_the_shadow_link_too() {
 fn discards_survive_a_primary_restart() {
     let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let (a_addr, b_addr) = (ra.addr(), rb.addr());
     let quiet = "shadow_heartbeat_frequency = \"1h\"";
-    let mut b = TernProcess::start_on(
-        Options::with_config(&node_config("b", "a", a_addr, quiet)),
-        rb,
-    );
-    let a_config = relay(sink.addr(), node_config("a", "b", b_addr, quiet));
-    let mut a = TernProcess::start_on(Options::with_config(&a_config), ra);
-    let mut c = a.ehlo();
-    for i in 0..5 {
-        c.send_message(
-            "sender@example.org",
-            &["rcpt@example.com"],
-            &message(&format!("m{i}"), &["x"]),
-        );
-    }
-    c.quit();
+    // A delivers to the sink, B holds.
+    let (mut a, mut b) = pair((ra, Some(sink.addr())), (rb, None), quiet);
+    send_five(&a);
     sink.wait_for(5, std::time::Duration::from_secs(10));
     assert_eq!(shadow_copies(&b.data_dir()).len(), 5);
     a.kill();
@@ -285,25 +279,10 @@ fn shadow_takes_over_when_the_primary_is_gone_for_good() {
     let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
     let dead = PortReservation::new();
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let (a_addr, b_addr) = (ra.addr(), rb.addr());
     let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"2s\"";
-    let b = TernProcess::start_on(
-        Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
-        rb,
-    );
-    let mut a = TernProcess::start_on(
-        Options::with_config(&relay(dead.addr(), node_config("a", "b", b_addr, timers))),
-        ra,
-    );
-    let mut c = a.ehlo();
-    for i in 0..5 {
-        c.send_message(
-            "sender@example.org",
-            &["rcpt@example.com"],
-            &message(&format!("m{i}"), &["x"]),
-        );
-    }
-    c.quit();
+    // A's next hop is down; B delivers to the sink.
+    let (mut a, b) = pair((ra, Some(dead.addr())), (rb, Some(sink.addr())), timers);
+    send_five(&a);
     assert_eq!(shadow_copies(&b.data_dir()).len(), 5);
     a.kill();
     let got = sink.wait_for(5, std::time::Duration::from_secs(20));
@@ -334,25 +313,10 @@ fn a_restarted_shadow_still_holds_and_takes_over_its_copies() {
     let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
     let dead = PortReservation::new();
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let (a_addr, b_addr) = (ra.addr(), rb.addr());
     let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"2s\"";
-    let mut b = TernProcess::start_on(
-        Options::with_config(&relay(sink.addr(), node_config("b", "a", a_addr, timers))),
-        rb,
-    );
-    let mut a = TernProcess::start_on(
-        Options::with_config(&relay(dead.addr(), node_config("a", "b", b_addr, timers))),
-        ra,
-    );
-    let mut c = a.ehlo();
-    for i in 0..5 {
-        c.send_message(
-            "sender@example.org",
-            &["rcpt@example.com"],
-            &message(&format!("m{i}"), &["x"]),
-        );
-    }
-    c.quit();
+    // A's next hop is down; B delivers to the sink.
+    let (mut a, mut b) = pair((ra, Some(dead.addr())), (rb, Some(sink.addr())), timers);
+    send_five(&a);
     // B's maintenance moves its queue cursor past the copies.
     std::thread::sleep(std::time::Duration::from_millis(600));
     b.kill();
@@ -387,15 +351,7 @@ fn shadow_takes_over_when_the_primary_comes_back_with_a_new_store() {
         rb,
     );
     let mut a = TernProcess::start_on(Options::with_config(&a_config), ra);
-    let mut c = a.ehlo();
-    for i in 0..5 {
-        c.send_message(
-            "sender@example.org",
-            &["rcpt@example.com"],
-            &message(&format!("m{i}"), &["x"]),
-        );
-    }
-    c.quit();
+    send_five(&a);
     a.kill();
     drop(a);
     // A again, same address, new (empty) store.

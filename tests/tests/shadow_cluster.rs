@@ -18,15 +18,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use tern_tests::server::{
-    free_addr, tern_bin, wait_until, Options, PortReservation, TernProcess, START_WAIT,
-};
+use tern_tests::node::Node;
+use tern_tests::server::{wait_until, Options, PortReservation, TernProcess};
 use tern_tests::sink::TestSink;
 use tern_tests::smtp::{dot_stuff, message, Client};
 
@@ -262,184 +260,6 @@ fn three_nodes_every_250_has_exactly_one_copy() {
     eprintln!("copies: {} on B, {} on C", on[0], on[1]);
 }
 
-/// A `tern serve` that can be SIGKILLed and started again on the same
-/// address with the same data directory (and possibly another config).
-struct Node {
-    name: &'static str,
-    dir: tempfile::TempDir,
-    smtp: PortReservation,
-    admin: SocketAddr,
-    config: String,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Node {
-    fn start(name: &'static str, smtp: PortReservation, config: String) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("tern-test-")
-            .tempdir()
-            .expect("tempdir");
-        let mut n = Node {
-            name,
-            dir,
-            smtp,
-            admin: free_addr(),
-            config,
-            child: None,
-            starts: 0,
-        };
-        n.launch();
-        n
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.smtp.addr()
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn stderr_path(&self, start: u32) -> PathBuf {
-        self.dir.path().join(format!("stderr-{start}.log"))
-    }
-
-    /// stderr of the current (last) start.
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.stderr_path(self.starts)).unwrap_or_default()
-    }
-
-    /// stderr of every start.
-    fn all_stderr(&self) -> String {
-        (1..=self.starts)
-            .map(|s| std::fs::read_to_string(self.stderr_path(s)).unwrap_or_default())
-            .collect()
-    }
-
-    fn launch(&mut self) {
-        for attempt in 0..3 {
-            self.starts += 1;
-            if self.starts > 1 {
-                self.admin = free_addr();
-            }
-            let path = self.dir.path().join("config.toml");
-            std::fs::write(&path, &self.config).expect("write config");
-            let stderr =
-                std::fs::File::create(self.stderr_path(self.starts)).expect("create stderr log");
-            let child = Command::new(tern_bin())
-                .arg("serve")
-                .arg("--listen")
-                .arg(self.addr().to_string())
-                .current_dir(self.dir.path())
-                .arg("--data-dir")
-                .arg("data")
-                .arg("--cores")
-                .arg("1")
-                .arg("--admin-listen")
-                .arg(self.admin.to_string())
-                .arg("--config")
-                .arg(&path)
-                .env("RUST_LOG", "info")
-                .env("RUST_BACKTRACE", "0")
-                .env_remove(tern_engine::failpoint::FAILPOINT_VAR)
-                .env_remove("TERN_SPIN_US")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", tern_bin().display()));
-            self.child = Some(child);
-            match self.wait_ready() {
-                Ok(()) => return,
-                Err(why) => {
-                    self.kill();
-                    let stderr = self.stderr();
-                    if !stderr.contains("in use") || attempt == 2 {
-                        panic!("{} did not start ({why}); stderr:\n{stderr}", self.name);
-                    }
-                }
-            }
-        }
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                return Err(format!("exited during start-up: {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("not ready within {START_WAIT:?}"));
-            }
-            if let Ok(mut c) = Client::connect(self.addr()) {
-                if let Ok(Some(r)) = c.try_reply() {
-                    if r.code == 220 {
-                        let _ = c.try_send(b"QUIT\r\n");
-                        return Ok(());
-                    }
-                    return Err(format!("probe connection got {r}"));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn is_up(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// SIGKILL (by PID, via `Child::kill`) and reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same address and data directory, once the
-    /// dead process's listeners are gone (a connection is refused: only
-    /// the never-listening reservation is left on the port).
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "{} is still running", self.name);
-        wait_until("the old listeners to go", Duration::from_secs(10), || {
-            matches!(
-                std::net::TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-            )
-        });
-        self.launch();
-    }
-
-    fn metrics(&self) -> String {
-        tern_tests::server::admin_get(self.admin, "/metrics")
-    }
-
-    /// Sum over cores of `name` since the current start.
-    fn counter(&self, name: &str) -> u64 {
-        let prefix = format!("{name}{{");
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let stderr = self.all_stderr();
-            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-            eprintln!("--- {} stderr (last {} lines) ---", self.name, tail.len());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// Sink messages per subject.
 fn by_subject(sink: &TestSink) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -483,7 +303,7 @@ fn primary_back_with_the_same_store_after_takeover_delivers_duplicates() {
             timers,
         )
     };
-    let mut a = Node::start("a", ra, a_config(dead.addr()));
+    let mut a = Node::start("a", ra, 1, a_config(dead.addr()));
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut c = Client::ehlo(a.addr());
@@ -605,8 +425,8 @@ fn chaos_kills_and_restarts_lose_no_acknowledged_message() {
         )
     };
     let mut nodes = [
-        Node::start("a", ra, cfg("a", "b", addrs[1])),
-        Node::start("b", rb, cfg("b", "a", addrs[0])),
+        Node::start("a", ra, 1, cfg("a", "b", addrs[1])),
+        Node::start("b", rb, 1, cfg("b", "a", addrs[0])),
     ];
     let done = AtomicBool::new(false);
     let (outcomes, events) = std::thread::scope(|s| {

@@ -68,14 +68,7 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
     let mut conn = Conn::open(peer.addr, &core.config.hostname, limit, limit, limit)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(db) = conn
-        .caps
-        .other
-        .iter()
-        .find(|(k, _)| k == "XSHADOW")
-        .and_then(|(_, p)| p.split(' ').nth(1))
-        .map(str::to_owned)
-    else {
+    let Some(db) = crate::shadow::link::offered_database(&conn) else {
         conn.quit().await;
         return Err("the peer does not offer XSHADOW to us".into());
     };

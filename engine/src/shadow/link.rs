@@ -306,14 +306,7 @@ async fn ask_discards(pipe: &Pipe, conn: &mut Conn) -> bool {
         return true;
     }
     pipe.asked.set(Some(Instant::now()));
-    let Some(db) = conn
-        .caps
-        .other
-        .iter()
-        .find(|(k, _)| k == "XSHADOW")
-        .and_then(|(_, p)| p.split(' ').nth(1))
-        .map(str::to_owned)
-    else {
+    let Some(db) = offered_database(conn) else {
         return true;
     };
     let mut line = Vec::new();
@@ -357,4 +350,14 @@ async fn open(pipe: &Pipe) -> Result<Conn, String> {
         );
     }
     Ok(conn)
+}
+
+/// The database id a peer announced in its EHLO (`XSHADOW <node> <db>`).
+pub fn offered_database(conn: &Conn) -> Option<String> {
+    conn.caps
+        .other
+        .iter()
+        .find(|(k, _)| k == "XSHADOW")
+        .and_then(|(_, p)| p.split(' ').nth(1))
+        .map(str::to_owned)
 }
