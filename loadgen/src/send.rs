@@ -107,6 +107,12 @@ pub struct SendArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the sequence numbers of the messages the target accepted
+    /// (final 250, every recipient accepted) here: a line `run <hex>`, then
+    /// one number per line, ascending (for checking a relay delivered every
+    /// acknowledged message: the sink sees `Subject: tern-loadgen <run> #<seq>`).
+    #[arg(long)]
+    pub acked: Option<PathBuf>,
     /// Write `<phase>.hgrm` percentile distributions and `send.svg` here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -156,6 +162,7 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
         bdat: args.bdat,
         timeout: args.timeout,
         helo: no_newlines(&args.helo),
+        record_acked: args.acked.is_some(),
         from: no_newlines(&args.from),
         rcpts: (0..args.rcpts)
             .map(|n| no_newlines(&args.to.replace("{n}", &n.to_string())))
@@ -223,6 +230,17 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let j = send_stats::json_report(&total, &info);
         std::fs::write(path, serde_json::to_vec_pretty(&j)?)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.acked {
+        let mut seqs = total.acked.clone().unwrap_or_default();
+        seqs.sort_unstable();
+        let mut out = format!("run {run:016x}\n");
+        for s in seqs {
+            out.push_str(&s.to_string());
+            out.push('\n');
+        }
+        std::fs::write(path, out)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     if let Some(dir) = &args.plot {

@@ -52,6 +52,8 @@ pub struct Plan {
     pub timeout: Duration,
     /// EHLO name.
     pub helo: String,
+    /// Keep the sequence numbers of accepted messages (`--acked`).
+    pub record_acked: bool,
     /// MAIL FROM address.
     pub from: String,
     /// RCPT TO addresses.
@@ -539,6 +541,9 @@ impl Conn {
             0 => {
                 s.ok += 1;
                 s.bytes += m.size as u64;
+                if let Some(acked) = s.acked.as_mut() {
+                    acked.push(m.seq);
+                }
                 Outcome::Ok
             }
             400..=499 => {
@@ -922,6 +927,9 @@ async fn worker(plan: Arc<Plan>, stats: Stats, bodies: Rc<Bodies>, id: usize) {
 /// globally (for spreading over targets).
 pub async fn run(plan: Arc<Plan>, core: usize, conns: usize, first_id: usize) -> CoreStats {
     let stats: Stats = Rc::new(RefCell::new(CoreStats::new(plan.addrs.len())));
+    if plan.record_acked {
+        stats.borrow_mut().acked = Some(Vec::new());
+    }
     let bodies = Rc::new(Bodies::default());
     let done = Rc::new(Cell::new(false));
     let ticker = {

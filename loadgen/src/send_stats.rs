@@ -89,6 +89,8 @@ pub struct CoreStats {
     pub errors: Vec<String>,
     /// When this core's last connection finished, since the start.
     pub elapsed: std::time::Duration,
+    /// Sequence numbers of the accepted messages (`--acked` only).
+    pub acked: Option<Vec<u64>>,
 }
 
 /// Kept failure descriptions per core.
@@ -110,6 +112,7 @@ impl CoreStats {
             target_connect_failures: vec![0; targets],
             errors: Vec::new(),
             elapsed: std::time::Duration::ZERO,
+            acked: None,
         }
     }
 
@@ -152,6 +155,9 @@ impl CoreStats {
             *a += b;
         }
         self.ok += other.ok;
+        if let Some(theirs) = other.acked {
+            self.acked.get_or_insert_with(Vec::new).extend(theirs);
+        }
         self.temp_fail += other.temp_fail;
         self.perm_fail += other.perm_fail;
         self.conn_errors += other.conn_errors;

@@ -166,3 +166,47 @@ fn a_4xx_on_mail_or_rcpt_is_temporary_pipelined_or_not() {
         }
     }
 }
+
+#[test]
+fn acked_file_lists_exactly_the_accepted_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    // Half of the messages get 451 at the end of data.
+    let s = sink(&[
+        "--fail-rate",
+        "0.5",
+        "--fail-code",
+        "451",
+        "--seed",
+        "7",
+        "--duration",
+        "60s",
+    ]);
+    let out = dir.path().join("a.json");
+    let acked = dir.path().join("acked.txt");
+    let code = Command::new(BIN)
+        .arg("send")
+        .args(["--target", &s.addr, "--quiet", "--json"])
+        .arg(&out)
+        .args(["--messages", "60", "--concurrency", "3", "--acked"])
+        .arg(&acked)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run send")
+        .code();
+    assert_eq!(code, Some(1), "some messages failed");
+    let r = json(&out);
+    let (ok, temp, _, _) = counts(&r);
+    assert!(ok > 0 && temp > 0, "{r}");
+    assert_eq!(ok + temp, 60);
+    let text = std::fs::read_to_string(&acked).expect("acked file");
+    let mut lines = text.lines();
+    let run = r["run"].as_str().expect("run id in the report");
+    assert_eq!(lines.next(), Some(format!("run {run}").as_str()));
+    let seqs: Vec<u64> = lines.map(|l| l.parse().expect("a number")).collect();
+    assert_eq!(seqs.len() as u64, ok, "one line per accepted message");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "ascending, no repeats"
+    );
+    assert!(seqs.iter().all(|&q| q < 60));
+}

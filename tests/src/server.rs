@@ -38,6 +38,22 @@ pub fn tern_bin() -> &'static Path {
     })
 }
 
+/// Path of the `tern-loadgen` binary, built on first use like
+/// [`tern_bin`].
+pub fn loadgen_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let run = escargot::CargoBuild::new()
+            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .package("tern-loadgen")
+            .bin("tern-loadgen")
+            .current_release()
+            .run()
+            .unwrap_or_else(|e| panic!("cannot build the tern-loadgen binary: {e}"));
+        run.path().to_path_buf()
+    })
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
