@@ -440,33 +440,29 @@ impl Core {
             .get()
             .map(|d| d.to_string())
             .unwrap_or_default();
-        let ids = if database == ours {
+        let same = database == ours;
+        let marks = if same {
             self.shared
-                .discards
+                .watermarks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take_for(node)
+                .clone()
         } else {
-            Vec::new()
+            Default::default()
         };
-        let n = ids.len();
-        let marks = self
-            .shared
-            .watermarks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(shard, w)| format!("{shard}:{w}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let first = if database == ours && !marks.is_empty() {
-            format!("{ours} W={marks}")
-        } else {
-            ours
-        };
-        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![first.into()];
-        lines.extend(ids.into_iter().map(Into::into));
-        lines.push(format!("{n} discard(s)").into());
+        let lines = crate::shadow::discard::answer_lines(&ours, &marks, |room| {
+            if same {
+                self.shared
+                    .discards
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_for(node, room)
+            } else {
+                Vec::new()
+            }
+        });
+        let lines: Vec<std::borrow::Cow<'static, str>> =
+            lines.into_iter().map(Into::into).collect();
         Reply::plain(250, lines)
     }
 

@@ -118,10 +118,10 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     // copies a pipelining primary sent in one go).
     let mut pending: Vec<crate::core::PendingShadow> = Vec::new();
     loop {
-        if !pending.is_empty() && !s.in_content() {
-            // (In the middle of a copy's content the primary is still
-            // writing its batch: read the rest first, so the whole batch
-            // shares one commit.)
+        if !pending.is_empty() && !s.mid_chunk() {
+            // (In the middle of a BDAT chunk the primary is still writing
+            // its batch: read the rest first, so the whole batch shares one
+            // commit. Anything else may wait for a reply: commit now.)
             if let Err(e) = core.shadows_durable(&pending).await {
                 // Their 250s must not go out: close without a word, so the
                 // primary tries another shadow for every copy in flight.

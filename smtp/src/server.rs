@@ -234,11 +234,11 @@ impl<P: Policy> Session<P> {
         self.output.drain(..n.min(self.output.len()));
     }
 
-    /// True while message content is being received (DATA after the 354,
-    /// or a BDAT chunk not complete yet): the client has committed to
-    /// sending the rest without waiting for a reply.
-    pub fn in_content(&self) -> bool {
-        matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
+    /// True while a BDAT chunk is incomplete: the client has committed to
+    /// sending the rest of it without waiting for a reply (unlike DATA,
+    /// whose content follows only once the 354 went out).
+    pub fn mid_chunk(&self) -> bool {
+        matches!(self.phase, Phase::Bdat { .. })
     }
 
     /// True between transactions (no MAIL in progress, nothing waiting):

@@ -216,3 +216,25 @@ fn concurrent_sessions_share_a_few_pipelined_links() {
     );
     c.quit();
 }
+
+/// A copy by BDAT, then a second one by DATA in the same write: the DATA
+/// waits for its 354, so the shadow must commit the first copy and send
+/// its replies (354 included) instead of waiting for more input.
+#[test]
+fn data_after_a_held_copy_gets_its_354() {
+    let a = PortReservation::new();
+    let b = TernProcess::start(Options::with_config(&shadow_node(a.addr())));
+    let mut c = Client::ehlo(b.addr());
+    let (mut bytes, _) = batch("d", 1);
+    bytes.extend_from_slice(
+        b"MAIL FROM:<s@example.org> XSHADOW=a,db-a,d1\r\nRCPT TO:<r@example.com>\r\nDATA\r\n",
+    );
+    c.send(&bytes);
+    let replies = c.replies(6);
+    let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+    assert_eq!(codes, vec![250, 250, 250, 250, 250, 354], "{replies:?}");
+    c.send(&[message("copy d1", &["body"]), b".\r\n".to_vec()].concat());
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(held_ids(&b), vec!["d0".to_string(), "d1".to_string()]);
+    c.quit();
+}

@@ -261,7 +261,15 @@ impl Delivery {
                     self.shadows.borrow_mut().insert(seq, (at_ms, origin));
                 }
                 _ => {
-                    let rec = log.read(Sequence(seq))?;
+                    let rec = match log.read(Sequence(seq)) {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            // Perhaps a message: the discard watermark must
+                            // never pass it (its shadows keep their copy).
+                            self.unreadable_min.set(self.unreadable_min.get().min(seq));
+                            return Err(e.into());
+                        }
+                    };
                     self.ingest_record(&rec, rebuild);
                 }
             }
@@ -274,11 +282,16 @@ impl Delivery {
     /// of them) in `[from, to)`, the part of the log before the queue
     /// cursor that the `shadow` cursor still holds.
     fn ingest_held_shadows(&self, from: Sequence, to: Sequence) -> anyhow::Result<()> {
-        for rec in self.core.log.iter_from(from) {
-            let rec = rec?;
-            if rec.sequence >= to {
-                break;
-            }
+        for seq in from.0.max(self.core.log.first_sequence().0)..to.0 {
+            let rec = match self.core.log.read(Sequence(seq)) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    // An old record (perhaps long delivered) must not stop
+                    // the start; if it was a shadow copy, it is lost here.
+                    tracing::error!(seq, error = %e, "unreadable record skipped while looking for held shadow copies");
+                    continue;
+                }
+            };
             match rec.kind {
                 crate::shadow::record::SHADOW => self.ingest_record(&rec, true),
                 // Only the end of shadow copies: these records' queue

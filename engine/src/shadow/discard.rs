@@ -7,29 +7,40 @@
 //!
 //! ```text
 //! 250-<primary database id>          first line: who answers
+//! 250-W=<shard>:<seq>[,<shard>:<seq>...]  zero or more: discard watermarks
 //! 250-<queue id>                     zero or more: copies that may go
-//! 250 <n> discard(s)                 last line: how many were listed
+//! 250 <n> discard(s)                 last line: how many ids were listed
 //! ```
 //!
-//! At most [`IDS_PER_REPLY`] ids per answer (the shadow asks again while
-//! it gets that many). If the asked database id is not the primary's, the
-//! answer lists nothing: the shadow sees the new id on the first line
+//! The whole answer stays within the SMTP reply limits tern's own client
+//! enforces (`tern_smtp::limits`: [`REPLY_LINES_MAX`] lines of at most
+//! 512 octets): watermark lines hold at most [`MARK_LINE_MAX`] characters
+//! each, and the ids fill the lines left. The shadow asks again while an
+//! answer lists any id. If the asked database id is not the primary's,
+//! the answer lists nothing: the shadow sees the new id on the first line
 //! (the primary lost its store: takeover). Each asking node gets every
 //! handled id once (the primary keeps a read position per node); ids
 //! nobody fetched expire after `shadow_message_auto_discard_interval`.
+//!
 //! The ids are kept in memory only; what survives a primary restart is
-//! the **watermark**: the first line also carries, per shard, the lowest
-//! queue sequence that may still be queued (` W=<shard>:<seq>,...`,
-//! `Queue::watermark`, rebuilt from the log at start). Every message below
-//! it was handled, so the shadow drops its copies below the mark too:
-//! discards of messages handled before a restart (their ids lost with the
-//! memory) still arrive, a little later (once older queued messages are
-//! handled or copied forward).
+//! the **watermark**: per shard, the lowest queue sequence that may still
+//! be queued (`Queue::watermark`, rebuilt from the log at start). Every
+//! message below it was handled, so the shadow drops its copies below the
+//! mark too: discards of messages handled before a restart (their ids lost
+//! with the memory) still arrive, a little later (once older queued
+//! messages are handled or copied forward).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Ids per `XQDISCARD` answer.
-pub const IDS_PER_REPLY: usize = 1000;
+use tern_smtp::limits::REPLY_LINES_MAX;
+
+/// Longest watermark line (`W=` and its pairs): well under the 512-octet
+/// reply line limit, with room for the `250-` and CRLF.
+pub const MARK_LINE_MAX: usize = 400;
+
+/// Most `XQDISCARD` answers a shadow asks for in one round (each lists at
+/// most [`REPLY_LINES_MAX`] ids): bounds a round even if ids keep coming.
+pub const ASKS_PER_ROUND_MAX: usize = 10_000;
 
 /// The primary's handled messages, for its shadows. Shared by all cores
 /// (one lock per status batch and per query, not per message).
@@ -62,15 +73,15 @@ impl DiscardLog {
         }
     }
 
-    /// The next ids for `node` (at most [`IDS_PER_REPLY`]), advancing its
-    /// read position.
-    pub fn take_for(&mut self, node: &str) -> Vec<String> {
+    /// The next ids for `node` (at most `max`), advancing its read
+    /// position.
+    pub fn take_for(&mut self, node: &str, max: usize) -> Vec<String> {
         let from = self.read.get(node).copied().unwrap_or(0);
         let ids: Vec<(u64, String)> = self
             .entries
             .iter()
             .filter(|(serial, _, _)| *serial >= from)
-            .take(IDS_PER_REPLY)
+            .take(max)
             .map(|(serial, _, id)| (*serial, id.clone()))
             .collect();
         let next = ids.last().map_or(from, |(s, _)| s + 1);
@@ -165,31 +176,59 @@ impl PrimaryState {
     }
 }
 
-/// Parses an `XQDISCARD` answer. The first line is `<database id>`,
-/// optionally followed by ` W=<shard>:<sequence>[,...]`; `None` if
-/// malformed.
+/// The lines of the answer to `XQDISCARD` (format above): `ours` (this
+/// node's database id), `marks` (empty when the shadow named another
+/// database), and the ids `take(room)` returns for the lines left.
+pub fn answer_lines(
+    ours: &str,
+    marks: &Watermarks,
+    take: impl FnOnce(usize) -> Vec<String>,
+) -> Vec<String> {
+    let mut lines = vec![ours.to_owned()];
+    let mut line = String::new();
+    for (shard, seq) in marks {
+        let pair = format!("{shard}:{seq}");
+        if !line.is_empty() && 2 + line.len() + 1 + pair.len() > MARK_LINE_MAX {
+            lines.push(format!("W={line}"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(',');
+        }
+        line.push_str(&pair);
+    }
+    if !line.is_empty() {
+        lines.push(format!("W={line}"));
+    }
+    let room = REPLY_LINES_MAX.saturating_sub(lines.len() + 1);
+    let ids = take(room);
+    let n = ids.len();
+    lines.extend(ids);
+    lines.push(format!("{n} discard(s)"));
+    lines
+}
+
+/// Parses an `XQDISCARD` answer (format above); `None` if malformed.
 pub fn parse_answer(lines: &[std::borrow::Cow<'_, str>]) -> Option<Answer> {
     let (first, rest) = lines.split_first()?;
-    let mut words = first.split(' ');
-    let database = words.next()?.to_owned();
+    let database = first.split(' ').next()?.to_owned();
+    let body = &rest[..rest.len().saturating_sub(1)];
     let mut watermarks = Watermarks::new();
-    if let Some(marks) = words.next().and_then(|w| w.strip_prefix("W=")) {
-        for pair in marks.split(',') {
-            let (shard, seq) = pair.split_once(':')?;
-            watermarks.insert(shard.parse().ok()?, seq.parse().ok()?);
+    let mut ids = HashSet::new();
+    for line in body {
+        if let Some(marks) = line.strip_prefix("W=") {
+            for pair in marks.split(',') {
+                let (shard, seq) = pair.split_once(':')?;
+                watermarks.insert(shard.parse().ok()?, seq.parse().ok()?);
+            }
+        } else {
+            ids.insert(line.to_string());
         }
     }
-    let ids = rest
-        .iter()
-        .take(rest.len().saturating_sub(1))
-        .map(|l| l.to_string())
-        .collect::<HashSet<String>>()
-        .into_iter()
-        .collect();
     Some(Answer {
         database,
         watermarks,
-        ids,
+        ids: ids.into_iter().collect(),
     })
 }
 
@@ -201,19 +240,19 @@ mod tests {
     fn each_node_gets_each_id_once_and_old_ones_expire() {
         let mut log = DiscardLog::default();
         log.push(100, ["A".to_string(), "B".to_string()]);
-        assert_eq!(log.take_for("s1"), vec!["A", "B"]);
-        assert!(log.take_for("s1").is_empty());
+        assert_eq!(log.take_for("s1", 98), vec!["A", "B"]);
+        assert!(log.take_for("s1", 98).is_empty());
         log.push(200, ["C".to_string()]);
-        assert_eq!(log.take_for("s1"), vec!["C"]);
-        assert_eq!(log.take_for("s2"), vec!["A", "B", "C"]);
+        assert_eq!(log.take_for("s1", 98), vec!["C"]);
+        assert_eq!(log.take_for("s2", 98), vec!["A", "B", "C"]);
         log.expire(1_000, 850);
-        assert_eq!(log.take_for("s3"), vec!["C"]);
-        let many: Vec<String> = (0..2500).map(|i| i.to_string()).collect();
+        assert_eq!(log.take_for("s3", 98), vec!["C"]);
+        let many: Vec<String> = (0..250).map(|i| i.to_string()).collect();
         log.push(300, many);
-        assert_eq!(log.take_for("s4").len(), IDS_PER_REPLY);
-        assert_eq!(log.take_for("s4").len(), IDS_PER_REPLY);
-        assert_eq!(log.take_for("s4").len(), 501);
-        assert!(log.take_for("s4").is_empty());
+        assert_eq!(log.take_for("s4", 98).len(), 98);
+        assert_eq!(log.take_for("s4", 98).len(), 98);
+        assert_eq!(log.take_for("s4", 98).len(), 55);
+        assert!(log.take_for("s4", 98).is_empty());
     }
 
     #[test]
@@ -243,11 +282,53 @@ mod tests {
         let none: Vec<std::borrow::Cow<str>> = vec!["0123 0 discard(s)".into()];
         assert_eq!(parse_answer(&none).unwrap().ids.len(), 0);
         let marked: Vec<std::borrow::Cow<str>> =
-            vec!["0123 W=0:17,1:5".into(), "0 discard(s)".into()];
+            vec!["0123".into(), "W=0:17,1:5".into(), "0 discard(s)".into()];
         let a = parse_answer(&marked).unwrap();
         assert_eq!(a.watermarks, Watermarks::from([(0, 17), (1, 5)]));
-        let bad: Vec<std::borrow::Cow<str>> = vec!["0123 W=0:x".into(), "0 discard(s)".into()];
+        let bad: Vec<std::borrow::Cow<str>> =
+            vec!["0123".into(), "W=0:x".into(), "0 discard(s)".into()];
         assert!(parse_answer(&bad).is_none());
+    }
+
+    /// The largest answers (256 shards with 14-digit sequences, a full
+    /// page of ids) go through tern's own reply encoder and parser intact:
+    /// within the line count and line length limits.
+    #[test]
+    fn a_full_answer_round_trips_through_the_reply_parser() {
+        use tern_smtp::reply::{Reply, ReplyParser};
+        let marks: Watermarks = (0..256u16)
+            .map(|s| (s, 99_999_999_999_999 - u64::from(s)))
+            .collect();
+        let mut log = DiscardLog::default();
+        log.push(1, (0..5000).map(|i| format!("{i:014X}")));
+        let mut got_ids = Vec::new();
+        let mut rounds = 0;
+        loop {
+            let lines = answer_lines("f00d", &marks, |room| log.take_for("s", room));
+            let reply = Reply::plain(250, lines.into_iter().map(Into::into).collect());
+            let mut wire = Vec::new();
+            reply.encode(&mut wire);
+            let mut p = ReplyParser::new();
+            p.feed(&wire);
+            let parsed = p.next_reply().expect("parses").expect("complete");
+            let a = parse_answer(&parsed.lines).expect("well formed");
+            assert_eq!(a.database, "f00d");
+            assert_eq!(a.watermarks, marks, "every mark intact");
+            rounds += 1;
+            if a.ids.is_empty() {
+                break;
+            }
+            got_ids.extend(a.ids);
+            assert!(rounds < 1000);
+        }
+        got_ids.sort();
+        got_ids.dedup();
+        assert_eq!(got_ids.len(), 5000, "every id, once, in {rounds} answers");
+        // With no marks, a page holds REPLY_LINES_MAX - 2 ids.
+        let lines = answer_lines("f00d", &Watermarks::new(), |room| {
+            (0..room).map(|i| i.to_string()).collect()
+        });
+        assert_eq!(lines.len(), REPLY_LINES_MAX);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::cluster::Peer;
 use crate::core::{Core, Shared};
 use crate::delivery::outbound::Conn;
 use crate::metrics::CoreMetrics;
-use crate::shadow::discard::{parse_answer, Answer, PrimaryState, IDS_PER_REPLY};
+use crate::shadow::discard::{parse_answer, Answer, PrimaryState, ASKS_PER_ROUND_MAX};
 
 /// Runs until shutdown.
 pub async fn run(core: Rc<Core>) {
@@ -73,7 +73,7 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
         return Err("the peer does not offer XSHADOW to us".into());
     };
     let mut total = 0;
-    loop {
+    for _ in 0..ASKS_PER_ROUND_MAX {
         let mut line = Vec::new();
         client::xqdiscard(&mut line, &core.config.cluster.node_id, &db);
         let reply = conn.command(&line).await.map_err(|e| e.to_string())?;
@@ -88,7 +88,7 @@ async fn ask(core: &Core, peer: &Peer) -> Result<usize, String> {
         };
         let n = record_answer(&core.shared, &peer.node_id, answer);
         total += n;
-        if n < IDS_PER_REPLY {
+        if n == 0 {
             break;
         }
     }

@@ -259,7 +259,11 @@ async fn run_batch(pipe: &Pipe, batch: &[Rc<Job>]) -> Result<(), String> {
     let mut txns: Vec<Transaction> = batch.iter().map(|j| j.copy.transaction(&conn)).collect();
     let mut sent = send(pipe, &mut conn, &mut txns).await;
     if let Err(e) = &sent {
-        if reused && conn.stale(e) {
+        // Not after a timeout: the peer may have the batch and be slow to
+        // answer; sending it again would store every copy twice there.
+        let timed_out =
+            matches!(e, ConnError::Io(_, io) if io.kind() == std::io::ErrorKind::TimedOut);
+        if reused && conn.stale(e) && !timed_out {
             // A pooled connection the peer closed while idle: nothing was
             // answered, so once more on a new one.
             tracing::debug!(peer = %pipe.peer.node_id, error = %e, "stale shadow link; reconnecting");
