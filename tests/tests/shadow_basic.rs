@@ -194,6 +194,38 @@ fn shadow_copies_are_discarded_after_the_primary_delivers() {
     assert_eq!(sink.messages().len(), 5, "delivered once, by A");
 }
 
+/// More handled messages between two heartbeats than one `XQDISCARD`
+/// answer can list (100 reply lines): the shadow asks again until it has
+/// them all, and drops every copy.
+#[test]
+fn more_discards_than_one_answer_holds() {
+    const N: u64 = 150;
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let timers = "shadow_heartbeat_frequency = \"1s\"";
+    let (a, b) = pair((ra, Some(sink.addr())), (rb, None), timers);
+    let mut c = a.ehlo();
+    for i in 0..N {
+        c.send_message(
+            "sender@example.org",
+            &["rcpt@example.com"],
+            &message(&format!("m{i}"), &["x"]),
+        );
+    }
+    c.quit();
+    sink.wait_for(N as usize, std::time::Duration::from_secs(30));
+    tern_tests::server::wait_until(
+        "B to drop every copy",
+        std::time::Duration::from_secs(15),
+        || b.counter("tern_shadow_discards_total") == N,
+    );
+    assert!(
+        !b.stderr().contains("malformed XQDISCARD"),
+        "{}",
+        b.stderr()
+    );
+}
+
 /// SPEC 3: a shadow asks for discards on any session it has open to the
 /// primary anyway, not only on heartbeats. Heartbeats every hour here:
 /// B learns that A delivered its 5 messages when B sends its own mail to
