@@ -395,6 +395,54 @@ impl Core {
         Ok(id)
     }
 
+    /// A shadow copy of a message this node generated and stored (a DSN:
+    /// null sender, one recipient, `content` as stored), made before the
+    /// message it reports on is released. Without a peer it stays
+    /// non-redundant (counted and logged); it is delivered either way.
+    pub async fn shadow_generated(&self, id: QueueId, recipient: &str, content: &[u8]) {
+        if !self.shadowing() {
+            return;
+        }
+        let xshadow = format!(
+            "{},{},{id}",
+            self.config.cluster.node_id,
+            self.shared
+                .database_id
+                .get()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+        let started = std::time::Instant::now();
+        let r = self
+            .links
+            .shadow(
+                &self.config.cluster,
+                crate::shadow::link::Copy {
+                    from: String::new(),
+                    rcpts: vec![recipient.to_owned()],
+                    eight_bit: content.iter().any(|&b| b >= 0x80),
+                    smtputf8: !recipient.is_ascii(),
+                    xshadow,
+                    message: content.to_vec(),
+                },
+            )
+            .await;
+        self.metrics
+            .shadow_latency_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match r {
+            Ok(node) => {
+                CoreMetrics::inc(&self.metrics.shadow_copies_made);
+                tracing::debug!(id = %id, shadow = %node, "shadow copy of a generated message made");
+            }
+            Err(e) => {
+                CoreMetrics::inc(&self.metrics.shadow_copies_failed);
+                CoreMetrics::inc(&self.metrics.non_redundant_accepts);
+                tracing::warn!(id = %id, error = %e, "no shadow copy of a generated message: kept without redundancy");
+            }
+        }
+    }
+
     /// The shadow copy failed and the message must not be kept: a durable
     /// `done` status removes it from the queue (also after a restart).
     async fn withdraw(&self, id: QueueId) -> Reply {

@@ -226,6 +226,48 @@ fn more_discards_than_one_answer_holds() {
     );
 }
 
+/// SPEC 3: a message is released only with its DSN redundant too. A's
+/// next hop refuses the recipient (550): A queues a DSN for the sender and
+/// makes a shadow copy of it on B before the original's `done`.
+#[test]
+fn a_bounce_gets_a_shadow_copy_too() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    sink.set_behavior(tern_tests::sink::Behavior {
+        rcpt: vec![("rcpt@example.com".into(), 550, "5.1.1 no such user".into())],
+        ..Default::default()
+    });
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    // No discards during the test: B keeps what it got.
+    let quiet = "shadow_heartbeat_frequency = \"1h\"";
+    let (a, b) = pair((ra, Some(sink.addr())), (rb, None), quiet);
+    let mut c = a.ehlo();
+    let id = c.send_message(
+        "sender@example.org",
+        &["rcpt@example.com"],
+        &message("bounces", &["x"]),
+    );
+    c.quit();
+    // The DSN reaches the sink (to the sender) once A bounced the original.
+    sink.wait_for(1, std::time::Duration::from_secs(15));
+    tern_tests::server::wait_until(
+        "A to count the bounce",
+        std::time::Duration::from_secs(10),
+        || a.counter("tern_dsns_queued_total") == 1,
+    );
+    let copies = shadow_copies(&b.data_dir());
+    assert!(
+        copies.iter().any(|(_, qid, _)| *qid == id),
+        "the original's copy"
+    );
+    let dsn = copies
+        .iter()
+        .find(|(_, qid, _)| *qid != id)
+        .expect("a shadow copy of the DSN on B");
+    let text = String::from_utf8_lossy(&dsn.2);
+    assert!(text.contains("message/delivery-status"), "{text}");
+    assert_eq!(a.counter("tern_shadow_copies_made_total"), 2);
+}
+
 /// SPEC 3: a shadow asks for discards on any session it has open to the
 /// primary anyway, not only on heartbeats. Heartbeats every hour here:
 /// B learns that A delivered its 5 messages when B sends its own mail to

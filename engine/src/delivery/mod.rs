@@ -1195,7 +1195,16 @@ impl Delivery {
         {
             Ok(seq) => {
                 CoreMetrics::inc(&self.metrics().dsns_queued);
-                tracing::info!(id = %a.id, dsn = %QueueId { shard, sequence: seq }, to = %a.msg.mail_from, "bounce queued");
+                let dsn = QueueId {
+                    shard,
+                    sequence: seq,
+                };
+                tracing::info!(id = %a.id, dsn = %dsn, to = %a.msg.mail_from, "bounce queued");
+                // SPEC 3: the original is released (`done`) only with its
+                // DSN redundant too, so the DSN gets a shadow copy first.
+                self.core
+                    .shadow_generated(dsn, &a.msg.mail_from, &content)
+                    .await;
                 Ok(())
             }
             Err(e) => {
