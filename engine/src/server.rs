@@ -158,7 +158,8 @@ pub fn existing_shards(data_dir: &std::path::Path) -> usize {
         .filter_map(|e| {
             e.file_name()
                 .to_str()?
-                .strip_prefix("shard-")?
+                .strip_prefix("shard-")
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?
                 .parse::<usize>()
                 .ok()
         })
@@ -174,5 +175,27 @@ mod tests {
         let cpus = super::allowed_cpus();
         assert!(!cpus.is_empty());
         assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn existing_shards_counts_shard_directories_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(super::existing_shards(dir.path()), 0);
+        for name in [
+            "shard-0",
+            "shard-2",
+            "shard-+7",
+            "shard-",
+            "shard-x1",
+            "database-id",
+        ] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        assert_eq!(
+            super::existing_shards(dir.path()),
+            3,
+            "shard-2 is the highest"
+        );
+        assert_eq!(super::existing_shards(&dir.path().join("missing")), 0);
     }
 }
