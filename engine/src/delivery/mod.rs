@@ -1282,6 +1282,14 @@ impl Delivery {
                     .cluster
                     .shadow_message_auto_discard_interval
                     .as_millis() as u64,
+                &self
+                    .core
+                    .config
+                    .cluster
+                    .peers
+                    .iter()
+                    .map(|p| p.node_id.as_str())
+                    .collect::<Vec<_>>(),
             );
         let shadow_at = self
             .shadows
@@ -1351,6 +1359,16 @@ impl Delivery {
     /// node's own messages (SPEC 3). Each decision is a durable `done`
     /// event on the shadow record, so a restart does not repeat it.
     async fn shadow_upkeep(&self, now: u64, keep_ms: u64) -> anyhow::Result<()> {
+        // Ids told for copies no core here holds go soon (every core
+        // takes its own matches each maintenance tick).
+        let told_keep = crate::shadow::discard::TOLD_IDS_KEEP_MS
+            .max(10 * self.cfg.maintenance_interval.as_millis() as u64);
+        self.core
+            .shared
+            .discarded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(now, told_keep);
         if self.shadows.borrow().is_empty() {
             return Ok(());
         }
@@ -1390,10 +1408,6 @@ impl Delivery {
                     gone.push(*seq);
                 }
             }
-            discarded.expire(
-                now,
-                cluster.shadow_message_auto_discard_interval.as_millis() as u64,
-            );
         }
         let dropped = gone.len() as u64;
         let mut events: Vec<StatusEvent> = Vec::new();

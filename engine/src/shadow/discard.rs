@@ -42,6 +42,15 @@ pub const MARK_LINE_MAX: usize = 400;
 /// most [`REPLY_LINES_MAX`] ids): bounds a round even if ids keep coming.
 pub const ASKS_PER_ROUND_MAX: usize = 10_000;
 
+/// Most handled ids the primary keeps for its shadows (about 70 MB); the
+/// oldest go first, and the watermarks still cover them.
+pub const DISCARD_IDS_MAX: usize = 1_000_000;
+
+/// How long a shadow keeps an id it was told but holds no copy for (the
+/// copy is on another shadow, or another core has not looked yet); at
+/// least ten maintenance intervals.
+pub const TOLD_IDS_KEEP_MS: u64 = 60_000;
+
 /// The primary's handled messages, for its shadows. Shared by all cores
 /// (one lock per status batch and per query, not per message).
 #[derive(Debug, Default)]
@@ -62,25 +71,47 @@ impl DiscardLog {
         }
     }
 
-    /// Forgets entries older than `keep_ms`.
-    pub fn expire(&mut self, now_ms: u64, keep_ms: u64) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|(_, at, _)| at.saturating_add(keep_ms) <= now_ms)
-        {
-            self.entries.pop_front();
+    /// Forgets the entries every node in `peers` has been told, those
+    /// older than `keep_ms`, and the oldest beyond [`DISCARD_IDS_MAX`] (a
+    /// shadow that did not ask in time still learns from the watermarks).
+    pub fn expire(&mut self, now_ms: u64, keep_ms: u64, peers: &[&str]) {
+        let told = peers
+            .iter()
+            .map(|p| self.read.get(*p).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        while let Some((serial, at, _)) = self.entries.front() {
+            if *serial < told
+                || at.saturating_add(keep_ms) <= now_ms
+                || self.entries.len() > DISCARD_IDS_MAX
+            {
+                self.entries.pop_front();
+            } else {
+                break;
+            }
         }
+    }
+
+    /// Ids held now (for tests and status).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Nothing held?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// The next ids for `node` (at most `max`), advancing its read
     /// position.
     pub fn take_for(&mut self, node: &str, max: usize) -> Vec<String> {
         let from = self.read.get(node).copied().unwrap_or(0);
+        // Serials are consecutive: start at `from` without scanning.
+        let first = self.entries.front().map_or(0, |(serial, _, _)| *serial);
+        let skip = (from.saturating_sub(first) as usize).min(self.entries.len());
         let ids: Vec<(u64, String)> = self
             .entries
-            .iter()
-            .filter(|(serial, _, _)| *serial >= from)
+            .range(skip..)
             .take(max)
             .map(|(serial, _, id)| (*serial, id.clone()))
             .collect();
@@ -245,7 +276,7 @@ mod tests {
         log.push(200, ["C".to_string()]);
         assert_eq!(log.take_for("s1", 98), vec!["C"]);
         assert_eq!(log.take_for("s2", 98), vec!["A", "B", "C"]);
-        log.expire(1_000, 850);
+        log.expire(1_000, 850, &[]);
         assert_eq!(log.take_for("s3", 98), vec!["C"]);
         let many: Vec<String> = (0..250).map(|i| i.to_string()).collect();
         log.push(300, many);
@@ -253,6 +284,35 @@ mod tests {
         assert_eq!(log.take_for("s4", 98).len(), 98);
         assert_eq!(log.take_for("s4", 98).len(), 55);
         assert!(log.take_for("s4", 98).is_empty());
+    }
+
+    #[test]
+    fn ids_every_peer_was_told_are_dropped_and_the_log_is_bounded() {
+        let mut log = DiscardLog::default();
+        log.push(1, (0..10).map(|i| i.to_string()));
+        assert_eq!(log.take_for("b", 4).len(), 4);
+        log.expire(2, 1_000, &["b", "c"]);
+        assert_eq!(log.len(), 10, "c was told nothing yet");
+        assert_eq!(log.take_for("c", 6).len(), 6);
+        log.expire(2, 1_000, &["b", "c"]);
+        assert_eq!(log.len(), 6, "both told 0..3");
+        assert_eq!(
+            log.take_for("b", 98),
+            (4..10).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            log.take_for("c", 98),
+            (6..10).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
+        log.expire(2, 1_000, &["b", "c"]);
+        assert!(log.is_empty());
+        // A new peer that never asked starts where the log now starts.
+        log.push(3, ["x".to_string()]);
+        assert_eq!(log.take_for("d", 98), vec!["x"]);
+        // Bounded whatever the peers do.
+        log.push(4, (0..DISCARD_IDS_MAX + 5).map(|i| i.to_string()));
+        log.expire(4, u64::MAX / 2, &["nobody"]);
+        assert_eq!(log.len(), DISCARD_IDS_MAX);
     }
 
     #[test]
