@@ -116,6 +116,9 @@ pub struct Core {
     pub peer_ips: Vec<IpAddr>,
     /// This core's shadow links to its peers.
     pub links: crate::shadow::link::Links,
+    /// `<node id>,<database id>,`: the start of every `XSHADOW=` value this
+    /// node sends (formatted once, not per message).
+    pub xshadow_prefix: String,
 }
 
 /// What the delivery tail needs of a record this core appended, so it
@@ -313,33 +316,15 @@ impl Core {
                 tern_smtp::address::ReversePath::Mailbox(m) => m.to_string(),
             };
             let rcpts: Vec<String> = env.recipients.iter().map(|r| r.to_string()).collect();
-            let xshadow = format!(
-                "{},{},{id}",
-                self.config.cluster.node_id,
-                self.shared
-                    .database_id
-                    .get()
-                    .map(|d| d.to_string())
-                    .unwrap_or_default()
-            );
-            let started = std::time::Instant::now();
-            let r = self
-                .links
-                .shadow(
-                    &self.config.cluster,
-                    crate::shadow::link::Copy {
-                        from,
-                        rcpts,
-                        eight_bit: env.params.body == tern_smtp::command::Body::EightBitMime,
-                        smtputf8: env.params.smtputf8,
-                        xshadow,
-                        message,
-                    },
-                )
-                .await;
-            self.metrics
-                .shadow_latency_us
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let copy = crate::shadow::link::Copy {
+                from,
+                rcpts,
+                eight_bit: env.params.body == tern_smtp::command::Body::EightBitMime,
+                smtputf8: env.params.smtputf8,
+                xshadow: format!("{}{id}", self.xshadow_prefix),
+                message,
+            };
+            let r = self.shadow_copy(copy).await;
             Some(r)
         };
         let (appended, shadowed) = futures_lite::future::zip(append, shadow).await;
@@ -395,6 +380,17 @@ impl Core {
         Ok(id)
     }
 
+    /// Makes `copy` on a peer (the peer's node id, or the last error) and
+    /// adds the time it took to `tern_shadow_latency_microseconds_total`.
+    async fn shadow_copy(&self, copy: crate::shadow::link::Copy) -> Result<String, String> {
+        let started = std::time::Instant::now();
+        let r = self.links.shadow(&self.config.cluster, copy).await;
+        self.metrics
+            .shadow_latency_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        r
+    }
+
     /// A shadow copy of a message this node generated and stored (a DSN:
     /// null sender, one recipient, `content` as stored), made before the
     /// message it reports on is released. Without a peer it stays
@@ -403,33 +399,16 @@ impl Core {
         if !self.shadowing() {
             return;
         }
-        let xshadow = format!(
-            "{},{},{id}",
-            self.config.cluster.node_id,
-            self.shared
-                .database_id
-                .get()
-                .map(|d| d.to_string())
-                .unwrap_or_default()
-        );
-        let started = std::time::Instant::now();
         let r = self
-            .links
-            .shadow(
-                &self.config.cluster,
-                crate::shadow::link::Copy {
-                    from: String::new(),
-                    rcpts: vec![recipient.to_owned()],
-                    eight_bit: content.iter().any(|&b| b >= 0x80),
-                    smtputf8: !recipient.is_ascii(),
-                    xshadow,
-                    message: content.to_vec(),
-                },
-            )
+            .shadow_copy(crate::shadow::link::Copy {
+                from: String::new(),
+                rcpts: vec![recipient.to_owned()],
+                eight_bit: content.iter().any(|&b| b >= 0x80),
+                smtputf8: !recipient.is_ascii(),
+                xshadow: format!("{}{id}", self.xshadow_prefix),
+                message: content.to_vec(),
+            })
             .await;
-        self.metrics
-            .shadow_latency_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match r {
             Ok(node) => {
                 CoreMetrics::inc(&self.metrics.shadow_copies_made);
@@ -676,25 +655,19 @@ pub async fn run(
         truncated = report.truncated.is_some(), "log opened");
     let listener = TcpListener::bind(config.listen).map_err(std::io::Error::from)?;
     shared.ready.fetch_add(1, Ordering::SeqCst);
+    let database_id = shared
+        .database_id
+        .get()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
     let smtp = Rc::new(ServerConfig {
         hostname: config.hostname.clone(),
         message_bytes_max: config.smtp.message_size_max,
         recipients_max: config.smtp.recipients_max,
         errors_max: config.smtp.errors_max,
         extra_ehlo: Vec::new(),
-        shadow_ehlo: (config.cluster.shadow_redundancy && !config.cluster.peers.is_empty()).then(
-            || {
-                format!(
-                    "XSHADOW {} {}",
-                    config.cluster.node_id,
-                    shared
-                        .database_id
-                        .get()
-                        .map(|d| d.to_string())
-                        .unwrap_or_default()
-                )
-            },
-        ),
+        shadow_ehlo: (config.cluster.shadow_redundancy && !config.cluster.peers.is_empty())
+            .then(|| format!("XSHADOW {} {database_id}", config.cluster.node_id)),
     });
     let core = Rc::new(Core {
         shard: shard as u16,
@@ -711,6 +684,7 @@ pub async fn run(
         recent: std::cell::RefCell::new(Recent::new(config.delivery.recent_cache_bytes)),
         peer_ips: config.cluster.peers.iter().map(|p| p.addr.ip()).collect(),
         links: crate::shadow::link::Links::new(&config.hostname, shared.clone()),
+        xshadow_prefix: format!("{},{database_id},", config.cluster.node_id),
     });
     glommio::spawn_local(watch(core.clone())).detach();
     let delivery = crate::delivery::Delivery::start(core.clone())?;

@@ -406,28 +406,9 @@ fn attempt(addr: SocketAddr, content: &[u8]) -> Result<String, bool> {
 fn chaos_kills_and_restarts_lose_no_acknowledged_message() {
     const MESSAGES: usize = 300;
     let t0 = Instant::now();
-    let seed: u64 = std::env::var("TERN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("chaos seed {seed} (TERN_CHAOS_SEED to repeat)");
+    let seed = chaos_seed();
     let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
-    let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let addrs = [ra.addr(), rb.addr()];
-    let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"3s\"";
-    let cfg = |me: &str, peer: &str, peer_addr| {
-        config(
-            &relay(sink.addr()),
-            me,
-            "default",
-            &[(peer, peer_addr, "default")],
-            timers,
-        )
-    };
-    let mut nodes = [
-        Node::start("a", ra, 1, cfg("a", "b", addrs[1])),
-        Node::start("b", rb, 1, cfg("b", "a", addrs[0])),
-    ];
+    let (mut nodes, addrs) = chaos_pair(&sink);
     let done = AtomicBool::new(false);
     let (outcomes, events) = std::thread::scope(|s| {
         let killer = s.spawn(|| {
@@ -442,19 +423,7 @@ fn chaos_kills_and_restarts_lose_no_acknowledged_message() {
                 if done.load(Ordering::Relaxed) {
                     break;
                 }
-                let i = rng.gen_range(0..2);
-                // Some outages outlast the 3 s resubmit span (takeover).
-                let down = Duration::from_millis(rng.gen_range(200..5000));
-                nodes[i].kill();
-                let at = t0.elapsed();
-                std::thread::sleep(down);
-                nodes[i].restart();
-                events.push(format!(
-                    "{} killed at {:.1}s, down {:.1}s",
-                    nodes[i].name,
-                    at.as_secs_f64(),
-                    down.as_secs_f64()
-                ));
+                events.push(kill_and_restart(&mut nodes, &mut rng, 5000, t0));
             }
             events
         });
@@ -626,29 +595,10 @@ fn chaos_kills_and_restarts_lose_no_acknowledged_message() {
 #[test]
 fn chaos_under_the_load_generator_loses_no_acknowledged_message() {
     const MESSAGES: u64 = 400;
-    let seed: u64 = std::env::var("TERN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("chaos seed {seed} (TERN_CHAOS_SEED to repeat)");
+    let seed = chaos_seed();
     let t0 = Instant::now();
     let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
-    let (ra, rb) = (PortReservation::new(), PortReservation::new());
-    let addrs = [ra.addr(), rb.addr()];
-    let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"3s\"";
-    let cfg = |me: &str, peer: &str, peer_addr| {
-        config(
-            &relay(sink.addr()),
-            me,
-            "default",
-            &[(peer, peer_addr, "default")],
-            timers,
-        )
-    };
-    let mut nodes = [
-        Node::start("a", ra, 1, cfg("a", "b", addrs[1])),
-        Node::start("b", rb, 1, cfg("b", "a", addrs[0])),
-    ];
+    let (mut nodes, addrs) = chaos_pair(&sink);
     let dir = tempfile::tempdir().unwrap();
     let acked_path = dir.path().join("acked.txt");
     // Killed (by PID) on drop if the test fails before it exits.
@@ -687,19 +637,7 @@ fn chaos_under_the_load_generator_loses_no_acknowledged_message() {
         while Instant::now() < until && sender.0.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let i = rng.gen_range(0..2);
-        // Some outages outlast the 3 s resubmit span (takeover).
-        let down = Duration::from_millis(rng.gen_range(200..4000));
-        nodes[i].kill();
-        let at = t0.elapsed();
-        std::thread::sleep(down);
-        nodes[i].restart();
-        events.push(format!(
-            "{} killed at {:.1}s, down {:.1}s",
-            nodes[i].name,
-            at.as_secs_f64(),
-            down.as_secs_f64()
-        ));
+        events.push(kill_and_restart(&mut nodes, &mut rng, 4000, t0));
     };
     assert!(exited.is_some(), "tern-loadgen did not finish within 90 s");
     let text = std::fs::read_to_string(&acked_path).expect("the --acked file");
@@ -748,4 +686,59 @@ fn chaos_under_the_load_generator_loses_no_acknowledged_message() {
         "acknowledged but never delivered: {missing:?} (seed {seed}); events: {events:?}"
     );
     assert!(seen.keys().all(|s| *s < MESSAGES));
+}
+
+/// The chaos seed: `TERN_CHAOS_SEED` or a random one (printed).
+fn chaos_seed() -> u64 {
+    let seed = std::env::var("TERN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("chaos seed {seed} (TERN_CHAOS_SEED to repeat)");
+    seed
+}
+
+/// Nodes a and b shadowing each other, both delivering to `sink`, with
+/// short heartbeats and a 3 s resubmit span; and their addresses.
+fn chaos_pair(sink: &TestSink) -> ([Node; 2], [SocketAddr; 2]) {
+    let (ra, rb) = (PortReservation::new(), PortReservation::new());
+    let addrs = [ra.addr(), rb.addr()];
+    let timers = "shadow_heartbeat_frequency = \"300ms\"\nshadow_resubmit_time_span = \"3s\"";
+    let cfg = |me: &str, peer: &str, peer_addr| {
+        config(
+            &relay(sink.addr()),
+            me,
+            "default",
+            &[(peer, peer_addr, "default")],
+            timers,
+        )
+    };
+    let nodes = [
+        Node::start("a", ra, 1, cfg("a", "b", addrs[1])),
+        Node::start("b", rb, 1, cfg("b", "a", addrs[0])),
+    ];
+    (nodes, addrs)
+}
+
+/// SIGKILLs one node at random, keeps it down 0.2 s to `down_max_ms` (some
+/// outages outlast the 3 s resubmit span: takeover), restarts it; what
+/// happened, for the failure message.
+fn kill_and_restart(
+    nodes: &mut [Node; 2],
+    rng: &mut rand::rngs::StdRng,
+    down_max_ms: u64,
+    t0: Instant,
+) -> String {
+    let i = rng.gen_range(0..2);
+    let down = Duration::from_millis(rng.gen_range(200..down_max_ms));
+    nodes[i].kill();
+    let at = t0.elapsed();
+    std::thread::sleep(down);
+    nodes[i].restart();
+    format!(
+        "{} killed at {:.1}s, down {:.1}s",
+        nodes[i].name,
+        at.as_secs_f64(),
+        down.as_secs_f64()
+    )
 }

@@ -42,7 +42,7 @@ pub const MARK_LINE_MAX: usize = 400;
 /// most [`REPLY_LINES_MAX`] ids): bounds a round even if ids keep coming.
 pub const ASKS_PER_ROUND_MAX: usize = 10_000;
 
-/// Most handled ids the primary keeps for its shadows (about 70 MB); the
+/// Most handled ids the primary keeps for its shadows; the
 /// oldest go first, and the watermarks still cover them.
 pub const DISCARD_IDS_MAX: usize = 1_000_000;
 
