@@ -106,19 +106,38 @@ macro_rules! each {
     };
 }
 
-impl LogFile for EngineFile {
-    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        each!(self.write_at(buf, pos))
-    }
-
-    async fn sync_data(&self) -> io::Result<()> {
+impl EngineFile {
+    /// Counts one fdatasync against the failpoint; `Err` once it is spent.
+    fn failpoint(&self) -> io::Result<()> {
         if let Some(left) = &self.syncs_left {
             if left.get() == 0 {
                 return Err(io::Error::other("failpoint: fdatasync failed"));
             }
             left.set(left.get() - 1);
         }
+        Ok(())
+    }
+}
+
+impl LogFile for EngineFile {
+    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+        each!(self.write_at(buf, pos))
+    }
+
+    async fn sync_data(&self) -> io::Result<()> {
+        self.failpoint()?;
         each!(self.sync_data())
+    }
+
+    async fn write_all_sync(&self, writes: Vec<(Vec<u8>, u64)>) -> io::Result<()> {
+        if self.failpoint().is_err() {
+            // The writes happen; the fdatasync fails.
+            for (buf, pos) in writes {
+                each!(self.write_at(buf, pos))?;
+            }
+            return Err(io::Error::other("failpoint: fdatasync failed"));
+        }
+        each!(self.write_all_sync(writes))
     }
 
     async fn allocate(&self, len: u64) -> io::Result<()> {

@@ -183,8 +183,14 @@ fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
 fn main() -> anyhow::Result<()> {
     // Log lines are handed to a background thread: a core never blocks on
     // a slow stderr (the buffer is bounded; lines beyond it are dropped and
-    // counted rather than stalling mail). The guard flushes at exit.
-    let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stderr());
+    // counted rather than stalling mail). The guard flushes at exit. The
+    // thread writes every line it has queued, then flushes: buffered, that
+    // is one write(2) per batch instead of one per line (one line per
+    // accepted message; measured: the log thread took 14% of a node's CPU
+    // at 6 000 msgs/s with a write per line). A line waits for nothing:
+    // the flush comes as soon as the queue is empty.
+    let stderr = std::io::BufWriter::with_capacity(64 << 10, std::io::stderr());
+    let (writer, _flush_guard) = tracing_appender::non_blocking(stderr);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::Config;
 use crate::core::{self, Shared};
@@ -70,6 +70,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .name(&format!("tern-core-{shard}"))
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(256)
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move { core::run(shard, config, shared, metrics).await })
             .map_err(std::io::Error::from)?;
         handles.push(handle);

@@ -108,17 +108,16 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
     let padded = chunk.buf.len().div_ceil(BLOCK as usize) * BLOCK as usize;
     chunk.buf.resize(padded, 0);
     let padded_end = chunk.file_pos + padded as u64;
-    file.write_at(std::mem::take(&mut chunk.buf), chunk.file_pos)
-        .await?;
-    // Zeros only where nothing was ever written, as a second write covered
-    // by the same fdatasync.
+    // The chunk, then zeros only where nothing was ever written, then the
+    // fdatasync: one call.
+    let mut writes = vec![(std::mem::take(&mut chunk.buf), chunk.file_pos)];
     let zeros = zero_fill_range(&shared.config, padded_end, zeroed_to);
     if let Some((from, to)) = zeros {
-        file.write_at(vec![0; (to - from) as usize], from).await?;
+        writes.push((vec![0; (to - from) as usize], from));
     }
     let write_len = padded as u64 + zeros.map_or(0, |(from, to)| to - from);
     let sync_started = std::time::Instant::now();
-    file.sync_data().await?;
+    file.write_all_sync(writes).await?;
     let sync_us = sync_started.elapsed().as_micros() as u64;
     let mut st = shared.st.borrow_mut();
     let stats = &mut st.stats;
@@ -172,12 +171,11 @@ async fn write_cursors<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
         };
         (snapshot, st.cursor_version, st.cursor_file.clone())
     };
-    file.write_at(
+    file.write_all_sync(vec![(
         snapshot.encode(),
         snapshot.slot() * crate::cursor::SLOT_BYTES as u64,
-    )
+    )])
     .await?;
-    file.sync_data().await?;
     let mut st = shared.st.borrow_mut();
     st.durable_cursors = snapshot;
     st.durable_cursor_version = version;
