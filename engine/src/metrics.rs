@@ -232,8 +232,8 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         .collect();
     histogram(
         &mut out,
-        "tern_log_fdatasync_seconds",
-        "fdatasync latency",
+        "tern_log_commit_seconds",
+        "group commit latency: the batch's write(s) and fdatasync",
         cores,
         &sync_bounds,
         |c, b| l(&c.sync_us[b]),
@@ -388,9 +388,9 @@ mod tests {
         m.set_log_stats(&stats);
         let text = render(&[&m]);
         assert!(text.contains("tern_messages_accepted_total{core=\"0\"} 1\n"));
-        assert!(text.contains("tern_log_fdatasync_seconds_bucket{core=\"0\",le=\"0.000256\"} 3\n"));
-        assert!(text.contains("tern_log_fdatasync_seconds_bucket{core=\"0\",le=\"0.000512\"} 4\n"));
-        assert!(text.contains("tern_log_fdatasync_seconds_count{core=\"0\"} 4\n"));
+        assert!(text.contains("tern_log_commit_seconds_bucket{core=\"0\",le=\"0.000256\"} 3\n"));
+        assert!(text.contains("tern_log_commit_seconds_bucket{core=\"0\",le=\"0.000512\"} 4\n"));
+        assert!(text.contains("tern_log_commit_seconds_count{core=\"0\"} 4\n"));
         // Every delivery and shadow counter is rendered.
         for name in [
             "tern_delivered_recipients_total",

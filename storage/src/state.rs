@@ -129,7 +129,8 @@ pub struct LogStats {
     pub records: u64,
     /// Bytes written (block-aligned, including rewritten partial blocks).
     pub bytes_written: u64,
-    /// fdatasync latency histogram: bucket `i` counts syncs that took less
+    /// Group commit latency histogram (the batch's write(s) and its
+    /// fdatasync, one `LogFile::write_all_sync`): bucket `i` counts commits that took less
     /// than `2^i` microseconds (the last bucket: everything slower).
     pub sync_us_buckets: [u64; SYNC_BUCKETS],
     /// Records per batch histogram: bucket `i` counts batches of less than
