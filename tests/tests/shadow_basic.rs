@@ -268,6 +268,65 @@ fn a_bounce_gets_a_shadow_copy_too() {
     assert_eq!(a.counter("tern_shadow_copies_made_total"), 2);
 }
 
+/// With a peer that takes connections but never answers, the DSNs of a
+/// batch of bounces wait one `shadow_timeout` for their shadow copies, not
+/// one each: A's status writer makes the copies side by side (before, 8
+/// bounces stalled it for 8 x 4 s, and every other delivery result with
+/// them).
+#[test]
+fn dsn_copies_to_a_silent_peer_wait_together() {
+    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
+    sink.set_behavior(tern_tests::sink::Behavior {
+        rcpt: vec![("rcpt@example.com".into(), 550, "5.1.1 no such user".into())],
+        ..Default::default()
+    });
+    // The kernel completes connections into the backlog; nobody accepts
+    // or greets.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = node_config(
+        "a",
+        "b",
+        silent.local_addr().unwrap(),
+        "shadow_heartbeat_frequency = \"1h\"",
+    )
+    .replace("shadow_timeout = \"2s\"", "shadow_timeout = \"4s\"");
+    let a = TernProcess::start(Options::with_config(&relay(sink.addr(), cfg)));
+    const N: usize = 8;
+    // One session each, at once: every 250 waits for the silent peer too
+    // (then the message is kept without redundancy).
+    std::thread::scope(|scope| {
+        for i in 0..N {
+            let addr = a.addr();
+            scope.spawn(move || {
+                let mut c = tern_tests::smtp::Client::ehlo(addr);
+                c.send_message(
+                    "sender@example.org",
+                    &["rcpt@example.com"],
+                    &message(&format!("b{i}"), &["x"]),
+                );
+                c.quit();
+            });
+        }
+    });
+    assert_eq!(a.counter("tern_non_redundant_accepts_total"), N as u64);
+    tern_tests::server::wait_until(
+        "A to queue a DSN",
+        std::time::Duration::from_secs(30),
+        || a.counter("tern_dsns_queued_total") >= 1,
+    );
+    // From the first DSN: side by side, one to three writer passes of
+    // ~4 s; one after the other it took N x 4 s = 32 s.
+    tern_tests::server::wait_until(
+        "every DSN's shadow copy to give up",
+        std::time::Duration::from_secs(20),
+        || a.counter("tern_shadow_copies_failed_total") == 2 * N as u64,
+    );
+    assert_eq!(a.counter("tern_dsns_queued_total"), N as u64);
+    // The DSNs still go out (without redundancy).
+    sink.wait_for(N, std::time::Duration::from_secs(30));
+    drop(silent);
+}
+
 /// SPEC 3: a shadow asks for discards on any session it has open to the
 /// primary anyway, not only on heartbeats. Heartbeats every hour here:
 /// B learns that A delivered its 5 messages when B sends its own mail to

@@ -992,8 +992,16 @@ impl Delivery {
             }
             let now = now_ms();
             let mut events = Vec::new();
+            let mut copies = Vec::new();
             for a in &batch {
-                self.conclude(a, now, &mut events).await;
+                self.conclude(a, now, &mut events, &mut copies).await;
+            }
+            // SPEC 3: an original is released only with its DSN redundant
+            // too, so the status waits for the DSNs' shadow copies. They run
+            // side by side: with a peer that does not answer, the batch
+            // waits one shadow_timeout per peer, not one per DSN.
+            for c in copies {
+                c.await;
             }
             let mut ok = true;
             for chunk in events.chunks(status::EVENTS_MAX) {
@@ -1044,8 +1052,15 @@ impl Delivery {
         self.core.append_status(events).await
     }
 
-    /// The events for a finished attempt (and its DSN, appended here).
-    async fn conclude(&self, a: &Attempt, now: u64, events: &mut Vec<StatusEvent>) {
+    /// The events for a finished attempt (and its DSN, appended here; its
+    /// shadow copy, started here, goes to `copies`).
+    async fn conclude(
+        &self,
+        a: &Attempt,
+        now: u64,
+        events: &mut Vec<StatusEvent>,
+        copies: &mut Vec<glommio::Task<()>>,
+    ) {
         let results = a.results.borrow().clone();
         let m = self.metrics();
         let expires = a.msg.received_ms + self.cfg.message_expiration_timeout.as_millis() as u64;
@@ -1089,7 +1104,8 @@ impl Delivery {
                 tracing::info!(id = %a.id, rcpt = %a.msg.recipients[*i as usize], host = host.as_deref().unwrap_or("-"),
                     reply = %reply.text(), expired = exp, "bounced");
             }
-            if !a.msg.mail_from.is_empty() && self.queue_dsn(a, &failed, now).await.is_err() {
+            if !a.msg.mail_from.is_empty() && self.queue_dsn(a, &failed, now, copies).await.is_err()
+            {
                 // Not recorded: the recipients stay pending and are tried
                 // again (the log is failing anyway).
                 temporary.extend(failed.drain(..).map(|(i, r, h, _)| (i, r, h)));
@@ -1138,6 +1154,7 @@ impl Delivery {
         a: &Attempt,
         failed: &[(u32, Reply, Option<String>, bool)],
         now: u64,
+        copies: &mut Vec<glommio::Task<()>>,
     ) -> Result<(), ()> {
         let expired_text = format!(
             "the message could not be delivered within {} and expired",
@@ -1201,10 +1218,13 @@ impl Delivery {
                 };
                 tracing::info!(id = %a.id, dsn = %dsn, to = %a.msg.mail_from, "bounce queued");
                 // SPEC 3: the original is released (`done`) only with its
-                // DSN redundant too, so the DSN gets a shadow copy first.
-                self.core
-                    .shadow_generated(dsn, &a.msg.mail_from, &content)
-                    .await;
+                // DSN redundant too: the writer waits for this copy before
+                // it records the original's status.
+                let core = self.core.clone();
+                let to = a.msg.mail_from.clone();
+                copies.push(glommio::spawn_local(async move {
+                    core.shadow_generated(dsn, &to, &content).await
+                }));
                 Ok(())
             }
             Err(e) => {
