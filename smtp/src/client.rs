@@ -195,14 +195,17 @@ pub fn bdat(out: &mut Vec<u8>, content: &[u8], chunk_max: usize) {
 
 /// True if `content` has a CR not followed by LF or an LF not preceded by CR.
 pub fn has_bare_newline(content: &[u8]) -> bool {
-    let mut prev_cr = false;
-    for (i, &b) in content.iter().enumerate() {
-        match b {
-            b'\n' if !prev_cr => return true,
-            b'\r' if content.get(i + 1) != Some(&b'\n') => return true,
-            _ => {}
+    // Hot path (every relayed message and shadow copy): jump from line
+    // end to line end with memchr2 instead of looking at every byte.
+    let mut i = 0;
+    while let Some(n) = memchr::memchr2(b'\r', b'\n', &content[i..]) {
+        let at = i + n;
+        if content[at] == b'\n' || content.get(at + 1) != Some(&b'\n') {
+            // An LF with no CR just before it (a CR would have been found
+            // first), or a CR not followed by LF.
+            return true;
         }
-        prev_cr = b == b'\r';
+        i = at + 2;
     }
     false
 }
@@ -233,6 +236,48 @@ fn crlf_normalised(content: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::data::{DataReceiver, Progress};
+    use proptest::prelude::*;
+
+    /// Byte by byte: the definition `has_bare_newline` must agree with.
+    fn bare_newline_reference(content: &[u8]) -> bool {
+        content.iter().enumerate().any(|(i, &b)| match b {
+            b'\n' => i == 0 || content[i - 1] != b'\r',
+            b'\r' => content.get(i + 1) != Some(&b'\n'),
+            _ => false,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn bare_newline_matches_the_byte_by_byte_definition(
+            content in proptest::collection::vec(
+                prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'a')], 0..40)
+        ) {
+            prop_assert_eq!(has_bare_newline(&content), bare_newline_reference(&content));
+        }
+    }
+
+    #[test]
+    fn bare_newlines() {
+        for (text, bare) in [
+            (&b""[..], false),
+            (b"a\r\nb\r\n", false),
+            (b"\r\n\r\n", false),
+            (b"\n", true),
+            (b"\r", true),
+            (b"a\r\r\n", true),
+            (b"a\r\n\n", true),
+            (b"a\rb", true),
+            (b"line\r\n", false),
+        ] {
+            assert_eq!(
+                has_bare_newline(text),
+                bare,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
 
     #[test]
     fn capabilities_from_ehlo() {
