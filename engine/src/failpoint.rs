@@ -130,12 +130,12 @@ impl LogFile for EngineFile {
     }
 
     async fn write_all_sync(&self, writes: Vec<(Vec<u8>, u64)>) -> io::Result<()> {
-        if self.failpoint().is_err() {
+        if let Err(e) = self.failpoint() {
             // The writes happen; the fdatasync fails.
             for (buf, pos) in writes {
                 each!(self.write_at(buf, pos))?;
             }
-            return Err(io::Error::other("failpoint: fdatasync failed"));
+            return Err(e);
         }
         each!(self.write_all_sync(writes))
     }

@@ -14,8 +14,10 @@
 //!    create the file, `fallocate` it, write the segment header block,
 //!    **fdatasync(segment)**, **fsync(directory)**, create its index.
 //! 3. Write the chunk (block aligned, the partial last block rewritten from
-//!    memory) with one `pwrite` through io_uring.
-//! 4. **fdatasync(segment)**. Only now are the chunk's records durable.
+//!    memory; zeros ahead where nothing was written yet) and
+//! 4. **fdatasync(segment)**, both in one `LogFile::write_all_sync`
+//!    (io_uring for buffered files, the core's blocking thread for
+//!    `O_DIRECT`). Only now are the chunk's records durable.
 //! 5. Push index entries (memory stores into the mapped index), advance the
 //!    durable point, wake the appenders: their `append` returns.
 //! 6. If cursors changed: write the next cursor slot, **fdatasync(cursors)**,
@@ -116,15 +118,15 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
         writes.push((vec![0; (to - from) as usize], from));
     }
     let write_len = padded as u64 + zeros.map_or(0, |(from, to)| to - from);
-    let sync_started = std::time::Instant::now();
+    let started = std::time::Instant::now();
     file.write_all_sync(writes).await?;
-    let sync_us = sync_started.elapsed().as_micros() as u64;
+    let commit_us = started.elapsed().as_micros() as u64;
     let mut st = shared.st.borrow_mut();
     let stats = &mut st.stats;
     stats.batches += 1;
     stats.records += chunk.records.len() as u64;
     stats.bytes_written += write_len;
-    stats.sync_us_buckets[bucket(sync_us, SYNC_BUCKETS)] += 1;
+    stats.sync_us_buckets[bucket(commit_us, SYNC_BUCKETS)] += 1;
     stats.batch_records_buckets[bucket(chunk.records.len() as u64, BATCH_BUCKETS)] += 1;
     let last = *chunk.records.last().expect("chunk has records");
     let (_, segment) = st.segments.iter_mut().next_back().expect("active segment");

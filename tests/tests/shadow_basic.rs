@@ -226,16 +226,23 @@ fn more_discards_than_one_answer_holds() {
     );
 }
 
-/// SPEC 3: a message is released only with its DSN redundant too. A's
-/// next hop refuses the recipient (550): A queues a DSN for the sender and
-/// makes a shadow copy of it on B before the original's `done`.
-#[test]
-fn a_bounce_gets_a_shadow_copy_too() {
+/// A next hop that refuses `rcpt@example.com` (550 5.1.1): every message
+/// to it bounces.
+fn refusing_sink() -> tern_tests::sink::TestSink {
     let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
     sink.set_behavior(tern_tests::sink::Behavior {
         rcpt: vec![("rcpt@example.com".into(), 550, "5.1.1 no such user".into())],
         ..Default::default()
     });
+    sink
+}
+
+/// SPEC 3: a message is released only with its DSN redundant too. A's
+/// next hop refuses the recipient (550): A queues a DSN for the sender and
+/// makes a shadow copy of it on B before the original's `done`.
+#[test]
+fn a_bounce_gets_a_shadow_copy_too() {
+    let sink = refusing_sink();
     let (ra, rb) = (PortReservation::new(), PortReservation::new());
     // No discards during the test: B keeps what it got.
     let quiet = "shadow_heartbeat_frequency = \"1h\"";
@@ -275,11 +282,7 @@ fn a_bounce_gets_a_shadow_copy_too() {
 /// them).
 #[test]
 fn dsn_copies_to_a_silent_peer_wait_together() {
-    let sink = tern_tests::sink::TestSink::start("127.0.0.1:0".parse().unwrap());
-    sink.set_behavior(tern_tests::sink::Behavior {
-        rcpt: vec![("rcpt@example.com".into(), 550, "5.1.1 no such user".into())],
-        ..Default::default()
-    });
+    let sink = refusing_sink();
     // The kernel completes connections into the backlog; nobody accepts
     // or greets.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
