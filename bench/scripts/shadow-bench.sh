@@ -49,6 +49,7 @@ ROUNDS=${ROUNDS:-3}
 OPEN_SECS=${OPEN_SECS:-10}
 RATE_FRACTION=${RATE_FRACTION:-0.5}
 LG_CORES=${LG_CORES:-1}
+NODE_CORES=${NODE_CORES:-1}
 WARMUP=${WARMUP:-2000}
 WAIT=${WAIT:-300}
 A_PORT=${A_PORT:-2671}
@@ -120,7 +121,7 @@ start_nodes() {
   local cfg=$WORK/u.toml
   if [ "$1" = D ]; then
     $B_TASKSET "$TERN" serve --config "$WORK/u.toml" --data-dir "$WORK/data-b" --listen "127.0.0.1:$B_PORT" \
-      --admin-listen "127.0.0.1:$B_ADMIN" --cores 1 2>"$WORK/$2.b.log" &
+      --admin-listen "127.0.0.1:$B_ADMIN" --cores "$NODE_CORES" 2>"$WORK/$2.b.log" &
     B_PID=$!
     wait_port "$B_PORT" || { echo "node C did not listen on $B_PORT" >&2; tail "$WORK/$2.b.log" >&2; exit 1; }
   fi
@@ -129,13 +130,13 @@ start_nodes() {
     # B on the other CPU (tern pins its executors to the CPUs of its
     # affinity mask), so the two nodes share the machine's two cores.
     $B_TASKSET "$TERN" serve --config "$WORK/b.toml" --data-dir "$WORK/data-b" --listen "127.0.0.1:$B_PORT" \
-      --admin-listen "127.0.0.1:$B_ADMIN" --cores 1 2>"$WORK/$2.b.log" &
+      --admin-listen "127.0.0.1:$B_ADMIN" --cores "$NODE_CORES" 2>"$WORK/$2.b.log" &
     B_PID=$!
     wait_port "$B_PORT" || { echo "node B did not listen on $B_PORT" >&2; tail "$WORK/$2.b.log" >&2; exit 1; }
     wait_port "$B_ADMIN" || true
   fi
   "$TERN" serve --config "$cfg" --data-dir "$WORK/data-a" --listen "127.0.0.1:$A_PORT" \
-    --admin-listen "127.0.0.1:$A_ADMIN" --cores 1 2>"$WORK/$2.a.log" &
+    --admin-listen "127.0.0.1:$A_ADMIN" --cores "$NODE_CORES" 2>"$WORK/$2.a.log" &
   A_PID=$!
   wait_port "$A_PORT" || { echo "node A did not listen on $A_PORT" >&2; tail "$WORK/$2.a.log" >&2; exit 1; }
   wait_port "$A_ADMIN" || true
@@ -234,7 +235,7 @@ ELAPSED=$(python3 -c "print(f'{$(now) - $T_START:.0f}')")
 
 echo
 echo "tern-loadgen send --concurrency $C --per-conn 0 --size $SIZE --cores $LG_CORES: closed loop --messages $N; open loop --rate R --messages R*$OPEN_SECS (R = $RATE_FRACTION x U's closed-loop msgs/s in the same round); $ROUNDS rounds, $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ), ${ELAPSED} s; loadavg before $LOAD0, after $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "tern: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- engine smtp storage loadgen Cargo.lock 2>/dev/null || echo ' + uncommitted changes in the work tree'); A and B: tern serve --cores 1, [delivery] hold = true"
+echo "tern: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- engine smtp storage loadgen Cargo.lock 2>/dev/null || echo ' + uncommitted changes in the work tree'); A and B: tern serve --cores $NODE_CORES, [delivery] hold = true"
 echo
 python3 - "$WORK/results" "$C" <<'PY'
 import ast, math, sys

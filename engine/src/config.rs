@@ -251,6 +251,7 @@ struct ServerSection {
     relay_to: Option<String>,
     admin_listen: Option<String>,
     shutdown_grace: Option<HumanDuration>,
+    incoming_cpu: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +348,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Bound on finishing in-flight transactions at shutdown.
     pub shutdown_grace: Duration,
+    /// Each core's listener takes the connections that arrive on its own
+    /// CPU (`SO_INCOMING_CPU` in the `SO_REUSEPORT` group).
+    pub incoming_cpu: bool,
     /// Session limits.
     pub smtp: SmtpLimits,
     /// Relay control.
@@ -511,6 +515,7 @@ impl Config {
                 .server
                 .shutdown_grace
                 .map_or(Duration::from_secs(30), |d| d.0),
+            incoming_cpu: f.server.incoming_cpu.unwrap_or(false),
             smtp,
             relay,
             storage,
@@ -950,6 +955,7 @@ mod tests {
         assert_eq!(c.relay.client_networks.len(), 2);
         assert_eq!(c.admin_listen, Some("127.0.0.1:8025".parse().unwrap()));
         assert!(c.cores >= 1);
+        assert!(!c.incoming_cpu);
     }
 
     #[test]
@@ -959,6 +965,7 @@ mod tests {
             listen = "127.0.0.2:25"
             cores = 2
             admin_listen = "off"
+            incoming_cpu = true
             [smtp]
             message_size_max = "10MiB"
             inactivity_timeout = "30s"
@@ -977,6 +984,7 @@ mod tests {
         assert_eq!(c.listen.port(), 25);
         assert_eq!(c.cores, 1);
         assert_eq!(c.admin_listen, None);
+        assert!(c.incoming_cpu);
         assert_eq!(c.data_dir, PathBuf::from("/x"));
         assert_eq!(c.smtp.message_size_max, 10 << 20);
         assert_eq!(c.storage.segment_bytes_max, 64 << 20);

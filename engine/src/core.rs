@@ -653,7 +653,8 @@ pub async fn run(
     let (log, report) = Log::open(env, &dir, config.storage.clone(), TimestampMs::now()).await?;
     tracing::info!(shard, dir = %dir.display(), ?io, segments = report.segments, next = %report.next_sequence,
         truncated = report.truncated.is_some(), "log opened");
-    let listener = TcpListener::bind(config.listen).map_err(std::io::Error::from)?;
+    let incoming_cpu = config.incoming_cpu.then(|| crate::server::core_cpu(shard));
+    let listener = crate::server::bind_listener(config.listen, incoming_cpu)?;
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let database_id = shared
         .database_id
@@ -687,6 +688,8 @@ pub async fn run(
         xshadow_prefix: format!("{},{database_id},", config.cluster.node_id),
     });
     glommio::spawn_local(watch(core.clone())).detach();
+    let batching = crate::logbuf::batch_this_thread();
+    glommio::spawn_local(crate::logbuf::flusher()).detach();
     let delivery = crate::delivery::Delivery::start(core.clone())?;
     if shard == 0 && core.config.cluster.shadow_redundancy && !core.config.cluster.peers.is_empty()
     {
@@ -711,6 +714,7 @@ pub async fn run(
     delivery.stop(left.max(Duration::from_secs(1))).await;
     core.log.clone().close().await?;
     core.metrics.set_log_stats(&core.log.stats());
+    drop(batching);
     tracing::info!(shard, "core stopped");
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! admin.rs     admin HTTP listener (/metrics)
 //! dns.rs       MX resolution for delivery (hickory on a tokio thread)
 //! failpoint.rs storage env with a test-only fdatasync failpoint
+//! logbuf.rs    log lines of a core handed to the log thread in batches
 //! queue_cmd.rs `tern queue list/show` over the read-only inspector
 //! ```
 #![warn(missing_docs)]
@@ -32,6 +33,7 @@ pub mod delivery;
 pub mod dns;
 pub mod dsn;
 pub mod failpoint;
+pub mod logbuf;
 pub mod message;
 pub mod metrics;
 pub mod policy;

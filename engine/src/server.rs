@@ -61,12 +61,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // Executors are pinned to the CPUs this process may use (its affinity
     // mask: `taskset -c 1 tern serve` puts a second node on CPU 1), in
     // order; more cores than CPUs wrap around.
-    let cpus = allowed_cpus();
     tracing::info!(listen = %config.listen, cores = config.cores, data_dir = %config.data_dir.display(), "starting");
     let mut handles = Vec::new();
     for shard in 0..config.cores {
         let (config, shared, metrics) = (config.clone(), shared.clone(), metrics[shard].clone());
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard % cpus.len()]))
+        let cpu = core_cpu(shard);
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("tern-core-{shard}"))
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(256)
@@ -124,6 +124,51 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// The CPU core `shard`'s executor is pinned to: the process's allowed
+/// CPUs in order, wrapping around.
+pub fn core_cpu(shard: usize) -> usize {
+    let cpus = allowed_cpus();
+    cpus[shard % cpus.len()]
+}
+
+/// Binds core `shard`'s SMTP listener: `SO_REUSEPORT` (every core binds
+/// the same address, as glommio's own `bind` does) and, with
+/// `incoming_cpu`, `SO_INCOMING_CPU` = the core's CPU, so the group gives
+/// this listener the connections whose packets arrive on that CPU (Linux
+/// 6.2 and later; older kernels ignore it for the choice). Over loopback
+/// that is the CPU the client connected from; with a multi-queue NIC, the
+/// CPU that takes the receive queue's interrupts.
+pub fn bind_listener(
+    addr: std::net::SocketAddr,
+    incoming_cpu: Option<usize>,
+) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_port(true)?;
+    if let Some(cpu) = incoming_cpu {
+        let val = cpu as libc::c_int;
+        // SAFETY: a valid socket fd and a c_int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                sk.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_INCOMING_CPU,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    sk.bind(&addr.into())?;
+    sk.listen(1024)?;
+    // SAFETY: the fd is a bound, listening TCP socket that we own and
+    // hand over.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sk.into_raw_fd()) })
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), ascending;
