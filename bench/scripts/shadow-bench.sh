@@ -34,6 +34,8 @@
 #
 # Usage: bench/scripts/shadow-bench.sh [MESSAGES] [CONCURRENCY] [SIZE]
 # Defaults 20000, 10, 4096. Knobs: ROUNDS (3), OPEN_SECS (10), LG_CORES (1),
+# NODE_CORES (1: every node's --cores), B_CPU (the last CPU: B and C run
+# under taskset -c B_CPU; 0 = no taskset, e.g. with NODE_CORES=2),
 # CONTROL (0; 1 adds the same-disk control D to every round),
 # EXTRA_TOML (appended to every node's config, e.g. '[storage]\nio = "buffered"'),
 # RATE_FRACTION (0.5: the fixed rate as a fraction of U's closed-loop msgs/s),
