@@ -8,7 +8,8 @@
 //! plus the log thread's own wake-ups. [`Batched`] keeps a core's lines in
 //! a thread-local buffer instead and hands the buffer over as one message
 //! when it reaches [`BATCH_BYTES`] or when the core's [`flusher`] task
-//! comes round ([`FLUSH_EVERY`]); a WARN or ERROR line goes at once
+//! comes round ([`FLUSH_EVERY`] after the batch's first line; an idle
+//! core arms no timer); a WARN or ERROR line goes at once
 //! (after the core's lines before it). Threads that never called
 //! [`batch_this_thread`] (main, signal, admin, DNS, blocking threads)
 //! write straight through.
@@ -21,8 +22,10 @@
 //! core's clean exit.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io::{self, Write};
 use std::sync::OnceLock;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -39,6 +42,9 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 thread_local! {
     /// `Some` on a thread that batches: its lines not yet handed over.
     static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// The core's [`flusher`] while it waits for a first line (an idle
+    /// core arms no timer).
+    static FLUSHER: RefCell<Option<Waker>> = const { RefCell::new(None) };
 }
 
 /// A `MakeWriter` that batches on core threads and writes through to `W`
@@ -102,6 +108,13 @@ impl<W: Write> Write for BatchWriter<W> {
         let full = PENDING.with(|p| {
             let mut p = p.borrow_mut();
             let pending = p.as_mut()?;
+            if pending.is_empty() {
+                // The first line since the last hand-over starts the
+                // flusher's clock.
+                if let Some(w) = FLUSHER.with(|f| f.borrow_mut().take()) {
+                    w.wake();
+                }
+            }
             pending.extend_from_slice(buf);
             Some((pending.len() >= BATCH_BYTES).then(|| take_batch(pending)))
         });
@@ -166,9 +179,20 @@ fn hand_to_sink() {
     }
 }
 
-/// A core's task: hands the core's lines over every [`FLUSH_EVERY`].
+/// A core's task: hands the core's lines over [`FLUSH_EVERY`] after the
+/// first one of a batch; sleeps without a timer while there is none.
 pub async fn flusher() {
     loop {
+        poll_fn(|cx| {
+            let waiting = PENDING.with(|p| p.borrow().as_ref().is_some_and(|b| !b.is_empty()));
+            if waiting {
+                Poll::Ready(())
+            } else {
+                FLUSHER.with(|f| *f.borrow_mut() = Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
         glommio::timer::sleep(FLUSH_EVERY).await;
         hand_to_sink();
     }
@@ -179,6 +203,7 @@ pub async fn flusher() {
 pub fn end_batching() {
     hand_to_sink();
     PENDING.with(|p| p.borrow_mut().take());
+    FLUSHER.with(|f| f.borrow_mut().take());
 }
 
 #[cfg(test)]
@@ -280,5 +305,43 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn the_flusher_hands_a_core_s_lines_over_after_flush_every_and_idles_without_a_timer() {
+        let w = Writes::default();
+        let b = install(w.clone());
+        let writes = w.0.clone();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let batching = batch_this_thread();
+                glommio::spawn_local(flusher()).detach();
+                glommio::timer::sleep(FLUSH_EVERY * 3).await;
+                assert!(
+                    writes.lock().unwrap().is_empty(),
+                    "nothing logged, nothing written"
+                );
+                assert!(
+                    FLUSHER.with(|f| f.borrow().is_some()),
+                    "the flusher waits for a line, no timer"
+                );
+
+                line(&b, "one\n");
+                line(&b, "two\n");
+                assert!(writes.lock().unwrap().is_empty(), "held for FLUSH_EVERY");
+                glommio::timer::sleep(FLUSH_EVERY * 3).await;
+                assert_eq!(*writes.lock().unwrap(), vec![b"one\ntwo\n".to_vec()]);
+
+                // And again after an idle spell.
+                glommio::timer::sleep(FLUSH_EVERY * 3).await;
+                line(&b, "three\n");
+                glommio::timer::sleep(FLUSH_EVERY * 3).await;
+                assert_eq!(writes.lock().unwrap().len(), 2);
+                drop(batching);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -201,7 +201,7 @@ fn main() -> anyhow::Result<()> {
     // accepted message; measured: the log thread took 14% of a node's CPU
     // at 6 000 msgs/s with a write per line). A line waits for nothing:
     // the flush comes as soon as the queue is empty. A core's own lines
-    // reach that thread in batches (`logbuf`: one hand-off per 20 ms or
+    // reach that thread in batches (`logbuf`: one hand-off per 10 ms or
     // 32 KiB instead of a wake-up per line).
     let stderr = std::io::BufWriter::with_capacity(64 << 10, std::io::stderr());
     let (writer, _flush_guard) = tracing_appender::non_blocking(stderr);
