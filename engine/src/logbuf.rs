@@ -108,16 +108,22 @@ impl<W: Write> Write for BatchWriter<W> {
         let full = PENDING.with(|p| {
             let mut p = p.borrow_mut();
             let pending = p.as_mut()?;
-            if pending.is_empty() {
-                // The first line since the last hand-over starts the
-                // flusher's clock.
-                if let Some(w) = FLUSHER.with(|f| f.borrow_mut().take()) {
-                    w.wake();
-                }
-            }
+            let first = pending.is_empty();
             pending.extend_from_slice(buf);
-            Some((pending.len() >= BATCH_BYTES).then(|| take_batch(pending)))
+            Some((
+                first,
+                (pending.len() >= BATCH_BYTES).then(|| take_batch(pending)),
+            ))
         });
+        if let Some((true, _)) = full {
+            // The first line since the last hand-over starts the
+            // flusher's clock (woken outside the borrow of PENDING: a
+            // wake-up that logs must not find it borrowed).
+            if let Some(w) = FLUSHER.with(|f| f.borrow_mut().take()) {
+                w.wake();
+            }
+        }
+        let full = full.map(|(_, batch)| batch);
         match full {
             // Not a batching thread.
             None => self.inner.write(buf),
