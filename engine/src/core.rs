@@ -642,6 +642,7 @@ async fn refuse(mut stream: TcpStream) {
 /// Runs core `shard` until shutdown: opens its log, listens, serves.
 pub async fn run(
     shard: usize,
+    cpu: usize,
     config: Arc<Config>,
     shared: Arc<Shared>,
     metrics: Arc<CoreMetrics>,
@@ -653,8 +654,15 @@ pub async fn run(
     let (log, report) = Log::open(env, &dir, config.storage.clone(), TimestampMs::now()).await?;
     tracing::info!(shard, dir = %dir.display(), ?io, segments = report.segments, next = %report.next_sequence,
         truncated = report.truncated.is_some(), "log opened");
-    let incoming_cpu = config.incoming_cpu.then(|| crate::server::core_cpu(shard));
+    let incoming_cpu = config.incoming_cpu.then_some(cpu);
     let listener = crate::server::bind_listener(config.listen, incoming_cpu)?;
+    // (Start-up probes wait for this line from every core.)
+    tracing::info!(
+        shard,
+        cpu,
+        incoming_cpu = config.incoming_cpu,
+        "listener bound"
+    );
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let database_id = shared
         .database_id

@@ -15,10 +15,12 @@
 //! write straight through.
 //!
 //! What it costs: a core's INFO or DEBUG line reaches stderr up to
-//! [`FLUSH_EVERY`] later, lines of different cores interleave by batch
-//! (each core's in order), and a process killed with SIGKILL loses the
-//! INFO lines of its last [`FLUSH_EVERY`] (as it loses those queued for
-//! the log thread); warnings and errors are not held back. [`end_batching`] flushes at a
+//! [`FLUSH_EVERY`] later; lines of different threads interleave by batch
+//! (each core's in order; a line of the signal or admin thread can come
+//! before a core's earlier lines); and a process that ends without its
+//! cores stopping (SIGKILL, or the immediate exit on a second SIGTERM)
+//! loses the INFO lines of its last [`FLUSH_EVERY`], as it loses those
+//! queued for the log thread. Warnings and errors are not held back. [`end_batching`] flushes at a
 //! core's clean exit.
 
 use std::cell::RefCell;
@@ -65,9 +67,11 @@ impl<W> Batched<W> {
 /// writer), which the cores' [`flusher`] tasks also hand their batches to.
 pub fn install<W: Write + Clone + Send + Sync + 'static>(inner: W) -> Batched<W> {
     let sink = inner.clone();
-    let _ = SINK.set(Box::new(move |b: &[u8]| {
+    let installed = SINK.set(Box::new(move |b: &[u8]| {
         let _ = sink.clone().write_all(b);
     }));
+    // A second writer would split a core's lines between the two.
+    assert!(installed.is_ok(), "logbuf::install called twice");
     Batched::new(inner)
 }
 

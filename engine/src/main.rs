@@ -187,8 +187,10 @@ fn main() -> anyhow::Result<()> {
     // pages in again: clear_page under malloc's page faults was 1.5% of a
     // node's CPU samples at 5 000 msgs/s, 0.4% with these settings. Memory
     // a core has used stays with the process up to these bounds.
+    // (Per malloc arena: each core's thread gets its own.)
     // SAFETY: mallopt only sets allocator parameters; called before any
     // other thread exists.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);

@@ -71,7 +71,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(256)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-            .spawn(move || async move { core::run(shard, config, shared, metrics).await })
+            .spawn(move || async move { core::run(shard, cpu, config, shared, metrics).await })
             .map_err(std::io::Error::from)?;
         handles.push(handle);
     }
@@ -127,13 +127,14 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 /// The CPU core `shard`'s executor is pinned to: the process's allowed
-/// CPUs in order, wrapping around.
+/// CPUs in order, wrapping around. Called before the executors start (a
+/// pinned thread's own mask is its one CPU).
 pub fn core_cpu(shard: usize) -> usize {
     let cpus = allowed_cpus();
     cpus[shard % cpus.len()]
 }
 
-/// Binds core `shard`'s SMTP listener: `SO_REUSEPORT` (every core binds
+/// Binds a core's SMTP listener: `SO_REUSEPORT` (every core binds
 /// the same address, as glommio's own `bind` does) and, with
 /// `incoming_cpu`, `SO_INCOMING_CPU` = the core's CPU, so the group gives
 /// this listener the connections whose packets arrive on that CPU (Linux

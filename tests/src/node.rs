@@ -129,7 +129,11 @@ impl Node {
                 return Err(format!("not ready within {START_WAIT:?}"));
             }
             let opened = self.cores == 1
-                || self.stderr_of(self.starts).matches("log opened").count() >= self.cores;
+                || self
+                    .stderr_of(self.starts)
+                    .matches("listener bound")
+                    .count()
+                    >= self.cores;
             if opened {
                 if let Ok(mut c) = Client::connect(self.addr()) {
                     if let Ok(Some(r)) = c.try_reply() {

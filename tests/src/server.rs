@@ -311,8 +311,8 @@ impl TernProcess {
         self.status = None;
     }
 
-    /// Ready = every core opened its log (it binds its listener right
-    /// after) and a connection gets the 220 greeting. Connections that are
+    /// Ready = every core bound its listener (its "listener bound" line)
+    /// and a connection gets the 220 greeting. Connections that are
     /// reset or closed before a reply are retried until [`START_WAIT`].
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_WAIT;
@@ -323,11 +323,11 @@ impl TernProcess {
             if Instant::now() > deadline {
                 return Err(format!("not ready within {START_WAIT:?}"));
             }
-            // One core: the greeting proves it. More: each logs "log
-            // opened" just before binding its listener, and a connection
-            // reaches only one of them.
+            // One core: the greeting proves it. More: each logs "listener
+            // bound" once it listens, and a connection reaches only one of
+            // them.
             let opened = self.options.cores == 1
-                || self.stderr().matches("log opened").count() >= self.options.cores;
+                || self.stderr().matches("listener bound").count() >= self.options.cores;
             if opened {
                 if let Ok(mut c) = Client::connect(self.smtp.addr()) {
                     match c.try_reply() {

@@ -50,11 +50,26 @@ fn shards_from(tern: &TernProcess, cpu: usize, n: usize) -> Vec<u16> {
     .expect("client thread")
 }
 
+/// The running kernel's (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 #[test]
 fn each_core_takes_the_connections_made_on_its_cpu() {
     let cpus = allowed_cpus();
     if cpus.len() < 2 {
         eprintln!("skipped: needs 2 CPUs, this process may use {cpus:?}");
+        return;
+    }
+    // SO_INCOMING_CPU steers the SO_REUSEPORT group's choice since 6.2.
+    if kernel_version() < (6, 2) {
+        eprintln!("skipped: kernel {:?} is older than 6.2", kernel_version());
         return;
     }
     let tern = TernProcess::start(Options {

@@ -1061,6 +1061,18 @@ fn watermark_only_discards(a_cores: usize) {
         0,
         "B was not asking yet"
     );
+    // The sink having a message does not make A's status record of it
+    // durable: kill A only once its queue holds just the stuck ones, or
+    // the last good one is delivered again after the restart (the
+    // documented crash-between-delivery-and-status duplicate). The gauge
+    // is published every maintenance_interval (200 ms): wait one first,
+    // so what is read was published after the sink had every good one.
+    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "A to record the good deliveries",
+        Duration::from_secs(15),
+        || a.counter("tern_queue_messages") == stuck.len() as u64,
+    );
     a.kill();
     a.restart();
     b.kill();
