@@ -146,24 +146,11 @@ pub fn bind_listener(
     incoming_cpu: Option<usize>,
 ) -> std::io::Result<glommio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    use std::os::fd::{FromRawFd, IntoRawFd};
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sk.set_reuse_port(true)?;
     if let Some(cpu) = incoming_cpu {
-        let val = cpu as libc::c_int;
-        // SAFETY: a valid socket fd and a c_int option value of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                sk.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_INCOMING_CPU,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        sk.set_cpu_affinity(cpu)?;
     }
     sk.bind(&addr.into())?;
     sk.listen(1024)?;

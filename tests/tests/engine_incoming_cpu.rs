@@ -6,22 +6,10 @@
 use tern_tests::server::{Options, TernProcess};
 use tern_tests::smtp::{message, Client};
 
-/// The CPUs this test process may run on (tern inherits the same mask).
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t filled by the kernel.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    assert_eq!(rc, 0, "sched_getaffinity");
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `i` is below CPU_SETSIZE.
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .collect()
-}
-
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) {
-    // SAFETY: as above; sched_setaffinity(0) sets the calling thread's mask.
+    // SAFETY: a zeroed cpu_set_t with one bit set; sched_setaffinity(0)
+    // sets the calling thread's mask.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -62,7 +50,8 @@ fn kernel_version() -> (u32, u32) {
 
 #[test]
 fn each_core_takes_the_connections_made_on_its_cpu() {
-    let cpus = allowed_cpus();
+    // tern inherits this process's mask and pins core i to its i-th CPU.
+    let cpus = tern_engine::server::allowed_cpus();
     if cpus.len() < 2 {
         eprintln!("skipped: needs 2 CPUs, this process may use {cpus:?}");
         return;
