@@ -358,7 +358,7 @@ pub struct Config {
     /// Log settings per shard.
     pub storage: LogConfig,
     /// How the log writes (page cache or O_DIRECT).
-    pub io: crate::failpoint::IoMode,
+    pub io: crate::shard::failpoint::IoMode,
     /// Outbound delivery.
     pub delivery: DeliveryConfig,
     /// Next-hop pools by name (including `relay_to` when set).
@@ -453,7 +453,7 @@ impl Config {
                 .unwrap_or_else(|| "./tern-data".into());
             available_cores()
                 .min(256)
-                .max(crate::server::existing_shards(&dir))
+                .max(crate::layout::existing_shards(&dir))
         } else {
             cores
         };
@@ -478,17 +478,17 @@ impl Config {
         let relay = resolve_relay(&f.relay, &mut problems);
         let storage = resolve_storage(&f.storage, &smtp, &mut problems);
         let io = match f.storage.io.as_deref() {
-            None | Some("auto") => crate::failpoint::IoMode::Auto,
-            Some("buffered") => crate::failpoint::IoMode::Buffered,
-            Some("direct") => crate::failpoint::IoMode::Direct,
+            None | Some("auto") => crate::shard::failpoint::IoMode::Auto,
+            Some("buffered") => crate::shard::failpoint::IoMode::Buffered,
+            Some("direct") => crate::shard::failpoint::IoMode::Direct,
             Some(other) => {
                 problems.push(format!(
                     "storage.io: {other:?} is not \"auto\", \"buffered\" or \"direct\""
                 ));
-                crate::failpoint::IoMode::Auto
+                crate::shard::failpoint::IoMode::Auto
             }
         };
-        if io != crate::failpoint::IoMode::Buffered && storage.zero_fill_ahead_bytes == 0 {
+        if io != crate::shard::failpoint::IoMode::Buffered && storage.zero_fill_ahead_bytes == 0 {
             // Measured: O_DIRECT writes into preallocated (unwritten) extents
             // run ~8x slower than with zero-fill ahead (BENCHMARKS.md).
             problems.push("storage.zero_fill_ahead = 0 requires storage.io = \"buffered\"".into());

@@ -2,43 +2,46 @@
 //!
 //! # Layout
 //!
+//! Rooms from the top down; a room imports only from rooms below it
+//! (checked by `tests/module_layers.rs`; ARCHITECTURE.md has the table).
+//!
 //! ```text
-//! main.rs      CLI (clap): serve, queue list/show, check-config
-//! config.rs    TOML config (strict) + CLI overrides + validation
-//! cluster.rs   HA boundary: node id, site, peers, shadow peer order; database id
-//! server.rs    one pinned glommio executor per core, signals, admin thread
-//! core.rs      per core: log shard, SO_REUSEPORT listener, accept loop, limits
-//! session.rs   per connection: socket loop (buffers, deadlines) around tern_smtp
-//! policy.rs    relay control
-//! message.rs   the message record format (envelope + Received + content)
-//! received.rs  the Received: trace header
-//! delivery/    queue (cursor over the log), routing + pools, outbound client,
-//!              retries, bounces, Safety Net and reclamation
-//! shadow/      shadow redundancy: the shadow record (more to come, issue 6)
-//! dsn.rs       delivery status notifications (bounces, delay notices)
-//! metrics.rs   per-core counters, Prometheus rendering
-//! admin.rs     admin HTTP listener (/metrics)
-//! dns.rs       MX resolution for delivery (hickory on a tokio thread)
-//! failpoint.rs storage env with a test-only fdatasync failpoint
-//! logbuf.rs    log lines of a core handed to the log thread in batches
-//! queue_cmd.rs `tern queue list/show` over the read-only inspector
+//! cli/        the `tern` command line: serve, queue tools, route and shadow commands
+//! admin/      admin HTTP listener: /metrics, /routes, /shadow
+//! server/     tern serve: executors, signals, one core's wiring and stop order
+//! inbound/    listener and admission, the session socket loop, relay control, the accept step
+//! delivery/   queue (a cursor over the log), scheduler, dispatch, connections, writer, maintenance
+//! shadow/     shadow redundancy: primary side, replica side, link, heartbeat, discards, dedupe
+//! outbound.rs one outbound SMTP connection (used by delivery and the shadow link)
+//! shard/      a core's log shard: the appender (announce + append), fresh payloads, storage env
+//! record/     the record formats: message (kind 1), status (2), shadow copy (3)
+//! dsn.rs      delivery status notifications (RFC 3464 / RFC 6522)
+//! dns.rs      MX resolution (hickory on a tokio thread per core)
+//! received.rs the Received: trace header and RFC 5322 dates
+//! cluster.rs  node id, peers, shadow peer order; the transport database id
+//! metrics.rs  per-core counters, Prometheus rendering
+//! logbuf.rs   a core's log lines handed to the log thread in batches
+//! stop.rs     the stop flag and each core's shutdown signal
+//! layout.rs   the data directory's layout (shard directories)
+//! config/     TOML config (strict) + CLI overrides + validation
 //! ```
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod core;
 pub mod delivery;
 pub mod dns;
 pub mod dsn;
-pub mod failpoint;
+pub mod inbound;
+pub mod layout;
 pub mod logbuf;
-pub mod message;
 pub mod metrics;
-pub mod policy;
-pub mod queue_cmd;
+pub mod outbound;
 pub mod received;
+pub mod record;
 pub mod server;
-pub mod session;
 pub mod shadow;
+pub mod shard;
+pub mod stop;

@@ -98,7 +98,7 @@ impl Node {
                 .arg(&path)
                 .env("RUST_LOG", "info")
                 .env("RUST_BACKTRACE", "0")
-                .env_remove(tern_engine::failpoint::FAILPOINT_VAR)
+                .env_remove(tern_engine::shard::failpoint::FAILPOINT_VAR)
                 .env_remove("TERN_SPIN_US")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

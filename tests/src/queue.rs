@@ -184,7 +184,7 @@ pub fn strip_received(message: &[u8]) -> &[u8] {
 /// Every queued message by id, read with the same library code `tern
 /// queue` uses (one pass instead of one process per message).
 pub fn stored(data_dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    tern_engine::queue_cmd::queued(data_dir)
+    tern_engine::cli::queue::queued(data_dir)
         .expect("read the queue")
         .into_iter()
         .map(|(id, m)| (id.to_string(), m.message.to_vec()))

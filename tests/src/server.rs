@@ -295,7 +295,7 @@ impl TernProcess {
         cmd.arg("--config").arg(path);
         cmd.env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
-            .env_remove(tern_engine::failpoint::FAILPOINT_VAR)
+            .env_remove(tern_engine::shard::failpoint::FAILPOINT_VAR)
             .env_remove("TERN_SPIN_US");
         for (k, v) in &self.options.env {
             cmd.env(k, v);

@@ -345,7 +345,7 @@ fn relay_fast(to: SocketAddr, delivery_extra: &str) -> String {
 /// (primary queue id -> message bytes) of every copy for primary `a`
 /// held in `data_dir` from its `shadow` cursor on.
 fn copies_for_a(data_dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    tern_engine::queue_cmd::shadow_copies(data_dir)
+    tern_engine::cli::queue::shadow_copies(data_dir)
         .expect("read shadow copies")
         .into_iter()
         .filter(|(_, o, _)| o.node == "a")

@@ -63,7 +63,7 @@ fn send_five(node: &TernProcess) {
 /// (primary node, primary queue id, message bytes) of every shadow copy
 /// held in `data_dir`, read as `tern queue shadow` does.
 fn shadow_copies(data_dir: &Path) -> Vec<(String, String, Vec<u8>)> {
-    tern_engine::queue_cmd::shadow_copies(data_dir)
+    tern_engine::cli::queue::shadow_copies(data_dir)
         .expect("read shadow copies")
         .into_iter()
         .map(|(_, origin, m)| (origin.node, origin.queue_id, m.message.to_vec()))

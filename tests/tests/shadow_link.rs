@@ -49,7 +49,7 @@ fn batch_of(prefix: &str, n: usize, lines: usize) -> (Vec<u8>, Vec<String>) {
 }
 
 fn held_ids(b: &TernProcess) -> Vec<String> {
-    let mut ids: Vec<String> = tern_engine::queue_cmd::shadow_copies(&b.data_dir())
+    let mut ids: Vec<String> = tern_engine::cli::queue::shadow_copies(&b.data_dir())
         .expect("read shadow copies")
         .into_iter()
         .map(|(_, origin, _)| origin.queue_id)

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::status::{Event, StatusEvent};
+use crate::record::status::{Event, StatusEvent};
 
 /// One queued message.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -198,7 +198,7 @@ impl PrimaryState {
         if self.database.as_deref() != Some(db) {
             return false;
         }
-        let Ok(id) = qid.parse::<crate::message::QueueId>() else {
+        let Ok(id) = qid.parse::<crate::record::message::QueueId>() else {
             return false;
         };
         self.watermarks
@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn watermarks_name_handled_copies_of_the_same_store_only() {
-        use crate::message::QueueId;
+        use crate::record::message::QueueId;
         use tern_storage::Sequence;
         let id = |shard, seq| {
             QueueId {

@@ -7,7 +7,7 @@
 //! in batches. A batch is pipelined (RFC 2920 + RFC 3030): every copy's
 //! MAIL, RCPTs and `BDAT <n> LAST` go out in one write and the replies
 //! come back in order; the peer queues all the copies it read and answers
-//! them after one commit (`session.rs`). So a busy core pays one write,
+//! them after one commit (`inbound/session.rs`). So a busy core pays one write,
 //! one read and one peer commit per batch instead of per message, and
 //! while one connection waits for its batch's replies the next batch
 //! goes out on another. Connections stay open for the next batches.
@@ -25,9 +25,9 @@ use tern_smtp::client::MailOptions;
 use tern_smtp::command::Body;
 use tern_smtp::transaction::{RcptStatus, Transaction};
 
+use super::ShadowShared;
 use crate::cluster::{ClusterConfig, Peer};
-use crate::core::Shared;
-use crate::delivery::outbound::{timed, Conn, ConnError};
+use crate::outbound::{timed, Conn, ConnError};
 
 /// Connections per core per peer carrying batches at the same time.
 pub const LINKS_PER_PEER: usize = 2;
@@ -95,7 +95,7 @@ struct Pipe {
     hostname: String,
     /// This node's id (for `XQDISCARD`).
     node_id: String,
-    shared: Arc<Shared>,
+    shared: Arc<ShadowShared>,
     /// When this pipe last asked its peer for discards.
     asked: Cell<Option<Instant>>,
     limit: Duration,
@@ -109,12 +109,12 @@ pub struct Links {
     pipes: RefCell<HashMap<SocketAddr, Rc<Pipe>>>,
     next: Cell<usize>,
     hostname: String,
-    shared: Arc<Shared>,
+    shared: Arc<ShadowShared>,
 }
 
 impl Links {
     /// No connections yet.
-    pub fn new(hostname: &str, shared: Arc<Shared>) -> Links {
+    pub fn new(hostname: &str, shared: Arc<ShadowShared>) -> Links {
         Links {
             pipes: RefCell::new(HashMap::new()),
             next: Cell::new(0),
@@ -318,12 +318,11 @@ async fn ask_discards(pipe: &Pipe, conn: &mut Conn) -> bool {
     let asked = timed(pipe.limit, async { Ok(conn.command(&line).await) }).await;
     match asked {
         Ok(Ok(reply)) if reply.code == 250 => {
-            if let Some(answer) = crate::shadow::discard::parse_answer(&reply.lines) {
-                let n = crate::shadow::heartbeat::record_answer(
-                    &pipe.shared,
-                    &pipe.peer.node_id,
-                    answer,
-                );
+            if let Some(answer) = super::discard::parse_answer(&reply.lines) {
+                let n = pipe
+                    .shared
+                    .replica
+                    .record_answer(&pipe.peer.node_id, answer);
                 tracing::debug!(peer = %pipe.peer.node_id, discards = n, "discards asked on the shadow link");
             }
             true

@@ -14,9 +14,10 @@ use tern_smtp::address::ForwardPath;
 use tern_smtp::server::{Event, Policy, Session};
 use tern_smtp::{Reply, Status};
 
-use crate::core::Core;
+use super::relay::RelayPolicy;
+use super::Inbound;
 use crate::metrics::CoreMetrics;
-use crate::policy::RelayPolicy;
+use crate::shadow::replica::PendingCopy;
 
 /// Read buffer per connection. Bounded: 2000 connections per core use
 /// 32 MiB; a larger message just takes more reads.
@@ -53,7 +54,7 @@ async fn read_some(
     stream: &mut TcpStream,
     buf: &mut [u8],
     wait: Duration,
-    core: &Core,
+    core: &Inbound,
     watch_shutdown: bool,
 ) -> std::io::Result<Wake> {
     let read = async { stream.read(buf).await.map(Wake::Read) };
@@ -93,8 +94,24 @@ async fn flush<P: Policy>(
     Ok(())
 }
 
+/// What the socket loop keeps besides the protocol session.
+struct Loop {
+    /// The client asked to close (QUIT, or the session ended it).
+    closing: bool,
+    /// Shutdown was seen once (idle sessions then get 421).
+    shutdown_seen: bool,
+    /// Error replies already counted.
+    errors: u32,
+    /// Content bytes this session holds in the core's budget.
+    held: usize,
+    /// Shadow copies queued in the log whose 250s are in the output: the
+    /// output goes out only once they are durable (one commit for all the
+    /// copies a pipelining primary sent in one go).
+    pending: Vec<PendingCopy>,
+}
+
 /// Serves one accepted connection to its end.
-pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn run(core: Rc<Inbound>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let limits = &core.config.smtp;
     let refused = Rc::new(std::cell::Cell::new(0));
@@ -112,33 +129,23 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         READ_BUF_BYTES
     };
     let mut buf = vec![0u8; buf_bytes];
-    let (mut closing, mut shutdown_seen, mut errors, mut held) = (false, false, 0, 0);
-    // Shadow copies queued in the log whose 250s are in the output: the
-    // output goes out only once they are durable (one commit for all the
-    // copies a pipelining primary sent in one go).
-    let mut pending: Vec<crate::core::PendingShadow> = Vec::new();
+    let mut l = Loop {
+        closing: false,
+        shutdown_seen: false,
+        errors: 0,
+        held: 0,
+        pending: Vec::new(),
+    };
     loop {
-        if !pending.is_empty() && !s.mid_chunk() {
-            // (In the middle of a BDAT chunk the primary is still writing
-            // its batch: read the rest first, so the whole batch shares one
-            // commit. Anything else may wait for a reply: commit now.)
-            if let Err(e) = core.shadows_durable(&pending).await {
-                // Their 250s must not go out: close without a word, so the
-                // primary tries another shadow for every copy in flight.
-                core.metrics
-                    .rejected_storage
-                    .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(error = %e, client = %peer, copies = pending.len(), "cannot store shadow copies; closing the shadow link");
-                break;
-            }
-            pending.clear();
+        if !commit_copies(&core, &s, &mut l.pending, peer).await {
+            break;
         }
         // Held 250s (copies not yet durable) never go out early.
-        if pending.is_empty()
+        if l.pending.is_empty()
             && (flush(&mut stream, &mut s, limits.inactivity_timeout)
                 .await
                 .is_err()
-                || closing)
+                || l.closing)
         {
             break;
         }
@@ -151,7 +158,7 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         } else {
             let remaining = limits.session_timeout.saturating_sub(started.elapsed());
             let wait = limits.inactivity_timeout.min(remaining);
-            let watch = !shutdown_seen;
+            let watch = !l.shutdown_seen;
             match read_some(&mut stream, &mut buf, wait, &core, watch).await {
                 Ok(Wake::Read(0)) | Err(_) => break,
                 Ok(Wake::Read(n)) => s.receive(&buf[..n]),
@@ -159,43 +166,79 @@ pub async fn run(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
                     CoreMetrics::inc(&core.metrics.timeouts);
                     s.timeout();
                 }
-                Ok(Wake::Shutdown) => shutdown_seen = true,
+                Ok(Wake::Shutdown) => l.shutdown_seen = true,
             }
         }
-        while let Some(event) = s.poll() {
-            match event {
-                Event::Message { envelope, content } if envelope.params.xshadow.is_some() => {
-                    match core.queue_shadow(&envelope, &content, peer).await {
-                        Ok(p) => {
-                            s.complete(Ok(&p.id.to_string()));
-                            pending.push(p);
-                        }
-                        Err(reply) => s.complete(Err(reply)),
-                    }
-                }
-                Event::Message { envelope, content } => {
-                    let result = core.accept(&envelope, &content, peer).await;
-                    match result {
-                        Ok(id) => s.complete(Ok(&id.to_string())),
-                        Err(reply) => s.complete(Err(reply)),
-                    }
-                }
-                Event::Discard { node, database } => {
-                    s.answer(core.discard_answer(&node, &database));
-                }
-                Event::Close => closing = true,
-            }
-        }
-        errors = count_errors(&core, errors, s.error_count(), &refused);
-        held = account_memory(&core, &mut s, held);
+        handle_events(&core, &mut s, &mut l, peer).await;
+        l.errors = count_errors(&core, l.errors, s.error_count(), &refused);
+        l.held = account_memory(&core, &mut s, l.held);
     }
-    core.content_bytes.set(core.content_bytes.get() - held);
+    core.content_bytes.set(core.content_bytes.get() - l.held);
     let _ = stream.close().await;
+}
+
+/// Makes the queued shadow copies durable before their 250s go out,
+/// unless a BDAT chunk is still incomplete (the primary is still writing
+/// its batch: read the rest first, so the whole batch shares one commit;
+/// anything else may wait for a reply: commit now). False: the log
+/// failed; the link must close without a word, so the primary tries
+/// another shadow for every copy in flight.
+async fn commit_copies<P: Policy>(
+    core: &Inbound,
+    s: &Session<P>,
+    pending: &mut Vec<PendingCopy>,
+    peer: SocketAddr,
+) -> bool {
+    if pending.is_empty() || s.mid_chunk() {
+        return true;
+    }
+    if let Err(e) = core.copies_durable(pending).await {
+        core.metrics
+            .rejected_storage
+            .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(error = %e, client = %peer, copies = pending.len(), "cannot store shadow copies; closing the shadow link");
+        return false;
+    }
+    pending.clear();
+    true
+}
+
+/// Acts on what the session asked for: messages to accept, copies to
+/// queue, discard questions, closing.
+async fn handle_events<P: Policy>(
+    core: &Inbound,
+    s: &mut Session<P>,
+    l: &mut Loop,
+    peer: SocketAddr,
+) {
+    while let Some(event) = s.poll() {
+        match event {
+            Event::Message { envelope, content } if envelope.params.xshadow.is_some() => {
+                match core.accept_copy(&envelope, &content, peer).await {
+                    Ok(p) => {
+                        s.complete(Ok(&p.id.to_string()));
+                        l.pending.push(p);
+                    }
+                    Err(reply) => s.complete(Err(reply)),
+                }
+            }
+            Event::Message { envelope, content } => {
+                match core.accept(&envelope, &content, peer).await {
+                    Ok(id) => s.complete(Ok(&id.to_string())),
+                    Err(reply) => s.complete(Err(reply)),
+                }
+            }
+            Event::Discard { node, database } => {
+                s.answer(core.discard_answer(&node, &database));
+            }
+            Event::Close => l.closing = true,
+        }
+    }
 }
 
 /// Moves this session's new error replies into the metrics, split into
 /// relay refusals and everything else. Returns the new total.
-fn count_errors(core: &Core, before: u32, now: u32, refused: &std::cell::Cell<u32>) -> u32 {
+fn count_errors(core: &Inbound, before: u32, now: u32, refused: &std::cell::Cell<u32>) -> u32 {
     use std::sync::atomic::Ordering::Relaxed;
     let relay = refused.replace(0);
     let new = now.saturating_sub(before);
@@ -212,7 +255,7 @@ fn count_errors(core: &Core, before: u32, now: u32, refused: &std::cell::Cell<u3
 /// the total passes `smtp.message_memory_max`, this session is refused
 /// (421 4.3.2, nothing accepted) so memory stays bounded. Returns what the
 /// session now holds.
-fn account_memory<P: Policy>(core: &Core, s: &mut Session<P>, held_before: usize) -> usize {
+fn account_memory<P: Policy>(core: &Inbound, s: &mut Session<P>, held_before: usize) -> usize {
     let now = s.content_bytes();
     let total = core.content_bytes.get() - held_before + now;
     core.content_bytes.set(total);

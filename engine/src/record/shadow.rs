@@ -9,7 +9,7 @@
 //! ```text
 //! { u32 magic = "TNH1" | u16 version = 1 | u16 reserved = 0
 //! | str primary_node | str primary_database | str primary_queue_id }
-//! then a complete message record payload (kind 1 layout, `crate::message`):
+//! then a complete message record payload (kind 1 layout, `crate::record::message`):
 //! the envelope the primary sent and the message exactly as the primary
 //! stored it (its Received header included; the shadow adds none).
 //! ```
@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use tern_storage::RecordKind;
 
-use crate::message::{self, StoredMessage};
+use crate::record::message::{self, StoredMessage};
 
 /// Record kind of a shadow copy.
 pub const SHADOW: RecordKind = RecordKind(3);
@@ -148,11 +148,16 @@ mod tests {
             })],
         };
         let content = b"Received: from a\r\n\tby node-a\r\n\r\nbody\r\n";
-        let enc =
-            crate::message::Encoder::new(&env, "127.0.0.2:1".parse().unwrap(), 5, None, content)
-                .with_preamble(origin.preamble());
+        let enc = crate::record::message::Encoder::new(
+            &env,
+            "127.0.0.2:1".parse().unwrap(),
+            5,
+            None,
+            content,
+        )
+        .with_preamble(origin.preamble());
         let mut out = Vec::new();
-        let id = crate::message::QueueId {
+        let id = crate::record::message::QueueId {
             shard: 0,
             sequence: tern_storage::Sequence(9),
         };

@@ -8,25 +8,14 @@ use std::time::{Duration, SystemTime};
 use tern_storage::inspect::inspect;
 use tern_storage::Sequence;
 
+use crate::delivery::ingest::{replay, Replayed};
 use crate::delivery::queue::{Entry, Queue};
-use crate::delivery::status::{self, STATUS};
-use crate::message::{decode, QueueId, StoredMessage, MESSAGE};
+use crate::record::message::{decode, QueueId, StoredMessage, MESSAGE};
+use crate::record::shadow::{self as shadow_record, Origin, SHADOW};
+use crate::record::status::{self, STATUS};
 
 fn shards(data_dir: &Path) -> anyhow::Result<Vec<(u16, std::path::PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(data_dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("shard-"))
-            .and_then(|n| n.parse().ok())
-        {
-            out.push((n, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(crate::layout::shard_dirs(data_dir)?)
 }
 
 /// Queued messages of every shard with their delivery state, rebuilt the
@@ -40,20 +29,12 @@ pub fn queued_with_state(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, Stored
         let mut q = Queue::new();
         let mut payloads = std::collections::HashMap::new();
         for rec in view.records_from(from) {
-            if rec.kind == MESSAGE {
-                let key = rec.origin.unwrap_or(rec.sequence).0;
-                match crate::message::peek(&rec.payload) {
-                    Ok((ms, n)) => {
-                        q.add(key, rec.sequence.0, ms, n);
-                        payloads.insert(key, rec.payload);
-                    }
-                    Err(e) => eprintln!("record {}: {e}", rec.sequence),
+            match replay(&mut q, &rec) {
+                Ok(Replayed::Message(key)) => {
+                    payloads.insert(key, rec.payload);
                 }
-            } else if rec.kind == STATUS {
-                match status::decode(&rec.payload) {
-                    Ok(events) => events.iter().for_each(|e| q.apply(e)),
-                    Err(e) => eprintln!("record {}: {e}", rec.sequence),
-                }
+                Ok(_) => {}
+                Err(e) => eprintln!("record {}: {}", rec.sequence, e.error),
             }
         }
         for (key, entry) in q.iter() {
@@ -116,22 +97,20 @@ pub fn safety_net(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, StoredMessage
 
 /// Shadow copies this node holds for peers: every shadow record from the
 /// `shadow` cursor on (local id, origin, message).
-pub fn shadow_copies(
-    data_dir: &Path,
-) -> anyhow::Result<Vec<(QueueId, crate::shadow::record::Origin, StoredMessage)>> {
+pub fn shadow_copies(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, Origin, StoredMessage)>> {
     let mut out = Vec::new();
     for (shard, dir) in shards(data_dir)? {
         let view = inspect(&dir)?;
         let from = view.cursor("shadow").unwrap_or(Sequence(0));
         for rec in view.records_from(from) {
-            if rec.kind != crate::shadow::record::SHADOW {
+            if rec.kind != SHADOW {
                 continue;
             }
             let id = QueueId {
                 shard,
                 sequence: rec.sequence,
             };
-            match crate::shadow::record::decode(&rec.payload) {
+            match shadow_record::decode(&rec.payload) {
                 Ok((origin, m)) => out.push((id, origin, m)),
                 Err(e) => eprintln!("{id}: {e}"),
             }

@@ -1,14 +1,24 @@
 //! `tern serve`: one pinned glommio executor per core, a signal thread and
-//! the admin (metrics) thread.
+//! the admin thread.
+//!
+//! # Layout
+//!
+//! ```text
+//! mod.rs   serve: checks the data directory, starts the cores, signals, admin
+//! core.rs  one core: opens its shard, builds its rooms, serves, stops them in order
+//! ```
 
-use std::sync::atomic::Ordering;
+pub mod core;
+
 use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::Config;
-use crate::core::{self, Shared};
 use crate::metrics::CoreMetrics;
+use crate::shadow::ShadowShared;
+use crate::stop::StopFlag;
+use core::NodeState;
 
 /// io_uring registered memory per executor. glommio's default (10 MiB)
 /// exceeds the common 8 MiB RLIMIT_MEMLOCK; the log does not use
@@ -18,7 +28,7 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     tern_storage::log::create_dir_durably(&config.data_dir)?;
-    let shards = existing_shards(&config.data_dir);
+    let shards = crate::layout::existing_shards(&config.data_dir);
     if shards > config.cores {
         // The extra shards' logs would be served by nobody: their queued
         // messages never delivered, their shadows never told.
@@ -45,17 +55,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::default());
-    let _ = shared.database_id.set(database_id);
+    let node = NodeState {
+        stop: Arc::default(),
+        per_ip: Arc::default(),
+        routes: Arc::default(),
+        shadow: Arc::new(ShadowShared::new(database_id)),
+    };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
-    spawn_signal_thread(shared.clone())?;
+    spawn_signal_thread(node.stop.clone())?;
     let admin = match config.admin_listen {
-        Some(addr) => Some(crate::admin::spawn(
+        Some(addr) => Some(crate::admin::spawn(crate::admin::Admin {
             addr,
-            shared.clone(),
-            metrics.clone(),
-            config.clone(),
-        )?),
+            stop: node.stop.clone(),
+            routes: node.routes.clone(),
+            shadow: node.shadow.clone(),
+            cores: metrics.clone(),
+            config: config.clone(),
+        })?),
         None => None,
     };
     // Executors are pinned to the CPUs this process may use (its affinity
@@ -64,14 +80,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, cores = config.cores, data_dir = %config.data_dir.display(), "starting");
     let mut handles = Vec::new();
     for shard in 0..config.cores {
-        let (config, shared, metrics) = (config.clone(), shared.clone(), metrics[shard].clone());
+        let (config, node, metrics) = (config.clone(), node.clone(), metrics[shard].clone());
         let cpu = core_cpu(shard);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("tern-core-{shard}"))
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(256)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-            .spawn(move || async move { core::run(shard, cpu, config, shared, metrics).await })
+            .spawn(move || async move { core::run(shard, cpu, config, node, metrics).await })
             .map_err(std::io::Error::from)?;
         handles.push(handle);
     }
@@ -81,16 +97,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(shard, error = %e, "core failed");
-                shared.stop.store(true, Ordering::SeqCst);
+                node.stop.set();
                 failed.get_or_insert(e);
             }
             Err(e) => {
-                shared.stop.store(true, Ordering::SeqCst);
+                node.stop.set();
                 failed.get_or_insert(anyhow::anyhow!("core {shard} panicked: {e}"));
             }
         }
     }
-    shared.stop.store(true, Ordering::SeqCst);
+    node.stop.set();
     if let Some(admin) = admin {
         let _ = admin.join();
     }
@@ -103,7 +119,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
 }
 
-fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
+fn spawn_signal_thread(stop: Arc<StopFlag>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
@@ -114,7 +130,7 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
                     signal = sig,
                     "shutting down: no new connections; finishing transactions in flight"
                 );
-                shared.stop.store(true, Ordering::SeqCst);
+                stop.set();
             }
             // A second signal while shutting down: exit at once (what was
             // answered 250 is durable already).
@@ -132,31 +148,6 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> anyhow::Result<()> {
 pub fn core_cpu(shard: usize) -> usize {
     let cpus = allowed_cpus();
     cpus[shard % cpus.len()]
-}
-
-/// Binds a core's SMTP listener: `SO_REUSEPORT` (every core binds
-/// the same address, as glommio's own `bind` does) and, with
-/// `incoming_cpu`, `SO_INCOMING_CPU` = the core's CPU, so the group gives
-/// this listener the connections whose packets arrive on that CPU (Linux
-/// 6.2 and later; older kernels ignore it for the choice). Over loopback
-/// that is the CPU the client connected from; with a multi-queue NIC, the
-/// CPU that takes the receive queue's interrupts.
-pub fn bind_listener(
-    addr: std::net::SocketAddr,
-    incoming_cpu: Option<usize>,
-) -> std::io::Result<glommio::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sk.set_reuse_port(true)?;
-    if let Some(cpu) = incoming_cpu {
-        sk.set_cpu_affinity(cpu)?;
-    }
-    sk.bind(&addr.into())?;
-    sk.listen(1024)?;
-    // SAFETY: the fd is a bound, listening TCP socket that we own and
-    // hand over.
-    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sk.into_raw_fd()) })
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), ascending;
@@ -182,26 +173,6 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// One more than the highest `shard-N` directory in `data_dir` (0 when
-/// there is none or the directory cannot be read).
-pub fn existing_shards(data_dir: &std::path::Path) -> usize {
-    std::fs::read_dir(data_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix("shard-")
-                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?
-                .parse::<usize>()
-                .ok()
-        })
-        .map(|n| n + 1)
-        .max()
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -209,27 +180,5 @@ mod tests {
         let cpus = super::allowed_cpus();
         assert!(!cpus.is_empty());
         assert!(cpus.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
-    fn existing_shards_counts_shard_directories_only() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(super::existing_shards(dir.path()), 0);
-        for name in [
-            "shard-0",
-            "shard-2",
-            "shard-+7",
-            "shard-",
-            "shard-x1",
-            "database-id",
-        ] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-        }
-        assert_eq!(
-            super::existing_shards(dir.path()),
-            3,
-            "shard-2 is the highest"
-        );
-        assert_eq!(super::existing_shards(&dir.path().join("missing")), 0);
     }
 }

@@ -174,7 +174,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// Writes `preamble` before the message record (see
-    /// `crate::shadow::record`).
+    /// `crate::record::shadow`).
     pub fn with_preamble(mut self, preamble: Vec<u8>) -> Encoder<'a> {
         self.preamble = preamble;
         self

@@ -1,0 +1,56 @@
+//! `GET /routes`, `PUT /routes/PATTERN` (body: the pool), `DELETE
+//! /routes/PATTERN`: the run-time route overrides (`tern route`).
+
+use super::Admin;
+
+/// `PATTERN POOL (config|override)` per line.
+pub(super) fn list(a: &Admin) -> String {
+    let config = &a.config;
+    let mut out = String::new();
+    let overrides = a.routes.overrides();
+    for (pattern, pool) in &config.routes {
+        if !overrides.contains_key(pattern) {
+            out.push_str(&format!("{pattern} {pool} config\n"));
+        }
+    }
+    for (pattern, pool) in &overrides {
+        out.push_str(&format!("{pattern} {pool} override\n"));
+    }
+    out
+}
+
+pub(super) fn change(
+    a: &Admin,
+    method: &tiny_http::Method,
+    pattern: &str,
+    pool: &str,
+) -> (u16, String) {
+    let pattern = pattern.to_ascii_lowercase();
+    let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
+    if pattern != "*" && !tern_smtp::address::domain_name(domain) {
+        return (400, format!("{pattern:?} is not DOMAIN, *.DOMAIN or *\n"));
+    }
+    match method {
+        tiny_http::Method::Put => {
+            if !a.config.pools.contains_key(pool) {
+                let known: Vec<&str> = a.config.pools.keys().map(String::as_str).collect();
+                return (
+                    404,
+                    format!("no pool named {pool:?} (pools: {})\n", known.join(", ")),
+                );
+            }
+            a.routes.set(&pattern, pool);
+            tracing::info!(route = %pattern, pool, "route re-pointed at run time");
+            (200, format!("{pattern} -> {pool}\n"))
+        }
+        tiny_http::Method::Delete => {
+            if a.routes.clear(&pattern) {
+                tracing::info!(route = %pattern, "run-time route override removed");
+                (200, format!("{pattern}: override removed\n"))
+            } else {
+                (404, format!("{pattern}: no override\n"))
+            }
+        }
+        _ => (405, "use PUT or DELETE\n".into()),
+    }
+}

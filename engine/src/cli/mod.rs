@@ -1,0 +1,235 @@
+//! The `tern` command line: `serve`, the queue tools (read the data
+//! directory), and the route and shadow commands (talk to the running
+//! server's admin listener).
+//!
+//! # Layout
+//!
+//! ```text
+//! mod.rs     the commands and flags (clap), and what each runs
+//! queue.rs   tern queue list/show/shadow/safety-net over the read-only inspector
+//! remote.rs  tern route / tern shadow: requests to the admin listener
+//! ```
+
+pub mod queue;
+mod remote;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use remote::{admin_call, admin_url};
+
+/// The `tern` command.
+#[derive(Parser)]
+#[command(name = "tern", version, about = "tern: a durable SMTP relay")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct Common {
+    /// TOML config file (strict: unknown keys are errors).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default ./tern-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// SMTP listen address (default 127.0.0.1:2525).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Cores (executors) to run (default: all).
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Smarthost HOST:PORT for delivery.
+        #[arg(long)]
+        relay_to: Option<String>,
+        /// Admin (metrics) listen address, or "off" (default 127.0.0.1:8025).
+        #[arg(long)]
+        admin_listen: Option<String>,
+    },
+    /// Inspect the queue (reads the data directory; safe while running).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Re-point routes of the running server (through its admin listener).
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+    },
+    /// Shadow redundancy of the running server (through its admin listener).
+    Shadow {
+        #[command(subcommand)]
+        action: ShadowAction,
+    },
+    /// Validate a config file and print the resolved settings.
+    CheckConfig {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// One line per queued message.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Shadow copies held here for peers (their primary's node and id).
+    Shadow {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Handled messages still kept in the Safety Net.
+    SafetyNet {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Envelope and content of one message.
+    Show {
+        /// Queue id (14 hex digits, as in "queued as ...").
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct AdminArgs {
+    /// TOML config file (its server.admin_listen is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Admin address of the running server (default: from the config, else
+    /// 127.0.0.1:8025).
+    #[arg(long)]
+    admin: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ShadowAction {
+    /// This node, its peers (database ids, last heartbeat, copies held for
+    /// each) and the shadow counters.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    /// Route PATTERN (domain, *.domain or *) to pool POOL, on every core, now.
+    Set {
+        /// Domain, *.domain or *.
+        pattern: String,
+        /// A pool named in the config ([pools.NAME]).
+        pool: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove the run-time override of PATTERN (back to the config).
+    Clear {
+        /// Domain, *.domain or *.
+        pattern: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the routes in force.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
+    let o = Overrides {
+        data_dir: common.data_dir.clone(),
+        ..o
+    };
+    Config::load(common.config.as_deref(), &o)
+        .map_err(|problems| anyhow::anyhow!("invalid configuration:\n  {}", problems.join("\n  ")))
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Serve {
+            common,
+            listen,
+            cores,
+            relay_to,
+            admin_listen,
+        } => {
+            let overrides = Overrides {
+                listen,
+                cores,
+                relay_to,
+                admin_listen,
+                ..Default::default()
+            };
+            crate::server::serve(load(&common, overrides)?)
+        }
+        Command::Queue {
+            action: QueueAction::List { common },
+        } => {
+            let config = load(&common, Overrides::default())?;
+            queue::list(&config.data_dir, &mut stdout)
+        }
+        Command::Queue {
+            action: QueueAction::Shadow { common },
+        } => {
+            let config = load(&common, Overrides::default())?;
+            queue::list_shadow(&config.data_dir, &mut stdout)
+        }
+        Command::Queue {
+            action: QueueAction::SafetyNet { common },
+        } => {
+            let config = load(&common, Overrides::default())?;
+            queue::list_safety_net(&config.data_dir, &mut stdout)
+        }
+        Command::Queue {
+            action: QueueAction::Show { id, common },
+        } => {
+            let config = load(&common, Overrides::default())?;
+            queue::show(&config.data_dir, &id, &mut stdout)
+        }
+        Command::Route { action } => match action {
+            RouteAction::Set {
+                pattern,
+                pool,
+                admin,
+            } => admin_call(
+                "PUT",
+                &format!("{}/routes/{pattern}", admin_url(&admin)?),
+                &pool,
+            ),
+            RouteAction::Clear { pattern, admin } => admin_call(
+                "DELETE",
+                &format!("{}/routes/{pattern}", admin_url(&admin)?),
+                "",
+            ),
+            RouteAction::List { admin } => {
+                admin_call("GET", &format!("{}/routes", admin_url(&admin)?), "")
+            }
+        },
+        Command::Shadow {
+            action: ShadowAction::Status { admin },
+        } => admin_call("GET", &format!("{}/shadow", admin_url(&admin)?), ""),
+        Command::CheckConfig { common } => {
+            let config = load(&common, Overrides::default())?;
+            println!("{config:#?}");
+            Ok(())
+        }
+    }
+}

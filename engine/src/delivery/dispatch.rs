@@ -1,0 +1,356 @@
+//! One attempt: the message is taken from the fresh-payload cache or read
+//! from the log (zero-copy over the segment map) and decoded; its pending
+//! recipients are grouped by destination (`route.rs`; pools become
+//! candidate lists, MX answers candidates by preference, cached per core
+//! for [`MX_CACHE_MS`]) and each group becomes jobs in its destination's
+//! queue (`connection.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use tern_smtp::{Reply, Status};
+use tern_storage::{Sequence, TimestampMs};
+
+use super::connection::Dest;
+use super::queue::Entry;
+use super::route::{self, Candidate, Candidates, Router, Target};
+use super::{Attempt, Delivery, Job, Outcome, Parts};
+use crate::config::DeliveryConfig;
+use crate::dns::{DnsConfig, DnsError, MxAnswer, Resolver};
+use crate::metrics::CoreMetrics;
+use crate::record::message::{self, QueueId, StoredMessage};
+use crate::record::status::{Event, StatusEvent};
+
+/// How long a core reuses an MX answer (the resolver itself caches by TTL).
+const MX_CACHE_MS: u64 = 10_000;
+
+/// An MX answer (or permanent failure) and until when it is reused.
+type MxCached = (u64, Result<Candidates, Outcome>);
+
+/// Routing state of one core.
+pub(super) struct Dispatcher {
+    /// The routing table and the override generation it was built from.
+    router: RefCell<(u64, Router)>,
+    resolver: Option<Resolver>,
+    /// MX answers (and permanent failures) per domain, briefly, so busy
+    /// domains do not cross to the DNS thread for every message.
+    mx_cache: RefCell<HashMap<String, MxCached>>,
+    /// Destinations with work or connections.
+    dests: RefCell<HashMap<String, Rc<Dest>>>,
+}
+
+impl Dispatcher {
+    pub(super) fn new(parts: &Parts, cfg: &DeliveryConfig) -> Dispatcher {
+        let resolver = Resolver::start(&DnsConfig {
+            servers: cfg.dns_servers.clone(),
+            timeout: cfg.dns_timeout,
+        })
+        .map_err(|e| tracing::warn!(error = %e, "no DNS resolver: MX delivery will be deferred"))
+        .ok();
+        let generation = parts.routes.generation();
+        let c = &parts.config;
+        let router = Router::new(&c.routes, &parts.routes.overrides(), &c.pools);
+        Dispatcher {
+            router: RefCell::new((generation, router)),
+            resolver,
+            mx_cache: RefCell::new(HashMap::new()),
+            dests: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Every destination now known.
+    pub(super) fn destinations(&self) -> Vec<Rc<Dest>> {
+        self.dests.borrow().values().cloned().collect()
+    }
+
+    /// Forgets idle destinations (per-domain ones would pile up) and old
+    /// MX answers.
+    pub(super) fn forget_idle(&self, now: u64) {
+        self.dests.borrow_mut().retain(|_, d| !d.is_idle());
+        self.mx_cache
+            .borrow_mut()
+            .retain(|_, (until, _)| *until > now);
+    }
+}
+
+impl Delivery {
+    /// The routing table, rebuilt when the run-time overrides changed (one
+    /// atomic load per routing decision).
+    fn router(&self) -> std::cell::Ref<'_, (u64, Router)> {
+        let routes = &self.parts.routes;
+        let cell = &self.dispatch.router;
+        if routes.generation() != cell.borrow().0 {
+            let g = routes.generation();
+            let c = &self.parts.config;
+            *cell.borrow_mut() = (g, Router::new(&c.routes, &routes.overrides(), &c.pools));
+        }
+        cell.borrow()
+    }
+
+    /// One attempt: read, route, hand out jobs.
+    pub(super) async fn dispatch(self: Rc<Self>, key: u64) {
+        let Some(entry) = self.queue.borrow().get(key).cloned() else {
+            self.open_attempts.set(self.open_attempts.get() - 1);
+            return;
+        };
+        let id = QueueId {
+            shard: self.shard().id,
+            sequence: Sequence(key),
+        };
+        let msg = match self.read_message(&entry) {
+            Ok(m) => m,
+            Err(e) => {
+                self.unreadable(key, id, &entry, &e).await;
+                self.open_attempts.set(self.open_attempts.get() - 1);
+                return;
+            }
+        };
+        let pending = entry.pending();
+        let attempt = Rc::new(Attempt {
+            key,
+            id,
+            msg,
+            attempts: entry.attempts + 1,
+            branches: Cell::new(1),
+            results: RefCell::new(Vec::with_capacity(pending.len())),
+            rcpts: pending.clone(),
+            closed: Cell::new(false),
+        });
+        self.live.borrow_mut().insert(key, attempt.clone());
+        // An expired message still gets this attempt: if it fails
+        // temporarily, it bounces with that reply (see `writer.rs`).
+        for (target, rcpts) in self.group_by_target(&attempt, &pending) {
+            self.hand_out(&attempt, &target, rcpts).await;
+        }
+        self.branch_done(&attempt, Vec::new());
+    }
+
+    /// The queued message: the fresh payload kept at accept, else the log.
+    fn read_message(&self, entry: &Entry) -> Result<StoredMessage, String> {
+        let payload = match self.shard().take_payload(entry.location) {
+            Some(p) => p,
+            None => {
+                let rec = self.shard().log.read(Sequence(entry.location));
+                rec.map_err(|e| e.to_string())?.payload
+            }
+        };
+        message::decode(&payload).map_err(|e| e.to_string())
+    }
+
+    /// A queued message that cannot be read: retried later; after its
+    /// expiry it is removed (it can be neither delivered nor bounced: the
+    /// sender is in the damaged record), so it stops pinning the log.
+    async fn unreadable(&self, key: u64, id: QueueId, entry: &Entry, error: &str) {
+        CoreMetrics::inc(&self.metrics().unreadable);
+        let now = TimestampMs::now().0;
+        let later = now + self.cfg.retry_max.as_millis() as u64;
+        let expires = entry.received_ms + self.cfg.message_expiration_timeout.as_millis() as u64;
+        if now < expires {
+            tracing::error!(id = %id, error = %error, "cannot read queued message; retrying later");
+            self.queue.borrow_mut().release(key, later);
+            return;
+        }
+        tracing::error!(id = %id, error = %error, "queued message unreadable until expiry; removed from the queue (LOST)");
+        self.tail.unreadable(key);
+        let done = StatusEvent {
+            message: key,
+            event: Event::Done,
+            at_ms: now,
+            attempts: entry.attempts,
+            rcpts: Vec::new(),
+        };
+        match self
+            .shard()
+            .append_status(std::slice::from_ref(&done))
+            .await
+        {
+            Ok(_) => self.queue.borrow_mut().apply(&done),
+            Err(_) => self.queue.borrow_mut().release(key, later),
+        }
+    }
+
+    /// The attempt's pending recipients grouped by routing target.
+    fn group_by_target(&self, attempt: &Attempt, pending: &[u32]) -> Vec<(Target, Vec<u32>)> {
+        let mut groups: Vec<(Target, Vec<u32>)> = Vec::new();
+        let router = self.router();
+        for &i in pending {
+            let rcpt = &attempt.msg.recipients[i as usize];
+            let domain = domain_of(rcpt, &self.parts.config.hostname);
+            let target = router.1.route(&domain);
+            match groups.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((target, vec![i])),
+            }
+        }
+        groups
+    }
+
+    /// Hands the recipients for `target` to its destination as jobs of at
+    /// most `recipients_per_transaction_max`, or reports their outcome
+    /// when there is no destination (or delivery is stopping).
+    async fn hand_out(self: &Rc<Self>, attempt: &Rc<Attempt>, target: &Target, rcpts: Vec<u32>) {
+        let dest = if self.is_stopping() {
+            Err(Outcome::NotTried)
+        } else {
+            self.destination(target).await
+        };
+        match dest {
+            Ok(dest) => {
+                for part in rcpts.chunks(self.cfg.recipients_per_transaction_max) {
+                    attempt.branches.set(attempt.branches.get() + 1);
+                    let job = Job {
+                        attempt: attempt.clone(),
+                        rcpts: part.to_vec(),
+                    };
+                    self.push(&dest, job);
+                }
+            }
+            Err(outcome) => {
+                let results = rcpts.iter().map(|&i| (i, outcome.clone())).collect();
+                attempt.branches.set(attempt.branches.get() + 1);
+                self.branch_done(attempt, results);
+            }
+        }
+    }
+
+    /// The destination for `target`, with fresh candidates (MX: resolved
+    /// now, or from the core's short cache). `Err`: the recipients' outcome.
+    async fn destination(&self, target: &Target) -> Result<Rc<Dest>, Outcome> {
+        let name = target.name();
+        let candidates: Option<Candidates> = match target {
+            Target::Pool(_) if self.dispatch.dests.borrow().contains_key(&name) => None,
+            Target::Pool(p) => {
+                let c = route::pool_candidates(&self.parts.config.pools, p);
+                if c.is_empty() {
+                    let why = format!("no hosts in pool {p:?}");
+                    return Err(temporary(Status(4, 3, 5), why));
+                }
+                Some(Rc::new(c))
+            }
+            Target::Mx(domain) => Some(self.mx_cached(domain).await?),
+        };
+        let dest = self
+            .dispatch
+            .dests
+            .borrow_mut()
+            .entry(name.clone())
+            .or_insert_with(|| Rc::new(Dest::new(name)))
+            .clone();
+        if let Some(c) = candidates {
+            dest.set_candidates(c);
+        }
+        Ok(dest)
+    }
+
+    /// [`Delivery::mx`] through the core's cache (temporary failures are
+    /// not cached).
+    async fn mx_cached(&self, domain: &str) -> Result<Candidates, Outcome> {
+        let now = TimestampMs::now().0;
+        let cached = self
+            .dispatch
+            .mx_cache
+            .borrow()
+            .get(domain)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, r)| r.clone());
+        if let Some(r) = cached {
+            return r;
+        }
+        let r = self.mx(domain).await.map(Rc::new);
+        if !matches!(r, Err(Outcome::Temporary(..))) {
+            let until = now + MX_CACHE_MS;
+            let mut cache = self.dispatch.mx_cache.borrow_mut();
+            cache.insert(domain.to_owned(), (until, r.clone()));
+        }
+        r
+    }
+
+    /// The MX candidates of `domain` (a domain literal is its own host).
+    /// Null MX bounces 5.1.10, no such domain 5.1.2, DNS trouble defers.
+    async fn mx(&self, domain: &str) -> Result<Vec<Candidate>, Outcome> {
+        let port = self.cfg.mx_port;
+        if let Some(ip) = domain_literal(domain) {
+            return Ok(vec![Candidate {
+                addr: SocketAddr::new(ip, port),
+                name: domain.to_owned(),
+                priority: 0,
+                weight: 1,
+            }]);
+        }
+        let Some(resolver) = &self.dispatch.resolver else {
+            return Err(temporary(
+                Status(4, 4, 3),
+                "no DNS resolver available".into(),
+            ));
+        };
+        let answer = match resolver.mx(domain).await {
+            Ok(answer) => answer,
+            Err(DnsError::Temporary(e)) | Err(DnsError::Unavailable(e)) => {
+                let why = format!("DNS lookup of {domain} failed: {e}");
+                return Err(temporary(Status(4, 4, 3), why));
+            }
+        };
+        match route::mx_verdict(&answer) {
+            Ok(hosts) => {
+                let c = route::mx_candidates(hosts, port);
+                if c.is_empty() {
+                    let why = format!("no address for the MX hosts of {domain}");
+                    return Err(temporary(Status(4, 4, 4), why));
+                }
+                Ok(c)
+            }
+            Err(why) => {
+                let (code, status) = if matches!(answer, MxAnswer::NullMx) {
+                    (556, Status(5, 1, 10))
+                } else {
+                    (550, Status(5, 1, 2))
+                };
+                let reply = Reply::new(code, status, format!("{domain}: {why}"));
+                Err(Outcome::Permanent(reply, None))
+            }
+        }
+    }
+}
+
+/// A temporary failure found before any next hop was asked.
+fn temporary(status: Status, why: String) -> Outcome {
+    Outcome::Temporary(Reply::new(451, status, why), None)
+}
+
+/// The lower-case domain of a stored recipient (`Postmaster` alone goes
+/// to this host's own domain).
+fn domain_of(rcpt: &str, hostname: &str) -> String {
+    match rcpt.rsplit_once('@') {
+        Some((_, d)) => d.to_ascii_lowercase(),
+        None => hostname.to_ascii_lowercase(),
+    }
+}
+
+/// `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
+fn domain_literal(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner
+        .strip_prefix("ipv6:")
+        .or_else(|| inner.strip_prefix("IPv6:"))
+        .unwrap_or(inner);
+    inner.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("a@Example.COM", "h"), "example.com");
+        assert_eq!(domain_of("Postmaster", "Mx.Host"), "mx.host");
+        assert_eq!(
+            domain_literal("[127.0.0.2]"),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(domain_literal("[ipv6:::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(domain_literal("example.com"), None);
+    }
+}

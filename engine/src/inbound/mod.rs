@@ -1,0 +1,110 @@
+//! Receiving mail: per core, the listener and admission, the socket loop
+//! of each session, relay control and the accept step.
+//!
+//! # Layout
+//!
+//! ```text
+//! mod.rs       Inbound: what a core's sessions share
+//! listener.rs  SO_REUSEPORT listener, accept loop, admission (connection limits)
+//! session.rs   the socket loop around tern_smtp::server::Session (buffers, deadlines, memory)
+//! relay.rs     relay control (which recipients this client may send to)
+//! accept.rs    the accept step: record + shadow copy, replies to storage and shadow failures
+//! ```
+
+pub mod accept;
+pub mod listener;
+pub mod relay;
+pub mod session;
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tern_smtp::server::ServerConfig;
+
+use crate::config::{Config, RelayRules};
+use crate::metrics::CoreMetrics;
+use crate::shadow::primary::Primary;
+use crate::shadow::replica::Replica;
+use crate::shard::Shard;
+use crate::stop::Shutdown;
+use listener::Admission;
+
+/// What one core's sessions share.
+pub struct Inbound {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Protocol settings shared by this core's sessions.
+    smtp: Rc<ServerConfig>,
+    /// Relay rules.
+    relay: Rc<RelayRules>,
+    /// This core's log shard.
+    shard: Rc<Shard>,
+    /// Our messages' shadow copies.
+    primary: Rc<Primary>,
+    /// Copies held here for peers.
+    replica: Rc<Replica>,
+    /// This core's counters.
+    metrics: Arc<CoreMetrics>,
+    /// This core's shutdown signal.
+    shutdown: Rc<Shutdown>,
+    /// Connection limits.
+    admission: Admission,
+    /// Message content held by this core's sessions, in bytes of buffer
+    /// capacity (see `smtp.message_memory_max`).
+    content_bytes: Cell<usize>,
+    /// Cluster peers' addresses (they may use the shadow link).
+    peer_ips: Vec<IpAddr>,
+}
+
+/// The pieces a core's inbound side is made of.
+pub struct Parts {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// This core's log shard.
+    pub shard: Rc<Shard>,
+    /// Our messages' shadow copies.
+    pub primary: Rc<Primary>,
+    /// Copies held here for peers.
+    pub replica: Rc<Replica>,
+    /// This core's counters.
+    pub metrics: Arc<CoreMetrics>,
+    /// This core's shutdown signal.
+    pub shutdown: Rc<Shutdown>,
+    /// Open connections per client address, whole server.
+    pub per_ip: Arc<listener::PerIp>,
+}
+
+impl Inbound {
+    /// A core's inbound side.
+    pub fn new(p: Parts) -> Inbound {
+        let config = p.config;
+        let smtp = Rc::new(ServerConfig {
+            hostname: config.hostname.clone(),
+            message_bytes_max: config.smtp.message_size_max,
+            recipients_max: config.smtp.recipients_max,
+            errors_max: config.smtp.errors_max,
+            extra_ehlo: Vec::new(),
+            shadow_ehlo: p.primary.ehlo_keyword(),
+        });
+        Inbound {
+            smtp,
+            relay: Rc::new(config.relay.clone()),
+            shard: p.shard,
+            primary: p.primary,
+            replica: p.replica,
+            metrics: p.metrics.clone(),
+            shutdown: p.shutdown,
+            admission: Admission::new(p.per_ip, p.metrics),
+            content_bytes: Cell::new(0),
+            peer_ips: config.cluster.peers.iter().map(|p| p.addr.ip()).collect(),
+            config,
+        }
+    }
+
+    /// Sessions open on this core.
+    pub fn open_sessions(&self) -> usize {
+        self.admission.open()
+    }
+}

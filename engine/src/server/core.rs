@@ -1,0 +1,148 @@
+//! One core, as its executor runs it: opens the core's log shard, binds
+//! its listener, builds the core's rooms (inbound, delivery, the two
+//! sides of shadow redundancy), serves until shutdown, then stops them
+//! in order (sessions within `shutdown_grace`, delivery with what is left
+//! of it, the log last).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::delivery::route::RouteOverrides;
+use crate::delivery::{self, Delivery};
+use crate::inbound::listener::{accept_loop, bind_listener, PerIp};
+use crate::inbound::{self, Inbound};
+use crate::metrics::CoreMetrics;
+use crate::shadow::heartbeat::{self, Heartbeat};
+use crate::shadow::primary::Primary;
+use crate::shadow::replica::Replica;
+use crate::shadow::ShadowShared;
+use crate::shard::Shard;
+use crate::stop::{Shutdown, StopFlag};
+
+/// What every core shares (each piece owned by its room; none is on the
+/// per-message path but the shadow state while shadowing).
+#[derive(Clone)]
+pub struct NodeState {
+    /// Set by SIGTERM/SIGINT.
+    pub stop: Arc<StopFlag>,
+    /// Open connections per client address.
+    pub per_ip: Arc<PerIp>,
+    /// Run-time route overrides (admin).
+    pub routes: Arc<RouteOverrides>,
+    /// Shadow redundancy state.
+    pub shadow: Arc<ShadowShared>,
+}
+
+/// Runs core `shard` (pinned to `cpu`) until shutdown.
+pub async fn run(
+    shard: usize,
+    cpu: usize,
+    config: Arc<Config>,
+    node: NodeState,
+    metrics: Arc<CoreMetrics>,
+) -> anyhow::Result<()> {
+    let id = shard as u16;
+    let shard = Rc::new(
+        Shard::open(
+            &config.data_dir,
+            id,
+            config.io,
+            config.storage.clone(),
+            config.delivery.recent_cache_bytes,
+        )
+        .await?,
+    );
+    let incoming_cpu = config.incoming_cpu.then_some(cpu);
+    let listener = bind_listener(config.listen, incoming_cpu)?;
+    // (Start-up probes wait for this line from every core.)
+    tracing::info!(
+        shard = id,
+        cpu,
+        incoming_cpu = config.incoming_cpu,
+        "listener bound"
+    );
+    let shutdown = Rc::new(Shutdown::default());
+    let (s, c, m) = (&node.shadow, &config, &metrics);
+    let primary = Rc::new(Primary::new(shard.clone(), c.clone(), s.clone(), m.clone()));
+    let replica = Rc::new(Replica::new(shard.clone(), c.clone(), s.clone(), m.clone()));
+    let inbound = Rc::new(Inbound::new(inbound::Parts {
+        config: config.clone(),
+        shard: shard.clone(),
+        primary: primary.clone(),
+        replica: replica.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        per_ip: node.per_ip.clone(),
+    }));
+    glommio::spawn_local(watch(
+        shard.clone(),
+        node.stop.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    ))
+    .detach();
+    let batching = crate::logbuf::batch_this_thread();
+    glommio::spawn_local(crate::logbuf::flusher()).detach();
+    let delivery = Delivery::start(delivery::Parts {
+        config: config.clone(),
+        shard: shard.clone(),
+        primary: primary.clone(),
+        replica,
+        metrics: metrics.clone(),
+        routes: node.routes.clone(),
+    })?;
+    if id == 0 && primary.shadowing() {
+        glommio::spawn_local(heartbeat::run(Heartbeat {
+            config: config.clone(),
+            shared: node.shadow.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        }))
+        .detach();
+    }
+    accept_loop(&inbound, &listener).await;
+    drop(listener);
+    let deadline = Instant::now() + config.shutdown_grace;
+    while inbound.open_sessions() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if inbound.open_sessions() > 0 {
+        tracing::warn!(
+            shard = id,
+            open = inbound.open_sessions(),
+            "grace period over; closing sessions mid-transaction (none was answered 250)"
+        );
+    }
+    // Delivery gets what is left of the grace period (at least 1 s) to
+    // finish the transactions it is in and record every outcome.
+    let left = deadline.saturating_duration_since(Instant::now());
+    delivery.stop(left.max(Duration::from_secs(1))).await;
+    shard.log.clone().close().await?;
+    metrics.set_log_stats(&shard.log.stats());
+    drop(batching);
+    tracing::info!(shard = id, "core stopped");
+    Ok(())
+}
+
+/// Publishes log stats and turns the process-wide stop flag into this
+/// core's shutdown signal.
+async fn watch(
+    shard: Rc<Shard>,
+    stop: Arc<StopFlag>,
+    shutdown: Rc<Shutdown>,
+    metrics: Arc<CoreMetrics>,
+) {
+    let mut ticks = 0u32;
+    while !shutdown.is_set() {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        if stop.is_set() {
+            shutdown.trigger();
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            metrics.set_log_stats(&shard.log.stats());
+        }
+    }
+}
