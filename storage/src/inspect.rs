@@ -3,6 +3,13 @@
 //! what is written at the moment it looks: records are verified one by one
 //! and the view ends at the first record that does not verify (a write in
 //! progress, or a torn tail the owner will cut when it next opens).
+//!
+//! Only sealed segments (all but the last) are memory-mapped: the owner
+//! never truncates them. The last one may be cut by a restarting owner
+//! (recovery truncates its torn tail and preallocates it again) while the
+//! view is in use, and touching a mapped page past a truncation is a
+//! SIGBUS; so the last segment is copied into memory with one read, and
+//! the view over it can never fault.
 
 use std::path::Path;
 
@@ -34,9 +41,20 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         }
     }
     firsts.sort();
+    let last = firsts.last().copied();
     let mut records = Vec::new();
     for first in firsts {
-        let data = map_file(&segment_path(dir, first))?;
+        let path = segment_path(dir, first);
+        let data = match if Some(first) == last {
+            std::fs::read(&path).map(Bytes::from)
+        } else {
+            map_file(&path)
+        } {
+            Ok(data) => data,
+            // Reclaimed since the listing: its records are gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
         let Some(header) = SegmentHeader::decode(&data).filter(|h| h.first == first) else {
             continue;
         };
