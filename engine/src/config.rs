@@ -358,7 +358,7 @@ pub struct Config {
     /// Log settings per shard.
     pub storage: LogConfig,
     /// How the log writes (page cache or O_DIRECT).
-    pub io: crate::shard::failpoint::IoMode,
+    pub io: IoMode,
     /// Outbound delivery.
     pub delivery: DeliveryConfig,
     /// Next-hop pools by name (including `relay_to` when set).
@@ -478,17 +478,17 @@ impl Config {
         let relay = resolve_relay(&f.relay, &mut problems);
         let storage = resolve_storage(&f.storage, &smtp, &mut problems);
         let io = match f.storage.io.as_deref() {
-            None | Some("auto") => crate::shard::failpoint::IoMode::Auto,
-            Some("buffered") => crate::shard::failpoint::IoMode::Buffered,
-            Some("direct") => crate::shard::failpoint::IoMode::Direct,
+            None | Some("auto") => IoMode::Auto,
+            Some("buffered") => IoMode::Buffered,
+            Some("direct") => IoMode::Direct,
             Some(other) => {
                 problems.push(format!(
                     "storage.io: {other:?} is not \"auto\", \"buffered\" or \"direct\""
                 ));
-                crate::shard::failpoint::IoMode::Auto
+                IoMode::Auto
             }
         };
-        if io != crate::shard::failpoint::IoMode::Buffered && storage.zero_fill_ahead_bytes == 0 {
+        if io != IoMode::Buffered && storage.zero_fill_ahead_bytes == 0 {
             // Measured: O_DIRECT writes into preallocated (unwritten) extents
             // run ~8x slower than with zero-fill ahead (BENCHMARKS.md).
             problems.push("storage.zero_fill_ahead = 0 requires storage.io = \"buffered\"".into());
@@ -938,6 +938,19 @@ fn resolve_storage(s: &StorageSection, smtp: &SmtpLimits, problems: &mut Vec<Str
         }));
     }
     cfg
+}
+
+/// How the log writes: through the page cache or with `O_DIRECT`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoMode {
+    /// `Direct` where the file system supports `O_DIRECT`, else `Buffered`
+    /// (decided per shard directory at start).
+    #[default]
+    Auto,
+    /// Page cache + fdatasync.
+    Buffered,
+    /// `O_DIRECT` from aligned buffers + fdatasync.
+    Direct,
 }
 
 #[cfg(test)]

@@ -13,27 +13,16 @@ use std::rc::Rc;
 use tern_storage::env::{Buffered, Direct};
 use tern_storage::{BufferedEnv, DirectEnv, Env, LogFile};
 
+pub use crate::config::IoMode;
+
 /// Environment variable holding the failpoint.
 pub const FAILPOINT_VAR: &str = "TERN_FAILPOINT_STORAGE";
 
-/// How the log writes: through the page cache or with `O_DIRECT`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum IoMode {
-    /// `Direct` where the file system supports `O_DIRECT`, else `Buffered`
-    /// (decided per shard directory at start).
-    #[default]
-    Auto,
-    /// Page cache + fdatasync.
-    Buffered,
-    /// `O_DIRECT` from aligned buffers + fdatasync.
-    Direct,
-}
-
-impl IoMode {
-    /// Resolves `Auto` by trying an `O_DIRECT` open in `dir`.
-    pub fn resolve(self, dir: &Path) -> IoMode {
-        if self != IoMode::Auto {
-            return self;
+/// Resolves `Auto` by trying an `O_DIRECT` open in `dir`.
+pub fn resolve(mode: IoMode, dir: &Path) -> IoMode {
+    {
+        if mode != IoMode::Auto {
+            return mode;
         }
         use std::os::unix::fs::OpenOptionsExt;
         let probe = dir.join(".odirect-probe");

@@ -57,7 +57,7 @@ impl Shard {
     ) -> anyhow::Result<Shard> {
         let dir = crate::layout::shard_dir(data_dir, usize::from(id));
         tern_storage::log::create_dir_durably(&dir)?;
-        let io = io.resolve(&dir);
+        let io = failpoint::resolve(io, &dir);
         let env = EngineEnv::new(io).map_err(anyhow::Error::msg)?;
         let (log, report) = Log::open(env, &dir, storage, TimestampMs::now()).await?;
         tracing::info!(shard = id, dir = %dir.display(), ?io, segments = report.segments, next = %report.next_sequence,
