@@ -317,3 +317,29 @@ fn metrics_count_accepted_messages() {
         "{metrics}"
     );
 }
+
+/// Duplicate detection (SPEC 2.6) is part of shadow redundancy: with no
+/// peer to shadow to (the default), a resend of the same message is a new
+/// message, and no digest or cross-core lock is spent on it.
+#[test]
+fn resend_without_peers_is_queued_again() {
+    let tern = server();
+    let content = {
+        let mut m = b"Message-ID: <resend-1@example.test>\r\n".to_vec();
+        m.extend_from_slice(&message("resent", &["body"]));
+        m
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::ehlo(tern.addr());
+        c.expect("MAIL FROM:<sender@example.test>", 250, "2.1.0");
+        c.expect("RCPT TO:<rcpt@example.test>", 250, "2.1.5");
+        c.cmd("DATA").assert(354, None);
+        c.send(&tern_tests::smtp::dot_stuff(&content));
+        ids.push(c.reply().queue_id());
+        c.quit();
+    }
+    assert_ne!(ids[0], ids[1], "two messages, two queue ids");
+    assert_eq!(tern.queue_ids().len(), 2);
+    assert_eq!(tern.counter("tern_duplicates_total"), 0);
+}

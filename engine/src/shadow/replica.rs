@@ -392,3 +392,6 @@ impl From<tern_storage::Error> for TakeOverError {
         TakeOverError::Storage(e)
     }
 }
+
+#[cfg(test)]
+mod tests;
