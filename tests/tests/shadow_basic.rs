@@ -507,7 +507,11 @@ fn shadow_takes_over_when_the_primary_comes_back_with_a_new_store() {
 /// `engine_commands::resend_without_peers_is_queued_again`.)
 #[test]
 fn a_resent_message_is_accepted_once() {
-    let (a, _b) = pair((PortReservation::new(), None), (PortReservation::new(), None), "");
+    let (a, _b) = pair(
+        (PortReservation::new(), None),
+        (PortReservation::new(), None),
+        "",
+    );
     let mut with_id = b"Message-ID: <retry-1@example.org>\r\n".to_vec();
     with_id.extend_from_slice(&message("retry", &["x"]));
     let first = a

@@ -35,6 +35,13 @@ pub struct NodeState {
     pub shadow: Arc<ShadowShared>,
 }
 
+/// A core's rooms, built by [`run`].
+struct Rooms {
+    shard: Rc<Shard>,
+    inbound: Rc<Inbound>,
+    delivery: Rc<Delivery>,
+}
+
 /// Runs core `shard` (pinned to `cpu`) until shutdown.
 pub async fn run(
     shard: usize,
@@ -44,16 +51,15 @@ pub async fn run(
     metrics: Arc<CoreMetrics>,
 ) -> anyhow::Result<()> {
     let id = shard as u16;
-    let shard = Rc::new(
-        Shard::open(
-            &config.data_dir,
-            id,
-            config.io,
-            config.storage.clone(),
-            config.delivery.recent_cache_bytes,
-        )
-        .await?,
+    let c = &config;
+    let shard = Shard::open(
+        &c.data_dir,
+        id,
+        c.io,
+        c.storage.clone(),
+        c.delivery.recent_cache_bytes,
     );
+    let shard = Rc::new(shard.await?);
     let incoming_cpu = config.incoming_cpu.then_some(cpu);
     let listener = bind_listener(config.listen, incoming_cpu)?;
     // (Start-up probes wait for this line from every core.)
@@ -64,65 +70,89 @@ pub async fn run(
         "listener bound"
     );
     let shutdown = Rc::new(Shutdown::default());
-    let (s, c, m) = (&node.shadow, &config, &metrics);
-    let primary = Rc::new(Primary::new(shard.clone(), c.clone(), s.clone(), m.clone()));
-    let replica = Rc::new(Replica::new(shard.clone(), c.clone(), s.clone(), m.clone()));
-    let inbound = Rc::new(Inbound::new(inbound::Parts {
-        config: config.clone(),
-        shard: shard.clone(),
-        primary: primary.clone(),
-        replica: replica.clone(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-        per_ip: node.per_ip.clone(),
-    }));
-    glommio::spawn_local(watch(
+    let watcher = watch(
         shard.clone(),
         node.stop.clone(),
         shutdown.clone(),
         metrics.clone(),
-    ))
-    .detach();
+    );
+    glommio::spawn_local(watcher).detach();
     let batching = crate::logbuf::batch_this_thread();
     glommio::spawn_local(crate::logbuf::flusher()).detach();
+    let rooms = build(shard, &config, &node, &metrics, &shutdown)?;
+    accept_loop(&rooms.inbound, &listener).await;
+    drop(listener);
+    stop(rooms, &config, &metrics).await?;
+    drop(batching);
+    tracing::info!(shard = id, "core stopped");
+    Ok(())
+}
+
+/// Builds the core's rooms: the two sides of shadow redundancy, inbound,
+/// delivery (rebuilding its queue), and on core 0 the heartbeat.
+fn build(
+    shard: Rc<Shard>,
+    config: &Arc<Config>,
+    node: &NodeState,
+    metrics: &Arc<CoreMetrics>,
+    shutdown: &Rc<Shutdown>,
+) -> anyhow::Result<Rooms> {
+    let (s, c, m) = (&node.shadow, config, metrics);
+    let primary = Rc::new(Primary::new(shard.clone(), c.clone(), s.clone(), m.clone()));
+    let replica = Rc::new(Replica::new(shard.clone(), c.clone(), s.clone(), m.clone()));
+    let inbound = Rc::new(Inbound::new(inbound::Parts {
+        config: c.clone(),
+        shard: shard.clone(),
+        primary: primary.clone(),
+        replica: replica.clone(),
+        metrics: m.clone(),
+        shutdown: shutdown.clone(),
+        per_ip: node.per_ip.clone(),
+    }));
     let delivery = Delivery::start(delivery::Parts {
-        config: config.clone(),
+        config: c.clone(),
         shard: shard.clone(),
         primary: primary.clone(),
         replica,
-        metrics: metrics.clone(),
+        metrics: m.clone(),
         routes: node.routes.clone(),
     })?;
-    if id == 0 && primary.shadowing() {
-        glommio::spawn_local(heartbeat::run(Heartbeat {
-            config: config.clone(),
-            shared: node.shadow.clone(),
-            metrics: metrics.clone(),
+    if shard.id == 0 && primary.shadowing() {
+        let hb = Heartbeat {
+            config: c.clone(),
+            shared: s.clone(),
+            metrics: m.clone(),
             shutdown: shutdown.clone(),
-        }))
-        .detach();
+        };
+        glommio::spawn_local(heartbeat::run(hb)).detach();
     }
-    accept_loop(&inbound, &listener).await;
-    drop(listener);
+    Ok(Rooms {
+        shard,
+        inbound,
+        delivery,
+    })
+}
+
+/// Stops a core's rooms in order: sessions get `shutdown_grace`, delivery
+/// what is left of it (at least 1 s) to finish the transactions it is in
+/// and record every outcome, then the log is closed.
+async fn stop(rooms: Rooms, config: &Config, metrics: &CoreMetrics) -> anyhow::Result<()> {
     let deadline = Instant::now() + config.shutdown_grace;
-    while inbound.open_sessions() > 0 && Instant::now() < deadline {
+    let open = || rooms.inbound.open_sessions();
+    while open() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    if inbound.open_sessions() > 0 {
+    if open() > 0 {
         tracing::warn!(
-            shard = id,
-            open = inbound.open_sessions(),
+            shard = rooms.shard.id,
+            open = open(),
             "grace period over; closing sessions mid-transaction (none was answered 250)"
         );
     }
-    // Delivery gets what is left of the grace period (at least 1 s) to
-    // finish the transactions it is in and record every outcome.
     let left = deadline.saturating_duration_since(Instant::now());
-    delivery.stop(left.max(Duration::from_secs(1))).await;
-    shard.log.clone().close().await?;
-    metrics.set_log_stats(&shard.log.stats());
-    drop(batching);
-    tracing::info!(shard = id, "core stopped");
+    rooms.delivery.stop(left.max(Duration::from_secs(1))).await;
+    rooms.shard.log.clone().close().await?;
+    metrics.set_log_stats(&rooms.shard.log.stats());
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
+use crate::cluster::DatabaseId;
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
 use crate::shadow::ShadowShared;
@@ -27,33 +28,7 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    tern_storage::log::create_dir_durably(&config.data_dir)?;
-    let shards = crate::layout::existing_shards(&config.data_dir);
-    if shards > config.cores {
-        // The extra shards' logs would be served by nobody: their queued
-        // messages never delivered, their shadows never told.
-        anyhow::bail!(
-            "{} holds {shards} shards (shard-0 .. shard-{}) but cores is {}: start with --cores {shards} or more (or cores = 0)",
-            config.data_dir.display(),
-            shards - 1,
-            config.cores
-        );
-    }
-    let (database_id, created) = crate::cluster::load_or_create(&config.data_dir)?;
-    let cluster = &config.cluster;
-    tracing::info!(%database_id, created, node_id = %cluster.node_id, site = %cluster.site,
-        peers = cluster.peers.len(), shadow_redundancy = cluster.shadow_redundancy,
-        "transport database");
-    let c = &config.cluster;
-    let round = c.shadow_heartbeat_frequency + c.shadow_timeout * 3;
-    if c.shadow_redundancy && !c.peers.is_empty() && c.shadow_resubmit_time_span < round {
-        // One slow heartbeat round (up to three waits of shadow_timeout)
-        // of a live primary could then look like an outage.
-        tracing::warn!(
-            span = ?c.shadow_resubmit_time_span, round = ?round,
-            "cluster.shadow_resubmit_time_span is shorter than a heartbeat round: a slow but live primary may be taken over"
-        );
-    }
+    let database_id = open_data_dir(&config)?;
     let config = Arc::new(config);
     let node = NodeState {
         stop: Arc::default(),
@@ -74,38 +49,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    // Executors are pinned to the CPUs this process may use (its affinity
-    // mask: `taskset -c 1 tern serve` puts a second node on CPU 1), in
-    // order; more cores than CPUs wrap around.
     tracing::info!(listen = %config.listen, cores = config.cores, data_dir = %config.data_dir.display(), "starting");
-    let mut handles = Vec::new();
-    for shard in 0..config.cores {
-        let (config, node, metrics) = (config.clone(), node.clone(), metrics[shard].clone());
-        let cpu = core_cpu(shard);
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("tern-core-{shard}"))
-            .io_memory(IO_MEMORY_BYTES)
-            .ring_depth(256)
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-            .spawn(move || async move { core::run(shard, cpu, config, node, metrics).await })
-            .map_err(std::io::Error::from)?;
-        handles.push(handle);
-    }
-    let mut failed = None;
-    for (shard, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(shard, error = %e, "core failed");
-                node.stop.set();
-                failed.get_or_insert(e);
-            }
-            Err(e) => {
-                node.stop.set();
-                failed.get_or_insert(anyhow::anyhow!("core {shard} panicked: {e}"));
-            }
-        }
-    }
+    let failed = run_cores(&config, &node, &metrics);
     node.stop.set();
     if let Some(admin) = admin {
         let _ = admin.join();
@@ -117,6 +62,83 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Checks the data directory against the config and loads (or creates)
+/// the transport database id.
+fn open_data_dir(config: &Config) -> anyhow::Result<DatabaseId> {
+    tern_storage::log::create_dir_durably(&config.data_dir)?;
+    let shards = crate::layout::existing_shards(&config.data_dir);
+    if shards > config.cores {
+        // The extra shards' logs would be served by nobody: their queued
+        // messages never delivered, their shadows never told.
+        anyhow::bail!(
+            "{} holds {shards} shards (shard-0 .. shard-{}) but cores is {}: start with --cores {shards} or more (or cores = 0)",
+            config.data_dir.display(),
+            shards - 1,
+            config.cores
+        );
+    }
+    let (database_id, created) = crate::cluster::load_or_create(&config.data_dir)?;
+    let c = &config.cluster;
+    tracing::info!(%database_id, created, node_id = %c.node_id, site = %c.site,
+        peers = c.peers.len(), shadow_redundancy = c.shadow_redundancy,
+        "transport database");
+    let round = c.shadow_heartbeat_frequency + c.shadow_timeout * 3;
+    if c.shadow_redundancy && !c.peers.is_empty() && c.shadow_resubmit_time_span < round {
+        // One slow heartbeat round (up to three waits of shadow_timeout)
+        // of a live primary could then look like an outage.
+        tracing::warn!(
+            span = ?c.shadow_resubmit_time_span, round = ?round,
+            "cluster.shadow_resubmit_time_span is shorter than a heartbeat round: a slow but live primary may be taken over"
+        );
+    }
+    Ok(database_id)
+}
+
+/// Runs one pinned executor per core until every core stopped; the first
+/// failure (a core that fails stops the others).
+fn run_cores(
+    config: &Arc<Config>,
+    node: &NodeState,
+    metrics: &[Arc<CoreMetrics>],
+) -> Option<anyhow::Error> {
+    // Executors are pinned to the CPUs this process may use (its affinity
+    // mask: `taskset -c 1 tern serve` puts a second node on CPU 1), in
+    // order; more cores than CPUs wrap around.
+    let mut handles = Vec::new();
+    for shard in 0..config.cores {
+        let (config, state, metrics) = (config.clone(), node.clone(), metrics[shard].clone());
+        let cpu = core_cpu(shard);
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("tern-core-{shard}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .ring_depth(256)
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            .spawn(move || async move { core::run(shard, cpu, config, state, metrics).await });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                node.stop.set();
+                handles.clear();
+                return Some(std::io::Error::from(e).into());
+            }
+        }
+    }
+    let mut failed = None;
+    for (shard, h) in handles.into_iter().enumerate() {
+        let e = match h.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => {
+                tracing::error!(shard, error = %e, "core failed");
+                e
+            }
+            Err(e) => anyhow::anyhow!("core {shard} panicked: {e}"),
+        };
+        node.stop.set();
+        failed.get_or_insert(e);
+    }
+    failed
 }
 
 fn spawn_signal_thread(stop: Arc<StopFlag>) -> anyhow::Result<()> {
