@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! main.rs      CLI (clap): serve, queue list/show, check-config
-//! config.rs    TOML config (strict) + CLI overrides + validation
+//! config/      TOML config (strict, one file per section) + CLI overrides +
+//!              validation; the cluster settings live in config/cluster.rs
 //! cluster.rs   HA boundary: node id, site, peers, shadow peer order; database id
 //! server.rs    one pinned glommio executor per core, signals, admin thread
 //! core.rs      per core: log shard, SO_REUSEPORT listener, accept loop, limits

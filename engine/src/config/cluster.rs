@@ -181,7 +181,7 @@ pub(super) struct ClusterSection {
 /// One entry of `cluster.peers` (`node_id` and `address` are required).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PeerSection {
+pub(super) struct PeerSection {
     node_id: String,
     address: String,
     #[serde(default = "default_site")]
