@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{resolve_host, HumanDuration, DURATION_MIN};
+use super::{resolve_host, HumanDuration};
 
 /// Longest node id or site label. Ids travel in SMTP parameters and log
 /// fields; 64 keeps them well inside a line (RFC 5321 4.5.3.1.5).
@@ -293,20 +293,20 @@ fn check_cluster(c: &ClusterConfig, problems: &mut Vec<String>) {
             "cluster.max_retries_remote_site and max_retries_local_site must be 0..={RETRIES_MAX}"
         ));
     }
-    for (name, v) in [
-        ("shadow_heartbeat_frequency", c.shadow_heartbeat_frequency),
-        (
-            "shadow_message_auto_discard_interval",
-            c.shadow_message_auto_discard_interval,
-        ),
-        ("shadow_resubmit_time_span", c.shadow_resubmit_time_span),
-        ("shadow_timeout", c.shadow_timeout),
-        ("duplicate_window", c.duplicate_window),
-    ] {
-        if v < DURATION_MIN {
-            problems.push(format!("cluster.{name} must be at least 100ms"));
-        }
-    }
+    super::check_timers(
+        "cluster",
+        &[
+            ("shadow_heartbeat_frequency", c.shadow_heartbeat_frequency),
+            (
+                "shadow_message_auto_discard_interval",
+                c.shadow_message_auto_discard_interval,
+            ),
+            ("shadow_resubmit_time_span", c.shadow_resubmit_time_span),
+            ("shadow_timeout", c.shadow_timeout),
+            ("duplicate_window", c.duplicate_window),
+        ],
+        problems,
+    );
     // Peers listed, but the preference and tries leave none to try: every
     // shadow would fail.
     if c.shadow_redundancy && !c.peers.is_empty() && c.shadow_order(0).is_empty() {

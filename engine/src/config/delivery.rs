@@ -179,19 +179,19 @@ fn check(c: &DeliveryConfig, problems: &mut Vec<String>) {
             "delivery.messages_per_connection_max and in_flight_max must be at least 1".into(),
         );
     }
-    for (name, v) in [
-        ("connect_timeout", c.connect_timeout),
-        ("greeting_timeout", c.greeting_timeout),
-        ("inactivity_timeout", c.inactivity_timeout),
-        ("retry_initial", c.retry_initial),
-        ("host_down_initial", c.host_down_initial),
-        ("dns_timeout", c.dns_timeout),
-        ("maintenance_interval", c.maintenance_interval),
-    ] {
-        if v < super::DURATION_MIN {
-            problems.push(format!("delivery.{name} must be at least 100ms"));
-        }
-    }
+    super::check_timers(
+        "delivery",
+        &[
+            ("connect_timeout", c.connect_timeout),
+            ("greeting_timeout", c.greeting_timeout),
+            ("inactivity_timeout", c.inactivity_timeout),
+            ("retry_initial", c.retry_initial),
+            ("host_down_initial", c.host_down_initial),
+            ("dns_timeout", c.dns_timeout),
+            ("maintenance_interval", c.maintenance_interval),
+        ],
+        problems,
+    );
     if c.retry_max < c.retry_initial || c.host_down_max < c.host_down_initial {
         problems.push(
             "delivery.retry_max must be >= retry_initial and host_down_max >= host_down_initial"

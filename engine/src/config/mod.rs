@@ -63,6 +63,16 @@ pub use units::{ByteSize, HumanDuration};
 /// Shortest delivery and cluster timer: below it, timers would spin.
 const DURATION_MIN: Duration = Duration::from_millis(100);
 
+/// Each of `timers` (key, value) of `[section]` must be at least
+/// [`DURATION_MIN`].
+fn check_timers(section: &str, timers: &[(&str, Duration)], problems: &mut Vec<String>) {
+    for (name, v) in timers {
+        if *v < DURATION_MIN {
+            problems.push(format!("{section}.{name} must be at least 100ms"));
+        }
+    }
+}
+
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
