@@ -1,8 +1,9 @@
-//! The HA boundary (`[cluster]`): this node's name and site, its peers, the
-//! shadow settings of SPEC sections 2-3, and the choice of shadow peers for
-//! one message. Also the transport database id (SPEC section 1): a random id
-//! created with a new data directory, which peers compare to notice that a
-//! node came back with a new store.
+//! The HA boundary: the `[cluster]` settings (this node's name and site,
+//! its peers, the shadow settings of SPEC sections 2-3 and the choice of
+//! shadow peers for one message) are defined in `crate::config::cluster`
+//! and re-exported here; this module holds the transport database id
+//! (SPEC section 1): a random id created with a new data directory, which
+//! peers compare to notice that a node came back with a new store.
 //!
 //! # The database id file
 //!
@@ -24,159 +25,17 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
-/// Longest node id or site label. Ids travel in SMTP parameters and log
-/// fields; 64 keeps them well inside a line (RFC 5321 4.5.3.1.5).
-pub const TOKEN_BYTES_MAX: usize = 64;
-
-/// Most shadow tries per site class per message: each try may wait up to
-/// `shadow_timeout` while the sender waits for its reply.
-pub const RETRIES_MAX: u32 = 100;
+// The cluster settings are config (the bottom of the engine): they live in
+// `crate::config::cluster` and are re-exported here.
+pub use crate::config::cluster::{
+    is_token, ClusterConfig, Peer, ShadowPreference, RETRIES_MAX, TOKEN_BYTES_MAX,
+};
 
 /// Name of the database id file inside the data directory.
 pub const DATABASE_ID_FILE: &str = "database-id";
-
-/// Which peers may hold a message's shadow (SPEC section 2, step 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShadowPreference {
-    /// Peers of other sites first, then peers of this node's site.
-    PreferRemote,
-    /// Only peers of other sites.
-    RemoteOnly,
-    /// Only peers of this node's site.
-    LocalOnly,
-}
-
-impl ShadowPreference {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShadowPreference::PreferRemote => "prefer_remote",
-            ShadowPreference::RemoteOnly => "remote_only",
-            ShadowPreference::LocalOnly => "local_only",
-        }
-    }
-}
-
-impl FromStr for ShadowPreference {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "prefer_remote" => Ok(ShadowPreference::PreferRemote),
-            "remote_only" => Ok(ShadowPreference::RemoteOnly),
-            "local_only" => Ok(ShadowPreference::LocalOnly),
-            _ => Err(format!(
-                "{s:?} is not \"prefer_remote\", \"remote_only\" or \"local_only\""
-            )),
-        }
-    }
-}
-
-/// Another node of the HA boundary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    /// Its node id (lower case), unique in the boundary.
-    pub node_id: String,
-    /// Its SMTP address, resolved at start.
-    pub addr: SocketAddr,
-    /// The address as written (HOST:PORT), for logs.
-    pub name: String,
-    /// Its site label (lower case).
-    pub site: String,
-}
-
-/// The resolved `[cluster]` section.
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    /// This node's unique name in the boundary (lower case; default: the
-    /// server hostname).
-    pub node_id: String,
-    /// This node's site label (lower case).
-    pub site: String,
-    /// Make a shadow copy before answering 250 (SPEC section 2, step 7).
-    pub shadow_redundancy: bool,
-    /// Which peers may hold shadows.
-    pub shadow_preference: ShadowPreference,
-    /// Shadow tries among other sites' peers per message.
-    pub max_retries_remote_site: u32,
-    /// Shadow tries among this site's peers per message.
-    pub max_retries_local_site: u32,
-    /// No shadow could be made: `true` answers 451 4.4.0 and keeps
-    /// nothing; `false` accepts without redundancy.
-    pub reject_on_shadow_failure: bool,
-    /// A shadow asks its primaries for discard notifications at least this
-    /// often.
-    pub shadow_heartbeat_frequency: Duration,
-    /// Discard notifications nobody fetched expire after this.
-    pub shadow_message_auto_discard_interval: Duration,
-    /// A primary unreachable this long is taken over by its shadows.
-    pub shadow_resubmit_time_span: Duration,
-    /// Longest wait for a shadow's 250 before the next peer is tried.
-    pub shadow_timeout: Duration,
-    /// A resent message (same Message-ID and envelope digest) within this
-    /// window is accepted once.
-    pub duplicate_window: Duration,
-    /// The other nodes of the boundary, in config order.
-    pub peers: Vec<Peer>,
-}
-
-impl ClusterConfig {
-    /// Peers at a site other than this node's.
-    pub fn remote_peers(&self) -> impl Iterator<Item = &Peer> + '_ {
-        self.peers.iter().filter(move |p| p.site != self.site)
-    }
-
-    /// Peers at this node's site.
-    pub fn local_peers(&self) -> impl Iterator<Item = &Peer> + '_ {
-        self.peers.iter().filter(move |p| p.site == self.site)
-    }
-
-    /// The peers to try, in order, for one message's shadow, by
-    /// `shadow_preference`: `prefer_remote` gives up to
-    /// `max_retries_remote_site` remote-site peers, then up to
-    /// `max_retries_local_site` local-site peers (with a single site, local
-    /// ones only); `remote_only` and `local_only` give one class. Each peer
-    /// appears at most once (one that just failed is not retried for the
-    /// same message). `start` rotates each class (round robin: pass a
-    /// counter that grows per message). Ignores `shadow_redundancy`, which
-    /// the caller checks first.
-    pub fn shadow_order(&self, start: usize) -> Vec<&Peer> {
-        let (remote_tries, local_tries) = match self.shadow_preference {
-            ShadowPreference::PreferRemote => {
-                (self.max_retries_remote_site, self.max_retries_local_site)
-            }
-            ShadowPreference::RemoteOnly => (self.max_retries_remote_site, 0),
-            ShadowPreference::LocalOnly => (0, self.max_retries_local_site),
-        };
-        let mut order = rotated(self.remote_peers().collect(), start, remote_tries);
-        order.extend(rotated(self.local_peers().collect(), start, local_tries));
-        order
-    }
-}
-
-/// Up to `tries` of `peers`, starting at `start` (modulo their count).
-fn rotated(peers: Vec<&Peer>, start: usize, tries: u32) -> Vec<&Peer> {
-    let n = peers.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let first = start % n;
-    (0..n.min(tries as usize))
-        .map(|i| peers[(first + i) % n])
-        .collect()
-}
-
-/// Is `s` a valid node id or site label: 1..=64 of `[A-Za-z0-9._-]`?
-pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= TOKEN_BYTES_MAX
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 /// A transport database id: 16 random bytes, shown as 32 lowercase hex
 /// digits. A wiped or replaced store has a new one.
@@ -304,6 +163,8 @@ fn read_id(path: &Path) -> std::io::Result<Option<DatabaseId>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn peer(node_id: &str, site: &str) -> Peer {

@@ -23,7 +23,8 @@
 //! logbuf.rs   a core's log lines handed to the log thread in batches
 //! stop.rs     the stop flag and each core's shutdown signal
 //! layout.rs   the data directory's layout (shard directories)
-//! config/     TOML config (strict) + CLI overrides + validation
+//! config/     TOML config (strict, one file per section: serde defaults) + CLI
+//!             overrides + validation; the cluster settings in config/cluster.rs
 //! ```
 #![warn(missing_docs)]
 

@@ -56,9 +56,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("logbuf", &[]),
     ("stop", &[]),
-    ("cluster", &[]),
+    ("cluster", &["config"]),
     ("layout", &[]),
-    ("config", &["layout", "cluster"]),
+    ("config", &["layout"]),
 ];
 
 fn src() -> PathBuf {

@@ -1,0 +1,231 @@
+//! Configuration: a strict TOML file (unknown keys are errors), command-line
+//! overrides, defaults, and validation that reports every problem at once.
+//! Every key is documented in `tern.example.toml` and README.md.
+//!
+//! # Layout
+//!
+//! ```text
+//! mod.rs       Config (resolved), FileConfig (as written), Overrides, load
+//! units.rs     HumanDuration ("5m") and ByteSize ("35MiB")
+//! server.rs    [server]
+//! smtp.rs      [smtp]      -> SmtpLimits
+//! relay.rs     [relay]     -> RelayRules
+//! storage.rs   [storage]   -> tern_storage::LogConfig + IoMode
+//! delivery.rs  [delivery]  -> DeliveryConfig
+//! pools.rs     [pools.NAME], [routes] -> Pool, PoolHost
+//! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
+//! ```
+//!
+//! # Defaults
+//!
+//! Each section is a struct whose `Default` impl (used by serde through
+//! `#[serde(default)]`) holds the default of every key of that section,
+//! and nothing else does: resolution only converts and checks. Keys with a
+//! computed default (`server.hostname`, `cluster.node_id`) or none
+//! (`server.relay_to`) are `Option`s. The tests check that
+//! `tern.example.toml` and README.md name every key and state these
+//! defaults.
+//!
+//! # Problems
+//!
+//! A value that parses but is out of bounds or inconsistent is a problem,
+//! a sentence starting with its key (`cluster.node_id ...`). Every
+//! section's resolution appends its problems to one list, so a config is
+//! rejected with all of them at once.
+
+pub(crate) mod cluster;
+mod delivery;
+mod pools;
+mod relay;
+mod server;
+mod smtp;
+mod storage;
+#[cfg(test)]
+mod tests;
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern_storage::LogConfig;
+
+use cluster::ClusterConfig;
+
+pub use delivery::DeliveryConfig;
+pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
+pub use relay::RelayRules;
+pub use smtp::SmtpLimits;
+pub use storage::IoMode;
+pub use units::{ByteSize, HumanDuration};
+
+/// Shortest delivery and cluster timer: below it, timers would spin.
+const DURATION_MIN: Duration = Duration::from_millis(100);
+
+/// Each of `timers` (key, value) of `[section]` must be at least
+/// [`DURATION_MIN`].
+fn check_timers(section: &str, timers: &[(&str, Duration)], problems: &mut Vec<String>) {
+    for (name, v) in timers {
+        if *v < DURATION_MIN {
+            problems.push(format!("{section}.{name} must be at least 100ms"));
+        }
+    }
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    server: server::ServerSection,
+    #[serde(default)]
+    smtp: smtp::SmtpSection,
+    #[serde(default)]
+    relay: relay::RelaySection,
+    #[serde(default)]
+    storage: storage::StorageSection,
+    #[serde(default)]
+    delivery: delivery::DeliverySection,
+    #[serde(default)]
+    pools: BTreeMap<String, pools::PoolSection>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+    #[serde(default)]
+    cluster: cluster::ClusterSection,
+}
+
+/// Command-line values that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--cores`.
+    pub cores: Option<usize>,
+    /// `--relay-to`.
+    pub relay_to: Option<String>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// SMTP listen address (SO_REUSEPORT on every core).
+    pub listen: SocketAddr,
+    /// Name in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// Data directory (`shard-N/` per core).
+    pub data_dir: PathBuf,
+    /// Cores (executors) to run.
+    pub cores: usize,
+    /// Smarthost for delivery (used by the delivery issue).
+    pub relay_to: Option<String>,
+    /// Admin listener (metrics); `None` when set to "off".
+    pub admin_listen: Option<SocketAddr>,
+    /// Bound on finishing in-flight transactions at shutdown.
+    pub shutdown_grace: Duration,
+    /// Each core's listener takes the connections that arrive on its own
+    /// CPU (`SO_INCOMING_CPU` in the `SO_REUSEPORT` group).
+    pub incoming_cpu: bool,
+    /// Session limits.
+    pub smtp: SmtpLimits,
+    /// Relay control.
+    pub relay: RelayRules,
+    /// Log settings per shard.
+    pub storage: LogConfig,
+    /// How the log writes (page cache or O_DIRECT).
+    pub io: IoMode,
+    /// Outbound delivery.
+    pub delivery: DeliveryConfig,
+    /// Next-hop pools by name (including `relay_to` when set).
+    pub pools: BTreeMap<String, Pool>,
+    /// Static routes: domain, `*.domain` or `*` -> pool name.
+    pub routes: BTreeMap<String, String>,
+    /// The HA boundary and shadow redundancy.
+    pub cluster: ClusterConfig,
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `overrides`, fills defaults and
+    /// validates. Errors list every problem.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let file = match path {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| vec![format!("cannot read {}: {e}", p.display())])?;
+                toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", p.display())])?
+            }
+        };
+        Config::resolve(file, overrides)
+    }
+
+    /// Parses TOML text (for tests and `tern check-config`).
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        Config::resolve(file, overrides)
+    }
+
+    /// Applies `o` to `f` and checks every section, collecting problems.
+    fn resolve(f: FileConfig, o: &Overrides) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let server = f.server.resolve(o, &mut problems);
+        let delivery = f.delivery.resolve(&mut problems);
+        let (pools, routes) = pools::resolve(
+            &f.pools,
+            &f.routes,
+            server.relay_to.as_deref(),
+            &mut problems,
+        );
+        let smtp = f.smtp.resolve(&mut problems);
+        let relay = f.relay.resolve(&mut problems);
+        let (storage, io) = f.storage.resolve(&smtp, &mut problems);
+        let hostname = server::resolve_hostname(f.server.hostname.as_deref(), &mut problems);
+        let cluster = f.cluster.resolve(&hostname, &mut problems);
+        let config = Config {
+            listen: server.listen,
+            hostname,
+            data_dir: server.data_dir,
+            cores: server.cores,
+            relay_to: server.relay_to,
+            admin_listen: server.admin_listen,
+            shutdown_grace: server.shutdown_grace,
+            incoming_cpu: server.incoming_cpu,
+            smtp,
+            relay,
+            storage,
+            io,
+            delivery,
+            pools,
+            routes,
+            cluster,
+        };
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Resolves HOST:PORT (a name is looked up once, at start).
+fn resolve_host(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if port.parse::<u16>().is_err() || host.is_empty() {
+        return Err(format!("{s:?} is not HOST:PORT"));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} has no address"))
+}

@@ -1,0 +1,167 @@
+//! `[pools.NAME]` and `[routes]`: named pools of next-hop hosts, the
+//! implicit smarthost pool, and static routes from domains to pools.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::resolve_host;
+
+/// Name of the implicit pool made from `server.relay_to`.
+pub const SMARTHOST_POOL: &str = "relay_to";
+
+/// `[pools.NAME]` as written (`hosts` is required).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PoolSection {
+    hosts: Vec<PoolHostSection>,
+    failover: Option<String>,
+}
+
+/// One entry of `pools.NAME.hosts` (`address` is required).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PoolHostSection {
+    address: String,
+    #[serde(default = "default_priority")]
+    priority: u16,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_priority() -> u16 {
+    0
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One host of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolHost {
+    /// As written (HOST:PORT).
+    pub name: String,
+    /// Resolved at start.
+    pub addr: SocketAddr,
+    /// Lower is tried first (as MX preference / SRV priority).
+    pub priority: u16,
+    /// Share of connections among hosts of the same priority (as SRV).
+    pub weight: u32,
+}
+
+/// A named pool of next-hop hosts (`[pools.NAME]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Its name.
+    pub name: String,
+    /// Hosts.
+    pub hosts: Vec<PoolHost>,
+    /// Pool used while every host of this one is down.
+    pub failover: Option<String>,
+}
+
+/// Pools by name.
+pub(super) type Pools = BTreeMap<String, Pool>;
+/// Route patterns to pool names.
+pub(super) type Routes = BTreeMap<String, String>;
+
+/// The pools (with the smarthost's, when `relay_to` is set) and the
+/// routes, each route checked against the pools.
+pub(super) fn resolve(
+    sections: &BTreeMap<String, PoolSection>,
+    routes: &Routes,
+    relay_to: Option<&str>,
+    problems: &mut Vec<String>,
+) -> (Pools, Routes) {
+    let mut pools = Pools::new();
+    for (name, p) in sections {
+        if name == SMARTHOST_POOL {
+            problems.push(format!(
+                "pools.{name}: the name is reserved for server.relay_to"
+            ));
+            continue;
+        }
+        pools.insert(name.clone(), p.resolve(name, problems));
+    }
+    if let Some(pool) = relay_to.and_then(|r| smarthost_pool(r, problems)) {
+        pools.insert(SMARTHOST_POOL.into(), pool);
+    }
+    for (name, p) in &pools {
+        if let Some(f) = &p.failover {
+            if !pools.contains_key(f) {
+                problems.push(format!("pools.{name}.failover: no pool named {f:?}"));
+            }
+        }
+    }
+    let routes = resolve_routes(routes, &pools, problems);
+    (pools, routes)
+}
+
+impl PoolSection {
+    fn resolve(&self, name: &str, problems: &mut Vec<String>) -> Pool {
+        if self.hosts.is_empty() {
+            problems.push(format!("pools.{name}: hosts is empty"));
+        }
+        let mut hosts = Vec::new();
+        for h in &self.hosts {
+            match resolve_host(&h.address) {
+                Ok(addr) => hosts.push(PoolHost {
+                    name: h.address.clone(),
+                    addr,
+                    priority: h.priority,
+                    weight: h.weight.max(1),
+                }),
+                Err(e) => problems.push(format!("pools.{name}.hosts: {e}")),
+            }
+        }
+        Pool {
+            name: name.into(),
+            hosts,
+            failover: self.failover.clone(),
+        }
+    }
+}
+
+/// The pool of `server.relay_to`: one host with the default priority and
+/// weight. `None` when it does not resolve.
+fn smarthost_pool(relay_to: &str, problems: &mut Vec<String>) -> Option<Pool> {
+    match resolve_host(relay_to) {
+        Ok(addr) => Some(Pool {
+            name: SMARTHOST_POOL.into(),
+            hosts: vec![PoolHost {
+                name: relay_to.to_string(),
+                addr,
+                priority: default_priority(),
+                weight: default_weight(),
+            }],
+            failover: None,
+        }),
+        Err(e) => {
+            // A malformed value was reported with `[server]`; this is a
+            // lookup error.
+            if !e.contains("is not HOST:PORT") {
+                problems.push(format!("server.relay_to: {e}"));
+            }
+            None
+        }
+    }
+}
+
+/// Patterns in lower case: `DOMAIN`, `*.DOMAIN` or `*`, each to a pool.
+fn resolve_routes(routes: &Routes, pools: &Pools, problems: &mut Vec<String>) -> Routes {
+    let mut resolved = Routes::new();
+    for (pattern, pool) in routes {
+        let pattern = pattern.to_ascii_lowercase();
+        let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
+        if pattern != "*" && !tern_smtp::address::domain_name(domain) {
+            problems.push(format!("routes: {pattern:?} is not DOMAIN, *.DOMAIN or *"));
+        }
+        if !pools.contains_key(pool) {
+            problems.push(format!("routes.{pattern:?}: no pool named {pool:?}"));
+        }
+        resolved.insert(pattern, pool.clone());
+    }
+    resolved
+}

@@ -1,0 +1,159 @@
+//! `[server]`: listen addresses, hostname, data directory, cores.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{HumanDuration, Overrides};
+
+/// Most cores: the queue id carries two hex digits of shard.
+const CORES_MAX: usize = 256;
+
+/// `[server]` as written; its `Default` is the default of every key.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct ServerSection {
+    listen: String,
+    /// `None`: the machine's hostname.
+    pub(super) hostname: Option<String>,
+    data_dir: PathBuf,
+    /// 0: one per CPU (and at least one per existing shard).
+    cores: usize,
+    /// `None`: no smarthost.
+    relay_to: Option<String>,
+    /// An address or "off".
+    admin_listen: String,
+    shutdown_grace: HumanDuration,
+    incoming_cpu: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:2525".into(),
+            hostname: None,
+            data_dir: "./tern-data".into(),
+            cores: 0,
+            relay_to: None,
+            admin_listen: "127.0.0.1:8025".into(),
+            shutdown_grace: HumanDuration::from_secs(30),
+            incoming_cpu: false,
+        }
+    }
+}
+
+/// The resolved `[server]` keys but `hostname` (see [`resolve_hostname`]).
+pub(super) struct Server {
+    pub(super) listen: SocketAddr,
+    pub(super) data_dir: PathBuf,
+    pub(super) cores: usize,
+    pub(super) relay_to: Option<String>,
+    pub(super) admin_listen: Option<SocketAddr>,
+    pub(super) shutdown_grace: Duration,
+    pub(super) incoming_cpu: bool,
+}
+
+/// Stands in for an address that did not parse (the config is rejected).
+const UNPARSED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+impl ServerSection {
+    /// Applies `o` and checks every key but `hostname`.
+    pub(super) fn resolve(&self, o: &Overrides, problems: &mut Vec<String>) -> Server {
+        let listen_s = o.listen.as_ref().unwrap_or(&self.listen);
+        let listen = listen_s.parse().unwrap_or_else(|_| {
+            problems.push(format!("server.listen: {listen_s:?} is not IP:PORT"));
+            UNPARSED
+        });
+        let admin_s = o.admin_listen.as_ref().unwrap_or(&self.admin_listen);
+        let admin_listen = resolve_admin_listen(admin_s, problems);
+        let data_dir = o.data_dir.clone().unwrap_or_else(|| self.data_dir.clone());
+        let cores = resolve_cores(o.cores.unwrap_or(self.cores), &data_dir, problems);
+        let relay_to = o.relay_to.clone().or_else(|| self.relay_to.clone());
+        if let Some(r) = &relay_to {
+            if r.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                problems.push(format!("server.relay_to: {r:?} is not HOST:PORT"));
+            }
+        }
+        Server {
+            listen,
+            data_dir,
+            cores,
+            relay_to,
+            admin_listen,
+            shutdown_grace: self.shutdown_grace.0,
+            incoming_cpu: self.incoming_cpu,
+        }
+    }
+}
+
+fn resolve_admin_listen(admin_s: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    if admin_s == "off" {
+        return None;
+    }
+    match admin_s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "server.admin_listen: {admin_s:?} is not IP:PORT or \"off\""
+            ));
+            None
+        }
+    }
+}
+
+fn resolve_cores(cores: usize, data_dir: &Path, problems: &mut Vec<String>) -> usize {
+    let cores = if cores == 0 {
+        // Automatic: one per CPU, but never fewer than the shards the
+        // data directory already holds (each shard's log is served by
+        // its own core; executors wrap around the CPUs).
+        available_cores()
+            .min(CORES_MAX)
+            .max(crate::layout::existing_shards(data_dir))
+    } else {
+        cores
+    };
+    if cores > CORES_MAX {
+        problems.push(format!(
+            "server.cores: {cores} is above {CORES_MAX} (the queue id has 2 hex digits of shard)"
+        ));
+    }
+    cores
+}
+
+/// `server.hostname`, else the machine's name; must be a domain name.
+pub(super) fn resolve_hostname(hostname: Option<&str>, problems: &mut Vec<String>) -> String {
+    let hostname = hostname.map_or_else(local_hostname, str::to_string);
+    if !tern_smtp::address::domain_name(&hostname) {
+        problems.push(format!(
+            "server.hostname: {hostname:?} is not a domain name"
+        ));
+    }
+    hostname
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates or
+    // truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}

@@ -1,0 +1,105 @@
+//! `[smtp]`: limits of inbound SMTP sessions.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ByteSize, HumanDuration};
+
+/// `[smtp]` as written; its `Default` is the default of every key.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct SmtpSection {
+    message_size_max: ByteSize,
+    recipients_max: usize,
+    errors_max: u32,
+    inactivity_timeout: HumanDuration,
+    session_timeout: HumanDuration,
+    connections_per_core_max: usize,
+    connections_per_ip_max: usize,
+    message_memory_max: ByteSize,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            message_size_max: ByteSize(35 << 20),
+            recipients_max: 1000,
+            errors_max: 20,
+            inactivity_timeout: HumanDuration::from_secs(300),
+            session_timeout: HumanDuration::from_secs(600),
+            connections_per_core_max: 2000,
+            connections_per_ip_max: 100,
+            message_memory_max: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// SMTP session limits.
+#[derive(Clone, Debug)]
+pub struct SmtpLimits {
+    /// Largest message (advertised in SIZE).
+    pub message_size_max: usize,
+    /// Recipients per message.
+    pub recipients_max: usize,
+    /// Errors before the session is closed.
+    pub errors_max: u32,
+    /// Longest wait for the client's next bytes.
+    pub inactivity_timeout: Duration,
+    /// Longest whole session.
+    pub session_timeout: Duration,
+    /// Open connections per core.
+    pub connections_per_core_max: usize,
+    /// Open connections per client IP (whole server).
+    pub connections_per_ip_max: usize,
+    /// Message content held in memory per core by sessions receiving
+    /// DATA/BDAT; above it the session that crossed it gets 421 4.3.2.
+    pub message_memory_max: usize,
+}
+
+impl SmtpSection {
+    /// The limits, each checked against its bounds.
+    pub(super) fn resolve(&self, problems: &mut Vec<String>) -> SmtpLimits {
+        let limits = SmtpLimits {
+            message_size_max: self.message_size_max.as_usize(),
+            recipients_max: self.recipients_max,
+            errors_max: self.errors_max,
+            inactivity_timeout: self.inactivity_timeout.0,
+            session_timeout: self.session_timeout.0,
+            connections_per_core_max: self.connections_per_core_max,
+            connections_per_ip_max: self.connections_per_ip_max,
+            message_memory_max: self.message_memory_max.as_usize(),
+        };
+        check(&limits, problems);
+        limits
+    }
+}
+
+/// Bounds, each with its reason.
+fn check(limits: &SmtpLimits, problems: &mut Vec<String>) {
+    if !(1024..=(1 << 30)).contains(&limits.message_size_max) {
+        problems.push("smtp.message_size_max must be 1KiB..=1GiB".into());
+    }
+    if !(100..=100_000).contains(&limits.recipients_max) {
+        problems.push(
+            "smtp.recipients_max must be 100..=100000 (RFC 5321 4.5.3.1.8 requires at least 100)"
+                .into(),
+        );
+    }
+    if limits.errors_max == 0 {
+        problems.push("smtp.errors_max must be at least 1".into());
+    }
+    if limits.inactivity_timeout < Duration::from_secs(1)
+        || limits.session_timeout < limits.inactivity_timeout
+    {
+        problems.push("smtp.inactivity_timeout must be >= 1s and <= smtp.session_timeout".into());
+    }
+    if limits.message_memory_max < limits.message_size_max {
+        problems.push("smtp.message_memory_max must be at least smtp.message_size_max".into());
+    }
+    if limits.connections_per_core_max == 0 || limits.connections_per_ip_max == 0 {
+        problems.push(
+            "smtp.connections_per_core_max and connections_per_ip_max must be at least 1".into(),
+        );
+    }
+}

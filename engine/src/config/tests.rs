@@ -1,0 +1,416 @@
+//! Tests of the whole configuration: defaults, overrides, problems, and
+//! the documentation (README.md, tern.example.toml) against the defaults.
+
+use super::cluster::ShadowPreference;
+use super::*;
+
+#[test]
+fn defaults() {
+    let c = Config::from_toml("", &Overrides::default()).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:2525".parse().unwrap());
+    assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
+    assert_eq!(c.smtp.message_size_max, 35 << 20);
+    assert_eq!(c.smtp.inactivity_timeout, Duration::from_secs(300));
+    assert_eq!(c.smtp.session_timeout, Duration::from_secs(600));
+    assert_eq!(c.relay.client_networks.len(), 2);
+    assert_eq!(c.admin_listen, Some("127.0.0.1:8025".parse().unwrap()));
+    assert!(c.cores >= 1);
+    assert!(!c.incoming_cpu);
+}
+
+#[test]
+fn file_values_and_overrides() {
+    let text = r#"
+        [server]
+        listen = "127.0.0.2:25"
+        cores = 2
+        admin_listen = "off"
+        incoming_cpu = true
+        [smtp]
+        message_size_max = "10MiB"
+        inactivity_timeout = "30s"
+        [relay]
+        client_networks = ["10.0.0.0/8", "192.0.2.7"]
+        recipient_domains = ["Example.COM"]
+        [storage]
+        segment_size = "64MiB"
+    "#;
+    let o = Overrides {
+        cores: Some(1),
+        data_dir: Some("/x".into()),
+        ..Default::default()
+    };
+    let c = Config::from_toml(text, &o).unwrap();
+    assert_eq!(c.listen.port(), 25);
+    assert_eq!(c.cores, 1);
+    assert_eq!(c.admin_listen, None);
+    assert!(c.incoming_cpu);
+    assert_eq!(c.data_dir, PathBuf::from("/x"));
+    assert_eq!(c.smtp.message_size_max, 10 << 20);
+    assert_eq!(c.storage.segment_bytes_max, 64 << 20);
+    assert_eq!(c.relay.recipient_domains, vec!["example.com".to_string()]);
+    assert_eq!(c.relay.client_networks[1].to_string(), "192.0.2.7/32");
+}
+
+#[test]
+fn pools_routes_and_delivery() {
+    let text = r#"
+        [server]
+        relay_to = "127.0.0.1:2600"
+        [delivery]
+        retry_initial = "2s"
+        retry_max = "10s"
+        dns_servers = ["127.0.0.53:5353", "127.0.0.54"]
+        [pools.main]
+        hosts = [ { address = "127.0.0.2:25", priority = 10, weight = 3 }, { address = "127.0.0.3:25" } ]
+        failover = "backup"
+        [pools.backup]
+        hosts = [ { address = "127.0.0.4:25" } ]
+        [routes]
+        "Example.com" = "main"
+        "*.example.net" = "backup"
+    "#;
+    let c = Config::from_toml(text, &Overrides::default()).unwrap();
+    assert_eq!(c.delivery.retry_initial, Duration::from_secs(2));
+    assert_eq!(c.delivery.dns_servers[1].to_string(), "127.0.0.54:53");
+    assert_eq!(c.pools["main"].hosts[0].weight, 3);
+    assert_eq!(c.pools["main"].hosts[1].priority, 0);
+    assert_eq!(c.pools["main"].failover.as_deref(), Some("backup"));
+    assert_eq!(c.pools[SMARTHOST_POOL].hosts[0].addr.port(), 2600);
+    assert_eq!(c.routes["example.com"], "main");
+    let bad = r#"
+        [delivery]
+        retry_initial = "1h"
+        retry_max = "1m"
+        [pools.a]
+        hosts = []
+        failover = "nowhere"
+        [pools.relay_to]
+        hosts = [ { address = "127.0.0.1:25" } ]
+        [routes]
+        "x.example" = "missing"
+        "bad domain" = "a"
+    "#;
+    let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+}
+
+#[test]
+fn strict_and_reports_every_problem() {
+    assert!(Config::from_toml("[server]\nlisten_typo = \"x\"", &Overrides::default()).is_err());
+    assert!(Config::from_toml("[nope]\n", &Overrides::default()).is_err());
+    assert!(Config::from_toml("[server]\nhostname = \"bad name\"", &Overrides::default()).is_err());
+    assert!(Config::from_toml("[server]\nhostname = \"\"", &Overrides::default()).is_err());
+    // Many recipients: the record limit grows with them.
+    let many = Config::from_toml("[smtp]\nrecipients_max = 100000", &Overrides::default()).unwrap();
+    assert!(many.storage.record_bytes_max >= (35 << 20) + 100_000 * 258);
+    let text = r#"
+        [server]
+        listen = "nonsense"
+        relay_to = "no-port"
+        [smtp]
+        recipients_max = 5
+        [relay]
+        client_networks = ["300.1.1.1/8"]
+    "#;
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(Config::from_toml(
+        "[smtp]\nmessage_size_max = \"5 parsecs\"",
+        &Overrides::default()
+    )
+    .is_err());
+    assert!(Config::from_toml(
+        "[smtp]\ninactivity_timeout = \"soon\"",
+        &Overrides::default()
+    )
+    .is_err());
+}
+
+#[test]
+fn cluster_defaults_values_and_problems() {
+    let c = Config::from_toml(
+        "[server]\nhostname = \"MX1.example.net\"",
+        &Overrides::default(),
+    )
+    .unwrap()
+    .cluster;
+    assert_eq!(c.node_id, "mx1.example.net");
+    assert_eq!(c.site, "default");
+    assert!(c.shadow_redundancy && !c.reject_on_shadow_failure);
+    assert_eq!(c.shadow_preference, ShadowPreference::PreferRemote);
+    assert_eq!(
+        (c.max_retries_remote_site, c.max_retries_local_site),
+        (4, 2)
+    );
+    assert_eq!(c.shadow_heartbeat_frequency, Duration::from_secs(120));
+    assert_eq!(
+        c.shadow_message_auto_discard_interval,
+        Duration::from_secs(2 * 86400)
+    );
+    assert_eq!(c.shadow_resubmit_time_span, Duration::from_secs(3 * 3600));
+    assert_eq!(c.shadow_timeout, Duration::from_secs(30));
+    assert_eq!(c.duplicate_window, Duration::from_secs(600));
+    assert!(c.peers.is_empty());
+    let text = r#"
+        [cluster]
+        node_id = "A"
+        site = "East"
+        shadow_preference = "local_only"
+        shadow_timeout = "2s"
+        peers = [
+          { node_id = "b", address = "127.0.0.3:2525" },
+          { node_id = "c", address = "localhost:2526", site = "east" },
+          { node_id = "w", address = "127.0.0.4:2525", site = "west" },
+        ]
+    "#;
+    let c = Config::from_toml(text, &Overrides::default())
+        .unwrap()
+        .cluster;
+    assert_eq!((c.node_id.as_str(), c.site.as_str()), ("a", "east"));
+    assert_eq!(c.shadow_timeout, Duration::from_secs(2));
+    assert_eq!(c.peers[0].site, "default");
+    assert_eq!(c.peers[1].name, "localhost:2526");
+    assert_eq!(c.peers[1].addr.port(), 2526);
+    assert_eq!(c.local_peers().count(), 1);
+    assert!(Config::from_toml(
+        "[cluster]\npeers = [ { node_id = \"b\", address = \"127.0.0.3:25\", port = 1 } ]",
+        &Overrides::default()
+    )
+    .is_err());
+    let bad = r#"
+        [server]
+        hostname = "mx1.example.net"
+        [cluster]
+        node_id = "has space"
+        site = ""
+        shadow_preference = "anywhere"
+        max_retries_local_site = 101
+        shadow_heartbeat_frequency = "10ms"
+        duplicate_window = "0s"
+        peers = [
+          { node_id = "b", address = "no-port" },
+          { node_id = "B", address = "127.0.0.3:2525" },
+          { node_id = "c/d", address = "127.0.0.4:2525", site = "x y" },
+        ]
+    "#;
+    let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 10, "{problems:#?}");
+    // Own id among the peers; remote_only with one site.
+    let bad = r#"
+        [cluster]
+        node_id = "a"
+        shadow_preference = "remote_only"
+        peers = [ { node_id = "A", address = "127.0.0.3:2525" } ]
+    "#;
+    let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    let long = format!("[server]\nhostname = \"{}.example\"", "x".repeat(60));
+    let problems = Config::from_toml(&long, &Overrides::default()).unwrap_err();
+    assert!(problems[0].starts_with("cluster.node_id"), "{problems:#?}");
+}
+
+#[test]
+fn example_config_is_valid_and_states_the_defaults() {
+    let text = include_str!("../../../tern.example.toml");
+    let example = Config::from_toml(text, &Overrides::default()).unwrap();
+    let defaults = Config::from_toml("", &Overrides::default()).unwrap();
+    assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+}
+
+/// The keys serde accepts for `T`: the field names its derived
+/// `Deserialize` hands to `deserialize_struct`.
+fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(KeyCapture(&mut keys));
+    keys
+}
+
+/// A deserializer that only records the field names of a struct.
+struct KeyCapture<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("keys taken"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// Every key as README.md names it (`section.key`, `pools.NAME.key`,
+/// `routes."PATTERN"`), from the section structs themselves.
+fn every_key() -> Vec<String> {
+    let sections: [(&str, &[&str]); 8] = [
+        ("server", keys_of::<server::ServerSection>()),
+        ("smtp", keys_of::<smtp::SmtpSection>()),
+        ("relay", keys_of::<relay::RelaySection>()),
+        ("storage", keys_of::<storage::StorageSection>()),
+        ("delivery", keys_of::<delivery::DeliverySection>()),
+        ("pools.NAME", keys_of::<pools::PoolSection>()),
+        ("routes", &["\"PATTERN\""]),
+        ("cluster", keys_of::<cluster::ClusterSection>()),
+    ];
+    let names: Vec<&str> = sections
+        .iter()
+        .map(|(s, _)| s.split('.').next().unwrap())
+        .collect();
+    assert_eq!(names, keys_of::<FileConfig>(), "a section is missing here");
+    sections
+        .iter()
+        .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+        .collect()
+}
+
+/// Keys of the tables inside lists: a pool's hosts, the cluster's peers,
+/// with the key whose documentation must name them.
+fn nested_keys() -> [(&'static str, &'static [&'static str]); 2] {
+    [
+        ("pools.NAME.hosts", keys_of::<pools::PoolHostSection>()),
+        ("cluster.peers", keys_of::<cluster::PeerSection>()),
+    ]
+}
+
+/// Does `text` set `key` (`key = `, not as the tail of a longer name)?
+fn sets(text: &str, key: &str) -> bool {
+    let pattern = format!("{key} = ");
+    text.match_indices(&pattern).any(|(i, _)| {
+        !text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The rows of README's key table: (key, default cell).
+fn readme_rows() -> Vec<(String, String)> {
+    let readme = include_str!("../../../README.md");
+    let table = readme
+        .split("## Configuration keys")
+        .nth(1)
+        .expect("README has a Configuration keys section");
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with("| key |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let key = cells[0].trim_start_matches("| ").trim_matches('`');
+            (key.to_string(), row.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn readme_documents_every_key_and_its_default() {
+    let keys = every_key();
+    let rows = readme_rows();
+    let documented: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !documented.contains(&k.as_str()))
+        .collect();
+    let unknown: Vec<&&str> = documented
+        .iter()
+        .filter(|k| !keys.iter().any(|c| c == *k))
+        .collect();
+    assert!(missing.is_empty(), "keys missing from README: {missing:?}");
+    assert!(
+        unknown.is_empty(),
+        "README documents unknown keys: {unknown:?}"
+    );
+    for (parent, nested) in nested_keys() {
+        let (_, row) = rows.iter().find(|(k, _)| k == parent).unwrap();
+        for k in nested {
+            assert!(sets(row, k), "README's {parent} row does not name {k}");
+        }
+    }
+    let defaults = format!(
+        "{:?}",
+        Config::from_toml("", &Overrides::default()).unwrap()
+    );
+    for (key, row) in &rows {
+        let cell = row.split(" | ").nth(1).unwrap();
+        // Prose ("the machine's hostname", "unset") states no value; a
+        // value naming another key (`server.hostname`) is that key's.
+        let Some(value) = cell.strip_prefix('`').and_then(|c| c.split('`').next()) else {
+            continue;
+        };
+        if keys.iter().any(|k| k == value) {
+            continue;
+        }
+        let (section, name) = key.split_once('.').unwrap();
+        let literal = format!("[{section}]\n{name} = {value}");
+        let text = if toml::from_str::<toml::Table>(&literal).is_ok() {
+            literal
+        } else {
+            format!("[{section}]\n{name} = {value:?}")
+        };
+        let resolved = Config::from_toml(&text, &Overrides::default())
+            .unwrap_or_else(|p| panic!("README's default of {key}: {p:?}"));
+        assert_eq!(
+            format!("{resolved:?}"),
+            defaults,
+            "README's default of {key} ({value}) is not the default"
+        );
+    }
+}
+
+#[test]
+fn example_config_names_every_key() {
+    let text = include_str!("../../../tern.example.toml");
+    // Sections by name, headers commented out or not ("# [pools.NAME]").
+    let mut sections: BTreeMap<&str, String> = BTreeMap::new();
+    let mut current = "";
+    for line in text.lines() {
+        let bare = line.trim_start_matches("# ");
+        if let Some(header) = bare.strip_prefix('[') {
+            current = header.split([']', '.']).next().unwrap();
+        }
+        let section = sections.entry(current).or_default();
+        section.push_str(line);
+        section.push('\n');
+    }
+    for key in every_key() {
+        let (section, name) = key.split_once('.').unwrap();
+        let name = name.trim_start_matches("NAME.");
+        let body = sections.get(section).map_or("", String::as_str);
+        assert!(
+            body.contains(&format!("[{section}")),
+            "tern.example.toml has no [{section}]"
+        );
+        if section != "routes" {
+            assert!(sets(body, name), "tern.example.toml does not name {key}");
+        }
+    }
+    for (parent, nested) in nested_keys() {
+        // The inline tables of the list (`{ node_id = "mx2", ... }`).
+        let section = parent.split('.').next().unwrap();
+        let tables: String = sections[section]
+            .lines()
+            .filter(|l| l.contains('{'))
+            .collect();
+        for k in nested {
+            assert!(
+                sets(&tables, k),
+                "tern.example.toml's {parent} do not name {k}"
+            );
+        }
+    }
+}
