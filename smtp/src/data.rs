@@ -128,6 +128,12 @@ impl DataReceiver {
         self.body.is_empty()
     }
 
+    /// Memory the content buffer holds (its capacity: pre-sized from a
+    /// `SIZE=` hint before any byte arrived), for the caller's budget.
+    pub fn capacity(&self) -> usize {
+        self.body.capacity()
+    }
+
     /// The content received, without the final `.CRLF`.
     pub fn into_body(self) -> Vec<u8> {
         self.body
