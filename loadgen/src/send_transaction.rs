@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tern_smtp::client;
 
@@ -123,9 +123,7 @@ impl Conn {
         seq: u64,
         due: Option<Instant>,
     ) -> Msg {
-        let sent_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let sent_us = crate::stamp::now_us();
         let run = plan.run;
         let mut head = self.spare_heads.pop().unwrap_or_default();
         head.clear();
