@@ -21,21 +21,71 @@
 //! run id, a sequence number unique across cores (an atomic counter), the
 //! send time and the body checksum. Bodies are prebuilt once per size.
 //!
+//! # Why its own SMTP client
+//!
+//! tern's outbound transactions go through the sans-IO
+//! `tern_smtp::transaction::Transaction` (delivery, shadow links). The
+//! sender keeps its own client beside it (it still uses `tern_smtp::client`
+//! for EHLO/HELO, DATA, RSET, QUIT and the capabilities) because a load
+//! generator needs what that state machine does not give:
+//!
+//! * **Across transactions.** `Transaction` is one transaction. In the
+//!   closed loop with PIPELINING the sender writes the next message's
+//!   MAIL/RCPT/DATA in the same write as the previous message's content
+//!   and dot (RFC 2920 3.1), one round trip per message, and accounts a
+//!   connection error against both messages in flight.
+//! * **Per-phase latency.** Each reply is timed as it is read (mail,
+//!   rcpt, data, eod; connect, banner and EHLO on the connection), which
+//!   `Transaction` cannot tell from outside: which reply it awaits is
+//!   private.
+//! * **No copy of the content.** `Transaction::new` dot-stuffs the
+//!   content into a buffer of its own, per message, and frames BDAT in
+//!   1 MiB chunks. The sender's bodies are built once per size, need no
+//!   stuffing (no line starts with a dot, every line ends in CRLF) and are
+//!   shared by every message; only the header section is per message, in
+//!   a recycled buffer. Replies are read in place into a fixed buffer,
+//!   their text copied out only for EHLO and for failures. Not
+//!   allocation-free: a pipelined transaction still allocates its vector
+//!   of RCPT reply codes.
+//! * **Any server, including broken ones.** What a misbehaving server
+//!   does ends up in the counts, not in an error of the client: a reply
+//!   line needs only three digits and an LF (`ReplyParser` also wants
+//!   CRLF, a code in 200..599 and the same code on every line of a
+//!   multi-line reply), a refused EHLO falls back to HELO, a 421 fails
+//!   the message temporarily and the connection is dropped, and a
+//!   malformed or missing reply costs the messages in flight as
+//!   connection errors before the worker reconnects.
+//!
 //! # Layout
 //!
 //! ```text
-//! send.rs          arguments, executors, progress, report
-//! send_core.rs     one executor: connections, the SMTP conversation
-//! send_target.rs   targets, priorities, failover, backoff
-//! send_stats.rs    histograms, reply counts, JSON/text report, plot files
+//! send.rs              arguments, executors, progress, report output
+//! send_plan.rs         the run plan the cores share: tickets, open-loop schedule, abort
+//! send_worker.rs       one executor: its workers (connections) and the ticker
+//! send_conn.rs         one connection: connect, greeting, EHLO/HELO, replies, QUIT, failover
+//! send_transaction.rs  one message: stamped header, pipelined/lock-step/BDAT transaction, accounting
+//! send_watchdog.rs     the per-core watchdog behind --timeout
+//! send_target.rs       targets, priorities, failover, backoff
+//! send_stats.rs        histograms, reply counts, JSON/text report
+//! send_plot.rs         .hgrm percentile files and the SVG
 //! ```
 
-#[path = "send_core.rs"]
-pub mod send_core;
+#[path = "send_conn.rs"]
+mod send_conn;
+#[path = "send_plan.rs"]
+pub mod send_plan;
+#[path = "send_plot.rs"]
+pub mod send_plot;
 #[path = "send_stats.rs"]
 pub mod send_stats;
 #[path = "send_target.rs"]
 pub mod send_target;
+#[path = "send_transaction.rs"]
+mod send_transaction;
+#[path = "send_watchdog.rs"]
+mod send_watchdog;
+#[path = "send_worker.rs"]
+pub mod send_worker;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -43,10 +93,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::size::Sizes;
-use send_core::Plan;
+use send_plan::Plan;
 use send_stats::{CoreStats, Live, RunInfo};
 use send_target::{Health, Target};
 
@@ -131,63 +181,12 @@ fn no_newlines(s: &str) -> String {
 
 /// Runs `send`.
 pub fn main(args: SendArgs) -> anyhow::Result<()> {
-    if args.messages.is_none() && args.duration.is_none() {
-        anyhow::bail!("give --messages N and/or --duration D");
-    }
-    if args.concurrency == 0 || args.cores == 0 || args.rcpts == 0 {
-        anyhow::bail!("--concurrency, --cores and --rcpts must be at least 1");
-    }
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        anyhow::bail!("--rate must be positive");
-    }
+    check_args(&args)?;
     let run = args.run_id.unwrap_or_else(rand::random);
-    let addrs = args
-        .targets
-        .iter()
-        .map(Target::resolve)
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let cores = args.cores.min(args.concurrency);
-    let plan = Arc::new(Plan {
-        run,
-        addrs,
-        priorities: args.targets.iter().map(|t| t.priority).collect(),
-        health: args.targets.iter().map(|_| Health::default()).collect(),
-        next: AtomicU64::new(0),
-        messages: args.messages,
-        duration: args.duration,
-        rate: args.rate,
-        start: Instant::now(),
-        per_conn: args.per_conn,
-        pipelining: !args.no_pipelining,
-        bdat: args.bdat,
-        timeout: args.timeout,
-        helo: no_newlines(&args.helo),
-        record_acked: args.acked.is_some(),
-        from: no_newlines(&args.from),
-        rcpts: (0..args.rcpts)
-            .map(|n| no_newlines(&args.to.replace("{n}", &n.to_string())))
-            .collect(),
-        sizes: args.size.clone(),
-        live: (0..cores).map(|_| Live::default()).collect(),
-        down_since_us: AtomicU64::new(send_core::NOT_DOWN),
-        aborted: std::sync::atomic::AtomicBool::new(false),
-    });
+    let plan = Arc::new(plan_of(&args, run, cores)?);
     println!("run {run:016x}");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut handles = Vec::new();
-    let mut first_id = 0;
-    for core in 0..cores {
-        let conns = args.concurrency / cores + usize::from(core < args.concurrency % cores);
-        let plan = plan.clone();
-        let h = LocalExecutorBuilder::new(Placement::Fixed(core % cpus))
-            .name(&format!("loadgen-{core}"))
-            .io_memory(512 << 10)
-            .ring_depth(256)
-            .spawn(move || async move { send_core::run(plan, core, conns, first_id).await })
-            .map_err(std::io::Error::from)?;
-        first_id += conns;
-        handles.push(h);
-    }
+    let handles = spawn_cores(&plan, cores, args.concurrency)?;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
         let (plan, done, messages) = (plan.clone(), done.clone(), args.messages);
@@ -226,9 +225,90 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
         targets: &targets,
         rate: args.rate,
     };
-    print!("{}", send_stats::text_report(&total, &info));
+    write_reports(&args, &total, &info)?;
+    verdict(&args, &total, aborted, untaken)
+}
+
+/// The checks clap cannot make.
+fn check_args(args: &SendArgs) -> anyhow::Result<()> {
+    if args.messages.is_none() && args.duration.is_none() {
+        anyhow::bail!("give --messages N and/or --duration D");
+    }
+    if args.concurrency == 0 || args.cores == 0 || args.rcpts == 0 {
+        anyhow::bail!("--concurrency, --cores and --rcpts must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        anyhow::bail!("--rate must be positive");
+    }
+    Ok(())
+}
+
+/// The plan of run `run` on `cores` executors (targets resolved).
+fn plan_of(args: &SendArgs, run: u64, cores: usize) -> anyhow::Result<Plan> {
+    let addrs = args
+        .targets
+        .iter()
+        .map(Target::resolve)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Plan {
+        run,
+        addrs,
+        priorities: args.targets.iter().map(|t| t.priority).collect(),
+        health: args.targets.iter().map(|_| Health::default()).collect(),
+        next: AtomicU64::new(0),
+        messages: args.messages,
+        duration: args.duration,
+        rate: args.rate,
+        start: Instant::now(),
+        per_conn: args.per_conn,
+        pipelining: !args.no_pipelining,
+        bdat: args.bdat,
+        timeout: args.timeout,
+        helo: no_newlines(&args.helo),
+        record_acked: args.acked.is_some(),
+        from: no_newlines(&args.from),
+        rcpts: (0..args.rcpts)
+            .map(|n| no_newlines(&args.to.replace("{n}", &n.to_string())))
+            .collect(),
+        sizes: args.size.clone(),
+        live: (0..cores).map(|_| Live::default()).collect(),
+        down_since_us: AtomicU64::new(send_plan::NOT_DOWN),
+        aborted: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+/// Starts one executor per core (pinned), `concurrency` connections split
+/// over them.
+fn spawn_cores(
+    plan: &Arc<Plan>,
+    cores: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<ExecutorJoinHandle<CoreStats>>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    let mut first_id = 0;
+    for core in 0..cores {
+        let conns = concurrency / cores + usize::from(core < concurrency % cores);
+        let plan = plan.clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(core % cpus))
+            .name(&format!("loadgen-{core}"))
+            .io_memory(512 << 10)
+            .ring_depth(256)
+            .spawn(move || async move { send_worker::run(plan, core, conns, first_id).await })
+            .map_err(std::io::Error::from)?;
+        first_id += conns;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// The text report on stdout, and the `--json`, `--acked` and `--plot`
+/// files.
+fn write_reports(args: &SendArgs, total: &CoreStats, info: &RunInfo<'_>) -> anyhow::Result<()> {
+    let run = info.run;
+    print!("{}", send_stats::text_report(total, info));
     if let Some(path) = &args.json {
-        let j = send_stats::json_report(&total, &info);
+        let j = send_stats::json_report(total, info);
         std::fs::write(path, serde_json::to_vec_pretty(&j)?)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
@@ -244,9 +324,15 @@ pub fn main(args: SendArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     if let Some(dir) = &args.plot {
-        send_stats::write_plot(dir, &total, &format!("tern-loadgen run {run:016x}"))
+        send_plot::write_plot(dir, total, &format!("tern-loadgen run {run:016x}"))
             .map_err(|e| anyhow::anyhow!("writing plots to {}: {e}", dir.display()))?;
     }
+    Ok(())
+}
+
+/// The exit status: an error when the run was aborted, a message failed,
+/// or none was sent.
+fn verdict(args: &SendArgs, total: &CoreStats, aborted: bool, untaken: u64) -> anyhow::Result<()> {
     if aborted {
         anyhow::bail!(
             "run stopped: every target was down for longer than --timeout ({}); \

@@ -10,10 +10,13 @@
 //! each with its own SO_REUSEPORT listener and its own counters (no locks
 //! on the per-message path), merged into one report at the end.
 //!
+//! # Layout
+//!
 //! ```text
 //! sink.rs        flags, executors, stop conditions, report output
 //! sink_conn.rs   one core: listener and the connection loop
 //! sink_stats.rs  counters, stamp verification, the report (text and JSON)
+//! sink_seqs.rs   sequence sets (lost, duplicated) and the --expect tracker
 //! sink_fault.rs  fault decisions and the command splitter
 //! ```
 
@@ -21,6 +24,8 @@
 mod sink_conn;
 #[path = "sink_fault.rs"]
 pub mod sink_fault;
+#[path = "sink_seqs.rs"]
+pub mod sink_seqs;
 #[path = "sink_stats.rs"]
 pub mod sink_stats;
 
@@ -30,12 +35,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tern_smtp::server::ServerConfig;
 
 use sink_conn::{CoreSetup, Shared};
 use sink_fault::{FailOn, FaultConfig, Faults};
-use sink_stats::{CoreStats, ExpectTracker, Report};
+use sink_seqs::ExpectTracker;
+use sink_stats::{CoreStats, Report};
 
 /// io_uring registered memory per executor (RLIMIT_MEMLOCK is often
 /// 8 MiB; the sink registers no buffers).
@@ -141,7 +147,46 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
         expect: args.expect.map(ExpectTracker::new),
     });
     install_signals();
-    let smtp = ServerConfig {
+    let smtp = smtp_config(&args, &faults);
+    let cores = start_cores(&args, &smtp, &faults, seed, &shared)?;
+    if !args.quiet {
+        eprintln!(
+            "tern-loadgen sink: listening on {} ({} cores)",
+            cores.listen, args.cores
+        );
+    }
+    let started = Instant::now();
+    let expect_met = wait_for_stop(&args, &shared, &cores.lives, started);
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut total = CoreStats::default();
+    for (core, h) in cores.handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(stats) => total.merge(stats),
+            Err(e) => anyhow::bail!("sink: core {core} failed: {e}"),
+        }
+    }
+    total.start = Some(started);
+    let report = Report::with_expect(&total, args.expect);
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(n) = args.expect {
+        if !expect_met {
+            use std::io::Write;
+            eprintln!("tern-loadgen sink: expected {n} messages of one run: not met");
+            let _ = std::io::stdout().flush();
+            std::process::exit(EXIT_EXPECT_UNMET);
+        }
+    }
+    Ok(())
+}
+
+/// The SMTP session settings every core uses.
+fn smtp_config(args: &SinkArgs, faults: &FaultConfig) -> ServerConfig {
+    ServerConfig {
         hostname: "tern-loadgen-sink".into(),
         message_bytes_max: args.size_max,
         recipients_max: 1000,
@@ -154,7 +199,26 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
         },
         extra_ehlo: Vec::new(),
         shadow_ehlo: None,
-    };
+    }
+}
+
+/// The running cores.
+struct Cores {
+    handles: Vec<ExecutorJoinHandle<CoreStats>>,
+    /// Each core's message count, for the progress display.
+    lives: Vec<Arc<AtomicU64>>,
+    /// The address they all listen on (core 0's port when given port 0).
+    listen: SocketAddr,
+}
+
+/// Starts one executor per core, each once the previous one is bound.
+fn start_cores(
+    args: &SinkArgs,
+    smtp: &ServerConfig,
+    faults: &FaultConfig,
+    seed: u64,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Cores> {
     let mut handles = Vec::new();
     let mut lives = Vec::new();
     let mut listen = args.listen;
@@ -187,13 +251,22 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("sink: core {core} failed to start"),
         }
     }
-    if !args.quiet {
-        eprintln!(
-            "tern-loadgen sink: listening on {listen} ({} cores)",
-            args.cores
-        );
-    }
-    let started = Instant::now();
+    Ok(Cores {
+        handles,
+        lives,
+        listen,
+    })
+}
+
+/// Waits for a stop condition (`--expect` met, a signal, `--duration`,
+/// `--timeout` with `--expect`), showing progress on a terminal. Returns
+/// whether `--expect` was met.
+fn wait_for_stop(
+    args: &SinkArgs,
+    shared: &Shared,
+    lives: &[Arc<AtomicU64>],
+    started: Instant,
+) -> bool {
     let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
         let p = indicatif::ProgressBar::new_spinner();
         p.set_style(
@@ -226,32 +299,8 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
             }
         }
     };
-    shared.stop.store(true, Ordering::SeqCst);
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    let mut total = CoreStats::default();
-    for (core, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(stats) => total.merge(stats),
-            Err(e) => anyhow::bail!("sink: core {core} failed: {e}"),
-        }
-    }
-    total.start = Some(started);
-    let report = Report::with_expect(&total, args.expect);
-    print!("{}", report.text());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    }
-    if let Some(n) = args.expect {
-        if !expect_met {
-            use std::io::Write;
-            eprintln!("tern-loadgen sink: expected {n} messages of one run: not met");
-            let _ = std::io::stdout().flush();
-            std::process::exit(EXIT_EXPECT_UNMET);
-        }
-    }
-    Ok(())
+    expect_met
 }

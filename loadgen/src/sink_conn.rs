@@ -17,7 +17,8 @@ use tern_smtp::server::{Event, Policy, ServerConfig, Session};
 use tern_smtp::Reply;
 
 use super::sink_fault::{FailOn, Faults, Piece, Splitter};
-use super::sink_stats::{CoreStats, ExpectTracker};
+use super::sink_seqs::ExpectTracker;
+use super::sink_stats::CoreStats;
 
 /// Read buffer per connection.
 const READ_BUF_BYTES: usize = 64 * 1024;

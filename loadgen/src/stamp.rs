@@ -35,6 +35,15 @@ impl Stamp {
     }
 }
 
+/// Now on the clock of a stamp's `sent` field: microseconds since the
+/// Unix epoch (0 before it). The sender stamps with it and the sink
+/// measures end-to-end latency against it.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Why a received message does not verify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StampError {
