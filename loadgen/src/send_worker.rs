@@ -12,26 +12,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::send_conn::{connect_any, Conn, Stats};
 use super::send_plan::Plan;
 use super::send_stats::CoreStats;
 use super::send_transaction::{Bodies, Body, Msg};
 use super::send_watchdog::Watch;
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// The body of the next message, its size drawn from `--size`.
-fn pick_body(plan: &Plan, bodies: &Bodies, rng: &mut XorShift) -> Rc<Body> {
-    bodies.get(plan.run, plan.sizes.pick(rng.next() as u32))
+fn pick_body(plan: &Plan, bodies: &Bodies, rng: &mut StdRng) -> Rc<Body> {
+    bodies.get(plan.run, plan.sizes.pick(rng.gen()))
 }
 
 /// One connection's loop, without the connection (kept beside it so a
@@ -40,7 +32,7 @@ struct Worker {
     plan: Arc<Plan>,
     stats: Stats,
     bodies: Rc<Bodies>,
-    rng: XorShift,
+    rng: StdRng,
     /// Spreads connections over the targets of a priority group.
     spread: usize,
 }
@@ -147,7 +139,7 @@ impl Worker {
 }
 
 async fn worker(plan: Arc<Plan>, stats: Stats, bodies: Rc<Bodies>, id: usize) {
-    let rng = XorShift((plan.run ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+    let rng = StdRng::seed_from_u64(plan.run ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut w = Worker {
         plan,
         stats,
@@ -242,10 +234,10 @@ mod tests {
     #[test]
     fn size_picking_follows_weights() {
         let sizes: Sizes = "1KiB:60,16KiB:30,1MiB:10".parse().unwrap();
-        let mut rng = XorShift(12345);
+        let mut rng = StdRng::seed_from_u64(12345);
         let mut counts = HashMap::new();
         for _ in 0..100_000 {
-            *counts.entry(sizes.pick(rng.next() as u32)).or_insert(0u32) += 1;
+            *counts.entry(sizes.pick(rng.gen())).or_insert(0u32) += 1;
         }
         let share = |s: usize| counts[&s] as f64 / 100_000.0;
         assert!((share(1024) - 0.6).abs() < 0.01);

@@ -9,6 +9,9 @@
 //! the header section), so relays may add or rewrite headers (Received:)
 //! without breaking verification, but any change to the body is caught.
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 /// Header name.
 pub const HEADER: &str = "X-Tern-Loadgen";
 
@@ -120,14 +123,11 @@ pub fn build_message(
     to: &str,
 ) -> Vec<u8> {
     let mut body = Vec::with_capacity(size);
-    let mut state = run ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Deterministic printable text per (run, seq).
+    let mut rng = StdRng::seed_from_u64(run ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     while body.len() < size.saturating_sub(300) {
         for _ in 0..76 {
-            // xorshift: cheap deterministic printable text
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            body.push(b'a' + (state % 26) as u8);
+            body.push(b'a' + rng.gen_range(0..26u8));
         }
         body.extend_from_slice(b"\r\n");
     }

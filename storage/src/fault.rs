@@ -17,6 +17,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::env::{Env, LogFile};
 
 /// What happens to unsynced writes at a simulated power loss.
@@ -124,17 +127,12 @@ impl FaultEnv {
     pub fn power_loss(&self, mode: PowerLoss) -> io::Result<()> {
         let mut f = self.faults.borrow_mut();
         f.dead = true;
-        let mut rng_state = match mode {
-            PowerLoss::TearBlocks(seed) => seed | 1,
+        // Deterministic per seed.
+        let mut rng = StdRng::seed_from_u64(match mode {
+            PowerLoss::TearBlocks(seed) => seed,
             _ => 1,
-        };
-        let mut coin = move || {
-            // xorshift64: deterministic per seed.
-            rng_state ^= rng_state << 13;
-            rng_state ^= rng_state >> 7;
-            rng_state ^= rng_state << 17;
-            rng_state & 1 == 0
-        };
+        });
+        let mut coin = move || rng.gen::<bool>();
         for (path, writes) in f.unsynced.drain() {
             let file = OpenOptions::new().write(true).open(&path)?;
             for (pos, old) in writes.iter().rev() {

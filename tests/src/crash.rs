@@ -24,14 +24,6 @@ pub fn log_config() -> tern_storage::LogConfig {
     }
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The id of record `counter` of appender `task` in process `pid`.
 pub fn id(task: u16, pid: u32, counter: u32) -> u64 {
     (task as u64) << 48 | ((pid & 0xffff) as u64) << 32 | counter as u64
@@ -39,13 +31,10 @@ pub fn id(task: u16, pid: u32, counter: u32) -> u64 {
 
 /// The body every payload with this id carries.
 fn body(id: u64) -> Vec<u8> {
-    let mut state = id;
-    let len = (splitmix(&mut state) % (BODY_MAX + 1)) as usize;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&splitmix(&mut state).to_le_bytes());
-    }
-    out.truncate(len);
+    use rand::{Rng, RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(id);
+    let mut out = vec![0; rng.gen_range(0..=BODY_MAX as usize)];
+    rng.fill_bytes(&mut out);
     out
 }
 
