@@ -1,7 +1,7 @@
 //! Counters per core (atomics written only by their own core, so never
 //! contended) and their Prometheus text rendering for the admin listener.
 //!
-//! Every exported metric is one row of [`METRICS`] (name, type, help and
+//! Every exported metric is one row of `METRICS` (name, type, help and
 //! how to read each core's samples); [`render`] walks the table, so a
 //! metric is added or renamed in one place.
 
@@ -431,7 +431,7 @@ fn buckets(
     let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {cumulative}");
 }
 
-/// Prometheus text exposition of all cores: every metric of [`METRICS`],
+/// Prometheus text exposition of all cores: every metric of `METRICS`,
 /// in its order.
 pub fn render(cores: &[&CoreMetrics]) -> String {
     let mut out = String::new();
