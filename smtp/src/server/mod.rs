@@ -1,0 +1,141 @@
+//! The server side of one SMTP session as a plain state machine: bytes in
+//! ([`Session::receive`]), events and reply bytes out ([`Session::poll`],
+//! [`Session::transmit`]). No sockets, no runtime, no clock: the caller
+//! owns deadlines and I/O (STYLE rule 2).
+//!
+//! Pipelining (RFC 2920): replies accumulate in the output buffer while
+//! buffered commands are processed; the caller sends them when `poll`
+//! returns `None` (input exhausted) or an event. Commands sent ahead of the
+//! greeting reply to EHLO, or before EHLO advertised PIPELINING, and any
+//! bytes sent after DATA before our 354, are "unauthorised pipelining"
+//! (Postfix's reject_unauth_pipelining): the session answers 554 5.5.0 and
+//! closes, so no byte can be read in a state the client did not expect.
+//!
+//! # Layout
+//!
+//! One file per verb, as the session reads them (STYLE rule 3):
+//!
+//! - `mod.rs` (here): the public types ([`Envelope`], [`Event`],
+//!   [`Session`]) and the session's private state.
+//! - `config.rs`: [`ServerConfig`]. `policy.rs`: [`Policy`], [`AcceptAll`].
+//! - `session.rs`: the caller's interface ([`Session::receive`],
+//!   [`Session::poll`], [`Session::complete`], ...) and the reply helpers
+//!   every verb uses (errors counted toward the limit, closing).
+//! - `line.rs`: one command line: framing, length limits, unauthorised
+//!   pipelining, and the dispatch to the verbs.
+//! - `ehlo.rs` (EHLO, HELO), `mail.rs`, `rcpt.rs`, `data.rs`, `bdat.rs`
+//!   (RFC 3030 CHUNKING), `xqdiscard.rs` (the shadow link's discard
+//!   request), `simple.rs` (RSET, NOOP, QUIT, VRFY, HELP and the verbs we
+//!   do not implement).
+
+use std::rc::Rc;
+
+use crate::address::{ForwardPath, ReversePath};
+use crate::command::MailParams;
+use crate::data::{ChunkChecker, DataReceiver};
+use crate::reply::{Reply, Status};
+
+mod bdat;
+mod config;
+mod data;
+mod ehlo;
+mod line;
+mod mail;
+mod policy;
+mod rcpt;
+mod session;
+mod simple;
+mod xqdiscard;
+
+pub use config::ServerConfig;
+pub use policy::{AcceptAll, Policy};
+
+/// Everything about a message except its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Name given in HELO/EHLO.
+    pub helo: String,
+    /// EHLO (true) or HELO.
+    pub esmtp: bool,
+    /// MAIL FROM.
+    pub from: ReversePath,
+    /// MAIL FROM parameters.
+    pub params: MailParams,
+    /// Accepted recipients, in order.
+    pub recipients: Vec<ForwardPath>,
+}
+
+/// What the session needs from the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A complete message. Make it durable, then call
+    /// [`Session::complete`]; no further input is processed until then.
+    Message {
+        /// The envelope.
+        envelope: Envelope,
+        /// The content, un-dot-stuffed (DATA) or concatenated chunks (BDAT).
+        content: Vec<u8>,
+    },
+    /// `XQDISCARD`: answer with [`Session::answer`] (the queue ids the
+    /// shadow may discard); no further input is processed until then.
+    Discard {
+        /// The asking shadow's node id.
+        node: String,
+        /// The primary's database id as the shadow knows it.
+        database: String,
+    },
+    /// Send what [`Session::transmit`] holds, then close the connection.
+    Close,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Command,
+    Data(DataReceiver),
+    Bdat {
+        remaining: u64,
+        last: bool,
+    },
+    /// A message was handed to the caller.
+    Waiting,
+    /// Close requested; `closed_emitted` once the event went out.
+    Closing {
+        emitted: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Transaction {
+    from: ReversePath,
+    params: MailParams,
+    recipients: Vec<ForwardPath>,
+    /// BDAT chunks so far (None after the size limit was passed).
+    chunks: Option<Vec<u8>>,
+    checker: ChunkChecker,
+    bdat_started: bool,
+}
+
+/// One server session.
+pub struct Session<P> {
+    config: Rc<ServerConfig>,
+    policy: P,
+    input: Vec<u8>,
+    /// Consumed prefix of `input`.
+    start: usize,
+    output: Vec<u8>,
+    phase: Phase,
+    helo: Option<(String, bool)>,
+    tx: Option<Transaction>,
+    /// Error replies since the last accepted message (the limit).
+    errors: u32,
+    /// Error replies in the whole session (metrics).
+    errors_total: u32,
+    /// Discarding an over-long command line up to its LF.
+    skipping_line: bool,
+    /// An event produced by a command (XQDISCARD), returned by `poll`.
+    pending_event: Option<Event>,
+}
+
+fn reply(code: u16, status: (u8, u16, u16), text: &'static str) -> Reply {
+    Reply::new(code, Status(status.0, status.1, status.2), text)
+}
