@@ -569,3 +569,39 @@ fn shadow_link_syntax() {
         );
     }
 }
+
+/// The memory budget sees what a session reserved, not only what arrived:
+/// `SIZE=` pre-sizes the DATA buffer (capped at the message limit), a BDAT
+/// size reserves its chunk, before any content byte is there.
+#[test]
+fn content_bytes_counts_what_was_reserved() {
+    let mut big = ServerConfig::clone(&config());
+    big.message_bytes_max = 8 << 20;
+    let mut s = Session::new(Rc::new(big), AcceptAll);
+    let mut run = Run {
+        out: String::new(),
+        messages: Vec::new(),
+        closed: false,
+    };
+    drive(&mut s, b"EHLO c\r\n", &mut run);
+    drive(&mut s, b"MAIL FROM:<a@b.example> SIZE=500000\r\n", &mut run);
+    drive(&mut s, b"RCPT TO:<c@d.example>\r\nDATA\r\n", &mut run);
+    assert!(run.out.contains("354"), "{}", run.out);
+    assert!(
+        s.content_bytes() >= 500_000,
+        "a SIZE=500000 claim reserved memory the budget must see: {}",
+        s.content_bytes()
+    );
+    drive(&mut s, b"x\r\n.\r\n", &mut run);
+    assert_eq!(s.content_bytes(), 0, "released at end of data");
+    drive(
+        &mut s,
+        b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 300000\r\nxx",
+        &mut run,
+    );
+    assert!(
+        s.content_bytes() >= 300_000,
+        "BDAT reserved: {}",
+        s.content_bytes()
+    );
+}

@@ -79,16 +79,18 @@ impl<P: Policy> Session<P> {
         self.errors_total
     }
 
-    /// Message content held in memory right now (DATA or BDAT in
-    /// progress), for the caller's memory budget.
+    /// Memory held for message content right now (DATA or BDAT in
+    /// progress), for the caller's memory budget: the buffers' capacity,
+    /// so what a `SIZE=` claim or a BDAT size reserved counts before the
+    /// bytes arrive.
     pub fn content_bytes(&self) -> usize {
         match &self.phase {
-            Phase::Data(r) => r.len(),
+            Phase::Data(r) => r.capacity(),
             _ => self
                 .tx
                 .as_ref()
                 .and_then(|t| t.chunks.as_ref())
-                .map_or(0, Vec::len),
+                .map_or(0, Vec::capacity),
         }
     }
 
