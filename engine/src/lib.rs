@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cli/        the `tern` command line: serve, queue tools, route and shadow commands
-//! admin/      admin HTTP listener: /metrics, /routes, /shadow
+//! admin/      admin HTTP listener: /metrics (rendering), /routes, /shadow
 //! server/     tern serve: executors, signals, one core's wiring and stop order
 //! inbound/    listener and admission, the session socket loop, relay control, the accept step
 //! delivery/   queue (a cursor over the log), scheduler, dispatch, connections, writer, maintenance
@@ -15,11 +15,11 @@
 //! outbound.rs one outbound SMTP connection (used by delivery and the shadow link)
 //! shard/      a core's log shard: the appender (announce + append), fresh payloads, storage env
 //! record/     the record formats: message (kind 1), status (2), shadow copy (3)
-//! dsn.rs      delivery status notifications (RFC 3464 / RFC 6522)
+//! dsn/        delivery status notifications (RFC 3464 / RFC 6522)
 //! dns.rs      MX resolution (hickory on a tokio thread per core)
 //! received.rs the Received: trace header and RFC 5322 dates
 //! cluster.rs  node id, peers, shadow peer order; the transport database id
-//! metrics.rs  per-core counters, Prometheus rendering
+//! metrics.rs  per-core counters
 //! logbuf.rs   a core's log lines handed to the log thread in batches
 //! stop.rs     the stop flag and each core's shutdown signal
 //! layout.rs   the data directory's layout (shard directories)

@@ -21,6 +21,7 @@
 //! - `GET /shadow`: this node, its peers with their database ids, last
 //!   heartbeat and the shadow copies held for each (`tern shadow status`).
 
+mod render;
 mod routes;
 mod shadow;
 
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::route::RouteOverrides;
-use crate::metrics::{self, CoreMetrics};
+use crate::metrics::CoreMetrics;
 use crate::shadow::ShadowShared;
 use crate::stop::StopFlag;
 
@@ -91,7 +92,7 @@ impl Admin {
                 let header =
                     tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
                         .expect("static header");
-                let mut text = metrics::render(&refs);
+                let mut text = render::render(&refs);
                 text.push_str(&shadow::gauges(self));
                 tiny_http::Response::from_string(text).with_header(header)
             }

@@ -251,7 +251,7 @@ impl Replica {
     /// stayed unreachable for `shadow_resubmit_time_span` are taken over.
     /// Each decision is a durable `done` event on the shadow record, so a
     /// restart does not repeat it. A copy that cannot be read is logged,
-    /// counted (`tern_unreadable_total`) and dropped: it must not stop the
+    /// counted (`tern_unreadable_messages_total`) and dropped: it must not stop the
     /// upkeep of the others nor pin the `shadow` cursor for good.
     pub async fn upkeep(&self, now: u64) -> tern_storage::Result<()> {
         let delivery = &self.config.delivery;
