@@ -160,6 +160,17 @@ fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
         .map_err(|problems| anyhow::anyhow!("invalid configuration:\n  {}", problems.join("\n  ")))
 }
 
+/// `tern queue ...`: reads the data directory named by the config.
+fn run_queue(action: QueueAction, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let data_dir = |common: &Common| load(common, Overrides::default()).map(|c| c.data_dir);
+    match action {
+        QueueAction::List { common } => queue::list(&data_dir(&common)?, out),
+        QueueAction::Shadow { common } => queue::list_shadow(&data_dir(&common)?, out),
+        QueueAction::SafetyNet { common } => queue::list_safety_net(&data_dir(&common)?, out),
+        QueueAction::Show { id, common } => queue::show(&data_dir(&common)?, &id, out),
+    }
+}
+
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -180,30 +191,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             crate::server::serve(load(&common, overrides)?)
         }
-        Command::Queue {
-            action: QueueAction::List { common },
-        } => {
-            let config = load(&common, Overrides::default())?;
-            queue::list(&config.data_dir, &mut stdout)
-        }
-        Command::Queue {
-            action: QueueAction::Shadow { common },
-        } => {
-            let config = load(&common, Overrides::default())?;
-            queue::list_shadow(&config.data_dir, &mut stdout)
-        }
-        Command::Queue {
-            action: QueueAction::SafetyNet { common },
-        } => {
-            let config = load(&common, Overrides::default())?;
-            queue::list_safety_net(&config.data_dir, &mut stdout)
-        }
-        Command::Queue {
-            action: QueueAction::Show { id, common },
-        } => {
-            let config = load(&common, Overrides::default())?;
-            queue::show(&config.data_dir, &id, &mut stdout)
-        }
+        Command::Queue { action } => run_queue(action, &mut stdout),
         Command::Route { action } => match action {
             RouteAction::Set {
                 pattern,
