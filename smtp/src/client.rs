@@ -26,6 +26,10 @@ pub struct Capabilities {
     pub enhanced_status_codes: bool,
     /// CHUNKING (RFC 3030).
     pub chunking: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+    /// AUTH mechanisms (RFC 4954), upper-cased; empty when not offered.
+    pub auth: Vec<String>,
     /// Every other keyword with its parameters, upper-cased keyword.
     pub other: Vec<(String, String)>,
 }
@@ -43,6 +47,13 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "CHUNKING" => caps.chunking = true,
+                "STARTTLS" => caps.starttls = true,
+                "AUTH" => {
+                    caps.auth = params
+                        .split_ascii_whitespace()
+                        .map(str::to_ascii_uppercase)
+                        .collect()
+                }
                 other => caps.other.push((other.to_owned(), params.to_owned())),
             }
         }
@@ -116,6 +127,31 @@ pub fn noop(out: &mut Vec<u8>) {
 /// `XQDISCARD node database-id` (tern's shadow link).
 pub fn xqdiscard(out: &mut Vec<u8>, node: &str, database: &str) {
     line(out, format_args!("XQDISCARD {node} {database}"));
+}
+
+/// `STARTTLS` (RFC 3207): on a 220 reply the caller starts the TLS
+/// handshake, then sends EHLO again (capabilities may differ in TLS).
+pub fn starttls(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"STARTTLS\r\n");
+}
+
+/// `AUTH PLAIN <initial response>` (RFC 4954, RFC 4616): one round trip,
+/// empty authorization identity. The credentials are base64 so they
+/// cannot break the command line.
+pub fn auth_plain(out: &mut Vec<u8>, user: &str, password: &str) {
+    let mut raw = Vec::with_capacity(user.len() + password.len() + 2);
+    raw.push(0);
+    raw.extend_from_slice(user.as_bytes());
+    raw.push(0);
+    raw.extend_from_slice(password.as_bytes());
+    use base64::Engine as _;
+    out.extend_from_slice(b"AUTH PLAIN ");
+    out.extend_from_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(raw)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `QUIT`.
@@ -255,6 +291,30 @@ mod tests {
         ) {
             prop_assert_eq!(has_bare_newline(&content), bare_newline_reference(&content));
         }
+    }
+
+    #[test]
+    fn starttls_and_auth_are_read_from_ehlo() {
+        let r = Reply::plain(
+            250,
+            vec![
+                "mx.example".into(),
+                "STARTTLS".into(),
+                "AUTH plain LOGIN".into(),
+            ],
+        );
+        let caps = Capabilities::from_ehlo(&r);
+        assert!(caps.starttls);
+        assert_eq!(caps.auth, ["PLAIN", "LOGIN"]);
+        assert!(!Capabilities::from_ehlo(&Reply::plain(250, vec!["x".into()])).starttls);
+    }
+
+    #[test]
+    fn auth_plain_is_base64_of_nul_user_nul_password() {
+        let mut out = Vec::new();
+        auth_plain(&mut out, "tim", "tanstaaftanstaaf");
+        // RFC 4616 section 4's example credentials.
+        assert_eq!(out, b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
     }
 
     #[test]
