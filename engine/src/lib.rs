@@ -46,3 +46,4 @@ pub mod server;
 pub mod shadow;
 pub mod shard;
 pub mod stop;
+pub mod tls;

@@ -66,6 +66,10 @@ pub struct Peer {
     pub name: String,
     /// Its site label (lower case).
     pub site: String,
+    /// The SHA-256 fingerprint of its certificate: the shadow link runs
+    /// over TLS, and only a peer presenting this certificate may send or
+    /// ask for shadow copies.
+    pub fingerprint: super::tls::Fingerprint,
 }
 
 /// The resolved `[cluster]` section.
@@ -186,6 +190,7 @@ pub(super) struct PeerSection {
     address: String,
     #[serde(default = "default_site")]
     site: String,
+    fingerprint: Option<String>,
 }
 
 /// The site of this node and of each peer, unless set.
@@ -274,12 +279,27 @@ fn resolve_peers(list: &[PeerSection], node_id: &str, problems: &mut Vec<String>
             ));
         }
         let site = cluster_token(&format!("{key}.site"), &p.site, problems);
+        let fingerprint = match p.fingerprint.as_deref().map(str::parse) {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                problems.push(format!("{key}.fingerprint: {e}"));
+                super::tls::Fingerprint([0; 32])
+            }
+            None => {
+                problems.push(format!(
+                    "{key}.fingerprint is required: the SHA-256 fingerprint of the \
+                     certificate of node {peer_id:?} (run `tern tls fingerprint` there)"
+                ));
+                super::tls::Fingerprint([0; 32])
+            }
+        };
         match resolve_host(&p.address) {
             Ok(addr) => peers.push(Peer {
                 node_id: peer_id,
                 addr,
                 name: p.address.clone(),
                 site,
+                fingerprint,
             }),
             Err(e) => problems.push(format!("{key}.address: {e}")),
         }

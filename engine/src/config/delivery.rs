@@ -34,6 +34,7 @@ pub(super) struct DeliverySection {
     dsn_return_content_max: ByteSize,
     recent_cache_bytes: ByteSize,
     maintenance_interval: HumanDuration,
+    tls_policy: String,
 }
 
 const DAY_SECS: u64 = 86_400;
@@ -63,6 +64,7 @@ impl Default for DeliverySection {
             dsn_return_content_max: ByteSize(1 << 20),
             recent_cache_bytes: ByteSize(64 << 20),
             maintenance_interval: HumanDuration::from_secs(1),
+            tls_policy: "may".into(),
         }
     }
 }
@@ -70,6 +72,8 @@ impl Default for DeliverySection {
 /// Outbound delivery settings (`[delivery]`).
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
+    /// Outbound TLS where the pool sets none (and for MX delivery).
+    pub tls_policy: super::tls::TlsPolicy,
     /// Queue everything, deliver nothing (maintenance, tests).
     pub hold: bool,
     /// Connections per destination (pool, smarthost or MX domain), per core.
@@ -138,6 +142,7 @@ impl DeliverySection {
             }
         }
         let c = DeliveryConfig {
+            tls_policy: super::tls::policy("delivery.tls_policy", &self.tls_policy, problems),
             hold: self.hold,
             concurrency_per_destination: self.concurrency_per_destination,
             connect_timeout: self.connect_timeout.0,

@@ -14,6 +14,7 @@
 //! delivery.rs  [delivery]  -> DeliveryConfig
 //! pools.rs     [pools.NAME], [routes] -> Pool, PoolHost
 //! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
+//! tls.rs       [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
 //! ```
 //!
 //! # Defaults
@@ -40,6 +41,7 @@ mod relay;
 mod server;
 mod smtp;
 mod storage;
+pub(crate) mod tls;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -59,6 +61,7 @@ pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
 pub use relay::RelayRules;
 pub use smtp::SmtpLimits;
 pub use storage::IoMode;
+pub use tls::{CertificateFiles, Fingerprint, MinVersion, TlsConfig, TlsPolicy};
 pub use units::{ByteSize, HumanDuration};
 
 /// Shortest delivery and cluster timer: below it, timers would spin.
@@ -94,6 +97,8 @@ pub struct FileConfig {
     routes: BTreeMap<String, String>,
     #[serde(default)]
     cluster: cluster::ClusterSection,
+    #[serde(default)]
+    tls: tls::TlsSection,
 }
 
 /// Command-line values that override the file.
@@ -147,6 +152,8 @@ pub struct Config {
     pub routes: BTreeMap<String, String>,
     /// The HA boundary and shadow redundancy.
     pub cluster: ClusterConfig,
+    /// Certificates and TLS versions.
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -186,6 +193,7 @@ impl Config {
         let (storage, io) = f.storage.resolve(&smtp, &mut problems);
         let hostname = server::resolve_hostname(f.server.hostname.as_deref(), &mut problems);
         let cluster = f.cluster.resolve(&hostname, &mut problems);
+        let tls = f.tls.resolve(&mut problems);
         let config = Config {
             listen: server.listen,
             hostname,
@@ -203,6 +211,7 @@ impl Config {
             pools,
             routes,
             cluster,
+            tls,
         };
         if problems.is_empty() {
             Ok(config)

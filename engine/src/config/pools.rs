@@ -17,6 +17,7 @@ pub const SMARTHOST_POOL: &str = "relay_to";
 pub(super) struct PoolSection {
     hosts: Vec<PoolHostSection>,
     failover: Option<String>,
+    tls_policy: Option<String>,
 }
 
 /// One entry of `pools.NAME.hosts` (`address` is required).
@@ -60,6 +61,8 @@ pub struct Pool {
     pub hosts: Vec<PoolHost>,
     /// Pool used while every host of this one is down.
     pub failover: Option<String>,
+    /// Outbound TLS to this pool's hosts (`None`: `delivery.tls_policy`).
+    pub tls_policy: Option<super::tls::TlsPolicy>,
 }
 
 /// Pools by name.
@@ -120,6 +123,10 @@ impl PoolSection {
             name: name.into(),
             hosts,
             failover: self.failover.clone(),
+            tls_policy: self
+                .tls_policy
+                .as_deref()
+                .map(|t| super::tls::policy(&format!("pools.{name}.tls_policy"), t, problems)),
         }
     }
 }
@@ -137,6 +144,7 @@ fn smarthost_pool(relay_to: &str, problems: &mut Vec<String>) -> Option<Pool> {
                 weight: default_weight(),
             }],
             failover: None,
+            tls_policy: None,
         }),
         Err(e) => {
             // A malformed value was reported with `[server]`; this is a
