@@ -14,6 +14,7 @@
 //! delivery.rs  [delivery]  -> DeliveryConfig
 //! pools.rs     [pools.NAME], [routes] -> Pool, PoolHost
 //! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
+//! auth.rs      [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
 //! ```
 //!
 //! # Defaults
@@ -33,6 +34,7 @@
 //! section's resolution appends its problems to one list, so a config is
 //! rejected with all of them at once.
 
+mod auth;
 pub(crate) mod cluster;
 mod delivery;
 mod pools;
@@ -54,6 +56,7 @@ use tern_storage::LogConfig;
 
 use cluster::ClusterConfig;
 
+pub use auth::{AuthConfig, AUTH_DELAY_MAX};
 pub use delivery::DeliveryConfig;
 pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
 pub use relay::RelayRules;
@@ -94,6 +97,8 @@ pub struct FileConfig {
     routes: BTreeMap<String, String>,
     #[serde(default)]
     cluster: cluster::ClusterSection,
+    #[serde(default)]
+    auth: auth::AuthSection,
 }
 
 /// Command-line values that override the file.
@@ -147,6 +152,8 @@ pub struct Config {
     pub routes: BTreeMap<String, String>,
     /// The HA boundary and shadow redundancy.
     pub cluster: ClusterConfig,
+    /// SMTP AUTH: the users file and the failure limits.
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -186,6 +193,7 @@ impl Config {
         let (storage, io) = f.storage.resolve(&smtp, &mut problems);
         let hostname = server::resolve_hostname(f.server.hostname.as_deref(), &mut problems);
         let cluster = f.cluster.resolve(&hostname, &mut problems);
+        let auth = f.auth.resolve(&server.data_dir, &mut problems);
         let config = Config {
             listen: server.listen,
             hostname,
@@ -203,6 +211,7 @@ impl Config {
             pools,
             routes,
             cluster,
+            auth,
         };
         if problems.is_empty() {
             Ok(config)

@@ -256,7 +256,7 @@ impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
 /// `routes."PATTERN"`), from the section structs themselves.
 fn every_key() -> Vec<String> {
-    let sections: [(&str, &[&str]); 8] = [
+    let sections: [(&str, &[&str]); 9] = [
         ("server", keys_of::<server::ServerSection>()),
         ("smtp", keys_of::<smtp::SmtpSection>()),
         ("relay", keys_of::<relay::RelaySection>()),
@@ -265,6 +265,7 @@ fn every_key() -> Vec<String> {
         ("pools.NAME", keys_of::<pools::PoolSection>()),
         ("routes", &["\"PATTERN\""]),
         ("cluster", keys_of::<cluster::ClusterSection>()),
+        ("auth", keys_of::<auth::AuthSection>()),
     ];
     let names: Vec<&str> = sections
         .iter()
