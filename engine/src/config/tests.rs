@@ -415,3 +415,39 @@ fn example_config_names_every_key() {
         }
     }
 }
+
+#[test]
+fn auth_defaults_values_and_problems() {
+    let a = Config::from_toml("", &Overrides::default()).unwrap().auth;
+    assert_eq!(a.users_file, None);
+    assert!(!a.cleartext_on_loopback);
+    assert_eq!(a.failures_max, 5);
+    assert_eq!(a.failure_window, Duration::from_secs(600));
+    assert_eq!(a.lockout, Duration::from_secs(900));
+    assert_eq!(a.failure_delay, Duration::from_secs(1));
+    let text = "[server]\ndata_dir = \"/var/tern\"\n[auth]\nusers_file = \"users\"\nfailure_delay = \"0s\"\n";
+    let a = Config::from_toml(text, &Overrides::default()).unwrap().auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/var/tern/users")));
+    assert_eq!(a.failure_delay, Duration::ZERO);
+    let o = Overrides {
+        data_dir: Some("/elsewhere".into()),
+        ..Default::default()
+    };
+    let a = Config::from_toml("[auth]\nusers_file = \"/etc/tern/users\"", &o)
+        .unwrap()
+        .auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
+    let a = Config::from_toml("[auth]\nusers_file = \"u\"", &o).unwrap().auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/elsewhere/u")), "--data-dir applies");
+    let bad = r#"
+        [auth]
+        users_file = ""
+        failures_max = 0
+        failure_window = "0s"
+        failure_delay = "11s"
+    "#;
+    let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(problems.iter().all(|p| p.starts_with("auth.")), "{problems:#?}");
+    assert!(Config::from_toml("[auth]\nusers = \"x\"", &Overrides::default()).is_err());
+}
