@@ -108,11 +108,15 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Vec<Line>, AuthError> {
         check_name(name).map_err(syntax)?;
         let hash = hash.trim_end();
         if hash.len() > HASH_BYTES_MAX {
-            return Err(syntax(format!("the hash is longer than {HASH_BYTES_MAX} bytes")));
+            return Err(syntax(format!(
+                "the hash is longer than {HASH_BYTES_MAX} bytes"
+            )));
         }
         check_hash(hash).map_err(|e| syntax(format!("user {name:?}: {e}")))?;
         if let Some(first) = seen.insert(name, number) {
-            return Err(syntax(format!("user {name:?} again (first on line {first})")));
+            return Err(syntax(format!(
+                "user {name:?} again (first on line {first})"
+            )));
         }
         lines.push(Line::User {
             name: name.to_owned(),

@@ -33,7 +33,10 @@ fn syntax_line(text: &str) -> (usize, String) {
 fn parses_users_comments_and_blank_lines() {
     let text = format!("# tern users\n\n  # indented comment\nalice:{OTHER_PARAMS}\r\nbob@example.com:{OTHER_PARAMS}  \n");
     let users = parse(&text).unwrap();
-    assert_eq!(users.names().collect::<Vec<_>>(), ["alice", "bob@example.com"]);
+    assert_eq!(
+        users.names().collect::<Vec<_>>(),
+        ["alice", "bob@example.com"]
+    );
     assert_eq!(users.len(), 2);
     assert!(parse("").unwrap().is_empty());
 }
@@ -58,7 +61,10 @@ fn bad_lines_are_named_with_file_and_line() {
     for (text, line, what) in cases {
         let (got, message) = syntax_line(&text);
         assert_eq!(got, line, "{text:?}: {message}");
-        assert!(message.starts_with(&format!("/etc/tern/users:{line}: ")), "{message}");
+        assert!(
+            message.starts_with(&format!("/etc/tern/users:{line}: ")),
+            "{message}"
+        );
         assert!(message.contains(what), "{text:?}: {message} lacks {what:?}");
     }
 }
@@ -83,7 +89,10 @@ fn new_hashes_and_the_dummy_use_the_chosen_parameters() {
     for h in [hash_password("x"), users::DUMMY_HASH.to_string()] {
         let p = params(&h);
         assert!(h.starts_with("$argon2id$v=19$"), "{h}");
-        assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (ours.m_cost(), ours.t_cost(), ours.p_cost()));
+        assert_eq!(
+            (p.m_cost(), p.t_cost(), p.p_cost()),
+            (ours.m_cost(), ours.t_cost(), ours.p_cost())
+        );
     }
     assert_ne!(hash_password("x"), hash_password("x"), "salts are random");
 }
@@ -102,7 +111,10 @@ fn rewrite_adds_replaces_and_removes_keeping_comments() {
     let other = hash_password("new");
     assert_eq!(add_user(&path, "alice", &other).unwrap(), Added::Replaced);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(text, format!("# keep me\nalice:{other}\nbob:{OTHER_PARAMS}\n"));
+    assert_eq!(
+        text,
+        format!("# keep me\nalice:{other}\nbob:{OTHER_PARAMS}\n")
+    );
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "rewritten 0600");
     remove_user(&path, "alice").unwrap();
@@ -159,7 +171,10 @@ fn the_delay_grows_with_failures_then_the_client_is_refused() {
     assert_eq!(l.check(a, t0), Verdict::Allow);
     for n in 1..5u32 {
         l.failed(a, t0);
-        assert_eq!(l.check(a, t0), Verdict::Delay(Duration::from_secs(n.into())));
+        assert_eq!(
+            l.check(a, t0),
+            Verdict::Delay(Duration::from_secs(n.into()))
+        );
     }
     l.failed(a, t0);
     assert_eq!(l.check(a, t0), Verdict::Refuse);
@@ -171,7 +186,11 @@ fn the_delay_grows_with_failures_then_the_client_is_refused() {
     assert_eq!(l.check(a, end), Verdict::Allow, "lockout over");
     assert_eq!(l.tracked(), 0, "and forgotten");
     l.failed(a, end);
-    assert_eq!(l.check(a, end), Verdict::Delay(Duration::from_secs(1)), "afresh");
+    assert_eq!(
+        l.check(a, end),
+        Verdict::Delay(Duration::from_secs(1)),
+        "afresh"
+    );
 }
 
 #[test]
@@ -185,7 +204,10 @@ fn the_delay_is_capped() {
     for _ in 0..10 {
         l.failed(a, t0);
     }
-    assert_eq!(l.check(a, t0), Verdict::Delay(crate::config::AUTH_DELAY_MAX));
+    assert_eq!(
+        l.check(a, t0),
+        Verdict::Delay(crate::config::AUTH_DELAY_MAX)
+    );
     let mut none = Limiter::new(&AuthConfig {
         failure_delay: Duration::ZERO,
         ..limits()
@@ -220,7 +242,10 @@ fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
     assert_eq!(l.check(ip("2001:db8:1:2:ffff::1"), t0), Verdict::Refuse);
     assert_eq!(l.check(ip("2001:db8:1:3::1"), t0), Verdict::Allow);
     l.failed(ip("::ffff:192.0.2.9"), t0);
-    assert_eq!(l.check(ip("192.0.2.9"), t0), Verdict::Delay(Duration::from_secs(1)));
+    assert_eq!(
+        l.check(ip("192.0.2.9"), t0),
+        Verdict::Delay(Duration::from_secs(1))
+    );
     assert_eq!(l.check(ip("192.0.2.10"), t0), Verdict::Allow);
 }
 
@@ -237,8 +262,15 @@ fn tracked_clients_are_bounded_and_the_oldest_goes_first() {
     l.failed(nth(0), now);
     l.failed(nth(TRACKED_MAX), now);
     assert_eq!(l.tracked(), TRACKED_MAX);
-    assert_eq!(l.check(nth(1), now), Verdict::Allow, "the oldest was forgotten");
+    assert_eq!(
+        l.check(nth(1), now),
+        Verdict::Allow,
+        "the oldest was forgotten"
+    );
     assert_eq!(l.check(nth(0), now), Verdict::Delay(Duration::from_secs(2)));
     assert_eq!(l.check(nth(2), now), Verdict::Delay(Duration::from_secs(1)));
-    assert_eq!(l.check(nth(TRACKED_MAX), now), Verdict::Delay(Duration::from_secs(1)));
+    assert_eq!(
+        l.check(nth(TRACKED_MAX), now),
+        Verdict::Delay(Duration::from_secs(1))
+    );
 }

@@ -87,7 +87,9 @@ fn users_file(args: &UsersFileArgs) -> anyhow::Result<PathBuf> {
         .auth
         .users_file
         .ok_or_else(|| {
-            anyhow::anyhow!("no users file: pass --users-file PATH, or --config FILE with auth.users_file")
+            anyhow::anyhow!(
+                "no users file: pass --users-file PATH, or --config FILE with auth.users_file"
+            )
         })
 }
 

@@ -437,8 +437,14 @@ fn auth_defaults_values_and_problems() {
         .unwrap()
         .auth;
     assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
-    let a = Config::from_toml("[auth]\nusers_file = \"u\"", &o).unwrap().auth;
-    assert_eq!(a.users_file, Some(PathBuf::from("/elsewhere/u")), "--data-dir applies");
+    let a = Config::from_toml("[auth]\nusers_file = \"u\"", &o)
+        .unwrap()
+        .auth;
+    assert_eq!(
+        a.users_file,
+        Some(PathBuf::from("/elsewhere/u")),
+        "--data-dir applies"
+    );
     let bad = r#"
         [auth]
         users_file = ""
@@ -448,6 +454,9 @@ fn auth_defaults_values_and_problems() {
     "#;
     let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
     assert_eq!(problems.len(), 4, "{problems:#?}");
-    assert!(problems.iter().all(|p| p.starts_with("auth.")), "{problems:#?}");
+    assert!(
+        problems.iter().all(|p| p.starts_with("auth.")),
+        "{problems:#?}"
+    );
     assert!(Config::from_toml("[auth]\nusers = \"x\"", &Overrides::default()).is_err());
 }
