@@ -19,10 +19,11 @@ mod limiter;
 mod tests;
 mod users;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{AuthConfig, Config};
 
 pub use file::{check_name, FILE_BYTES_MAX, HASH_BYTES_MAX, NAME_BYTES_MAX};
 pub use limiter::{Limiter, Verdict, TRACKED_MAX};
@@ -97,6 +98,13 @@ pub fn load_users(config: &Config) -> Result<Option<Arc<Users>>, AuthError> {
         tracing::warn!(path = %path.display(), "users file has no users: every AUTH will fail");
     }
     Ok(Some(Arc::new(users)))
+}
+
+/// Whether a client at `ip` may authenticate before STARTTLS: only with
+/// `auth.cleartext_on_loopback`, and only from 127.0.0.0/8 or ::1 (an
+/// IPv4-mapped loopback address counts as IPv4).
+pub fn cleartext_allowed(auth: &AuthConfig, ip: IpAddr) -> bool {
+    auth.cleartext_on_loopback && ip.to_canonical().is_loopback()
 }
 
 /// Whether the file added `name` or replaced its hash.

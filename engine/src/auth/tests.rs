@@ -274,3 +274,32 @@ fn tracked_clients_are_bounded_and_the_oldest_goes_first() {
         Verdict::Delay(Duration::from_secs(1))
     );
 }
+
+#[test]
+fn cleartext_only_on_loopback_and_only_when_configured() {
+    let on = AuthConfig {
+        cleartext_on_loopback: true,
+        ..limits()
+    };
+    for (addr, allowed) in [
+        ("127.0.0.1", true),
+        ("127.3.2.1", true),
+        ("::1", true),
+        ("::ffff:127.0.0.1", true),
+        ("192.0.2.1", false),
+        ("::2", false),
+        ("2001:db8::1", false),
+    ] {
+        assert_eq!(cleartext_allowed(&on, ip(addr)), allowed, "{addr}");
+        assert!(
+            !cleartext_allowed(&limits(), ip(addr)),
+            "{addr}: off by default"
+        );
+    }
+}
+
+#[test]
+fn debug_output_shows_no_hash() {
+    let users = parse(&format!("alice:{OTHER_PARAMS}\n")).unwrap();
+    assert_eq!(format!("{users:?}"), "Users { users: 1 }");
+}

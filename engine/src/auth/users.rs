@@ -96,12 +96,21 @@ pub(super) fn check_hash(hash: &str) -> Result<(), String> {
 /// Read-only once loaded; `Send + Sync`, so a verification can run on a
 /// blocking thread (`glommio::executor().spawn_blocking`) while the core
 /// serves others.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Users {
     /// Name to PHC string (each checked by [`check_hash`]).
     hashes: HashMap<String, String>,
     /// The names in file order.
     names: Vec<String>,
+}
+
+/// The count only: hashes stay out of logs and `{:?}` output.
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("users", &self.names.len())
+            .finish()
+    }
 }
 
 // Verification runs off the core's thread.
