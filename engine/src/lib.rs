@@ -18,6 +18,7 @@
 //! dsn/        delivery status notifications (RFC 3464 / RFC 6522)
 //! dns.rs      MX resolution (hickory on a tokio thread per core)
 //! received.rs the Received: trace header and RFC 5322 dates
+//! auth/       SMTP AUTH: the users file (argon2id hashes), verify, failed-attempt limiter
 //! cluster.rs  node id, peers, shadow peer order; the transport database id
 //! metrics.rs  per-core counters
 //! logbuf.rs   a core's log lines handed to the log thread in batches
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -13,7 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "config", "server", "delivery", "record", "layout", "received",
+            "config", "server", "delivery", "record", "layout", "received", "auth",
         ],
     ),
     (
@@ -26,13 +26,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "server",
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
-            "stop", "cluster", "layout",
+            "stop", "cluster", "layout", "auth",
         ],
     ),
     (
         "inbound",
         &[
-            "config", "shadow", "shard", "record", "metrics", "stop", "received",
+            "config", "shadow", "shard", "record", "metrics", "stop", "received", "auth",
         ],
     ),
     (
@@ -57,6 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("logbuf", &[]),
     ("stop", &[]),
     ("cluster", &["config"]),
+    ("auth", &["config"]),
     ("layout", &[]),
     ("config", &["layout"]),
 ];

@@ -8,10 +8,12 @@
 //! mod.rs     the commands and flags (clap), and what each runs
 //! queue.rs   tern queue list/show/shadow/safety-net over the read-only inspector
 //! remote.rs  tern route / tern shadow: requests to the admin listener
+//! user.rs    tern user add/remove/list: the SMTP AUTH users file
 //! ```
 
 pub mod queue;
 mod remote;
+mod user;
 
 use std::path::PathBuf;
 
@@ -71,6 +73,11 @@ enum Command {
     Shadow {
         #[command(subcommand)]
         action: ShadowAction,
+    },
+    /// SMTP AUTH users (the users file; the server reads it at start-up).
+    User {
+        #[command(subcommand)]
+        action: user::UserAction,
     },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
@@ -214,6 +221,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shadow {
             action: ShadowAction::Status { admin },
         } => admin_call("GET", &format!("{}/shadow", admin_url(&admin)?), ""),
+        Command::User { action } => user::run(action, &mut stdout),
         Command::CheckConfig { common } => {
             let config = load(&common, Overrides::default())?;
             println!("{config:#?}");

@@ -15,6 +15,7 @@
 //! pools.rs     [pools.NAME], [routes] -> Pool, PoolHost
 //! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
 //! tls.rs       [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
+//! auth.rs      [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
 //! ```
 //!
 //! # Defaults
@@ -34,6 +35,7 @@
 //! section's resolution appends its problems to one list, so a config is
 //! rejected with all of them at once.
 
+mod auth;
 pub(crate) mod cluster;
 mod delivery;
 mod pools;
@@ -56,6 +58,7 @@ use tern_storage::LogConfig;
 
 use cluster::ClusterConfig;
 
+pub use auth::{AuthConfig, AUTH_DELAY_MAX};
 pub use delivery::DeliveryConfig;
 pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
 pub use relay::RelayRules;
@@ -99,6 +102,8 @@ pub struct FileConfig {
     cluster: cluster::ClusterSection,
     #[serde(default)]
     tls: tls::TlsSection,
+    #[serde(default)]
+    auth: auth::AuthSection,
 }
 
 /// Command-line values that override the file.
@@ -154,6 +159,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Certificates and TLS versions.
     pub tls: TlsConfig,
+    /// SMTP AUTH: the users file and the failure limits.
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -194,6 +201,7 @@ impl Config {
         let hostname = server::resolve_hostname(f.server.hostname.as_deref(), &mut problems);
         let cluster = f.cluster.resolve(&hostname, &mut problems);
         let tls = f.tls.resolve(&mut problems);
+        let auth = f.auth.resolve(&server.data_dir, &mut problems);
         let config = Config {
             listen: server.listen,
             hostname,
@@ -212,6 +220,7 @@ impl Config {
             routes,
             cluster,
             tls,
+            auth,
         };
         if problems.is_empty() {
             Ok(config)

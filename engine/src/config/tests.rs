@@ -256,7 +256,7 @@ impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
 /// `routes."PATTERN"`), from the section structs themselves.
 fn every_key() -> Vec<String> {
-    let sections: [(&str, &[&str]); 8] = [
+    let sections: [(&str, &[&str]); 9] = [
         ("server", keys_of::<server::ServerSection>()),
         ("smtp", keys_of::<smtp::SmtpSection>()),
         ("relay", keys_of::<relay::RelaySection>()),
@@ -265,6 +265,7 @@ fn every_key() -> Vec<String> {
         ("pools.NAME", keys_of::<pools::PoolSection>()),
         ("routes", &["\"PATTERN\""]),
         ("cluster", keys_of::<cluster::ClusterSection>()),
+        ("auth", keys_of::<auth::AuthSection>()),
     ];
     let names: Vec<&str> = sections
         .iter()
@@ -413,4 +414,49 @@ fn example_config_names_every_key() {
             );
         }
     }
+}
+
+#[test]
+fn auth_defaults_values_and_problems() {
+    let a = Config::from_toml("", &Overrides::default()).unwrap().auth;
+    assert_eq!(a.users_file, None);
+    assert!(!a.cleartext_on_loopback);
+    assert_eq!(a.failures_max, 5);
+    assert_eq!(a.failure_window, Duration::from_secs(600));
+    assert_eq!(a.lockout, Duration::from_secs(900));
+    assert_eq!(a.failure_delay, Duration::from_secs(1));
+    let text = "[server]\ndata_dir = \"/var/tern\"\n[auth]\nusers_file = \"users\"\nfailure_delay = \"0s\"\n";
+    let a = Config::from_toml(text, &Overrides::default()).unwrap().auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/var/tern/users")));
+    assert_eq!(a.failure_delay, Duration::ZERO);
+    let o = Overrides {
+        data_dir: Some("/elsewhere".into()),
+        ..Default::default()
+    };
+    let a = Config::from_toml("[auth]\nusers_file = \"/etc/tern/users\"", &o)
+        .unwrap()
+        .auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
+    let a = Config::from_toml("[auth]\nusers_file = \"u\"", &o)
+        .unwrap()
+        .auth;
+    assert_eq!(
+        a.users_file,
+        Some(PathBuf::from("/elsewhere/u")),
+        "--data-dir applies"
+    );
+    let bad = r#"
+        [auth]
+        users_file = ""
+        failures_max = 0
+        failure_window = "0s"
+        failure_delay = "11s"
+    "#;
+    let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(
+        problems.iter().all(|p| p.starts_with("auth.")),
+        "{problems:#?}"
+    );
+    assert!(Config::from_toml("[auth]\nusers = \"x\"", &Overrides::default()).is_err());
 }

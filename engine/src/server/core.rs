@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Users;
 use crate::config::Config;
 use crate::delivery::route::RouteOverrides;
 use crate::delivery::{self, Delivery};
@@ -33,6 +34,10 @@ pub struct NodeState {
     pub routes: Arc<RouteOverrides>,
     /// Shadow redundancy state.
     pub shadow: Arc<ShadowShared>,
+    /// The SMTP AUTH users (`auth.users_file`, loaded at start-up); `None`:
+    /// AUTH is not offered. Not read by inbound yet: the session's AUTH
+    /// wiring takes it from here (with a `crate::auth::Limiter` per core).
+    pub users: Option<Arc<Users>>,
 }
 
 /// A core's rooms, built by [`run`].

@@ -28,6 +28,9 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    // First: a bad users file stops the start before anything is touched.
+    let users =
+        crate::auth::load_users(&config).map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?;
     let database_id = open_data_dir(&config)?;
     let config = Arc::new(config);
     let node = NodeState {
@@ -35,6 +38,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         per_ip: Arc::default(),
         routes: Arc::default(),
         shadow: Arc::new(ShadowShared::new(database_id)),
+        users,
     };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
     spawn_signal_thread(node.stop.clone())?;
