@@ -173,6 +173,7 @@ mod tests {
             addr: "127.0.0.1:2525".parse().unwrap(),
             name: "127.0.0.1:2525".into(),
             site: site.into(),
+            fingerprint: crate::config::Fingerprint([0; 32]),
         }
     }
 

@@ -43,9 +43,9 @@ mod relay;
 mod server;
 mod smtp;
 mod storage;
-pub(crate) mod tls;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tls;
 mod units;
 
 use std::collections::BTreeMap;

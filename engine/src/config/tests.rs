@@ -159,9 +159,9 @@ fn cluster_defaults_values_and_problems() {
         shadow_preference = "local_only"
         shadow_timeout = "2s"
         peers = [
-          { node_id = "b", address = "127.0.0.3:2525" },
-          { node_id = "c", address = "localhost:2526", site = "east" },
-          { node_id = "w", address = "127.0.0.4:2525", site = "west" },
+          { node_id = "b", address = "127.0.0.3:2525", fingerprint = "sha256:abababababababababababababababababababababababababababababababab" },
+          { node_id = "c", address = "localhost:2526", site = "east", fingerprint = "sha256:abababababababababababababababababababababababababababababababab" },
+          { node_id = "w", address = "127.0.0.4:2525", site = "west", fingerprint = "sha256:abababababababababababababababababababababababababababababababab" },
         ]
     "#;
     let c = Config::from_toml(text, &Overrides::default())
@@ -189,19 +189,35 @@ fn cluster_defaults_values_and_problems() {
         shadow_heartbeat_frequency = "10ms"
         duplicate_window = "0s"
         peers = [
-          { node_id = "b", address = "no-port" },
-          { node_id = "B", address = "127.0.0.3:2525" },
-          { node_id = "c/d", address = "127.0.0.4:2525", site = "x y" },
+          { node_id = "b", address = "no-port", fingerprint = "sha256:abababababababababababababababababababababababababababababababab" },
+          { node_id = "B", address = "127.0.0.3:2525", fingerprint = "sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd" },
+          { node_id = "c/d", address = "127.0.0.4:2525", site = "x y", fingerprint = "bad" },
         ]
     "#;
     let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
-    assert_eq!(problems.len(), 10, "{problems:#?}");
+    assert_eq!(problems.len(), 11, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("cluster.peers[2].fingerprint: \"bad\"")),
+        "{problems:#?}"
+    );
+    // A peer without a fingerprint cannot be trusted on the shadow link.
+    let problems = Config::from_toml(
+        "[cluster]\npeers = [ { node_id = \"b\", address = \"127.0.0.3:25\" } ]",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        problems[0].starts_with("cluster.peers[0].fingerprint is required"),
+        "{problems:#?}"
+    );
     // Own id among the peers; remote_only with one site.
     let bad = r#"
         [cluster]
         node_id = "a"
         shadow_preference = "remote_only"
-        peers = [ { node_id = "A", address = "127.0.0.3:2525" } ]
+        peers = [ { node_id = "A", address = "127.0.0.3:2525", fingerprint = "sha256:abababababababababababababababababababababababababababababababab" } ]
     "#;
     let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
     assert_eq!(problems.len(), 2, "{problems:#?}");
@@ -256,7 +272,7 @@ impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
 /// `routes."PATTERN"`), from the section structs themselves.
 fn every_key() -> Vec<String> {
-    let sections: [(&str, &[&str]); 9] = [
+    let sections: [(&str, &[&str]); 10] = [
         ("server", keys_of::<server::ServerSection>()),
         ("smtp", keys_of::<smtp::SmtpSection>()),
         ("relay", keys_of::<relay::RelaySection>()),
@@ -265,6 +281,7 @@ fn every_key() -> Vec<String> {
         ("pools.NAME", keys_of::<pools::PoolSection>()),
         ("routes", &["\"PATTERN\""]),
         ("cluster", keys_of::<cluster::ClusterSection>()),
+        ("tls", keys_of::<tls::TlsSection>()),
         ("auth", keys_of::<auth::AuthSection>()),
     ];
     let names: Vec<&str> = sections
@@ -280,10 +297,11 @@ fn every_key() -> Vec<String> {
 
 /// Keys of the tables inside lists: a pool's hosts, the cluster's peers,
 /// with the key whose documentation must name them.
-fn nested_keys() -> [(&'static str, &'static [&'static str]); 2] {
+fn nested_keys() -> [(&'static str, &'static [&'static str]); 3] {
     [
         ("pools.NAME.hosts", keys_of::<pools::PoolHostSection>()),
         ("cluster.peers", keys_of::<cluster::PeerSection>()),
+        ("tls.certificates", keys_of::<tls::CertificateSection>()),
     ]
 }
 

@@ -132,7 +132,7 @@ pub(super) struct TlsSection {
 /// One entry of `tls.certificates`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CertificateSection {
+pub(super) struct CertificateSection {
     cert_file: PathBuf,
     key_file: PathBuf,
 }
@@ -164,7 +164,9 @@ impl TlsSection {
             "1.2" => MinVersion::Tls12,
             "1.3" => MinVersion::Tls13,
             other => {
-                problems.push(format!("tls.min_version: {other:?} is not \"1.2\" or \"1.3\""));
+                problems.push(format!(
+                    "tls.min_version: {other:?} is not \"1.2\" or \"1.3\""
+                ));
                 MinVersion::Tls12
             }
         };

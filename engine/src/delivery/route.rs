@@ -317,6 +317,7 @@ mod tests {
                     })
                     .collect(),
                 failover: failover.map(String::from),
+                tls_policy: None,
             },
         )
     }

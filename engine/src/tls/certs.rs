@@ -39,7 +39,11 @@ impl Set {
             return &self.identities[0];
         };
         let wildcard = name.split_once('.').map(|(_, up)| format!("*.{up}"));
-        let has = |n: &str| self.identities.iter().find(|i| i.names.iter().any(|x| x == n));
+        let has = |n: &str| {
+            self.identities
+                .iter()
+                .find(|i| i.names.iter().any(|x| x == n))
+        };
         has(&name)
             .or_else(|| wildcard.as_deref().and_then(has))
             .unwrap_or(&self.identities[0])

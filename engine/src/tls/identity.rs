@@ -56,12 +56,11 @@ pub fn load(files: &CertificateFiles, now: SystemTime) -> Result<Identity, TlsEr
         path: cert_path.clone(),
         why,
     };
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
-        TlsError::BadKey {
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::BadKey {
             path: key_path.clone(),
             why: e.to_string(),
-        }
-    })?;
+        })?;
     let (names, not_before, not_after) = describe(&chain[0]).map_err(bad)?;
     if now > not_after {
         return Err(TlsError::Expired {
@@ -75,7 +74,10 @@ pub fn load(files: &CertificateFiles, now: SystemTime) -> Result<Identity, TlsEr
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| TlsError::BadKey {
         path: key_path.clone(),
-        why: format!("does not match the certificate in {}: {e}", cert_path.display()),
+        why: format!(
+            "does not match the certificate in {}: {e}",
+            cert_path.display()
+        ),
     })?;
     Ok(Identity {
         fingerprint: fingerprint(&certified.cert[0]),
@@ -257,7 +259,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("missing.key") && e.contains("private key"), "{e}");
+        assert!(
+            e.contains("missing.key") && e.contains("private key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -251,7 +251,11 @@ impl Tls {
     /// STARTTLS, or at once on the implicit listener). `peer_certs`: ask
     /// for the client's certificate (the address is a cluster peer's).
     pub async fn accept(&self, tcp: TcpStream, peer_certs: bool) -> Result<Stream, Failure> {
-        let acceptor = if peer_certs { &self.peers } else { &self.public };
+        let acceptor = if peer_certs {
+            &self.peers
+        } else {
+            &self.public
+        };
         let acceptor = acceptor.as_ref().ok_or(Failure::Certificate)?;
         let r = within(self.handshake_timeout, acceptor.accept(tcp)).await;
         match r {
@@ -271,7 +275,12 @@ impl Tls {
     /// The client side of a handshake with `host`: `Verify` checks the
     /// certificate for that name (WebPKI); `Any` takes any; `Pinned`
     /// takes only that certificate and shows ours.
-    pub async fn connect(&self, tcp: TcpStream, host: &str, check: Check) -> Result<Stream, Failure> {
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        check: Check,
+    ) -> Result<Stream, Failure> {
         let connector = match check {
             Check::Any => &self.any,
             Check::Verify => &self.verify,
@@ -321,15 +330,14 @@ pub enum Check {
 /// dot dropped); a name rustls cannot take falls back to `localhost`,
 /// which only `verify` would then refuse.
 fn server_name(host: &str) -> ServerName<'static> {
+    let host = match host.strip_prefix('[').and_then(|h| h.split_once(']')) {
+        Some((inside, _port)) => inside,
+        None => match host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => h,
+            _ => host,
+        },
+    };
     let host = host.trim_end_matches('.');
-    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.parse::<u16>().is_ok() && !h.contains(':') {
-            h
-        } else {
-            host
-        }
-    });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_string())
         .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid name"))
 }
@@ -413,10 +421,10 @@ mod tests {
 
     #[test]
     fn server_names_drop_ports_brackets_and_the_root_dot() {
-        let s = |h: &str| format!("{:?}", server_name(h));
-        assert!(s("mx.example.").contains("mx.example"));
-        assert!(s("mx.example:25").contains("mx.example"));
-        assert!(s("127.0.0.2:2525").contains("127.0.0.2"));
-        assert!(s("[::1]:25").contains("::1") || s("[::1]:25").contains("0:0:0"));
+        let s = |h: &str| server_name(h).to_str().into_owned();
+        assert_eq!(s("mx.example."), "mx.example");
+        assert_eq!(s("mx.example:25"), "mx.example");
+        assert_eq!(s("127.0.0.2:2525"), "127.0.0.2");
+        assert_eq!(s("[::1]:25"), "::1");
     }
 }
