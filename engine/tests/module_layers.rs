@@ -13,41 +13,42 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "config", "server", "delivery", "record", "layout", "received", "auth",
+            "config", "server", "delivery", "record", "layout", "received", "auth", "tls",
         ],
     ),
     (
         "admin",
         &[
-            "config", "delivery", "metrics", "shadow", "stop", "received",
+            "config", "delivery", "metrics", "shadow", "stop", "received", "tls",
         ],
     ),
     (
         "server",
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
-            "stop", "cluster", "layout", "auth",
+            "stop", "cluster", "layout", "auth", "tls",
         ],
     ),
     (
         "inbound",
         &[
-            "config", "shadow", "shard", "record", "metrics", "stop", "received", "auth",
+            "config", "shadow", "shard", "record", "metrics", "stop", "received", "auth", "tls",
         ],
     ),
     (
         "delivery",
         &[
-            "config", "shadow", "shard", "record", "outbound", "dns", "dsn", "metrics",
+            "config", "shadow", "shard", "record", "outbound", "dns", "dsn", "metrics", "tls",
         ],
     ),
     (
         "shadow",
         &[
-            "config", "shard", "record", "outbound", "cluster", "metrics", "stop",
+            "config", "shard", "record", "outbound", "cluster", "metrics", "stop", "tls",
         ],
     ),
-    ("outbound", &[]),
+    ("outbound", &["tls", "config"]),
+    ("tls", &["config"]),
     ("shard", &["record", "layout", "config"]),
     ("record", &[]),
     ("dsn", &["received"]),

@@ -13,6 +13,7 @@
 
 pub mod queue;
 mod remote;
+mod tls;
 mod user;
 
 use std::path::PathBuf;
@@ -78,6 +79,11 @@ enum Command {
     User {
         #[command(subcommand)]
         action: user::UserAction,
+    },
+    /// TLS certificates of this node.
+    Tls {
+        #[command(subcommand)]
+        action: tls::TlsAction,
     },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
@@ -222,6 +228,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             action: ShadowAction::Status { admin },
         } => admin_call("GET", &format!("{}/shadow", admin_url(&admin)?), ""),
         Command::User { action } => user::run(action, &mut stdout),
+        Command::Tls { action } => tls::run(action, &mut stdout),
         Command::CheckConfig { common } => {
             let config = load(&common, Overrides::default())?;
             println!("{config:#?}");

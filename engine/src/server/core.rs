@@ -35,9 +35,10 @@ pub struct NodeState {
     /// Shadow redundancy state.
     pub shadow: Arc<ShadowShared>,
     /// The SMTP AUTH users (`auth.users_file`, loaded at start-up); `None`:
-    /// AUTH is not offered. Not read by inbound yet: the session's AUTH
-    /// wiring takes it from here (with a `crate::auth::Limiter` per core).
+    /// AUTH is not offered.
     pub users: Option<Arc<Users>>,
+    /// Certificates and TLS configs (inbound, outbound, shadow link).
+    pub tls: Arc<crate::tls::Tls>,
 }
 
 /// A core's rooms, built by [`run`].

@@ -32,6 +32,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let users =
         crate::auth::load_users(&config).map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?;
     let database_id = open_data_dir(&config)?;
+    let tls = crate::tls::Tls::start(&config)?;
+    if let Some(certs) = &tls.certs {
+        crate::tls::reload::watch(certs, config.tls.reload_check_interval)?;
+    }
     let config = Arc::new(config);
     let node = NodeState {
         stop: Arc::default(),
@@ -39,9 +43,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         routes: Arc::default(),
         shadow: Arc::new(ShadowShared::new(database_id)),
         users,
+        tls,
     };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
-    spawn_signal_thread(node.stop.clone())?;
+    spawn_signal_thread(node.stop.clone(), node.tls.clone())?;
     let admin = match config.admin_listen {
         Some(addr) => Some(crate::admin::spawn(crate::admin::Admin {
             addr,
@@ -145,24 +150,31 @@ fn run_cores(
     failed
 }
 
-fn spawn_signal_thread(stop: Arc<StopFlag>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+/// SIGTERM/SIGINT: graceful shutdown (a second one: exit at once, what
+/// was answered 250 is durable already). SIGHUP: reload the TLS
+/// certificates.
+fn spawn_signal_thread(stop: Arc<StopFlag>, tls: Arc<crate::tls::Tls>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("tern-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!(
-                    signal = sig,
-                    "shutting down: no new connections; finishing transactions in flight"
-                );
-                stop.set();
-            }
-            // A second signal while shutting down: exit at once (what was
-            // answered 250 is durable already).
-            if let Some(sig) = signals.forever().next() {
-                tracing::warn!(signal = sig, "second signal: exiting immediately");
-                std::process::exit(130);
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    match &tls.certs {
+                        Some(certs) => crate::tls::reload::reload(certs, "SIGHUP"),
+                        None => tracing::info!("SIGHUP: no TLS certificates to reload"),
+                    }
+                } else if !stop.is_set() {
+                    tracing::info!(
+                        signal = sig,
+                        "shutting down: no new connections; finishing transactions in flight"
+                    );
+                    stop.set();
+                } else {
+                    tracing::warn!(signal = sig, "second signal: exiting immediately");
+                    std::process::exit(130);
+                }
             }
         })?;
     Ok(())
