@@ -1,17 +1,28 @@
 //! One outbound SMTP connection on the core's executor: connect, banner,
-//! EHLO (HELO fallback), then any number of transactions, each driven by
+//! EHLO (HELO fallback), STARTTLS by the connection's [`Security`] (then
+//! EHLO again, RFC 3207), then any number of transactions, each driven by
 //! the sans-IO [`tern_smtp::transaction::Transaction`], and QUIT. Every
 //! read and write has the send-side inactivity timeout.
+//!
+//! TLS levels are Postfix's: `may` uses STARTTLS when offered and, when
+//! the handshake fails, connects once more in clear text (counted in
+//! `tern_tls_cleartext_fallbacks_total`); `encrypt` and `verify` never
+//! send in clear text: no STARTTLS offered, a refused STARTTLS or a
+//! failed handshake is a temporary failure of that host.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use std::sync::atomic::Ordering::Relaxed;
 use tern_smtp::client::{self, Capabilities, MailOptions};
 use tern_smtp::reply::ReplyParser;
 use tern_smtp::transaction::{Outcome, RcptStatus, Transaction};
 use tern_smtp::{Reply, Status};
+
+use crate::config::TlsPolicy;
+use crate::tls::{Check, Failure, Stream, Tls, TlsInfo};
 
 /// Why a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +39,45 @@ pub enum ConnError {
     /// The peer broke the protocol.
     #[error("{0} broke the protocol: {1}")]
     Protocol(SocketAddr, String),
+    /// TLS is required and the peer did not offer or refused STARTTLS.
+    #[error("TLS is required but {0} {1}")]
+    TlsRefused(SocketAddr, String),
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {0} failed ({reason})", reason = .1.as_str())]
+    Handshake(SocketAddr, Failure),
+}
+
+/// How a connection is secured.
+#[derive(Clone, Copy)]
+pub struct Security<'a> {
+    /// The node's TLS configs and counters.
+    pub tls: &'a Tls,
+    /// The level.
+    pub policy: TlsPolicy,
+    /// The next hop's name (SNI; what `verify` checks the certificate
+    /// against).
+    pub host: &'a str,
+    /// The shadow link: only this certificate is accepted and ours is
+    /// shown (the policy is then `encrypt` in effect).
+    pub pin: Option<crate::config::Fingerprint>,
+}
+
+impl Security<'_> {
+    fn check(&self) -> Check {
+        match (self.pin, self.policy) {
+            (Some(f), _) => Check::Pinned(f),
+            (None, TlsPolicy::Verify) => Check::Verify,
+            (None, _) => Check::Any,
+        }
+    }
+
+    fn required(&self) -> bool {
+        self.pin.is_some() || self.policy.required()
+    }
+
+    fn wanted(&self) -> bool {
+        self.pin.is_some() || self.policy != TlsPolicy::None
+    }
 }
 
 impl ConnError {
@@ -39,6 +89,10 @@ impl ConnError {
                 // again later (another host, or this one when it is back).
                 Reply::new(451, Status(4, 4, 0), format!("{self}"))
             }
+            // RFC 3463 X.7.4 "security features not supported", X.7.5
+            // "cryptographic failure" (what Postfix answers for the same).
+            ConnError::TlsRefused(..) => Reply::new(451, Status(4, 7, 4), format!("{self}")),
+            ConnError::Handshake(..) => Reply::new(451, Status(4, 7, 5), format!("{self}")),
             _ => Reply::new(451, Status(4, 4, 1), format!("{self}")),
         }
     }
@@ -56,12 +110,25 @@ pub async fn timed<T>(
     futures_lite::future::or(fut, timer).await
 }
 
+/// The time limits of opening a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// The banner.
+    pub greeting: Duration,
+    /// Every later read and write.
+    pub inactivity: Duration,
+}
+
 /// Largest single write (each has its own inactivity deadline).
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// An open, greeted connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
+    /// Protocol and cipher when the connection is in TLS.
+    pub tls: Option<TlsInfo>,
     /// Who.
     pub peer: SocketAddr,
     /// What the peer offers.
@@ -78,25 +145,44 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and greets: banner, EHLO (HELO if EHLO is refused).
+    /// Connects, greets (banner, EHLO; HELO if EHLO is refused) and
+    /// secures the connection as `sec` says. Under `may`, a failed
+    /// handshake is followed by one more connection in clear text.
     pub async fn open(
         peer: SocketAddr,
         helo_name: &str,
-        connect_timeout: Duration,
-        greeting_timeout: Duration,
-        timeout: Duration,
+        t: &Timeouts,
+        sec: Security<'_>,
     ) -> Result<Conn, ConnError> {
-        let stream = TcpStream::connect_timeout(peer, connect_timeout)
+        match Conn::open_once(peer, helo_name, t, sec, sec.wanted()).await {
+            Err(ConnError::Handshake(_, f)) if !sec.required() => {
+                sec.tls.stats.cleartext_fallbacks.fetch_add(1, Relaxed);
+                tracing::info!(%peer, reason = f.as_str(), "TLS handshake failed; tls_policy = \"may\": trying once in clear text");
+                Conn::open_once(peer, helo_name, t, sec, false).await
+            }
+            r => r,
+        }
+    }
+
+    async fn open_once(
+        peer: SocketAddr,
+        helo_name: &str,
+        t: &Timeouts,
+        sec: Security<'_>,
+        starttls: bool,
+    ) -> Result<Conn, ConnError> {
+        let stream = TcpStream::connect_timeout(peer, t.connect)
             .await
             .map_err(|e| ConnError::Connect(peer, std::io::Error::other(e.to_string())))?;
         let _ = stream.set_nodelay(true);
         let mut c = Conn {
-            stream,
+            stream: Stream::Plain(stream),
+            tls: None,
             peer,
             caps: Capabilities::default(),
             parser: ReplyParser::new(),
             buf: vec![0; 16 * 1024],
-            timeout: greeting_timeout,
+            timeout: t.greeting,
             sent: 0,
             txn_replies: 0,
             broken: false,
@@ -105,23 +191,77 @@ impl Conn {
         if banner.code != 220 {
             return Err(ConnError::Refused(peer, banner));
         }
-        c.timeout = timeout;
-        let mut out = Vec::new();
-        client::ehlo(&mut out, helo_name);
-        c.write(&out).await?;
-        let ehlo = c.reply().await?;
-        if ehlo.code == 250 {
-            c.caps = Capabilities::from_ehlo(&ehlo);
-        } else {
-            out.clear();
-            client::helo(&mut out, helo_name);
-            c.write(&out).await?;
-            let helo = c.reply().await?;
-            if helo.code != 250 {
-                return Err(ConnError::Refused(peer, helo));
-            }
+        c.timeout = t.inactivity;
+        c.greet(helo_name).await?;
+        if starttls {
+            c.starttls(helo_name, sec).await?;
         }
         Ok(c)
+    }
+
+    /// EHLO, or HELO if EHLO is refused.
+    async fn greet(&mut self, helo_name: &str) -> Result<(), ConnError> {
+        let mut out = Vec::new();
+        client::ehlo(&mut out, helo_name);
+        let ehlo = self.command(&out).await?;
+        if ehlo.code == 250 {
+            self.caps = Capabilities::from_ehlo(&ehlo);
+            return Ok(());
+        }
+        out.clear();
+        client::helo(&mut out, helo_name);
+        let helo = self.command(&out).await?;
+        if helo.code != 250 {
+            return Err(ConnError::Refused(self.peer, helo));
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    /// STARTTLS, the handshake, EHLO again. Not offered or refused: an
+    /// error only when TLS is required.
+    async fn starttls(&mut self, helo_name: &str, sec: Security<'_>) -> Result<(), ConnError> {
+        let peer = self.peer;
+        if !self.caps.starttls {
+            return match sec.required() {
+                true => Err(ConnError::TlsRefused(
+                    peer,
+                    "does not offer STARTTLS".into(),
+                )),
+                false => Ok(()),
+            };
+        }
+        let mut out = Vec::new();
+        client::starttls(&mut out);
+        let r = self.command(&out).await?;
+        if r.code != 220 {
+            return match sec.required() {
+                true => Err(ConnError::TlsRefused(
+                    peer,
+                    format!("answered STARTTLS with {r}"),
+                )),
+                false => Ok(()),
+            };
+        }
+        if self.parser.buffered() > 0 {
+            // Bytes after the 220 were sent in clear text before the
+            // handshake: never read them as if they came inside TLS.
+            return Err(ConnError::Protocol(
+                peer,
+                "data after the 220 to STARTTLS".into(),
+            ));
+        }
+        let tcp = self
+            .stream
+            .take_plain()
+            .expect("STARTTLS on a plain connection");
+        self.stream = sec
+            .tls
+            .connect(tcp, sec.host, sec.check())
+            .await
+            .map_err(|f| ConnError::Handshake(peer, f))?;
+        self.tls = self.stream.tls_info();
+        self.greet(helo_name).await
     }
 
     /// Writes everything; the inactivity timeout applies to each write
@@ -140,7 +280,10 @@ impl Conn {
             }
             at += n;
         }
-        Ok(())
+        // TLS keeps what the socket did not take yet: push it out.
+        timed(self.timeout, self.stream.flush())
+            .await
+            .map_err(|e| ConnError::Io(peer, e))
     }
 
     /// The next complete reply.

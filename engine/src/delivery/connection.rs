@@ -23,7 +23,7 @@ use super::route::{Candidate, Candidates, Health};
 use super::{Delivery, Job, Outcome};
 use crate::config::DeliveryConfig;
 use crate::metrics::CoreMetrics;
-use crate::outbound::{Conn, ConnError};
+use crate::outbound::{Conn, ConnError, Security, Timeouts};
 
 fn now_ms() -> u64 {
     TimestampMs::now().0
@@ -231,16 +231,24 @@ impl Delivery {
                 .is_some_and(|p| p == host.priority);
         let hostname = &self.parts.config.hostname;
         let c = &self.cfg;
-        let opened = Conn::open(
-            host.addr,
-            hostname,
-            c.connect_timeout,
-            c.greeting_timeout,
-            c.inactivity_timeout,
-        )
-        .await;
+        let timeouts = Timeouts {
+            connect: c.connect_timeout,
+            greeting: c.greeting_timeout,
+            inactivity: c.inactivity_timeout,
+        };
+        let sec = Security {
+            tls: &self.parts.tls,
+            policy: host.tls_policy,
+            host: &host.name,
+            pin: None,
+        };
+        let opened = Conn::open(host.addr, hostname, &timeouts, sec).await;
         if probe {
             dest.probing.set(0);
+        }
+        if let Ok(conn) = &opened {
+            let tls = conn.tls.map(|t| format!("{} {}", t.version, t.cipher));
+            tracing::debug!(dest = %dest.name, host = %host.name, addr = %host.addr, tls = tls.as_deref().unwrap_or("none"), "connected");
         }
         opened.map_err(|e| {
             CoreMetrics::inc(&self.metrics().outbound_connect_failures);

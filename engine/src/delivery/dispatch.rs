@@ -222,7 +222,7 @@ impl Delivery {
         let candidates: Option<Candidates> = match target {
             Target::Pool(_) if self.dispatch.dests.borrow().contains_key(&name) => None,
             Target::Pool(p) => {
-                let c = route::pool_candidates(&self.parts.config.pools, p);
+                let c = route::pool_candidates(&self.parts.config.pools, p, self.cfg.tls_policy);
                 if c.is_empty() {
                     let why = format!("no hosts in pool {p:?}");
                     return Err(temporary(Status(4, 3, 5), why));
@@ -277,6 +277,7 @@ impl Delivery {
                 name: domain.to_owned(),
                 priority: 0,
                 weight: 1,
+                tls_policy: self.cfg.tls_policy,
             }]);
         }
         let Some(resolver) = &self.dispatch.resolver else {
@@ -294,7 +295,7 @@ impl Delivery {
         };
         match route::mx_verdict(&answer) {
             Ok(hosts) => {
-                let c = route::mx_candidates(hosts, port);
+                let c = route::mx_candidates(hosts, port, self.cfg.tls_policy);
                 if c.is_empty() {
                     let why = format!("no address for the MX hosts of {domain}");
                     return Err(temporary(Status(4, 4, 4), why));

@@ -105,6 +105,8 @@ pub struct Parts {
     pub metrics: Arc<CoreMetrics>,
     /// Run-time route overrides (admin).
     pub routes: Arc<RouteOverrides>,
+    /// Outbound TLS configs and counters.
+    pub tls: Arc<crate::tls::Tls>,
 }
 
 /// Stopping: set once, with an event for the tasks that wait.

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::config::{Pool, SMARTHOST_POOL};
+use crate::config::{Pool, TlsPolicy, SMARTHOST_POOL};
 use crate::dns::{MxAnswer, MxHost};
 
 /// Where a recipient domain's mail goes.
@@ -137,10 +137,17 @@ pub struct Candidate {
     pub priority: u32,
     /// Share within a priority.
     pub weight: u32,
+    /// Outbound TLS to it (its pool's, else `delivery.tls_policy`; MX
+    /// hosts under an MTA-STS `enforce` policy: `verify`).
+    pub tls_policy: TlsPolicy,
 }
 
 /// Candidates of a pool and, in later tiers, its failover chain.
-pub fn pool_candidates(pools: &BTreeMap<String, Pool>, name: &str) -> Vec<Candidate> {
+pub fn pool_candidates(
+    pools: &BTreeMap<String, Pool>,
+    name: &str,
+    default_tls: TlsPolicy,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     let mut seen = Vec::new();
     let mut next = Some(name.to_owned());
@@ -155,6 +162,7 @@ pub fn pool_candidates(pools: &BTreeMap<String, Pool>, name: &str) -> Vec<Candid
             name: h.name.clone(),
             priority: (tier << 16) | u32::from(h.priority),
             weight: h.weight,
+            tls_policy: pool.tls_policy.unwrap_or(default_tls),
         }));
         seen.push(n);
         next = pool.failover.clone();
@@ -164,7 +172,7 @@ pub fn pool_candidates(pools: &BTreeMap<String, Pool>, name: &str) -> Vec<Candid
 }
 
 /// Candidates from an MX answer: preference is priority; port `port`.
-pub fn mx_candidates(hosts: &[MxHost], port: u16) -> Vec<Candidate> {
+pub fn mx_candidates(hosts: &[MxHost], port: u16, tls_policy: TlsPolicy) -> Vec<Candidate> {
     hosts
         .iter()
         .flat_map(|h| {
@@ -173,6 +181,7 @@ pub fn mx_candidates(hosts: &[MxHost], port: u16) -> Vec<Candidate> {
                 name: h.name.clone(),
                 priority: u32::from(h.preference),
                 weight: 1,
+                tls_policy,
             })
         })
         .collect()
@@ -367,7 +376,7 @@ mod tests {
             pool("backup", &[("127.0.0.5:25", 0, 1)], Some("main")),
         ]
         .into();
-        let c = pool_candidates(&pools, "main");
+        let c = pool_candidates(&pools, "main", TlsPolicy::May);
         assert_eq!(c.len(), 4, "failover chain without the loop back");
         let mut h = Health::new(Duration::from_secs(1), Duration::from_secs(4));
         // Weight 3:1 over rolls 0..4.
@@ -418,7 +427,7 @@ mod tests {
                 addrs: vec!["127.0.0.3".parse().unwrap(), "::1".parse().unwrap()],
             },
         ];
-        let c = mx_candidates(&hosts, 2525);
+        let c = mx_candidates(&hosts, 2525, TlsPolicy::May);
         assert_eq!(c.len(), 3);
         assert_eq!(c[2].addr.to_string(), "[::1]:2525");
         assert!(mx_verdict(&MxAnswer::NullMx).is_err());

@@ -104,7 +104,13 @@ fn build(
     shutdown: &Rc<Shutdown>,
 ) -> anyhow::Result<Rooms> {
     let (s, c, m) = (&node.shadow, config, metrics);
-    let primary = Rc::new(Primary::new(shard.clone(), c.clone(), s.clone(), m.clone()));
+    let primary = Rc::new(Primary::new(
+        shard.clone(),
+        c.clone(),
+        s.clone(),
+        m.clone(),
+        node.tls.clone(),
+    ));
     let replica = Rc::new(Replica::new(shard.clone(), c.clone(), s.clone(), m.clone()));
     let inbound = Rc::new(Inbound::new(inbound::Parts {
         config: c.clone(),
@@ -122,6 +128,7 @@ fn build(
         replica,
         metrics: m.clone(),
         routes: node.routes.clone(),
+        tls: node.tls.clone(),
     })?;
     if shard.id == 0 && primary.shadowing() {
         let hb = Heartbeat {
@@ -129,6 +136,7 @@ fn build(
             shared: s.clone(),
             metrics: m.clone(),
             shutdown: shutdown.clone(),
+            tls: node.tls.clone(),
         };
         glommio::spawn_local(heartbeat::run(hb)).detach();
     }

@@ -15,7 +15,6 @@ use super::ShadowShared;
 use crate::cluster::Peer;
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
-use crate::outbound::Conn;
 use crate::stop::Shutdown;
 
 /// What a heartbeat round needs.
@@ -28,6 +27,8 @@ pub struct Heartbeat {
     pub metrics: Arc<CoreMetrics>,
     /// Core 0's shutdown.
     pub shutdown: Rc<Shutdown>,
+    /// The node's TLS (the link to each peer is pinned TLS).
+    pub tls: Arc<crate::tls::Tls>,
 }
 
 /// Runs until shutdown.
@@ -55,7 +56,7 @@ pub async fn run(hb: Heartbeat) {
 async fn ask(hb: &Heartbeat, peer: &Peer) -> Result<usize, String> {
     let cluster = &hb.config.cluster;
     let limit = cluster.shadow_timeout;
-    let mut conn = Conn::open(peer.addr, &hb.config.hostname, limit, limit, limit)
+    let mut conn = super::link::open_peer(&hb.tls, peer, &hb.config.hostname, limit)
         .await
         .map_err(|e| e.to_string())?;
     let Some(db) = offered_database(&conn) else {

@@ -27,7 +27,9 @@ use tern_smtp::transaction::{RcptStatus, Transaction};
 
 use super::ShadowShared;
 use crate::cluster::{ClusterConfig, Peer};
-use crate::outbound::{timed, Conn, ConnError};
+use crate::config::TlsPolicy;
+use crate::outbound::{timed, Conn, ConnError, Security, Timeouts};
+use crate::tls::Tls;
 
 /// Connections per core per peer carrying batches at the same time.
 pub const LINKS_PER_PEER: usize = 2;
@@ -96,6 +98,7 @@ struct Pipe {
     /// This node's id (for `XQDISCARD`).
     node_id: String,
     shared: Arc<ShadowShared>,
+    tls: Arc<Tls>,
     /// When this pipe last asked its peer for discards.
     asked: Cell<Option<Instant>>,
     limit: Duration,
@@ -110,16 +113,18 @@ pub struct Links {
     next: Cell<usize>,
     hostname: String,
     shared: Arc<ShadowShared>,
+    tls: Arc<Tls>,
 }
 
 impl Links {
     /// No connections yet.
-    pub fn new(hostname: &str, shared: Arc<ShadowShared>) -> Links {
+    pub fn new(hostname: &str, shared: Arc<ShadowShared>, tls: Arc<Tls>) -> Links {
         Links {
             pipes: RefCell::new(HashMap::new()),
             next: Cell::new(0),
             hostname: hostname.to_owned(),
             shared,
+            tls,
         }
     }
 
@@ -152,6 +157,7 @@ impl Links {
                     hostname: self.hostname.clone(),
                     node_id: cluster.node_id.clone(),
                     shared: self.shared.clone(),
+                    tls: self.tls.clone(),
                     asked: Cell::new(None),
                     limit: cluster.shadow_timeout,
                     queue: RefCell::new(VecDeque::new()),
@@ -344,7 +350,7 @@ async fn send(pipe: &Pipe, conn: &mut Conn, txns: &mut [Transaction]) -> Result<
 
 async fn open(pipe: &Pipe) -> Result<Conn, String> {
     let limit = pipe.limit;
-    let conn = Conn::open(pipe.peer.addr, &pipe.hostname, limit, limit, limit)
+    let conn = open_peer(&pipe.tls, &pipe.peer, &pipe.hostname, limit)
         .await
         .map_err(|e| e.to_string())?;
     if !conn.caps.other.iter().any(|(k, _)| k == "XSHADOW") {
@@ -353,6 +359,30 @@ async fn open(pipe: &Pipe) -> Result<Conn, String> {
         );
     }
     Ok(conn)
+}
+
+/// A connection to cluster peer `peer`: TLS at once after EHLO, the
+/// peer's certificate checked against its pinned fingerprint and ours
+/// shown, so the peer lets us use XSHADOW and XQDISCARD. Never in clear
+/// text.
+pub async fn open_peer(
+    tls: &Tls,
+    peer: &Peer,
+    hostname: &str,
+    limit: Duration,
+) -> Result<Conn, ConnError> {
+    let timeouts = Timeouts {
+        connect: limit,
+        greeting: limit,
+        inactivity: limit,
+    };
+    let sec = Security {
+        tls,
+        policy: TlsPolicy::Encrypt,
+        host: &peer.name,
+        pin: Some(peer.fingerprint),
+    };
+    Conn::open(peer.addr, hostname, &timeouts, sec).await
 }
 
 /// The database id a peer announced in its EHLO (`XSHADOW <node> <db>`).

@@ -58,10 +58,11 @@ impl Primary {
         config: Arc<Config>,
         shared: Arc<ShadowShared>,
         metrics: Arc<CoreMetrics>,
+        tls: Arc<crate::tls::Tls>,
     ) -> Primary {
         let xshadow_prefix = format!("{},{},", config.cluster.node_id, shared.database_id);
         Primary {
-            links: Links::new(&config.hostname, shared.clone()),
+            links: Links::new(&config.hostname, shared.clone(), tls),
             shard,
             config,
             shared,
