@@ -29,6 +29,14 @@ pub struct CoreMetrics {
     pub rejected_protocol: AtomicU64,
     /// Sessions ended by a timeout.
     pub timeouts: AtomicU64,
+    /// SMTP AUTH logins accepted.
+    pub auth_successes: AtomicU64,
+    /// SMTP AUTH logins refused (bad user or password).
+    pub auth_failures: AtomicU64,
+    /// SMTP AUTH attempts refused by the failed-attempt limit (421).
+    pub auth_refused: AtomicU64,
+    /// XSHADOW or XQDISCARD from a client that is not a pinned peer.
+    pub shadow_untrusted: AtomicU64,
     /// Recipients delivered to a next hop.
     pub delivered_rcpts: AtomicU64,
     /// Recipients bounced (permanent failure).

@@ -2,9 +2,15 @@
 //!
 //! ```text
 //! Received: from <helo> (<client ip>)
-//! <TAB>by <hostname> (tern) with <ESMTP|SMTP|UTF8SMTP> id <queue id>
+//! <TAB>(using <TLSv1.3> with cipher <suite>)         when in TLS
+//! <TAB>(Authenticated sender: <user>[ AUTH=<mailbox>])   after SMTP AUTH
+//! <TAB>by <hostname> (tern) with <protocol> id <queue id>
 //! <TAB>for <rcpt>; <RFC 5322 date>
 //! ```
+//!
+//! The protocol is RFC 3848's (and RFC 6531's for SMTPUTF8): `ESMTP`,
+//! with `S` for TLS and `A` for an authenticated client (`ESMTPSA`), or
+//! `UTF8SMTP` likewise, or `SMTP` after HELO.
 //!
 //! `for` appears only with a single recipient (listing many would leak the
 //! envelope). The queue id is not known until the log assigns a sequence,
@@ -24,25 +30,51 @@ pub fn rfc5322_date(t: SystemTime) -> String {
         .map_or(s.clone(), |d| format!("{d} +0000"))
 }
 
+/// How the message came, besides the envelope: TLS and AUTH.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Trace<'a> {
+    /// Protocol version and cipher suite, when the session was in TLS.
+    pub tls: Option<(&'a str, &'a str)>,
+    /// The authenticated user (SMTP AUTH).
+    pub auth: Option<&'a str>,
+}
+
+/// RFC 3848 / RFC 6531 protocol name.
+fn protocol(env: &Envelope, trace: &Trace) -> String {
+    let base = match (env.params.smtputf8, env.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => return "SMTP".into(),
+    };
+    let s = if trace.tls.is_some() { "S" } else { "" };
+    let a = if trace.auth.is_some() { "A" } else { "" };
+    format!("{base}{s}{a}")
+}
+
 /// The header around the queue id: `(prefix, suffix)`.
 pub fn header(
     hostname: &str,
     env: &Envelope,
     client: SocketAddr,
     at: SystemTime,
+    trace: &Trace,
 ) -> (Vec<u8>, Vec<u8>) {
-    let protocol = match (env.params.smtputf8, env.esmtp) {
-        (true, _) => "UTF8SMTP",
-        (false, true) => "ESMTP",
-        (false, false) => "SMTP",
-    };
-    let prefix = format!(
-        "Received: from {} ({})\r\n\tby {} (tern) with {} id ",
-        env.helo,
-        client.ip(),
+    let mut prefix = format!("Received: from {} ({})\r\n", env.helo, client.ip());
+    if let Some((version, cipher)) = trace.tls {
+        prefix.push_str(&format!("\t(using {version} with cipher {cipher})\r\n"));
+    }
+    if let Some(user) = trace.auth {
+        prefix.push_str(&format!("\t(Authenticated sender: {user}"));
+        if let Some(m) = env.params.auth.as_deref().filter(|m| *m != "<>") {
+            prefix.push_str(&format!(" AUTH=<{}>", m.trim_matches(['<', '>'])));
+        }
+        prefix.push_str(")\r\n");
+    }
+    prefix.push_str(&format!(
+        "\tby {} (tern) with {} id ",
         hostname,
-        protocol
-    );
+        protocol(env, trace)
+    ));
     let for_clause = match env.recipients.as_slice() {
         [one] => format!("\r\n\tfor <{one}>;"),
         _ => ";".to_string(),

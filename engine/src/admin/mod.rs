@@ -50,6 +50,8 @@ pub struct Admin {
     pub cores: Vec<Arc<CoreMetrics>>,
     /// The configuration.
     pub config: Arc<Config>,
+    /// TLS counters.
+    pub tls: Arc<crate::tls::TlsStats>,
 }
 
 /// Starts the admin thread; it stops when `admin.stop` is set.
@@ -94,6 +96,7 @@ impl Admin {
                         .expect("static header");
                 let mut text = render::render(&refs);
                 text.push_str(&shadow::gauges(self));
+                text.push_str(&render::render_tls(&self.tls));
                 tiny_http::Response::from_string(text).with_header(header)
             }
             (tiny_http::Method::Get, "/shadow") => {

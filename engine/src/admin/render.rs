@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::CoreMetrics;
+use crate::tls::stats::{Direction, FAILURES};
+use crate::tls::TlsStats;
 
 /// A metric's Prometheus type (its `# TYPE` line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +115,13 @@ const REJECTED_REASONS: &[(&str, Field)] = &[
     ("protocol", |c| &c.rejected_protocol),
 ];
 
+/// The results of `tern_auth_total`.
+const AUTH_RESULTS: &[(&str, Field)] = &[
+    ("success", |c| &c.auth_successes),
+    ("failure", |c| &c.auth_failures),
+    ("refused", |c| &c.auth_refused),
+];
+
 /// Every metric, in the order [`render`] writes them.
 static METRICS: &[Metric] = &[
     counter("tern_connections_total", "SMTP connections accepted", |c| {
@@ -149,6 +158,20 @@ static METRICS: &[Metric] = &[
         "tern_session_timeouts_total",
         "Sessions closed by a timeout",
         |c| l(&c.timeouts),
+    ),
+    Metric {
+        name: "tern_auth_total",
+        kind: Kind::Counter,
+        help: "SMTP AUTH attempts by result (refused: the failed-attempt limit)",
+        read: Read::Labelled {
+            label: "result",
+            values: AUTH_RESULTS,
+        },
+    },
+    counter(
+        "tern_shadow_untrusted_total",
+        "XSHADOW or XQDISCARD refused: the client did not show a pinned peer certificate",
+        |c| l(&c.shadow_untrusted),
     ),
     counter(
         "tern_log_batches_total",
@@ -341,6 +364,48 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
     for metric in METRICS {
         metric.render(&mut out, cores);
     }
+    out
+}
+
+/// The node-wide TLS counters (`crate::tls::TlsStats`).
+pub fn render_tls(t: &TlsStats) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP tern_tls_sessions_total TLS sessions by direction, version and cipher suite\n# TYPE tern_tls_sessions_total counter\n");
+    for d in [Direction::In, Direction::Out] {
+        for (version, cipher, n) in t.sessions(d) {
+            let _ = writeln!(
+                out,
+                "tern_tls_sessions_total{{direction=\"{}\",version=\"{version}\",cipher=\"{cipher}\"}} {n}",
+                d.as_str()
+            );
+        }
+    }
+    out.push_str("# HELP tern_tls_resumed_total TLS sessions resumed (no full handshake)\n# TYPE tern_tls_resumed_total counter\n");
+    for d in [Direction::In, Direction::Out] {
+        let _ = writeln!(
+            out,
+            "tern_tls_resumed_total{{direction=\"{}\"}} {}",
+            d.as_str(),
+            t.resumed(d)
+        );
+    }
+    out.push_str("# HELP tern_tls_handshake_failures_total Failed TLS handshakes by direction and reason\n# TYPE tern_tls_handshake_failures_total counter\n");
+    for d in [Direction::In, Direction::Out] {
+        for f in FAILURES {
+            let _ = writeln!(
+                out,
+                "tern_tls_handshake_failures_total{{direction=\"{}\",reason=\"{}\"}} {}",
+                d.as_str(),
+                f.as_str(),
+                t.failures(d, f)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tern_tls_cleartext_fallbacks_total Deliveries retried in clear text after a failed handshake (tls_policy = \"may\")\n# TYPE tern_tls_cleartext_fallbacks_total counter\ntern_tls_cleartext_fallbacks_total {}",
+        t.cleartext_fallbacks.load(Relaxed)
+    );
     out
 }
 

@@ -86,6 +86,7 @@ impl Inbound {
         env: &Envelope,
         content: &[u8],
         peer: SocketAddr,
+        trace: &crate::received::Trace<'_>,
     ) -> Result<QueueId, Reply> {
         debug_assert!(
             env.params.xshadow.is_none(),
@@ -105,7 +106,8 @@ impl Inbound {
                 });
             }
         };
-        let (prefix, suffix) = crate::received::header(&self.config.hostname, env, peer, now);
+        let (prefix, suffix) =
+            crate::received::header(&self.config.hostname, env, peer, now, trace);
         let encoder = Encoder::new(env, peer, ms, Some((&prefix, &suffix)), content);
         let size = encoder.len();
         let stored = self

@@ -102,8 +102,8 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Accepts connections until shutdown; each admitted one gets its own
-/// session task.
-pub async fn accept_loop(inbound: &Rc<Inbound>, listener: &TcpListener) {
+/// session task. `implicit`: an implicit-TLS listener (RFC 8314).
+pub async fn accept_loop(inbound: &Rc<Inbound>, listener: &TcpListener, implicit: bool) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             inbound.shutdown.wait().await;
@@ -127,7 +127,7 @@ pub async fn accept_loop(inbound: &Rc<Inbound>, listener: &TcpListener) {
             Some(slot) => {
                 let inbound = inbound.clone();
                 glommio::spawn_local(async move {
-                    super::session::run(inbound, stream, peer).await;
+                    super::session::run(inbound, stream, peer, implicit).await;
                     drop(slot);
                 })
                 .detach();

@@ -9,14 +9,16 @@
 //! session.rs   the socket loop around tern_smtp::server::Session (buffers, deadlines, memory)
 //! relay.rs     relay control (which recipients this client may send to)
 //! accept.rs    the accept step: record + shadow copy, replies to storage and shadow failures
+//! tls_auth.rs  STARTTLS, implicit TLS, SMTP AUTH (offer, handshake, login check)
 //! ```
 
 pub mod accept;
 pub mod listener;
 pub mod relay;
 pub mod session;
+mod tls_auth;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -54,8 +56,18 @@ pub struct Inbound {
     /// Message content held by this core's sessions, in bytes of buffer
     /// capacity (see `smtp.message_memory_max`).
     content_bytes: Cell<usize>,
-    /// Cluster peers' addresses (they may use the shadow link).
+    /// Cluster peers' addresses (asked for a TLS client certificate; a
+    /// bigger read buffer).
     peer_ips: Vec<IpAddr>,
+    /// Cluster peers' certificates: only a client showing one of them may
+    /// use the shadow link.
+    peer_pins: Vec<crate::config::Fingerprint>,
+    /// Certificates and TLS configs.
+    tls: Arc<crate::tls::Tls>,
+    /// SMTP AUTH users; `None`: AUTH is not offered.
+    users: Option<Arc<crate::auth::Users>>,
+    /// Failed AUTH attempts per client, this core's.
+    limiter: RefCell<crate::auth::Limiter>,
 }
 
 /// The pieces a core's inbound side is made of.
@@ -74,6 +86,10 @@ pub struct Parts {
     pub shutdown: Rc<Shutdown>,
     /// Open connections per client address, whole server.
     pub per_ip: Arc<listener::PerIp>,
+    /// Certificates and TLS configs.
+    pub tls: Arc<crate::tls::Tls>,
+    /// SMTP AUTH users.
+    pub users: Option<Arc<crate::auth::Users>>,
 }
 
 impl Inbound {
@@ -99,6 +115,10 @@ impl Inbound {
             admission: Admission::new(p.per_ip, p.metrics),
             content_bytes: Cell::new(0),
             peer_ips: config.cluster.peers.iter().map(|p| p.addr.ip()).collect(),
+            peer_pins: config.cluster.peers.iter().map(|p| p.fingerprint).collect(),
+            tls: p.tls,
+            users: p.users,
+            limiter: RefCell::new(crate::auth::Limiter::new(&config.auth)),
             config,
         }
     }

@@ -2,7 +2,12 @@
 //! only clients in `relay.client_networks` (default loopback) may relay to
 //! any domain; everyone else may only send to `relay.recipient_domains`
 //! (and to the bare `<Postmaster>`, which RFC 5321 4.5.1 requires).
+//! A client that authenticated (SMTP AUTH) may relay anywhere. A cluster
+//! peer is known by the certificate it shows in TLS (pinned in
+//! `cluster.peers[].fingerprint`), never by its address: only then may it
+//! use XSHADOW and XQDISCARD.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -10,38 +15,46 @@ use tern_smtp::address::ForwardPath;
 use tern_smtp::server::Policy;
 use tern_smtp::{Reply, Status};
 
-use crate::config::RelayRules;
+use crate::config::{Fingerprint, RelayRules};
+
+/// Who the client turned out to be, as the session learns it (set by
+/// the socket loop after a TLS handshake; read by the policy).
+#[derive(Default)]
+pub struct Trust {
+    /// It showed a cluster peer's pinned certificate: it may use the
+    /// shadow link (and relay: its copies are for any domain).
+    pub peer: Cell<bool>,
+}
+
+impl Trust {
+    /// After a handshake: is the certificate the client showed one of the
+    /// pinned peers'?
+    pub fn tls_peer(&self, shown: Option<Fingerprint>, pins: &[Fingerprint]) {
+        self.peer.set(shown.is_some_and(|f| pins.contains(&f)));
+    }
+}
 
 /// Per-session relay decision.
 pub struct RelayPolicy {
-    client_may_relay: bool,
-    /// The client is a cluster peer: it may use the shadow link (and
-    /// relay: its copies are for any domain).
-    peer: bool,
+    client_in_networks: bool,
+    /// Authenticated with SMTP AUTH.
+    authenticated: bool,
+    trust: Rc<Trust>,
     rules: Rc<RelayRules>,
 }
 
 impl RelayPolicy {
-    /// Decides once per connection whether the client is trusted.
-    pub fn new(rules: Rc<RelayRules>, client: IpAddr) -> RelayPolicy {
-        RelayPolicy::with_peers(rules, client, &[])
-    }
-
-    /// As [`RelayPolicy::new`]; `peers` are the cluster peers' addresses.
-    pub fn with_peers(rules: Rc<RelayRules>, client: IpAddr, peers: &[IpAddr]) -> RelayPolicy {
+    /// Decides once per connection whether the client's address is
+    /// trusted; `trust` says later whether it is a peer.
+    pub fn new(rules: Rc<RelayRules>, client: IpAddr, trust: Rc<Trust>) -> RelayPolicy {
         let client = match client {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        // A peer by address; on loopback (several nodes on one host, where
-        // the kernel picks 127.0.0.1 as the source whatever the peer
-        // listens on) any local client counts when a peer is local.
-        let peer = peers.contains(&client)
-            || (client.is_loopback() && peers.iter().any(IpAddr::is_loopback));
-        let client_may_relay = peer || rules.client_networks.iter().any(|n| n.contains(&client));
         RelayPolicy {
-            client_may_relay,
-            peer,
+            client_in_networks: rules.client_networks.iter().any(|n| n.contains(&client)),
+            authenticated: false,
+            trust,
             rules,
         }
     }
@@ -49,11 +62,15 @@ impl RelayPolicy {
 
 impl Policy for RelayPolicy {
     fn allow_shadow(&mut self) -> bool {
-        self.peer
+        self.trust.peer.get()
+    }
+
+    fn authenticated(&mut self, _user: &str) {
+        self.authenticated = true;
     }
 
     fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
-        if self.client_may_relay {
+        if self.client_in_networks || self.authenticated || self.trust.peer.get() {
             return Ok(());
         }
         match to {
@@ -85,21 +102,41 @@ mod tests {
     }
 
     #[test]
-    fn peers_may_use_the_shadow_link() {
+    fn only_a_pinned_certificate_opens_the_shadow_link() {
+        let rules = Rc::new(RelayRules {
+            client_networks: vec!["127.0.0.0/8".parse().unwrap()],
+            recipient_domains: vec![],
+        });
+        let pins = [Fingerprint([1; 32]), Fingerprint([2; 32])];
+        let trust = Rc::new(Trust::default());
+        // Its address alone (loopback, in client_networks) is not enough.
+        let mut p = RelayPolicy::new(rules.clone(), "127.0.0.1".parse().unwrap(), trust.clone());
+        assert!(!p.allow_shadow());
+        trust.tls_peer(Some(Fingerprint([9; 32])), &pins);
+        assert!(!p.allow_shadow(), "a stranger's certificate");
+        trust.tls_peer(None, &pins);
+        assert!(!p.allow_shadow(), "no certificate");
+        trust.tls_peer(Some(Fingerprint([2; 32])), &pins);
+        assert!(p.allow_shadow());
+        // A peer anywhere may relay its copies.
+        let trust = Rc::new(Trust::default());
+        let mut far = RelayPolicy::new(rules, "10.0.0.2".parse().unwrap(), trust.clone());
+        assert!(far.check_recipient(&rcpt("anywhere.example")).is_err());
+        trust.tls_peer(Some(Fingerprint([1; 32])), &pins);
+        assert!(far.check_recipient(&rcpt("anywhere.example")).is_ok());
+    }
+
+    #[test]
+    fn an_authenticated_client_may_relay() {
         let rules = Rc::new(RelayRules {
             client_networks: vec![],
             recipient_domains: vec![],
         });
-        let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        let mut p = RelayPolicy::with_peers(rules.clone(), peer, &[peer]);
-        assert!(p.allow_shadow());
+        let mut p = RelayPolicy::new(rules, "192.0.2.9".parse().unwrap(), Rc::default());
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_err());
+        p.authenticated("alice");
         assert!(p.check_recipient(&rcpt("anywhere.example")).is_ok());
-        let other: IpAddr = "10.0.0.9".parse().unwrap();
-        assert!(!RelayPolicy::with_peers(rules.clone(), other, &[peer]).allow_shadow());
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let local_peer: IpAddr = "127.0.0.3".parse().unwrap();
-        assert!(RelayPolicy::with_peers(rules.clone(), lo, &[local_peer]).allow_shadow());
-        assert!(!RelayPolicy::with_peers(rules, lo, &[peer]).allow_shadow());
+        assert!(!p.allow_shadow(), "AUTH users are not peers");
     }
 
     #[test]
@@ -108,11 +145,16 @@ mod tests {
             client_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             recipient_domains: vec!["local.example".into()],
         });
-        let mut local = RelayPolicy::new(rules.clone(), "127.0.0.3".parse().unwrap());
+        let mut local =
+            RelayPolicy::new(rules.clone(), "127.0.0.3".parse().unwrap(), Rc::default());
         assert!(local.check_recipient(&rcpt("anywhere.example")).is_ok());
-        let mut mapped = RelayPolicy::new(rules.clone(), "::ffff:127.0.0.1".parse().unwrap());
+        let mut mapped = RelayPolicy::new(
+            rules.clone(),
+            "::ffff:127.0.0.1".parse().unwrap(),
+            Rc::default(),
+        );
         assert!(mapped.check_recipient(&rcpt("anywhere.example")).is_ok());
-        let mut remote = RelayPolicy::new(rules, "192.0.2.9".parse().unwrap());
+        let mut remote = RelayPolicy::new(rules, "192.0.2.9".parse().unwrap(), Rc::default());
         let denied = remote
             .check_recipient(&rcpt("anywhere.example"))
             .unwrap_err();

@@ -2,7 +2,7 @@
 //! the buffer, the deadlines and the quotas; `tern_smtp::server::Session`
 //! owns the protocol). Reads, feeds the session, turns a complete message
 //! into a durable log record, and writes the replies (pipelined replies go
-//! out in one write).
+//! out in one write). STARTTLS and AUTH are in `tls_auth.rs`.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -14,10 +14,11 @@ use tern_smtp::address::ForwardPath;
 use tern_smtp::server::{Event, Policy, Session};
 use tern_smtp::{Reply, Status};
 
-use super::relay::RelayPolicy;
+use super::relay::{RelayPolicy, Trust};
 use super::Inbound;
 use crate::metrics::CoreMetrics;
 use crate::shadow::replica::PendingCopy;
+use crate::tls::{Stream, TlsInfo};
 
 /// Read buffer per connection. Bounded: 2000 connections per core use
 /// 32 MiB; a larger message just takes more reads.
@@ -26,7 +27,7 @@ const READ_BUF_BYTES: usize = 16 * 1024;
 const PEER_READ_BUF_BYTES: usize = 256 * 1024;
 
 /// Relay policy that also counts refusals (for metrics).
-struct CountingPolicy {
+pub(super) struct CountingPolicy {
     inner: RelayPolicy,
     refused: Rc<std::cell::Cell<u32>>,
 }
@@ -34,6 +35,9 @@ struct CountingPolicy {
 impl Policy for CountingPolicy {
     fn allow_shadow(&mut self) -> bool {
         self.inner.allow_shadow()
+    }
+    fn authenticated(&mut self, user: &str) {
+        self.inner.authenticated(user)
     }
     fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
         let r = self.inner.check_recipient(to);
@@ -51,7 +55,7 @@ enum Wake {
 }
 
 async fn read_some(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut [u8],
     wait: Duration,
     core: &Inbound,
@@ -74,11 +78,14 @@ async fn read_some(
     }
 }
 
-async fn flush<P: Policy>(
-    stream: &mut TcpStream,
+pub(super) async fn flush<P: Policy>(
+    stream: &mut Stream,
     s: &mut Session<P>,
     wait: Duration,
 ) -> std::io::Result<()> {
+    if s.transmit().is_empty() {
+        return Ok(());
+    }
     while !s.transmit().is_empty() {
         let write = async { stream.write(s.transmit()).await };
         let timer = async {
@@ -91,11 +98,17 @@ async fn flush<P: Policy>(
         }
         s.transmitted(n);
     }
-    Ok(())
+    // TLS keeps what the socket did not take yet: push it out.
+    let flush = async { stream.flush().await };
+    let timer = async {
+        glommio::timer::sleep(wait).await;
+        Err(std::io::ErrorKind::TimedOut.into())
+    };
+    futures_lite::future::or(flush, timer).await
 }
 
 /// What the socket loop keeps besides the protocol session.
-struct Loop {
+pub(super) struct Loop {
     /// The client asked to close (QUIT, or the session ended it).
     closing: bool,
     /// Shutdown was seen once (idle sessions then get 421).
@@ -108,18 +121,40 @@ struct Loop {
     /// output goes out only once they are durable (one commit for all the
     /// copies a pipelining primary sent in one go).
     pending: Vec<PendingCopy>,
+    /// The connection (plain, or TLS after STARTTLS).
+    pub(super) stream: Stream,
+    /// What TLS negotiated, once in TLS.
+    pub(super) tls: Option<TlsInfo>,
+    /// What the client proved about itself.
+    pub(super) trust: Rc<Trust>,
 }
 
-/// Serves one accepted connection to its end.
-pub async fn run(core: Rc<Inbound>, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+/// Serves one accepted connection to its end. `implicit`: the listener
+/// is implicit TLS (RFC 8314): the handshake comes before the greeting.
+pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: bool) {
+    let _ = tcp.set_nodelay(true);
     let limits = &core.config.smtp;
     let refused = Rc::new(std::cell::Cell::new(0));
+    let trust = Rc::new(Trust::default());
     let policy = CountingPolicy {
-        inner: RelayPolicy::with_peers(core.relay.clone(), peer.ip(), &core.peer_ips),
+        inner: RelayPolicy::new(core.relay.clone(), peer.ip(), trust.clone()),
         refused: refused.clone(),
     };
+    let mut l = Loop {
+        closing: false,
+        shutdown_seen: false,
+        errors: 0,
+        held: 0,
+        pending: Vec::new(),
+        stream: Stream::Plain(tcp),
+        tls: None,
+        trust,
+    };
+    if implicit && !super::tls_auth::handshake(&core, &mut l, peer).await {
+        return;
+    }
     let mut s = Session::new(core.smtp.clone(), policy);
+    super::tls_auth::offer(&core, &mut s, &l, peer);
     let started = Instant::now();
     // A peer's shadow link brings batches of copies (up to
     // `shadow::link::BATCH_BYTES_MAX`): read a batch in one go.
@@ -129,20 +164,13 @@ pub async fn run(core: Rc<Inbound>, mut stream: TcpStream, peer: SocketAddr) {
         READ_BUF_BYTES
     };
     let mut buf = vec![0u8; buf_bytes];
-    let mut l = Loop {
-        closing: false,
-        shutdown_seen: false,
-        errors: 0,
-        held: 0,
-        pending: Vec::new(),
-    };
     loop {
         if !commit_copies(&core, &s, &mut l.pending, peer).await {
             break;
         }
         // Held 250s (copies not yet durable) never go out early.
         if l.pending.is_empty()
-            && (flush(&mut stream, &mut s, limits.inactivity_timeout)
+            && (flush(&mut l.stream, &mut s, limits.inactivity_timeout)
                 .await
                 .is_err()
                 || l.closing)
@@ -159,7 +187,7 @@ pub async fn run(core: Rc<Inbound>, mut stream: TcpStream, peer: SocketAddr) {
             let remaining = limits.session_timeout.saturating_sub(started.elapsed());
             let wait = limits.inactivity_timeout.min(remaining);
             let watch = !l.shutdown_seen;
-            match read_some(&mut stream, &mut buf, wait, &core, watch).await {
+            match read_some(&mut l.stream, &mut buf, wait, &core, watch).await {
                 Ok(Wake::Read(0)) | Err(_) => break,
                 Ok(Wake::Read(n)) => s.receive(&buf[..n]),
                 Ok(Wake::TimedOut) => {
@@ -169,12 +197,14 @@ pub async fn run(core: Rc<Inbound>, mut stream: TcpStream, peer: SocketAddr) {
                 Ok(Wake::Shutdown) => l.shutdown_seen = true,
             }
         }
-        handle_events(&core, &mut s, &mut l, peer).await;
+        if !handle_events(&core, &mut s, &mut l, peer).await {
+            break;
+        }
         l.errors = count_errors(&core, l.errors, s.error_count(), &refused);
         l.held = account_memory(&core, &mut s, l.held);
     }
     core.content_bytes.set(core.content_bytes.get() - l.held);
-    let _ = stream.close().await;
+    let _ = l.stream.close().await;
 }
 
 /// Makes the queued shadow copies durable before their 250s go out,
@@ -204,13 +234,14 @@ async fn commit_copies<P: Policy>(
 }
 
 /// Acts on what the session asked for: messages to accept, copies to
-/// queue, discard questions, closing.
-async fn handle_events<P: Policy>(
+/// queue, discard questions, TLS, AUTH, closing. False: the connection
+/// is gone (a failed TLS handshake).
+async fn handle_events(
     core: &Inbound,
-    s: &mut Session<P>,
+    s: &mut Session<CountingPolicy>,
     l: &mut Loop,
     peer: SocketAddr,
-) {
+) -> bool {
     while let Some(event) = s.poll() {
         match event {
             Event::Message { envelope, content } if envelope.params.xshadow.is_some() => {
@@ -223,7 +254,11 @@ async fn handle_events<P: Policy>(
                 }
             }
             Event::Message { envelope, content } => {
-                match core.accept(&envelope, &content, peer).await {
+                let trace = crate::received::Trace {
+                    tls: l.tls.map(|t| (t.version, t.cipher)),
+                    auth: envelope.authenticated.as_deref(),
+                };
+                match core.accept(&envelope, &content, peer, &trace).await {
                     Ok(id) => s.complete(Ok(&id.to_string())),
                     Err(reply) => s.complete(Err(reply)),
                 }
@@ -231,9 +266,29 @@ async fn handle_events<P: Policy>(
             Event::Discard { node, database } => {
                 s.answer(core.discard_answer(&node, &database));
             }
+            Event::StartTls => {
+                if !super::tls_auth::starttls(core, s, l, peer).await {
+                    return false;
+                }
+            }
+            Event::Auth {
+                mechanism,
+                authzid,
+                user,
+                password,
+            } => {
+                let r =
+                    super::tls_auth::authenticate(core, peer, mechanism, &authzid, &user, password);
+                match r.await {
+                    // The limiter refused the client: end the session.
+                    Err(reply) if reply.code == 421 => s.shutdown(reply),
+                    r => s.auth_result(r),
+                }
+            }
             Event::Close => l.closing = true,
         }
     }
+    true
 }
 
 /// Moves this session's new error replies into the metrics, split into

@@ -68,6 +68,13 @@ pub async fn run(
     let shard = Rc::new(shard.await?);
     let incoming_cpu = config.incoming_cpu.then_some(cpu);
     let listener = bind_listener(config.listen, incoming_cpu)?;
+    let implicit = match config.tls.implicit_listen {
+        Some(addr) if node.tls.offers_tls() => Some(bind_listener(addr, incoming_cpu)?),
+        Some(addr) => anyhow::bail!(
+            "tls.implicit_listen = {addr} needs a certificate: set tls.certificates or tls.self_signed = true"
+        ),
+        None => None,
+    };
     // (Start-up probes wait for this line from every core.)
     tracing::info!(
         shard = id,
@@ -86,8 +93,18 @@ pub async fn run(
     let batching = crate::logbuf::batch_this_thread();
     glommio::spawn_local(crate::logbuf::flusher()).detach();
     let rooms = build(shard, &config, &node, &metrics, &shutdown)?;
-    accept_loop(&rooms.inbound, &listener).await;
+    match &implicit {
+        Some(tls_listener) => {
+            futures_lite::future::zip(
+                accept_loop(&rooms.inbound, &listener, false),
+                accept_loop(&rooms.inbound, tls_listener, true),
+            )
+            .await;
+        }
+        None => accept_loop(&rooms.inbound, &listener, false).await,
+    }
     drop(listener);
+    drop(implicit);
     stop(rooms, &config, &metrics).await?;
     drop(batching);
     tracing::info!(shard = id, "core stopped");
@@ -120,6 +137,8 @@ fn build(
         metrics: m.clone(),
         shutdown: shutdown.clone(),
         per_ip: node.per_ip.clone(),
+        tls: node.tls.clone(),
+        users: node.users.clone(),
     }));
     let delivery = Delivery::start(delivery::Parts {
         config: c.clone(),

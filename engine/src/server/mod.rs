@@ -55,6 +55,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             shadow: node.shadow.clone(),
             cores: metrics.clone(),
             config: config.clone(),
+            tls: node.tls.stats.clone(),
         })?),
         None => None,
     };
