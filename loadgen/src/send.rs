@@ -84,10 +84,10 @@ pub mod send_plot;
 pub mod send_stats;
 #[path = "send_target.rs"]
 pub mod send_target;
-#[path = "send_transaction.rs"]
-mod send_transaction;
 #[path = "send_tls.rs"]
 pub mod send_tls;
+#[path = "send_transaction.rs"]
+mod send_transaction;
 #[path = "send_watchdog.rs"]
 mod send_watchdog;
 #[path = "send_worker.rs"]

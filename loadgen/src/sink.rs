@@ -198,11 +198,7 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
 
 /// The SMTP session settings every core uses: STARTTLS in EHLO on plain
 /// connections with `--starttls` (`tls`), AUTH PLAIN with `--auth-any`.
-fn smtp_config(
-    args: &SinkArgs,
-    faults: &FaultConfig,
-    tls: Option<sink_tls::Mode>,
-) -> ServerConfig {
+fn smtp_config(args: &SinkArgs, faults: &FaultConfig, tls: Option<sink_tls::Mode>) -> ServerConfig {
     let mut extra_ehlo = Vec::new();
     if tls == Some(sink_tls::Mode::StartTls) {
         extra_ehlo.push("STARTTLS".to_owned());

@@ -97,7 +97,10 @@ impl SinkTls {
 
 type Chain = Vec<CertificateDer<'static>>;
 
-fn load(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<(Chain, PrivateKeyDer<'static>)> {
+fn load(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<(Chain, PrivateKeyDer<'static>)> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", cert.display()))?;
@@ -170,7 +173,9 @@ impl Hooks {
             }
             return Hook::Reply(AUTH_OK);
         }
-        let mut words = head.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty());
+        let mut words = head
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty());
         let verb = words.next().unwrap_or(b"");
         if self.starttls && verb.eq_ignore_ascii_case(b"STARTTLS") {
             if words.next().is_some() {
@@ -203,17 +208,31 @@ mod tests {
         let table: &[(&[u8], Hook)] = &[
             (b"STARTTLS\r\n", Hook::StartTls),
             (b"starttls\r\n", Hook::StartTls),
-            (b"STARTTLS now\r\n", Hook::Reply(b"501 5.5.4 Syntax: STARTTLS\r\n")),
+            (
+                b"STARTTLS now\r\n",
+                Hook::Reply(b"501 5.5.4 Syntax: STARTTLS\r\n"),
+            ),
             (b"AUTH PLAIN AGJvYgBwdw==\r\n", Hook::Reply(AUTH_OK)),
             (b"auth plain AGJvYgBwdw==", Hook::Reply(AUTH_OK)),
-            (b"AUTH LOGIN\r\n", Hook::Reply(b"504 5.5.4 Mechanism not supported\r\n")),
-            (b"AUTH\r\n", Hook::Reply(b"501 5.5.4 Syntax: AUTH mechanism\r\n")),
+            (
+                b"AUTH LOGIN\r\n",
+                Hook::Reply(b"504 5.5.4 Mechanism not supported\r\n"),
+            ),
+            (
+                b"AUTH\r\n",
+                Hook::Reply(b"501 5.5.4 Syntax: AUTH mechanism\r\n"),
+            ),
             (b"NOOP\r\n", Hook::Pass),
             (b"STARTTLSX\r\n", Hook::Pass),
             (b"MAIL FROM:<a@b>\r\n", Hook::Pass),
         ];
         for (line, want) in table {
-            assert_eq!(&on().line(line), want, "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                &on().line(line),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
         // Off: everything passes.
         let mut off = Hooks::default();
@@ -239,6 +258,8 @@ mod tests {
         };
         let t = SinkTls::from_args(&args).unwrap().unwrap();
         assert_eq!(t.mode, Mode::StartTls);
-        assert!(SinkTls::from_args(&SinkTlsArgs::default()).unwrap().is_none());
+        assert!(SinkTls::from_args(&SinkTlsArgs::default())
+            .unwrap()
+            .is_none());
     }
 }
