@@ -235,6 +235,27 @@ struct Lines {
 }
 
 impl Lines {
+    /// Answers the complete line ending in `end` if a hook takes it
+    /// (STARTTLS: then [`Lines::upgrade`]); false if the session is to
+    /// see it.
+    fn answer(&mut self, piece: Piece, end: &[u8], out: &mut Vec<u8>) -> bool {
+        if !matches!(piece, Piece::Line(..)) || self.held.spilled || !self.hooks.active() {
+            return false;
+        }
+        let mut buf = [0; LINE_HEAD];
+        let head = self.head(end, &mut buf);
+        match self.hooks.line(head) {
+            Hook::Pass => return false,
+            Hook::Reply(r) => out.extend_from_slice(r),
+            Hook::StartTls => {
+                out.extend_from_slice(READY_TLS);
+                self.upgrade = true;
+            }
+        }
+        self.held.bytes.clear();
+        true
+    }
+
     /// The first [`LINE_HEAD`] bytes of the complete line whose end is
     /// `end` (the held part first).
     fn head<'a>(&self, end: &[u8], buf: &'a mut [u8; LINE_HEAD]) -> &'a [u8] {
@@ -269,14 +290,10 @@ fn feed_split<P: Policy>(
             input = &input[n..];
             continue;
         }
-        let hook = match piece {
-            Piece::Line(..) if !held.spilled && lines.hooks.active() => {
-                let mut buf = [0; LINE_HEAD];
-                let head = lines.head(&input[..n], &mut buf);
-                lines.hooks.line(head)
-            }
-            _ => Hook::Pass,
-        };
+        if lines.answer(piece, &input[..n], out) {
+            input = &input[n..];
+            continue;
+        }
         let held = &mut lines.held;
         let point = match piece {
             _ if held.spilled => None,
@@ -284,20 +301,8 @@ fn feed_split<P: Policy>(
             Piece::Line(v, _) if &v == b"DATA" => Some(FailOn::Data),
             _ => None,
         };
-        let refusal = match hook {
-            Hook::Pass => point.and_then(|p| core.faults.borrow_mut().fail(p)),
-            _ => None,
-        };
-        if hook != Hook::Pass {
-            held.bytes.clear();
-            match hook {
-                Hook::Reply(r) => out.extend_from_slice(r),
-                _ => {
-                    out.extend_from_slice(READY_TLS);
-                    lines.upgrade = true;
-                }
-            }
-        } else if let Some(r) = refusal {
+        let refusal = point.and_then(|p| core.faults.borrow_mut().fail(p));
+        if let Some(r) = refusal {
             core.stats.borrow_mut().failed += 1;
             held.bytes.clear();
             r.encode(out);
