@@ -62,7 +62,9 @@
 //! send.rs              arguments, executors, progress, report output
 //! send_plan.rs         the run plan the cores share: tickets, open-loop schedule, abort
 //! send_worker.rs       one executor: its workers (connections) and the ticker
-//! send_conn.rs         one connection: connect, greeting, EHLO/HELO, replies, QUIT, failover
+//! send_conn.rs         one connection: connect, greeting, EHLO/HELO, TLS, replies, QUIT, failover
+//! send_tls.rs          TLS flags, per-core client config (session cache), any-cert verifier, the stream
+//! send_auth.rs         --auth: AUTH PLAIN once per connection
 //! send_transaction.rs  one message: stamped header, pipelined/lock-step/BDAT transaction, accounting
 //! send_watchdog.rs     the per-core watchdog behind --timeout
 //! send_target.rs       targets, priorities, failover, backoff
@@ -70,6 +72,8 @@
 //! send_plot.rs         .hgrm percentile files and the SVG
 //! ```
 
+#[path = "send_auth.rs"]
+pub mod send_auth;
 #[path = "send_conn.rs"]
 mod send_conn;
 #[path = "send_plan.rs"]
@@ -80,6 +84,8 @@ pub mod send_plot;
 pub mod send_stats;
 #[path = "send_target.rs"]
 pub mod send_target;
+#[path = "send_tls.rs"]
+pub mod send_tls;
 #[path = "send_transaction.rs"]
 mod send_transaction;
 #[path = "send_watchdog.rs"]
@@ -169,6 +175,14 @@ pub struct SendArgs {
     /// No live progress.
     #[arg(long)]
     pub quiet: bool,
+    /// TLS: --starttls, --tls, --tls-verify, --tls-ca, --tls-sni, --tls-no-resume.
+    #[command(flatten)]
+    pub tls: send_tls::TlsArgs,
+    /// AUTH PLAIN with these credentials once per connection, after EHLO
+    /// (after TLS when TLS is used); a reply other than 235 is a
+    /// connection error.
+    #[arg(long, value_name = "USER:PASS")]
+    pub auth: Option<send_auth::Credentials>,
 }
 
 fn parse_hex(s: &str) -> Result<u64, String> {
@@ -274,6 +288,8 @@ fn plan_of(args: &SendArgs, run: u64, cores: usize) -> anyhow::Result<Plan> {
         live: (0..cores).map(|_| Live::default()).collect(),
         down_since_us: AtomicU64::new(send_plan::NOT_DOWN),
         aborted: std::sync::atomic::AtomicBool::new(false),
+        tls: send_tls::TlsPlan::from_args(&args.tls, &args.targets)?,
+        auth: args.auth.clone(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! One SMTP client connection of `send`: connect, greeting, EHLO (HELO
-//! when EHLO is refused), the reply reader, QUIT, and the choice of target
-//! with failover ([`connect_any`]). The transactions on it are in
-//! `send_transaction.rs`.
+//! when EHLO is refused), TLS (implicit or STARTTLS) and AUTH when asked,
+//! the reply reader, QUIT, and the choice of target with failover
+//! ([`connect_any`]). The transactions on it are in `send_transaction.rs`.
 //!
 //! The reply reader works in place in a fixed 16 KiB buffer: it needs only
 //! three digits and an LF per line, takes the code of a multi-line reply's
@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use tern_smtp::client::{self, Capabilities};
 use tern_smtp::reply::Reply;
@@ -22,6 +22,7 @@ use tern_smtp::reply::Reply;
 use super::send_plan::{Plan, NOT_DOWN};
 use super::send_stats::{CoreStats, Phase};
 use super::send_target::{choose, Health};
+use super::send_tls::{Stream, TlsMode};
 use super::send_watchdog::Watch;
 
 /// This core's measurements, shared by its workers.
@@ -38,7 +39,7 @@ pub(super) fn us(since: Instant) -> u64 {
 
 /// One SMTP client connection with reusable buffers.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     watch: Rc<Watch>,
     pub(super) target: usize,
     pub(super) caps: Capabilities,
@@ -72,18 +73,10 @@ const FAILBACK_CHECK: Duration = Duration::from_secs(1);
 const RBUF: usize = 16 << 10;
 
 impl Conn {
-    /// Connects to target `target`, reads the greeting and says EHLO
-    /// (HELO if EHLO is refused); `Err` unless both are 2xx.
-    async fn open(plan: &Plan, target: usize, stats: &Stats) -> std::io::Result<Conn> {
-        let t = Instant::now();
-        let stream = TcpStream::connect_timeout(plan.addrs[target], plan.timeout)
-            .await
-            .map_err(std::io::Error::from)?;
-        stats.borrow_mut().record(Phase::Connect, us(t));
-        stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    fn new(stream: TcpStream, target: usize) -> Conn {
         let watch = Watch::register(stream.as_raw_fd());
-        let mut c = Conn {
-            stream,
+        Conn {
+            stream: Stream::Plain(stream),
             watch,
             target,
             caps: Capabilities::default(),
@@ -98,7 +91,30 @@ impl Conn {
             unfinished: None,
             next_check: Instant::now() + FAILBACK_CHECK,
             leave: false,
-        };
+        }
+    }
+
+    /// Connects to target `target`, reads the greeting and says EHLO
+    /// (HELO if EHLO is refused), with TLS (implicit: before the
+    /// greeting; STARTTLS: after EHLO, then EHLO again) and AUTH when
+    /// asked; `Err` unless every step succeeded.
+    async fn open(
+        plan: &Plan,
+        target: usize,
+        stats: &Stats,
+        tls: Option<&TlsConnector>,
+    ) -> std::io::Result<Conn> {
+        let t = Instant::now();
+        let stream = TcpStream::connect_timeout(plan.addrs[target], plan.timeout)
+            .await
+            .map_err(std::io::Error::from)?;
+        stats.borrow_mut().record(Phase::Connect, us(t));
+        stream.set_nodelay(true).map_err(std::io::Error::from)?;
+        let mut c = Conn::new(stream, target);
+        let mode = plan.tls.as_ref().map(|p| p.mode);
+        if let (Some(TlsMode::Implicit), Some(tls)) = (mode, tls) {
+            c = c.into_tls(plan, tls, stats, Instant::now()).await?;
+        }
         let t = Instant::now();
         let code = c.reply(stats, None).await?;
         stats.borrow_mut().record(Phase::Banner, us(t));
@@ -106,7 +122,73 @@ impl Conn {
             return Err(io_err(format!("greeting: {}", c.last_error)));
         }
         c.hello(plan, stats).await?;
+        if let (Some(TlsMode::StartTls), Some(tls)) = (mode, tls) {
+            c = c.start_tls(plan, tls, stats).await?;
+        }
+        if let Some(creds) = &plan.auth {
+            c.authenticate(creds, stats).await?;
+        }
         Ok(c)
+    }
+
+    /// STARTTLS (RFC 3207), its 220, the handshake, and EHLO again (the
+    /// capabilities may differ under TLS, RFC 3207 4.2).
+    async fn start_tls(
+        mut self,
+        plan: &Plan,
+        tls: &TlsConnector,
+        stats: &Stats,
+    ) -> std::io::Result<Conn> {
+        if !self.caps.starttls {
+            return Err(io_err("STARTTLS not offered (--starttls)"));
+        }
+        let t = Instant::now();
+        self.out.clear();
+        client::starttls(&mut self.out);
+        self.flush().await?;
+        let code = self.reply(stats, None).await?;
+        if code != 220 {
+            return Err(io_err(format!("STARTTLS: {}", self.last_error)));
+        }
+        // Bytes behind the 220 came before TLS: not to be trusted as
+        // replies inside it (RFC 3207 6).
+        (self.rpos, self.rend) = (0, 0);
+        let mut c = self.into_tls(plan, tls, stats, t).await?;
+        c.caps = Capabilities::default();
+        c.hello(plan, stats).await?;
+        Ok(c)
+    }
+
+    /// The TLS handshake on the plain stream, under the watchdog; the
+    /// `tls` phase runs from `since`.
+    async fn into_tls(
+        mut self,
+        plan: &Plan,
+        tls: &TlsConnector,
+        stats: &Stats,
+        since: Instant,
+    ) -> std::io::Result<Conn> {
+        let tcp = match self.stream {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(_) => return Err(io_err("TLS inside TLS")),
+        };
+        let name = plan.tls.as_ref().expect("TLS planned").name(self.target);
+        self.watch.since.set(Some(Instant::now()));
+        let r = tls.connect(name, tcp).await;
+        match self.watch.check(r) {
+            Ok(s) => {
+                let mut st = stats.borrow_mut();
+                st.record(Phase::Tls, us(since));
+                st.tls.completed(s.get_ref().1);
+                drop(st);
+                self.stream = Stream::Tls(Box::new(s));
+                Ok(self)
+            }
+            Err(e) => {
+                stats.borrow_mut().tls.failed += 1;
+                Err(io_err(format!("TLS handshake: {e}")))
+            }
+        }
     }
 
     /// EHLO, or HELO (without extensions) if the server is not ESMTP.
@@ -254,6 +336,7 @@ pub(super) async fn connect_any(
     plan: &Plan,
     stats: &Stats,
     spread: &mut usize,
+    tls: Option<&TlsConnector>,
 ) -> Result<Conn, String> {
     let n = plan.addrs.len();
     let mut last = String::from("no target up");
@@ -289,7 +372,7 @@ pub(super) async fn connect_any(
         };
         *spread = spread.wrapping_add(1);
         attempts += 1;
-        match Conn::open(plan, i, stats).await {
+        match Conn::open(plan, i, stats, tls).await {
             Ok(c) => {
                 plan.health[i].succeeded();
                 plan.down_since_us.store(NOT_DOWN, Ordering::Relaxed);

@@ -58,6 +58,10 @@ pub struct Plan {
     pub down_since_us: AtomicU64,
     /// Every target was down for longer than `timeout`: the run stops.
     pub aborted: AtomicBool,
+    /// `--starttls` / `--tls` settings; `None` for plain SMTP.
+    pub tls: Option<super::send_tls::TlsPlan>,
+    /// `--auth`.
+    pub auth: Option<super::send_auth::Credentials>,
 }
 
 /// [`Plan::down_since_us`] when some target is reachable.

@@ -15,10 +15,15 @@ use serde::Serialize;
 pub enum Phase {
     /// TCP connect.
     Connect = 0,
-    /// Connected .. greeting.
+    /// TLS handshake: from connect (`--tls`) or from the STARTTLS command
+    /// (`--starttls`, its 220 included) to the handshake done.
+    Tls,
+    /// Connected (implicit TLS: handshake done) .. greeting.
     Banner,
-    /// EHLO .. its reply.
+    /// EHLO .. its reply (with STARTTLS: both EHLOs).
     Ehlo,
+    /// AUTH PLAIN .. its reply (`--auth`).
+    Auth,
     /// MAIL .. its reply.
     Mail,
     /// RCPT .. its reply (each recipient; pipelined: from the group's write).
@@ -32,14 +37,16 @@ pub enum Phase {
 }
 
 /// Number of phases.
-pub const PHASES: usize = 8;
+pub const PHASES: usize = 10;
 
 impl Phase {
     /// All, in order.
     pub const ALL: [Phase; PHASES] = [
         Phase::Connect,
+        Phase::Tls,
         Phase::Banner,
         Phase::Ehlo,
+        Phase::Auth,
         Phase::Mail,
         Phase::Rcpt,
         Phase::Data,
@@ -51,8 +58,10 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Connect => "connect",
+            Phase::Tls => "tls",
             Phase::Banner => "banner",
             Phase::Ehlo => "ehlo",
+            Phase::Auth => "auth",
             Phase::Mail => "mail",
             Phase::Rcpt => "rcpt",
             Phase::Data => "data",
@@ -91,6 +100,8 @@ pub struct CoreStats {
     pub elapsed: std::time::Duration,
     /// Sequence numbers of the accepted messages (`--acked` only).
     pub acked: Option<Vec<u64>>,
+    /// TLS handshakes (`--starttls`, `--tls`).
+    pub tls: crate::tls_stats::Handshakes,
 }
 
 /// Kept failure descriptions per core.
@@ -113,6 +124,7 @@ impl CoreStats {
             errors: Vec::new(),
             elapsed: std::time::Duration::ZERO,
             acked: None,
+            tls: crate::tls_stats::Handshakes::default(),
         }
     }
 
@@ -162,6 +174,7 @@ impl CoreStats {
         self.perm_fail += other.perm_fail;
         self.conn_errors += other.conn_errors;
         self.bytes += other.bytes;
+        self.tls.merge(&other.tls);
         self.elapsed = self.elapsed.max(other.elapsed);
         if self.per_second.len() < other.per_second.len() {
             self.per_second.resize(other.per_second.len(), 0);
@@ -234,13 +247,15 @@ impl Live {
 ///   "replies": {"250": n, "354": n, ...},    every reply received, by code
 ///   "latency_us": {                          hdrhistogram, microseconds
 ///     "transaction": {"count","p50","p90","p99","p999","max","mean"},
-///     "connect": {...}, "banner": {...}, "ehlo": {...}, "mail": {...},
-///     "rcpt": {...}, "data": {...}, "eod": {...}
+///     "connect": {...}, "tls": {...}, "banner": {...}, "ehlo": {...},
+///     "auth": {...}, "mail": {...}, "rcpt": {...}, "data": {...}, "eod": {...}
 ///   },
 ///   "per_second": [n, ...],                  messages completed in each second
 ///   "targets": [{"addr": "h:p", "priority": p, "messages": n,
 ///                "connect_failures": n}],
-///   "open_loop": {"rate": r, "scheduled": n} or null
+///   "open_loop": {"rate": r, "scheduled": n} or null,
+///   "tls": {"handshakes": n, "full": n, "hello_retry": n, "resumed": n, "failed": n,
+///           "suites": [{"version": v, "cipher_suite": c, "count": n}]} or null
 /// }
 /// ```
 ///
@@ -248,6 +263,10 @@ impl Live {
 /// start .. final reply in the open loop (so waiting for a connection and
 /// connecting count: coordinated omission is not hidden). With pipelining,
 /// `mail`, `rcpt` and `data` are measured from the write of the group.
+/// `tls` is the handshake, from connect (`--tls`) or from the STARTTLS
+/// command (`--starttls`) to the handshake done; `tls` in the report's top
+/// level counts handshakes (null without TLS), see
+/// [`crate::tls_stats::TlsReport`].
 #[derive(Debug, Serialize)]
 pub struct JsonReport {
     /// Run id, 16 hex digits.
@@ -270,6 +289,8 @@ pub struct JsonReport {
     pub targets: Vec<JsonTarget>,
     /// Open-loop parameters, null in the closed loop.
     pub open_loop: Option<JsonOpenLoop>,
+    /// TLS handshakes, null without TLS.
+    pub tls: Option<crate::tls_stats::TlsReport>,
 }
 
 /// Outcome counts.
@@ -364,6 +385,7 @@ pub fn json_report(s: &CoreStats, info: &RunInfo<'_>) -> JsonReport {
             rate,
             scheduled: s.ok + s.failed(),
         }),
+        tls: s.tls.report(),
     }
 }
 
@@ -433,6 +455,9 @@ pub fn text_report(s: &CoreStats, info: &RunInfo<'_>) -> String {
             "target {addr} (priority {prio}): {} messages, {} connect failures",
             s.target_messages[i], s.target_connect_failures[i]
         );
+    }
+    if let Some(tls) = s.tls.report() {
+        let _ = writeln!(t, "{}", tls.text());
     }
     for e in &s.errors {
         let _ = writeln!(t, "error: {e}");

@@ -48,6 +48,11 @@ impl std::str::FromStr for Target {
 }
 
 impl Target {
+    /// The host part of `addr` (brackets of an IPv6 address kept).
+    pub fn host(&self) -> &str {
+        self.addr.rsplit_once(':').map_or(&self.addr, |(h, _)| h)
+    }
+
     /// Resolves `addr` (first address).
     pub fn resolve(&self) -> anyhow::Result<SocketAddr> {
         self.addr

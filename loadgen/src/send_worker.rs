@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_rustls::TlsConnector;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -35,6 +36,8 @@ struct Worker {
     rng: StdRng,
     /// Spreads connections over the targets of a priority group.
     spread: usize,
+    /// This core's TLS connector (its session cache is the core's).
+    tls: Option<TlsConnector>,
 }
 
 /// What [`Worker::start`] got.
@@ -78,7 +81,8 @@ impl Worker {
             }
         }
         if conn.is_none() {
-            match connect_any(&self.plan, &self.stats, &mut self.spread).await {
+            let tls = self.tls.as_ref();
+            match connect_any(&self.plan, &self.stats, &mut self.spread, tls).await {
                 Ok(c) => *conn = Some(c),
                 Err(e) => {
                     self.lost(seq, &e);
@@ -138,7 +142,13 @@ impl Worker {
     }
 }
 
-async fn worker(plan: Arc<Plan>, stats: Stats, bodies: Rc<Bodies>, id: usize) {
+async fn worker(
+    plan: Arc<Plan>,
+    stats: Stats,
+    bodies: Rc<Bodies>,
+    id: usize,
+    tls: Option<TlsConnector>,
+) {
     let rng = StdRng::seed_from_u64(plan.run ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut w = Worker {
         plan,
@@ -146,6 +156,7 @@ async fn worker(plan: Arc<Plan>, stats: Stats, bodies: Rc<Bodies>, id: usize) {
         bodies,
         rng,
         spread: id,
+        tls,
     };
     let mut conn: Option<Conn> = None;
     // A message whose pipelined group is already written on `conn`.
@@ -186,6 +197,9 @@ pub async fn run(plan: Arc<Plan>, core: usize, conns: usize, first_id: usize) ->
         stats.borrow_mut().acked = Some(Vec::new());
     }
     let bodies = Rc::new(Bodies::default());
+    // One TLS client configuration per core: its connections share one
+    // session cache, without contention between cores.
+    let tls = plan.tls.as_ref().map(|t| t.connector());
     let done = Rc::new(Cell::new(false));
     let ticker = {
         let (plan, stats, done) = (plan.clone(), stats.clone(), done.clone());
@@ -204,6 +218,7 @@ pub async fn run(plan: Arc<Plan>, core: usize, conns: usize, first_id: usize) ->
                 stats.clone(),
                 bodies.clone(),
                 first_id + w,
+                tls.clone(),
             ))
         })
         .collect();

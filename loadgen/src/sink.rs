@@ -18,6 +18,7 @@
 //! sink_stats.rs  counters, stamp verification, the report (text and JSON)
 //! sink_seqs.rs   sequence sets (lost, duplicated) and the --expect tracker
 //! sink_fault.rs  fault decisions and the command splitter
+//! sink_tls.rs    TLS and AUTH flags, the server certificate, the STARTTLS/AUTH hooks
 //! ```
 
 #[path = "sink_conn.rs"]
@@ -28,6 +29,8 @@ pub mod sink_fault;
 pub mod sink_seqs;
 #[path = "sink_stats.rs"]
 pub mod sink_stats;
+#[path = "sink_tls.rs"]
+pub mod sink_tls;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tern_smtp::server::ServerConfig;
 
-use sink_conn::{CoreSetup, Shared};
+use sink_conn::{CoreSetup, Secure, Shared};
 use sink_fault::{FailOn, FaultConfig, Faults};
 use sink_seqs::ExpectTracker;
 use sink_stats::{CoreStats, Report};
@@ -102,6 +105,9 @@ pub struct SinkArgs {
     /// reproducible runs; random when absent.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// TLS and AUTH: --starttls, --tls, --tls-cert, --tls-key, --auth-any.
+    #[command(flatten)]
+    pub tls: sink_tls::SinkTlsArgs,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -147,8 +153,14 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
         expect: args.expect.map(ExpectTracker::new),
     });
     install_signals();
-    let smtp = smtp_config(&args, &faults);
-    let cores = start_cores(&args, &smtp, &faults, seed, &shared)?;
+    let tls = sink_tls::SinkTls::from_args(&args.tls)?;
+    let smtp = smtp_config(&args, &faults, tls.as_ref().map(|t| t.mode));
+    let secure = Secure {
+        smtp: smtp_config(&args, &faults, None),
+        tls,
+        auth_any: args.tls.auth_any,
+    };
+    let cores = start_cores(&args, &smtp, &secure, &faults, seed, &shared)?;
     if !args.quiet {
         eprintln!(
             "tern-loadgen sink: listening on {} ({} cores)",
@@ -184,8 +196,16 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The SMTP session settings every core uses.
-fn smtp_config(args: &SinkArgs, faults: &FaultConfig) -> ServerConfig {
+/// The SMTP session settings every core uses: STARTTLS in EHLO on plain
+/// connections with `--starttls` (`tls`), AUTH PLAIN with `--auth-any`.
+fn smtp_config(args: &SinkArgs, faults: &FaultConfig, tls: Option<sink_tls::Mode>) -> ServerConfig {
+    let mut extra_ehlo = Vec::new();
+    if tls == Some(sink_tls::Mode::StartTls) {
+        extra_ehlo.push("STARTTLS".to_owned());
+    }
+    if args.tls.auth_any {
+        extra_ehlo.push("AUTH PLAIN".to_owned());
+    }
     ServerConfig {
         hostname: "tern-loadgen-sink".into(),
         message_bytes_max: args.size_max,
@@ -197,7 +217,7 @@ fn smtp_config(args: &SinkArgs, faults: &FaultConfig) -> ServerConfig {
         } else {
             100
         },
-        extra_ehlo: Vec::new(),
+        extra_ehlo,
         shadow_ehlo: None,
     }
 }
@@ -215,6 +235,7 @@ struct Cores {
 fn start_cores(
     args: &SinkArgs,
     smtp: &ServerConfig,
+    secure: &Secure,
     faults: &FaultConfig,
     seed: u64,
     shared: &Arc<Shared>,
@@ -230,6 +251,7 @@ fn start_cores(
             core,
             listen,
             smtp: smtp.clone(),
+            secure: secure.clone(),
             faults: Faults::new(faults.clone(), seed, core),
             shared: shared.clone(),
             live,

@@ -1,6 +1,7 @@
 //! One sink core (its executor runs [`run`]): its own SO_REUSEPORT
 //! listener, its own counters; and the socket loop of one connection
-//! around `tern_smtp::server::Session`.
+//! around `tern_smtp::server::Session`, generic over the stream (plain
+//! TCP, or TLS: implicit, or after STARTTLS).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use tern_smtp::address::{ForwardPath, ReversePath};
 use tern_smtp::command::MailParams;
@@ -19,6 +20,7 @@ use tern_smtp::Reply;
 use super::sink_fault::{FailOn, Faults, Piece, Splitter};
 use super::sink_seqs::ExpectTracker;
 use super::sink_stats::CoreStats;
+use super::sink_tls::{Hook, Hooks, Mode, SinkTls, LINE_HEAD, READY_TLS};
 
 /// Read buffer per connection.
 const READ_BUF_BYTES: usize = 64 * 1024;
@@ -31,9 +33,23 @@ pub struct Shared {
     pub expect: Option<ExpectTracker>,
 }
 
+/// TLS and AUTH settings of the cores.
+#[derive(Clone)]
+pub struct Secure {
+    /// `--starttls` / `--tls`.
+    pub tls: Option<SinkTls>,
+    /// Session settings inside TLS (no STARTTLS in EHLO).
+    pub smtp: ServerConfig,
+    /// `--auth-any`.
+    pub auth_any: bool,
+}
+
 /// What one core owns.
 struct Core {
     smtp: Rc<ServerConfig>,
+    /// Session settings inside TLS.
+    smtp_tls: Rc<ServerConfig>,
+    secure: Secure,
     stats: RefCell<CoreStats>,
     faults: RefCell<Faults>,
     shared: Arc<Shared>,
@@ -55,6 +71,8 @@ pub struct CoreSetup {
     pub listen: SocketAddr,
     /// Session settings.
     pub smtp: ServerConfig,
+    /// TLS and AUTH.
+    pub secure: Secure,
     /// Fault decisions.
     pub faults: Faults,
     /// Shared state.
@@ -79,6 +97,8 @@ pub async fn run(setup: CoreSetup) -> CoreStats {
         .send(listener.local_addr().map_err(|e| e.to_string()));
     let core = Rc::new(Core {
         smtp: Rc::new(setup.smtp),
+        smtp_tls: Rc::new(setup.secure.smtp.clone()),
+        secure: setup.secure,
         stats: RefCell::default(),
         faults: RefCell::new(setup.faults),
         shared: setup.shared,
@@ -202,29 +222,79 @@ struct Held {
 /// answers such a line itself).
 const HOLD_MAX: usize = 4096;
 
+/// The splitter path's state: whole command lines go to the session one
+/// at a time, so the sink can answer some itself (fault injection,
+/// STARTTLS, AUTH).
+#[derive(Default)]
+struct Lines {
+    split: Splitter,
+    held: Held,
+    hooks: Hooks,
+    /// STARTTLS was accepted: the rest of the input is discarded.
+    upgrade: bool,
+}
+
+impl Lines {
+    /// Answers the complete line ending in `end` if a hook takes it
+    /// (STARTTLS: then [`Lines::upgrade`]); false if the session is to
+    /// see it.
+    fn answer(&mut self, piece: Piece, end: &[u8], out: &mut Vec<u8>) -> bool {
+        if !matches!(piece, Piece::Line(..)) || self.held.spilled || !self.hooks.active() {
+            return false;
+        }
+        let mut buf = [0; LINE_HEAD];
+        let head = self.head(end, &mut buf);
+        match self.hooks.line(head) {
+            Hook::Pass => return false,
+            Hook::Reply(r) => out.extend_from_slice(r),
+            Hook::StartTls => {
+                out.extend_from_slice(READY_TLS);
+                self.upgrade = true;
+            }
+        }
+        self.held.bytes.clear();
+        true
+    }
+
+    /// The first [`LINE_HEAD`] bytes of the complete line whose end is
+    /// `end` (the held part first).
+    fn head<'a>(&self, end: &[u8], buf: &'a mut [u8; LINE_HEAD]) -> &'a [u8] {
+        let held = &self.held.bytes[..self.held.bytes.len().min(LINE_HEAD)];
+        buf[..held.len()].copy_from_slice(held);
+        let more = end.len().min(LINE_HEAD - held.len());
+        buf[held.len()..held.len() + more].copy_from_slice(&end[..more]);
+        &buf[..held.len() + more]
+    }
+}
+
 /// Feeds `input` to the session one whole command line at a time (a line
 /// split across reads is held until its end arrives), answering the
-/// command `--fail-on` names itself when the fault fires. Message data is
-/// passed through as it comes.
-#[allow(clippy::too_many_arguments)]
+/// command `--fail-on` names itself when the fault fires, and the lines
+/// a hook takes (STARTTLS: then stops, the rest of `input` discarded).
+/// Message data is passed through as it comes.
 fn feed_split<P: Policy>(
     core: &Core,
     s: &mut Session<P>,
-    split: &mut Splitter,
-    held: &mut Held,
+    lines: &mut Lines,
     mut input: &[u8],
     out: &mut Vec<u8>,
     qid: &mut String,
     closing: &mut bool,
 ) -> bool {
     let mut data_started = false;
-    while !input.is_empty() && !*closing {
-        let (n, piece) = split.next(input);
+    while !input.is_empty() && !*closing && !lines.upgrade {
+        let (n, piece) = lines.split.next(input);
+        let held = &mut lines.held;
         if piece == Piece::Partial && !held.spilled && held.bytes.len() + n <= HOLD_MAX {
             held.bytes.extend_from_slice(&input[..n]);
             input = &input[n..];
             continue;
         }
+        if lines.answer(piece, &input[..n], out) {
+            input = &input[n..];
+            continue;
+        }
+        let held = &mut lines.held;
         let point = match piece {
             _ if held.spilled => None,
             Piece::Line(v, _) if &v == b"EHLO" || &v == b"HELO" => Some(FailOn::Ehlo),
@@ -252,13 +322,13 @@ fn feed_split<P: Policy>(
             let started = drain(s, out);
             match piece {
                 Piece::Line(v, _) if &v == b"DATA" && started => {
-                    split.data_started();
+                    lines.split.data_started();
                     data_started = true;
                 }
                 Piece::Line(v, Some(size))
                     if &v == b"BDAT" && !out[before..].starts_with(b"501") =>
                 {
-                    split.bdat_started(size);
+                    lines.split.bdat_started(size);
                 }
                 _ => {}
             }
@@ -268,26 +338,107 @@ fn feed_split<P: Policy>(
     data_started
 }
 
-async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+/// Which layer of a connection a session runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layer {
+    /// Plain TCP (STARTTLS accepted with `--starttls`).
+    Plain,
+    /// Inside TLS after STARTTLS: no greeting, back to before EHLO.
+    AfterStartTls,
+    /// Inside implicit TLS.
+    Implicit,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Closed,
+    StartTls,
+}
+
+async fn serve(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut s = Session::new(core.smtp.clone(), SinkPolicy { core: core.clone() });
-    let mut held = Held::default();
-    let mut split = core
-        .faults
-        .borrow()
-        .config
-        .intercepts()
-        .then(Splitter::default);
-    let delay = core.faults.borrow().config.delay;
     let mut buf = core
         .buffers
         .borrow_mut()
         .pop()
         .unwrap_or_else(|| vec![0u8; READ_BUF_BYTES]);
+    let mode = core.secure.tls.as_ref().map(|t| t.mode);
+    if mode == Some(Mode::Implicit) {
+        if let Some(mut tls) = handshake(&core, stream).await {
+            converse(&core, &mut tls, Layer::Implicit, &mut buf).await;
+            let _ = tls.close().await;
+        }
+    } else {
+        let mut stream = stream;
+        match converse(&core, &mut stream, Layer::Plain, &mut buf).await {
+            End::StartTls => {
+                if let Some(mut tls) = handshake(&core, stream).await {
+                    converse(&core, &mut tls, Layer::AfterStartTls, &mut buf).await;
+                    let _ = tls.close().await;
+                }
+            }
+            End::Closed => {
+                let _ = stream.close().await;
+            }
+        }
+    }
+    let mut buffers = core.buffers.borrow_mut();
+    if buffers.len() < 64 {
+        buffers.push(buf);
+    }
+}
+
+/// The server side of the TLS handshake, counted; `None` if it failed.
+async fn handshake(
+    core: &Core,
+    stream: TcpStream,
+) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+    let tls = core.secure.tls.as_ref().expect("TLS configured");
+    match tls.acceptor.accept(stream).await {
+        Ok(s) => {
+            core.stats.borrow_mut().tls.completed(s.get_ref().1);
+            Some(s)
+        }
+        Err(_) => {
+            core.stats.borrow_mut().tls.failed += 1;
+            None
+        }
+    }
+}
+
+/// One session on `stream` until the client or the sink closes it, or
+/// STARTTLS is accepted (the bytes read behind it are discarded with the
+/// session).
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    core: &Rc<Core>,
+    stream: &mut S,
+    layer: Layer,
+    buf: &mut [u8],
+) -> End {
+    let smtp = match layer {
+        Layer::Plain => core.smtp.clone(),
+        Layer::AfterStartTls | Layer::Implicit => core.smtp_tls.clone(),
+    };
+    let mut s = Session::new(smtp, SinkPolicy { core: core.clone() });
+    let hooks = Hooks::new(
+        layer == Layer::Plain && core.secure.tls.is_some(),
+        core.secure.auth_any,
+    );
+    let intercepts = core.faults.borrow().config.intercepts() || hooks.active();
+    let mut lines = intercepts.then(|| Lines {
+        hooks,
+        ..Lines::default()
+    });
+    let delay = core.faults.borrow().config.delay;
     let mut out = Vec::with_capacity(1024);
     let mut qid = String::with_capacity(24);
     let (mut closing, mut drop_armed, mut data_started) = (false, false, false);
     drain(&mut s, &mut out);
+    if layer == Layer::AfterStartTls {
+        // RFC 3207 4.2: no greeting inside TLS; the client sends EHLO.
+        out.clear();
+    }
     loop {
         if data_started && core.faults.borrow_mut().drop_data() {
             drop_armed = true;
@@ -296,15 +447,19 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             if let Some(d) = delay {
                 glommio::timer::sleep(d).await;
             }
-            if stream.write_all(&out).await.is_err() {
+            // flush: a no-op on TCP, writes the records out on TLS.
+            if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
                 break;
             }
             out.clear();
         }
+        if lines.as_ref().is_some_and(|l| l.upgrade) {
+            return End::StartTls;
+        }
         if closing || core.stopping.get() {
             break;
         }
-        let n = match stream.read(&mut buf).await {
+        let n = match stream.read(buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -313,12 +468,11 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             core.stats.borrow_mut().dropped += 1;
             break;
         }
-        data_started = match &mut split {
-            Some(split) => feed_split(
-                &core,
+        data_started = match &mut lines {
+            Some(lines) => feed_split(
+                core,
                 &mut s,
-                split,
-                &mut held,
+                lines,
                 &buf[..n],
                 &mut out,
                 &mut qid,
@@ -326,14 +480,10 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             ),
             None => {
                 s.receive(&buf[..n]);
-                events(&core, &mut s, &mut qid, &mut closing);
+                events(core, &mut s, &mut qid, &mut closing);
                 drain(&mut s, &mut out)
             }
         };
     }
-    let _ = stream.close().await;
-    let mut buffers = core.buffers.borrow_mut();
-    if buffers.len() < 64 {
-        buffers.push(buf);
-    }
+    End::Closed
 }

@@ -69,6 +69,8 @@ pub struct CoreStats {
     pub first: Option<Instant>,
     /// Last accepted message.
     pub last: Option<Instant>,
+    /// TLS handshakes (`--starttls`, `--tls`).
+    pub tls: crate::tls_stats::Handshakes,
 }
 
 impl CoreStats {
@@ -146,6 +148,7 @@ impl CoreStats {
         self.bad_sum += other.bad_sum;
         self.failed += other.failed;
         self.dropped += other.dropped;
+        self.tls.merge(&other.tls);
         self.start = combine(self.start, other.start, Instant::min);
         self.first = combine(self.first, other.first, Instant::min);
         self.last = combine(self.last, other.last, Instant::max);
@@ -247,7 +250,9 @@ fn parse_num(v: &[u8], radix: u32) -> Option<u64> {
 ///   "messages_per_second": f,      // messages / seconds
 ///   "bad_stamps": n,               // missing + malformed + bad_sum, all runs
 ///   "bad_stamp_kinds": {"missing": n, "malformed": n, "bad_sum": n},
-///   "faults": {"failed": n, "dropped": n}  // injected failure replies; connections dropped mid-DATA
+///   "faults": {"failed": n, "dropped": n}, // injected failure replies; connections dropped mid-DATA
+///   "tls": {"handshakes": n, "full": n, "hello_retry": n, "resumed": n, "failed": n,
+///           "suites": [...]} or null   // TLS sessions (see tls_stats::TlsReport); null without TLS
 /// }
 /// ```
 ///
@@ -277,6 +282,8 @@ pub struct Report {
     pub bad_stamp_kinds: BadStamps,
     /// Injected faults.
     pub faults: Faults,
+    /// TLS sessions, null without TLS.
+    pub tls: Option<crate::tls_stats::TlsReport>,
 }
 
 /// Bad stamps by kind.
@@ -377,6 +384,7 @@ impl Report {
                 failed: s.failed,
                 dropped: s.dropped,
             },
+            tls: s.tls.report(),
         }
     }
 
@@ -410,6 +418,9 @@ impl Report {
             if !r.lost_first.is_empty() {
                 let _ = writeln!(t, "  lost (first {}): {:?}", LOST_FIRST, r.lost_first);
             }
+        }
+        if let Some(tls) = &self.tls {
+            let _ = writeln!(t, "{}", tls.text());
         }
         t
     }
