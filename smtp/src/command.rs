@@ -27,6 +27,10 @@ pub struct MailParams {
     /// peer sending its copy of a message it holds as primary). Accepted
     /// only from peers (see `server::Policy::allow_shadow`).
     pub xshadow: Option<String>,
+    /// `AUTH=` (RFC 4954 section 5), xtext-decoded: the mailbox that
+    /// authenticated the message originally, or `<>`. The session keeps
+    /// it only for an authenticated client.
+    pub auth: Option<String>,
 }
 
 /// Longest `XSHADOW=` value.
@@ -82,8 +86,17 @@ pub enum Command {
     Vrfy,
     /// `HELP [string]`.
     Help,
-    /// `EXPN`, `STARTTLS`, `AUTH`, `TURN`...: recognised, not implemented.
+    /// `EXPN`, `TURN`...: recognised, not implemented.
     NotImplemented(&'static str),
+    /// `STARTTLS` (RFC 3207).
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The mechanism, upper case.
+        mechanism: String,
+        /// The base64 initial response (`=` for an empty one).
+        initial: Option<String>,
+    },
     /// `XQDISCARD <node> <database id>`: tern's shadow link, a shadow
     /// asking its primary which of its messages it may discard (peers
     /// only).
@@ -179,8 +192,8 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "VRFY" => Err(CommandError::Syntax("VRFY address")),
         "HELP" => Ok(Command::Help),
         "EXPN" => Ok(Command::NotImplemented("EXPN")),
-        "STARTTLS" => Ok(Command::NotImplemented("STARTTLS")),
-        "AUTH" => Ok(Command::NotImplemented("AUTH")),
+        "STARTTLS" => no_args(args, "STARTTLS", Command::StartTls),
+        "AUTH" => auth(args),
         "TURN" | "ETRN" | "ATRN" => Ok(Command::NotImplemented("TURN")),
         "XQDISCARD" => xqdiscard(args),
         _ => Err(CommandError::Unrecognized),
@@ -259,12 +272,63 @@ fn mail(args: &str) -> Result<Command, CommandError> {
             ("SMTPUTF8", None) => params.smtputf8 = true,
             ("XSHADOW", Some(v)) if xshadow_value(v) => params.xshadow = Some(v.to_owned()),
             ("XSHADOW", _) => return Err(CommandError::BadParamValue("XSHADOW")),
+            ("AUTH", Some(v)) => {
+                params.auth = Some(xtext(v).ok_or(CommandError::BadParamValue("AUTH"))?)
+            }
             ("SIZE" | "BODY", None) => return Err(CommandError::BadParamValue("missing value")),
             _ => return Err(CommandError::UnsupportedParam(key.to_owned())),
         }
         seen.push(upper);
     }
     Ok(Command::Mail { from, params })
+}
+
+/// `auth-command = "AUTH" SP sasl-mech [SP initial-response]`.
+fn auth(args: &str) -> Result<Command, CommandError> {
+    let usage = CommandError::Syntax("AUTH mechanism [initial-response]");
+    let mut parts = args.split(' ');
+    let mechanism = parts.next().unwrap_or("");
+    // RFC 4422 3.1: a mechanism name is 1..=20 of A-Z 0-9 - _.
+    if mechanism.is_empty()
+        || mechanism.len() > 20
+        || !mechanism
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(usage);
+    }
+    let initial = parts.next().map(str::to_owned);
+    if parts.next().is_some() {
+        return Err(usage);
+    }
+    Ok(Command::Auth {
+        mechanism: mechanism.to_ascii_uppercase(),
+        initial,
+    })
+}
+
+/// Decodes xtext (RFC 3461 4): `+XX` is a hex-coded byte; `+` and `=`
+/// must be coded. `None` when malformed.
+pub fn xtext(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'=' => return None,
+            c if (b'!'..=b'~').contains(&c) => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn xqdiscard(args: &str) -> Result<Command, CommandError> {
@@ -440,7 +504,21 @@ mod tests {
             ("VRFY someone", Command::Vrfy),
             ("HELP", Command::Help),
             ("EXPN list", Command::NotImplemented("EXPN")),
-            ("STARTTLS", Command::NotImplemented("STARTTLS")),
+            ("STARTTLS", Command::StartTls),
+            (
+                "AUTH plain AHRpbQB0YW5zdGFhZnRhbnN0YWFm",
+                Command::Auth {
+                    mechanism: "PLAIN".into(),
+                    initial: Some("AHRpbQB0YW5zdGFhZnRhbnN0YWFm".into()),
+                },
+            ),
+            (
+                "AUTH LOGIN",
+                Command::Auth {
+                    mechanism: "LOGIN".into(),
+                    initial: None,
+                },
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line.as_bytes()), Ok(want), "{line}");

@@ -37,6 +37,9 @@ pub fn server_input(data: &[u8]) {
         ..ServerConfig::default()
     });
     let mut session = Session::new(config, Peer);
+    // Every state reachable: STARTTLS and AUTH offered in clear text.
+    session.set_tls_offer(true);
+    session.set_auth_offer(crate::server::AuthOffer::Always);
     let mut out = Vec::new();
     let mut closed = false;
     for chunk in stream.chunks(step) {
@@ -55,6 +58,16 @@ pub fn server_input(data: &[u8]) {
                 Event::Discard { node, database } => {
                     assert!(!node.is_empty() && !database.is_empty());
                     session.answer(Reply::new(250, Status(2, 0, 0), "none"));
+                }
+                Event::StartTls => session.tls_established(),
+                Event::Auth { user, .. } => {
+                    assert!(!user.is_empty());
+                    let ok = user.len() % 2 == 0;
+                    session.auth_result(if ok {
+                        Ok(())
+                    } else {
+                        Err(Reply::new(535, Status(5, 7, 8), "no"))
+                    });
                 }
                 Event::Close => closed = true,
             }

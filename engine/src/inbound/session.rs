@@ -30,6 +30,8 @@ const PEER_READ_BUF_BYTES: usize = 256 * 1024;
 pub(super) struct CountingPolicy {
     inner: RelayPolicy,
     refused: Rc<std::cell::Cell<u32>>,
+    metrics: std::sync::Arc<CoreMetrics>,
+    client: SocketAddr,
 }
 
 impl Policy for CountingPolicy {
@@ -38,6 +40,10 @@ impl Policy for CountingPolicy {
     }
     fn authenticated(&mut self, user: &str) {
         self.inner.authenticated(user)
+    }
+    fn shadow_refused(&mut self) {
+        CoreMetrics::inc(&self.metrics.shadow_untrusted);
+        tracing::warn!(client = %self.client, "XSHADOW/XQDISCARD refused: the client did not show a pinned peer certificate");
     }
     fn check_recipient(&mut self, to: &ForwardPath) -> Result<(), Reply> {
         let r = self.inner.check_recipient(to);
@@ -139,6 +145,8 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
     let policy = CountingPolicy {
         inner: RelayPolicy::new(core.relay.clone(), peer.ip(), trust.clone()),
         refused: refused.clone(),
+        metrics: core.metrics.clone(),
+        client: peer,
     };
     let mut l = Loop {
         closing: false,

@@ -31,6 +31,12 @@ impl<P: Policy> Session<P> {
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
         ];
+        if self.tls_offer && !self.tls_active {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         lines.extend(self.config.extra_ehlo.iter().cloned().map(Into::into));
         if let Some(line) = &self.config.shadow_ehlo {
             if self.policy.allow_shadow() {

@@ -93,6 +93,8 @@ impl<P: Policy> Session<P> {
             Command::Help => self.help(),
             Command::NotImplemented(_) => self.not_implemented(),
             Command::XqDiscard { node, database } => self.xqdiscard(node, database),
+            Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
         }
     }
 }

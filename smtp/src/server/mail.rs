@@ -37,7 +37,16 @@ impl<P: Policy> Session<P> {
             ));
         }
         if params.xshadow.is_some() && !self.policy.allow_shadow() {
+            self.policy.shadow_refused();
             return self.error(reply(555, (5, 5, 4), "Unsupported option: XSHADOW"));
+        }
+        if params.auth.is_some() && !self.auth_offered() {
+            return self.error(reply(555, (5, 5, 4), "Unsupported option: AUTH"));
+        }
+        let mut params = params;
+        if self.auth_user.is_none() {
+            // RFC 4954 5: from an unauthenticated client, as if AUTH=<>.
+            params.auth = None;
         }
         if let Err(r) = self.policy.check_sender(&from, &params) {
             return self.error(r);

@@ -26,7 +26,8 @@
 //! - `ehlo.rs` (EHLO, HELO), `mail.rs`, `rcpt.rs`, `data.rs`, `bdat.rs`
 //!   (RFC 3030 CHUNKING), `xqdiscard.rs` (the shadow link's discard
 //!   request), `simple.rs` (RSET, NOOP, QUIT, VRFY, HELP and the verbs we
-//!   do not implement).
+//!   do not implement), `starttls.rs` (RFC 3207), `auth.rs` (RFC 4954
+//!   AUTH PLAIN and LOGIN).
 
 use std::rc::Rc;
 
@@ -35,6 +36,7 @@ use crate::command::MailParams;
 use crate::data::{ChunkChecker, DataReceiver};
 use crate::reply::{Reply, Status};
 
+mod auth;
 mod bdat;
 mod config;
 mod data;
@@ -45,8 +47,10 @@ mod policy;
 mod rcpt;
 mod session;
 mod simple;
+mod starttls;
 mod xqdiscard;
 
+pub use auth::{AuthOffer, Mechanism};
 pub use config::ServerConfig;
 pub use policy::{AcceptAll, Policy};
 
@@ -63,6 +67,10 @@ pub struct Envelope {
     pub params: MailParams,
     /// Accepted recipients, in order.
     pub recipients: Vec<ForwardPath>,
+    /// The user the session authenticated as (SMTP AUTH), if any.
+    pub authenticated: Option<String>,
+    /// The session was in TLS.
+    pub tls: bool,
 }
 
 /// What the session needs from the caller.
@@ -84,6 +92,23 @@ pub enum Event {
         /// The primary's database id as the shadow knows it.
         database: String,
     },
+    /// `STARTTLS` was answered 220: send what [`Session::transmit`]
+    /// holds, run the TLS handshake, then call
+    /// [`Session::tls_established`] (or close if it failed). No input is
+    /// processed until then.
+    StartTls,
+    /// A complete `AUTH` exchange: check the credentials and answer with
+    /// [`Session::auth_result`]; no input is processed until then.
+    Auth {
+        /// The mechanism used.
+        mechanism: Mechanism,
+        /// Authorization identity (empty: the same as `user`).
+        authzid: String,
+        /// Authentication identity.
+        user: String,
+        /// The password.
+        password: String,
+    },
     /// Send what [`Session::transmit`] holds, then close the connection.
     Close,
 }
@@ -98,6 +123,9 @@ enum Phase {
     },
     /// A message was handed to the caller.
     Waiting,
+    /// In an AUTH exchange, a 334 sent: the next line is the client's
+    /// response, not a command.
+    Auth(auth::Stage),
     /// Close requested; `closed_emitted` once the event went out.
     Closing {
         emitted: bool,
@@ -134,6 +162,16 @@ pub struct Session<P> {
     skipping_line: bool,
     /// An event produced by a command (XQDISCARD), returned by `poll`.
     pending_event: Option<Event>,
+    /// STARTTLS may be offered (a certificate exists, not in TLS yet).
+    tls_offer: bool,
+    /// The session is in TLS.
+    tls_active: bool,
+    /// When AUTH is offered.
+    auth_offer: AuthOffer,
+    /// The user authenticated as.
+    auth_user: Option<String>,
+    /// The user of the AUTH exchange the caller is checking.
+    auth_pending: Option<String>,
 }
 
 fn reply(code: u16, status: (u8, u16, u16), text: &'static str) -> Reply {

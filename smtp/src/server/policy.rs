@@ -11,6 +11,12 @@ pub trait Policy {
     fn check_sender(&mut self, _from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         Ok(())
     }
+    /// The client authenticated as `user` (SMTP AUTH): it may relay.
+    fn authenticated(&mut self, _user: &str) {}
+
+    /// XSHADOW or XQDISCARD was refused (the client is not a peer).
+    fn shadow_refused(&mut self) {}
+
     /// May this client use tern's shadow link (`XSHADOW` on MAIL,
     /// `XQDISCARD`)? Only configured peers should.
     fn allow_shadow(&mut self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use super::{reply, Envelope, Event, Phase, Policy, ServerConfig, Session};
+use super::{reply, AuthOffer, Envelope, Event, Phase, Policy, ServerConfig, Session};
 use crate::data::ContentError;
 use crate::reply::{Reply, Status};
 
@@ -24,6 +24,11 @@ impl<P: Policy> Session<P> {
             errors_total: 0,
             skipping_line: false,
             pending_event: None,
+            tls_offer: false,
+            tls_active: false,
+            auth_offer: AuthOffer::Never,
+            auth_user: None,
+            auth_pending: None,
         };
         let greeting = format!("{} ESMTP tern", s.config.hostname);
         Reply::plain(220, vec![greeting.into()]).encode(&mut s.output);
@@ -47,7 +52,7 @@ impl<P: Policy> Session<P> {
     pub fn wants_input(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Command | Phase::Data(_) | Phase::Bdat { .. }
+            Phase::Command | Phase::Data(_) | Phase::Bdat { .. } | Phase::Auth(_)
         )
     }
 
@@ -169,6 +174,11 @@ impl<P: Policy> Session<P> {
                         return step;
                     }
                 }
+                Phase::Auth(_) => {
+                    if !self.auth_step() {
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -225,6 +235,8 @@ impl<P: Policy> Session<P> {
                 from: tx.from,
                 params: tx.params,
                 recipients: tx.recipients,
+                authenticated: self.auth_user.clone(),
+                tls: self.tls_active,
             },
             content,
         }

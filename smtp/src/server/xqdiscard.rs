@@ -9,6 +9,7 @@ impl<P: Policy> Session<P> {
     /// input is processed until it answers.
     pub(super) fn xqdiscard(&mut self, node: String, database: String) {
         if !self.policy.allow_shadow() || self.helo.is_none() {
+            self.policy.shadow_refused();
             return self.error(reply(500, (5, 5, 1), "Error: command not recognized"));
         }
         self.phase = Phase::Waiting;
