@@ -460,6 +460,7 @@ mod tests {
                         body: Body::EightBitMime,
                         smtputf8: true,
                         xshadow: None,
+                        auth: None,
                     },
                 },
             ),
