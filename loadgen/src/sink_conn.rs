@@ -204,6 +204,19 @@ fn events<P: Policy>(core: &Core, s: &mut Session<P>, qid: &mut String, closing:
                 let _ = write!(qid, "{:X}.{n:X}", core.core);
                 s.complete(Ok(qid));
             }
+            // The sink answers STARTTLS and AUTH in its line hooks and
+            // never offers them to the session, which therefore never
+            // asks; should it, the client learns it plainly.
+            Event::StartTls => s.shutdown(tern_smtp::Reply::new(
+                421,
+                tern_smtp::Status(4, 7, 0),
+                "STARTTLS is answered by the sink's hooks only",
+            )),
+            Event::Auth { .. } => s.auth_result(Err(tern_smtp::Reply::new(
+                454,
+                tern_smtp::Status(4, 7, 0),
+                "AUTH is answered by the sink's hooks only",
+            ))),
             Event::Close => *closing = true,
         }
     }

@@ -41,6 +41,9 @@ fn drive<P: Policy>(s: &mut Session<P>, input: &[u8], run: &mut Run) {
                     vec![format!("{node} {database}").into(), "Q1".into()],
                 ));
             }
+            // Not offered in these conversations (see tls_auth.rs).
+            Event::StartTls => s.tls_established(),
+            Event::Auth { .. } => s.auth_result(Ok(())),
             Event::Close => run.closed = true,
         }
     }
