@@ -94,6 +94,8 @@ mod tests {
         let env = Envelope {
             helo: "client.example".into(),
             esmtp: true,
+            authenticated: None,
+            tls: false,
             from: ReversePath::Null,
             params: MailParams::default(),
             recipients: vec![ForwardPath::Mailbox(Mailbox {
@@ -102,7 +104,13 @@ mod tests {
             })],
         };
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let (p, s) = header("mx.test", &env, "192.0.2.1:2000".parse().unwrap(), at);
+        let (p, s) = header(
+            "mx.test",
+            &env,
+            "192.0.2.1:2000".parse().unwrap(),
+            at,
+            &Trace::default(),
+        );
         let whole = format!(
             "{}01000000002A{}",
             String::from_utf8(p).unwrap(),
@@ -112,5 +120,47 @@ mod tests {
             whole,
             "Received: from client.example (192.0.2.1)\r\n\tby mx.test (tern) with ESMTP id 01000000002A\r\n\tfor <b@y.example>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn records_tls_and_the_authenticated_sender() {
+        let mut env = Envelope {
+            helo: "laptop".into(),
+            esmtp: true,
+            authenticated: Some("bob".into()),
+            tls: true,
+            from: ReversePath::Null,
+            params: MailParams::default(),
+            recipients: Vec::new(),
+        };
+        env.params.auth = Some("bob@x.example".into());
+        let trace = Trace {
+            tls: Some(("TLSv1.3", "TLS13_AES_256_GCM_SHA384")),
+            auth: Some("bob"),
+        };
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let (p, _) = header(
+            "mx.test",
+            &env,
+            "192.0.2.1:2000".parse().unwrap(),
+            at,
+            &trace,
+        );
+        assert_eq!(
+            String::from_utf8(p).unwrap(),
+            "Received: from laptop (192.0.2.1)\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\t(Authenticated sender: bob AUTH=<bob@x.example>)\r\n\tby mx.test (tern) with ESMTPSA id "
+        );
+        let tls_only = Trace {
+            tls: trace.tls,
+            auth: None,
+        };
+        let (p, _) = header(
+            "mx.test",
+            &env,
+            "192.0.2.1:2000".parse().unwrap(),
+            at,
+            &tls_only,
+        );
+        assert!(String::from_utf8(p).unwrap().ends_with("with ESMTPS id "));
     }
 }

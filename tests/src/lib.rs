@@ -7,6 +7,7 @@
 //! - [`node`]: a `tern serve` restarted on the same address and store ([`node::Node`]).
 //! - [`queue`]: `tern queue list/show`, run and parsed.
 //! - [`sink`]: an in-process SMTP server that tern delivers to ([`sink::TestSink`]).
+//! - [`tls`]: the cluster certificate, `[tls]` and pinned peer entries, client TLS settings.
 
 pub mod crash;
 pub mod dns;
@@ -15,3 +16,4 @@ pub mod queue;
 pub mod server;
 pub mod sink;
 pub mod smtp;
+pub mod tls;

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bound on waiting for one reply (and on each write).
@@ -173,9 +174,44 @@ pub fn message(subject: &str, body: &[&str]) -> Vec<u8> {
     out
 }
 
+/// The connection under a [`Client`]: clear text, or TLS (STARTTLS or
+/// implicit).
+enum Link {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    /// Only while switching.
+    Gone,
+}
+
+impl Link {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            Link::Tls(t) => t.get_ref(),
+            Link::Gone => unreachable!("link used while switching to TLS"),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(buf),
+            Link::Tls(t) => t.read(buf),
+            Link::Gone => unreachable!(),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Plain(s) => s.write_all(bytes),
+            Link::Tls(t) => t.write_all(bytes).and_then(|()| t.flush()),
+            Link::Gone => unreachable!(),
+        }
+    }
+}
+
 /// A blocking SMTP connection.
 pub struct Client {
-    stream: TcpStream,
+    stream: Link,
     buf: Vec<u8>,
 }
 
@@ -187,9 +223,61 @@ impl Client {
         stream.set_write_timeout(Some(REPLY_WAIT))?;
         stream.set_nodelay(true)?;
         Ok(Client {
-            stream,
+            stream: Link::Plain(stream),
             buf: Vec::new(),
         })
+    }
+
+    /// Runs the TLS handshake on the connection as it is (after a 220 to
+    /// STARTTLS, or at once for implicit TLS). Bytes already buffered
+    /// from the server are dropped, as a careful client does.
+    pub fn handshake(&mut self, config: Arc<rustls::ClientConfig>) -> io::Result<()> {
+        let Link::Plain(tcp) = std::mem::replace(&mut self.stream, Link::Gone) else {
+            panic!("TLS is already active");
+        };
+        self.buf.clear();
+        let name = rustls_pki_types::ServerName::try_from("tern.test").expect("server name");
+        let conn = rustls::ClientConnection::new(config, name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                self.stream = Link::Plain(tls.sock);
+                return Err(e);
+            }
+        }
+        self.stream = Link::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// STARTTLS (must be 220) and the handshake with `config`; EHLO must
+    /// be sent again afterwards.
+    #[track_caller]
+    pub fn starttls(&mut self, config: Arc<rustls::ClientConfig>) {
+        self.cmd("STARTTLS").expect(220, "2.0.0");
+        self.handshake(config)
+            .unwrap_or_else(|e| panic!("TLS handshake after STARTTLS: {e}"));
+    }
+
+    /// Connects with implicit TLS (RFC 8314) and reads the 220 greeting.
+    #[track_caller]
+    pub fn open_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        let mut c = Client::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        c.handshake(config)
+            .unwrap_or_else(|e| panic!("implicit TLS handshake with {addr}: {e}"));
+        c.reply().assert(220, None);
+        c
+    }
+
+    /// The negotiated protocol version and cipher suite, in TLS.
+    pub fn tls_state(&self) -> Option<(String, String)> {
+        match &self.stream {
+            Link::Tls(t) => Some((
+                format!("{:?}", t.conn.protocol_version()?),
+                format!("{:?}", t.conn.negotiated_cipher_suite()?.suite()),
+            )),
+            _ => None,
+        }
     }
 
     /// Connects and reads the greeting, which must be 220.
@@ -210,7 +298,7 @@ impl Client {
 
     /// The underlying socket (for shutdown and such).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Sends raw bytes.
@@ -323,6 +411,8 @@ impl Client {
             Ok(0) => {}
             Ok(n) => panic!("expected the server to close; got {:?}", show(&chunk[..n])),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            // TLS closed without close_notify.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
             Err(e) => panic!("expected the server to close; read failed: {e}"),
         }
     }

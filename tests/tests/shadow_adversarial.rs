@@ -23,6 +23,7 @@ use tern_tests::node::Node;
 use tern_tests::server::{tern_bin, wait_until, Options, PortReservation, TernProcess};
 use tern_tests::sink::{Behavior, TestSink};
 use tern_tests::smtp::{message, Client, Reply};
+use tern_tests::tls;
 
 // ---------------------------------------------------------------------------
 // A fake shadow peer
@@ -152,12 +153,21 @@ fn subject_of(content: &[u8]) -> String {
         .to_string()
 }
 
+/// What the fake peer reads and writes: the socket, then TLS after
+/// STARTTLS (tern's primaries insist on it, with the pinned cluster
+/// certificate the fake peer serves).
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 /// One connection of the fake peer: replies to everything one read
 /// brought go out together (after `delay`), like a pipelining server.
-fn fake_session(mut s: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<AtomicBool>) {
-    s.set_read_timeout(Some(Duration::from_millis(50))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(10))).ok();
-    let _ = s.set_nodelay(true);
+fn fake_session(tcp: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<AtomicBool>) {
+    tcp.set_read_timeout(Some(Duration::from_millis(50))).ok();
+    tcp.set_write_timeout(Some(Duration::from_secs(10))).ok();
+    let _ = tcp.set_nodelay(true);
+    let Ok(shut) = tcp.try_clone() else { return };
+    let mut s: Box<dyn Duplex> = Box::new(tcp);
+    let mut in_tls = false;
     if s.write_all(b"220 fake.test ESMTP\r\n").is_err() {
         return;
     }
@@ -228,16 +238,33 @@ fn fake_session(mut s: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<Atomic
             buf.drain(..lf + 2);
             if upper.starts_with("EHLO") || upper.starts_with("HELO") {
                 greeted = true;
+                let starttls = if in_tls { "" } else { "250-STARTTLS\r\n" };
                 out.extend_from_slice(
                     format!(
                         "250-fake.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-8BITMIME\r\n\
-                         250-SIZE 104857600\r\n250 XSHADOW b {FAKE_DB}\r\n"
+                         {starttls}250-SIZE 104857600\r\n250 XSHADOW b {FAKE_DB}\r\n"
                     )
                     .as_bytes(),
                 );
+            } else if upper == "STARTTLS" && !in_tls {
+                out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+                out.clear();
+                buf.clear();
+                let Ok(tcp) = shut.try_clone() else { return };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                match tls::accept(tcp, tls::cluster().server_config(), deadline) {
+                    Ok(t) => s = Box::new(t),
+                    Err(_) => return,
+                }
+                in_tls = true;
+                greeted = false;
+                break;
             } else if upper.starts_with("MAIL") {
                 if has_marker(&line, &rules.vanish_on) {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    let _ = shut.shutdown(std::net::Shutdown::Both);
                     return;
                 }
                 if has_marker(&line, &rules.say_421_on) {
@@ -306,12 +333,13 @@ fn fake_session(mut s: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<Atomic
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        if s.write_all(&out).is_err() {
+        if s.write_all(&out).and_then(|()| s.flush()).is_err() {
             return;
         }
         state.lock().unwrap().acked.extend(acks);
         if close_after {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = s.flush();
+            let _ = shut.shutdown(std::net::Shutdown::Both);
             return;
         }
     }
@@ -329,7 +357,9 @@ fn fake_session(mut s: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<Atomic
 fn cluster(node: &str, peer: &str, addr: SocketAddr, extra: &str) -> String {
     format!(
         "[cluster]\nnode_id = \"{node}\"\n{extra}\n\
-         peers = [ {{ node_id = \"{peer}\", address = \"{addr}\" }} ]\n"
+         peers = [ {} ]\n{}",
+        tls::peer(peer, addr, None),
+        tls::tls_section()
     )
 }
 

@@ -9,12 +9,15 @@ use std::path::Path;
 
 use tern_tests::server::{Options, PortReservation, TernProcess};
 use tern_tests::smtp::message;
+use tern_tests::tls;
 
 fn node_config(node: &str, peer: &str, peer_addr: SocketAddr, extra: &str) -> String {
     format!(
         "[delivery]\nhold = true\n\
          [cluster]\nnode_id = \"{node}\"\nshadow_timeout = \"2s\"\n{extra}\n\
-         peers = [ {{ node_id = \"{peer}\", address = \"{peer_addr}\" }} ]\n"
+         peers = [ {} ]\n{}",
+        tls::peer(peer, peer_addr, None),
+        tls::tls_section()
     )
 }
 

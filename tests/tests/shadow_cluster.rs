@@ -27,6 +27,7 @@ use tern_tests::node::Node;
 use tern_tests::server::{wait_until, Options, PortReservation, TernProcess};
 use tern_tests::sink::TestSink;
 use tern_tests::smtp::{dot_stuff, message, Client};
+use tern_tests::tls;
 
 /// `[cluster]` for `node` at `site` with `peers` (node id, address, site)
 /// and `extra` cluster keys; `head` goes before it (`[server]`,
@@ -40,14 +41,13 @@ fn config(
 ) -> String {
     let peers: Vec<String> = peers
         .iter()
-        .map(|(id, addr, site)| {
-            format!("{{ node_id = \"{id}\", address = \"{addr}\", site = \"{site}\" }}")
-        })
+        .map(|(id, addr, site)| tls::peer(id, addr, Some(site)))
         .collect();
     format!(
         "{head}\n[cluster]\nnode_id = \"{node}\"\nsite = \"{site}\"\nshadow_timeout = \"2s\"\n{extra}\n\
-         peers = [ {} ]\n",
-        peers.join(", ")
+         peers = [ {} ]\n{}",
+        peers.join(", "),
+        tls::tls_section()
     )
 }
 

@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use tern_tests::server::{wait_until, Options, PortReservation, TernProcess};
 use tern_tests::smtp::{message, Client, Reply};
+use tern_tests::tls;
 
 /// A shadow node "b" whose only peer is "a" at `a_addr` (so a test
-/// client on 127.0.0.1 is a peer and may use XSHADOW).
+/// client showing the cluster certificate is a peer and may use XSHADOW).
 fn shadow_node(a_addr: SocketAddr) -> String {
     format!(
         "[delivery]\nhold = true\n\
          [cluster]\nnode_id = \"b\"\n\
-         peers = [ {{ node_id = \"a\", address = \"{a_addr}\" }} ]\n"
+         peers = [ {} ]\n{}",
+        tls::peer("a", a_addr, None),
+        tls::tls_section()
     )
 }
 
@@ -73,7 +76,7 @@ fn a_batch_larger_than_one_read_still_shares_one_commit() {
 fn one_batch_one_commit(lines: usize) {
     let a = PortReservation::new(); // never listens: B only needs the address
     let b = TernProcess::start(Options::with_config(&shadow_node(a.addr())));
-    let mut c = Client::ehlo(b.addr());
+    let mut c = tls::peer_client(b.addr());
     // The log counters are published about every second: wait for them.
     let published = |records: u64| {
         wait_until("log counters published", Duration::from_secs(5), || {
@@ -114,7 +117,7 @@ fn no_250_of_a_batch_goes_out_when_its_commit_fails() {
         ..Options::with_config(&shadow_node(a.addr()))
     };
     let mut b = TernProcess::start(failing);
-    let mut c = Client::ehlo(b.addr());
+    let mut c = tls::peer_client(b.addr());
     let mut acknowledged = Vec::new();
     let mut failed_batch = None;
     for round in 0..20 {
@@ -169,7 +172,9 @@ fn concurrent_sessions_share_a_few_pipelined_links() {
         format!(
             "[delivery]\nhold = true\n\
              [cluster]\nnode_id = \"{node}\"\n\
-             peers = [ {{ node_id = \"{peer}\", address = \"{addr}\" }} ]\n"
+             peers = [ {} ]\n{}",
+            tls::peer(peer, addr, None),
+            tls::tls_section()
         )
     };
     let b = TernProcess::start_on(Options::with_config(&cfg("b", "a", a_addr)), rb);
@@ -224,7 +229,7 @@ fn concurrent_sessions_share_a_few_pipelined_links() {
 fn data_after_a_held_copy_gets_its_354() {
     let a = PortReservation::new();
     let b = TernProcess::start(Options::with_config(&shadow_node(a.addr())));
-    let mut c = Client::ehlo(b.addr());
+    let mut c = tls::peer_client(b.addr());
     let (mut bytes, _) = batch("d", 1);
     bytes.extend_from_slice(
         b"MAIL FROM:<s@example.org> XSHADOW=a,db-a,d1\r\nRCPT TO:<r@example.com>\r\nDATA\r\n",

@@ -366,6 +366,8 @@ mod tests {
         let env = Envelope {
             helo: "client.example".into(),
             esmtp: true,
+            authenticated: None,
+            tls: false,
             from: ReversePath::Mailbox(Mailbox {
                 local: "a".into(),
                 domain: "x.example".into(),
@@ -375,6 +377,7 @@ mod tests {
                 body: Body::EightBitMime,
                 smtputf8: false,
                 xshadow: None,
+                auth: None,
             },
             recipients: vec![
                 ForwardPath::Mailbox(Mailbox {

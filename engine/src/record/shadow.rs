@@ -137,6 +137,8 @@ mod tests {
         let env = Envelope {
             helo: "node-a".into(),
             esmtp: true,
+            authenticated: None,
+            tls: false,
             from: ReversePath::Mailbox(Mailbox {
                 local: "s".into(),
                 domain: "x.example".into(),

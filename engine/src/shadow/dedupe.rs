@@ -139,6 +139,8 @@ mod tests {
         Envelope {
             helo: "c".into(),
             esmtp: true,
+            authenticated: None,
+            tls: false,
             from: ReversePath::Mailbox(Mailbox {
                 local: "s".into(),
                 domain: "x.example".into(),

@@ -68,11 +68,35 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Server(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            Stream::Client(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Server(s) => fill(&mut **s, cx, buf),
+            Stream::Client(s) => fill(&mut **s, cx, buf),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
+}
+
+/// Reads what TLS has ready, not just one record: futures-rustls returns
+/// the plaintext of one record (at most 16 KiB) per call, where a plain
+/// socket read returns everything that arrived. A peer's pipelined batch
+/// of shadow copies must be read as one piece to share one group commit
+/// (the session commits when the input ends between copies), so this
+/// goes on reading until the buffer is full or nothing more is ready.
+fn fill<S: AsyncRead + Unpin>(
+    s: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let mut total = 0;
+    while total < buf.len() {
+        match Pin::new(&mut *s).poll_read(cx, &mut buf[total..]) {
+            Poll::Ready(Ok(0)) => break,
+            Poll::Ready(Ok(n)) => total += n,
+            // Data first; the error comes back on the next call.
+            Poll::Ready(Err(_)) | Poll::Pending if total > 0 => break,
+            other => return other,
+        }
+    }
+    Poll::Ready(Ok(total))
 }
 
 impl AsyncWrite for Stream {

@@ -21,6 +21,8 @@ fn envelope() -> Envelope {
     Envelope {
         helo: "node-a".into(),
         esmtp: true,
+        authenticated: None,
+        tls: false,
         from: ReversePath::Mailbox(Mailbox {
             local: "s".into(),
             domain: "x.example".into(),
