@@ -95,19 +95,26 @@ cpu_snap() { awk '/^cpu[0-9]/ {b = $2 + $3 + $4 + $7 + $8; t = b + $5 + $6; prin
 warns() { local c; c=$(grep -cE ' (WARN|ERROR) ' "$1" 2>/dev/null || true); echo "${c:-0}"; }
 
 printf '[delivery]\nhold = true\n' >"$WORK/u.toml"
+# The shadow link needs TLS with pinned peer certificates: both nodes
+# serve one cluster certificate and pin its fingerprint.
+FP=$("$TERN" tls fingerprint --data-dir "$WORK/cluster" | cut -f1)
+CLUSTER_TLS="[tls]
+certificates = [ { cert_file = \"$WORK/cluster/tls/self-signed.crt\", key_file = \"$WORK/cluster/tls/self-signed.key\" } ]"
 cat >"$WORK/a.toml" <<EOF
 [delivery]
 hold = true
 [cluster]
 node_id = "a"
-peers = [ { node_id = "b", address = "127.0.0.1:$B_PORT" } ]
+peers = [ { node_id = "b", address = "127.0.0.1:$B_PORT", fingerprint = "$FP" } ]
+$CLUSTER_TLS
 EOF
 cat >"$WORK/b.toml" <<EOF
 [delivery]
 hold = true
 [cluster]
 node_id = "b"
-peers = [ { node_id = "a", address = "127.0.0.1:$A_PORT" } ]
+peers = [ { node_id = "a", address = "127.0.0.1:$A_PORT", fingerprint = "$FP" } ]
+$CLUSTER_TLS
 EOF
 
 # EXTRA_TOML: appended to every node's config (e.g. a [storage] setting
