@@ -96,11 +96,13 @@ fn one_batch_one_commit(lines: usize) {
         assert_eq!(r.code, 250, "reply {i}: {r:?}");
     }
     assert!(replies[2].text().contains("queued as"), "{:?}", replies[2]);
-    // Eight copies, one read, one commit (two if the kernel split the
-    // write). Committing each copy before reading the next would be eight.
+    // Eight copies, one read, one commit (two or three if the kernel or
+    // TLS records split the write right between two copies while the
+    // sender was still encrypting). Committing each copy before reading
+    // the next would be eight.
     let batches = published(records_before + 8) - batches_before;
     assert!(
-        batches <= 2,
+        batches <= 3,
         "{batches} group commits for one pipelined batch of 8"
     );
     assert_eq!(b.counter("tern_shadow_copies_held_total"), 8);
