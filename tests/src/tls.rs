@@ -50,6 +50,16 @@ impl CertPair {
         }
     }
 
+    /// The chain and key from the files.
+    fn read(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let chain = CertificateDer::pem_file_iter(&self.cert_file)
+            .expect("read the chain")
+            .collect::<Result<_, _>>()
+            .expect("parse the chain");
+        let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("read the key");
+        (chain, key)
+    }
+
     /// `[tls]` serving this pair.
     pub fn tls_section(&self) -> String {
         format!(
@@ -62,11 +72,7 @@ impl CertPair {
     /// A client configuration that shows this pair as its certificate
     /// (and takes any server certificate).
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
-            .expect("read the chain")
-            .collect::<Result<_, _>>()
-            .expect("parse the chain");
-        let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("read the key");
+        let (chain, key) = self.read();
         let config = builder()
             .with_client_auth_cert(chain, key)
             .expect("client certificate");
@@ -116,11 +122,7 @@ impl CertPair {
     /// A server configuration serving this pair (no client certificate
     /// asked), for test servers that speak STARTTLS.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
-            .expect("read the chain")
-            .collect::<Result<_, _>>()
-            .expect("parse the chain");
-        let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("read the key");
+        let (chain, key) = self.read();
         let config =
             rustls::ServerConfig::builder_with_provider(Arc::new(tern_engine::tls::provider()))
                 .with_safe_default_protocol_versions()
