@@ -124,13 +124,33 @@ struct Inner {
     thread: Option<JoinHandle<()>>,
 }
 
-/// One `mx` call, as sent to the resolver thread.
+/// One call, as sent to the resolver thread.
 struct Request {
     /// Fully qualified, validated.
     name: Name,
     /// The name as reported back (see [`host_name`]).
     domain: String,
-    reply: async_channel::Sender<Result<MxAnswer, DnsError>>,
+    query: Query,
+    reply: async_channel::Sender<Answer>,
+}
+
+/// What is asked about a name.
+#[derive(Clone, Copy, Debug)]
+enum Query {
+    /// Where mail for it goes ([`Resolver::mx`]).
+    Mx,
+    /// Its TXT records ([`Resolver::txt`]).
+    Txt,
+    /// Its A and AAAA addresses ([`Resolver::addresses`]).
+    Addresses,
+}
+
+/// The reply to a [`Query`] of the same name.
+#[derive(Debug)]
+enum Answer {
+    Mx(Result<MxAnswer, DnsError>),
+    Txt(Result<Vec<String>, DnsError>),
+    Addresses(Result<Vec<IpAddr>, DnsError>),
 }
 
 /// Why a string is not a domain name we can look up.
@@ -173,17 +193,46 @@ impl Resolver {
     /// Resolves where mail for `domain` goes. Domain literals are the
     /// caller's business; an invalid name is [`MxAnswer::NoSuchDomain`].
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        match self.ask(domain, Query::Mx).await? {
+            Some(Answer::Mx(a)) => a,
+            None => Ok(MxAnswer::NoSuchDomain),
+            Some(other) => Err(mismatch(other)),
+        }
+    }
+
+    /// The TXT records of `name`, each record's strings joined (RFC 7208
+    /// 3.3 style); none (NXDOMAIN, no TXT, an invalid name): empty.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        match self.ask(name, Query::Txt).await? {
+            Some(Answer::Txt(a)) => a,
+            None => Ok(Vec::new()),
+            Some(other) => Err(mismatch(other)),
+        }
+    }
+
+    /// The IPv4 then IPv6 addresses of `host`; none: empty.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        match self.ask(host, Query::Addresses).await? {
+            Some(Answer::Addresses(a)) => a,
+            None => Ok(Vec::new()),
+            Some(other) => Err(mismatch(other)),
+        }
+    }
+
+    /// Sends one query; `None` when `domain` is not a name we look up.
+    async fn ask(&self, domain: &str, query: Query) -> Result<Option<Answer>, DnsError> {
         let name = match parse_domain(domain) {
             Ok(name) => name,
             Err(reason) => {
                 tracing::debug!(domain, %reason, "dns: not a domain name");
-                return Ok(MxAnswer::NoSuchDomain);
+                return Ok(None);
             }
         };
         let (reply, answer) = async_channel::bounded(1);
         let request = Request {
             domain: host_name(&name),
             name,
+            query,
             reply,
         };
         let gone = || DnsError::Unavailable("the tern-dns thread is gone".into());
@@ -192,8 +241,13 @@ impl Resolver {
             .send(request)
             .await
             .map_err(|_| gone())?;
-        answer.recv().await.map_err(|_| gone())?
+        answer.recv().await.map(Some).map_err(|_| gone())
     }
+}
+
+/// The thread answered another query than asked (cannot happen).
+fn mismatch(answer: Answer) -> DnsError {
+    DnsError::Unavailable(format!("tern-dns answered another query: {answer:?}"))
 }
 
 impl Drop for Inner {
@@ -278,8 +332,17 @@ fn run(
             };
             let resolver = resolver.clone();
             tokio::spawn(async move {
-                let answer = resolve_mx(&resolver, &request.name, &request.domain).await;
-                tracing::debug!(domain = %request.domain, ?answer, "dns: mx");
+                let (name, domain) = (&request.name, &request.domain);
+                let answer = match request.query {
+                    Query::Mx => Answer::Mx(resolve_mx(&resolver, name, domain).await),
+                    Query::Txt => Answer::Txt(resolve_txt(&resolver, name, domain).await),
+                    Query::Addresses => Answer::Addresses(match addresses(&resolver, name).await {
+                        Addresses::Found(a) => Ok(a),
+                        Addresses::None => Ok(Vec::new()),
+                        Addresses::Temporary(e) => Err(temporary("A/AAAA", domain, &e)),
+                    }),
+                };
+                tracing::debug!(%domain, ?answer, "dns: answer");
                 // The caller may have stopped waiting; nothing to do then.
                 let _ = request.reply.try_send(answer);
                 drop(permit);
@@ -313,6 +376,37 @@ async fn resolve_mx(
         },
         MxPlan::Exchanges(exchanges) => resolve_exchanges(resolver, domain, exchanges).await,
     }
+}
+
+/// The TXT records of `name`, each record's character strings joined.
+async fn resolve_txt(
+    resolver: &TokioResolver,
+    name: &Name,
+    domain: &str,
+) -> Result<Vec<String>, DnsError> {
+    match resolver.txt_lookup(name.clone()).await {
+        Ok(lookup) => Ok(txt_records(&lookup)),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(temporary("TXT", domain, &e.to_string())),
+    }
+}
+
+/// TXT data of an answer (CNAMEs skipped): the strings of each record
+/// joined, bytes that are not UTF-8 replaced.
+fn txt_records(lookup: &Lookup) -> Vec<String> {
+    lookup
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A and AAAA of every exchange, concurrently; hosts without an address

@@ -41,6 +41,7 @@ pub mod inbound;
 pub mod layout;
 pub mod logbuf;
 pub mod metrics;
+pub mod mta_sts;
 pub mod outbound;
 pub mod received;
 pub mod record;

@@ -60,6 +60,9 @@ pub struct Security<'a> {
     /// The shadow link: only this certificate is accepted and ours is
     /// shown (the policy is then `encrypt` in effect).
     pub pin: Option<crate::config::Fingerprint>,
+    /// Verify the certificate but only report a failure (MTA-STS
+    /// `testing`); `verify` and pins still refuse.
+    pub report: bool,
 }
 
 impl Security<'_> {
@@ -67,6 +70,7 @@ impl Security<'_> {
         match (self.pin, self.policy) {
             (Some(f), _) => Check::Pinned(f),
             (None, TlsPolicy::Verify) => Check::Verify,
+            (None, _) if self.report => Check::Report,
             (None, _) => Check::Any,
         }
     }

@@ -502,6 +502,37 @@ pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old file or
+/// the new one whole: writes `path.tmp` (created with `mode`), fsyncs
+/// it, renames it over `path`, fsyncs the directory.
+pub fn replace_file_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
 fn check_usable<F>(st: &State<F>) -> Option<Error> {
     if let Some(failed) = &st.failed {
         return Some(Error::Fatal(failed.clone()));

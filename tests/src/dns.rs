@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 
 /// TTL of every answer, and negative-caching time: short, so a test that
@@ -65,6 +65,15 @@ impl Zone {
     /// Adds `name AAAA ip`.
     pub fn aaaa(self, name: &str, ip: Ipv6Addr) -> Zone {
         self.with(name, RData::AAAA(AAAA(ip)))
+    }
+
+    /// Adds `name TXT "text"` (one string; split in 255-byte strings).
+    pub fn txt(self, name: &str, text: &str) -> Zone {
+        let parts = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned());
+        self.with(name, RData::TXT(TXT::new(parts.collect())))
     }
 
     /// Answers every query for `name` with SERVFAIL.

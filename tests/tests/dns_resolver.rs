@@ -238,3 +238,30 @@ fn awaitable_on_a_glommio_executor() {
         )]))
     );
 }
+
+#[test]
+fn txt_records_and_addresses() {
+    let long = "v=STSv1; id=".to_owned() + &"x".repeat(300);
+    let dns = TestDns::start(
+        DNS_IP,
+        Zone::new()
+            .txt("_mta-sts.sts.test", "v=STSv1; id=20260101;")
+            .txt("_mta-sts.sts.test", "unrelated")
+            .txt("long.test", &long)
+            .a("mta-sts.sts.test", v4(7))
+            .aaaa("mta-sts.sts.test", v6(7)),
+    );
+    let r = resolver(dns.addr());
+    let mut txt = block_on(r.txt("_mta-sts.sts.test")).unwrap();
+    txt.sort();
+    assert_eq!(txt, ["unrelated", "v=STSv1; id=20260101;"]);
+    // Strings of one record are joined (RFC 7208 3.3 style).
+    assert_eq!(block_on(r.txt("long.test")).unwrap(), [long]);
+    assert!(block_on(r.txt("nothing.test")).unwrap().is_empty());
+    assert!(block_on(r.txt("not a name..")).unwrap().is_empty());
+    assert_eq!(
+        block_on(r.addresses("mta-sts.sts.test")).unwrap(),
+        [IpAddr::V4(v4(7)), IpAddr::V6(v6(7))]
+    );
+    assert!(block_on(r.addresses("nothing.test")).unwrap().is_empty());
+}

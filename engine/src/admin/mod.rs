@@ -52,6 +52,8 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// TLS counters.
     pub tls: Arc<crate::tls::TlsStats>,
+    /// MTA-STS counters.
+    pub mta_sts: Arc<crate::mta_sts::MtaSts>,
 }
 
 /// Starts the admin thread; it stops when `admin.stop` is set.
@@ -97,6 +99,11 @@ impl Admin {
                 let mut text = render::render(&refs);
                 text.push_str(&shadow::gauges(self));
                 text.push_str(&render::render_tls(&self.tls));
+                let reported = self
+                    .tls
+                    .verify_reported
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                text.push_str(&self.mta_sts.stats.render(reported));
                 tiny_http::Response::from_string(text).with_header(header)
             }
             (tiny_http::Method::Get, "/shadow") => {

@@ -38,6 +38,7 @@
 mod auth;
 pub(crate) mod cluster;
 mod delivery;
+mod mta_sts;
 mod pools;
 mod relay;
 mod server;
@@ -60,6 +61,7 @@ use cluster::ClusterConfig;
 
 pub use auth::{AuthConfig, AUTH_DELAY_MAX};
 pub use delivery::DeliveryConfig;
+pub use mta_sts::MtaStsConfig;
 pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
 pub use relay::RelayRules;
 pub use smtp::SmtpLimits;
@@ -104,6 +106,8 @@ pub struct FileConfig {
     tls: tls::TlsSection,
     #[serde(default)]
     auth: auth::AuthSection,
+    #[serde(default)]
+    mta_sts: mta_sts::MtaStsSection,
 }
 
 /// Command-line values that override the file.
@@ -161,6 +165,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// SMTP AUTH: the users file and the failure limits.
     pub auth: AuthConfig,
+    /// `[mta_sts]`.
+    pub mta_sts: MtaStsConfig,
 }
 
 impl Config {
@@ -202,6 +208,7 @@ impl Config {
         let cluster = f.cluster.resolve(&hostname, &mut problems);
         let tls = f.tls.resolve(&mut problems);
         let auth = f.auth.resolve(&server.data_dir, &mut problems);
+        let mta_sts = f.mta_sts.resolve(&mut problems);
         let config = Config {
             listen: server.listen,
             hostname,
@@ -221,6 +228,7 @@ impl Config {
             cluster,
             tls,
             auth,
+            mta_sts,
         };
         if problems.is_empty() {
             Ok(config)

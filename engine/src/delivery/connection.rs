@@ -241,12 +241,21 @@ impl Delivery {
             policy: host.tls_policy,
             host: &host.name,
             pin: None,
+            report: host.mta_sts_testing,
         };
         let opened = Conn::open(host.addr, hostname, &timeouts, sec).await;
         if probe {
             dest.probing.set(0);
         }
         if let Ok(conn) = &opened {
+            if host.mta_sts_testing && conn.tls.is_none() {
+                self.parts
+                    .mta_sts
+                    .stats
+                    .count(crate::mta_sts::Outcome::TestingNoTls);
+                tracing::warn!(dest = %dest.name, host = %host.name, addr = %host.addr,
+                    "MTA-STS testing: no TLS to this MX host, which the policy would refuse; delivering anyway");
+            }
             let tls = conn.tls.map(|t| format!("{} {}", t.version, t.cipher));
             tracing::debug!(dest = %dest.name, host = %host.name, addr = %host.addr, tls = tls.as_deref().unwrap_or("none"), "connected");
         }

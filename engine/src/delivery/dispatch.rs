@@ -17,9 +17,10 @@ use super::connection::Dest;
 use super::queue::Entry;
 use super::route::{self, Candidate, Candidates, Router, Target};
 use super::{Attempt, Delivery, Job, Outcome, Parts};
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, TlsPolicy};
 use crate::dns::{DnsConfig, DnsError, MxAnswer, Resolver};
 use crate::metrics::CoreMetrics;
+use crate::mta_sts::{self as sts, Mode, Policy};
 use crate::record::message::{self, QueueId, StoredMessage};
 use crate::record::status::{Event, StatusEvent};
 
@@ -278,6 +279,7 @@ impl Delivery {
                 priority: 0,
                 weight: 1,
                 tls_policy: self.cfg.tls_policy,
+                mta_sts_testing: false,
             }]);
         }
         let Some(resolver) = &self.dispatch.resolver else {
@@ -295,7 +297,12 @@ impl Delivery {
         };
         match route::mx_verdict(&answer) {
             Ok(hosts) => {
+                let policy = self.parts.mta_sts.lookup(domain, resolver).await;
                 let c = route::mx_candidates(hosts, port, self.cfg.tls_policy);
+                let c = match policy {
+                    Some(p) => self.apply_mta_sts(domain, &p, c)?,
+                    None => c,
+                };
                 if c.is_empty() {
                     let why = format!("no address for the MX hosts of {domain}");
                     return Err(temporary(Status(4, 4, 4), why));
@@ -312,6 +319,55 @@ impl Delivery {
                 Err(Outcome::Permanent(reply, None))
             }
         }
+    }
+}
+
+impl Delivery {
+    /// MX candidates under `domain`'s MTA-STS policy (RFC 8461 4, 5):
+    /// `enforce` keeps the hosts the policy names, each with `verify`
+    /// (none left: a temporary failure, 4.7.5, so the mail waits for the
+    /// policy or the MX records to be fixed); `testing` keeps them all and
+    /// reports the ones `enforce` would refuse.
+    fn apply_mta_sts(
+        &self,
+        domain: &str,
+        policy: &Policy,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<Candidate>, Outcome> {
+        let stats = &self.parts.mta_sts.stats;
+        let mut kept = Vec::with_capacity(candidates.len());
+        for mut c in candidates {
+            let allowed = policy.allows(&c.name);
+            match (policy.mode, allowed) {
+                (Mode::Enforce, true) => {
+                    c.tls_policy = TlsPolicy::Verify;
+                    kept.push(c);
+                }
+                (Mode::Enforce, false) => {
+                    stats.count(sts::Outcome::EnforceMxMismatch);
+                    tracing::warn!(%domain, host = %c.name, addr = %c.addr, patterns = ?policy.mx,
+                        "MTA-STS enforce: MX host not in the policy; not used");
+                }
+                (_, allowed) => {
+                    if !allowed {
+                        stats.count(sts::Outcome::TestingMxMismatch);
+                        tracing::warn!(%domain, host = %c.name, patterns = ?policy.mx,
+                            "MTA-STS testing: MX host not in the policy, which enforce would refuse; used anyway");
+                    }
+                    c.mta_sts_testing = c.tls_policy != TlsPolicy::Verify;
+                    kept.push(c);
+                }
+            }
+        }
+        if kept.is_empty() {
+            stats.count(sts::Outcome::EnforceNoMx);
+            let why = format!(
+                "no MX host of {domain} matches its MTA-STS policy (mx: {}); RFC 8461 forbids delivery to the others",
+                policy.mx.join(", ")
+            );
+            return Err(temporary(Status(4, 7, 5), why));
+        }
+        Ok(kept)
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Parts {
     pub routes: Arc<RouteOverrides>,
     /// Outbound TLS configs and counters.
     pub tls: Arc<crate::tls::Tls>,
+    /// MTA-STS policies (node-wide cache).
+    pub mta_sts: Arc<crate::mta_sts::MtaSts>,
 }
 
 /// Stopping: set once, with an event for the tasks that wait.

@@ -140,6 +140,9 @@ pub struct Candidate {
     /// Outbound TLS to it (its pool's, else `delivery.tls_policy`; MX
     /// hosts under an MTA-STS `enforce` policy: `verify`).
     pub tls_policy: TlsPolicy,
+    /// An MX host of a domain with an MTA-STS `testing` policy: the
+    /// certificate is verified and a failure (or no TLS) only reported.
+    pub mta_sts_testing: bool,
 }
 
 /// Candidates of a pool and, in later tiers, its failover chain.
@@ -163,6 +166,7 @@ pub fn pool_candidates(
             priority: (tier << 16) | u32::from(h.priority),
             weight: h.weight,
             tls_policy: pool.tls_policy.unwrap_or(default_tls),
+            mta_sts_testing: false,
         }));
         seen.push(n);
         next = pool.failover.clone();
@@ -182,6 +186,7 @@ pub fn mx_candidates(hosts: &[MxHost], port: u16, tls_policy: TlsPolicy) -> Vec<
                 priority: u32::from(h.preference),
                 weight: 1,
                 tls_policy,
+                mta_sts_testing: false,
             })
         })
         .collect()

@@ -39,6 +39,8 @@ pub struct NodeState {
     pub users: Option<Arc<Users>>,
     /// Certificates and TLS configs (inbound, outbound, shadow link).
     pub tls: Arc<crate::tls::Tls>,
+    /// MTA-STS policies for MX delivery.
+    pub mta_sts: Arc<crate::mta_sts::MtaSts>,
 }
 
 /// A core's rooms, built by [`run`].
@@ -148,6 +150,7 @@ fn build(
         metrics: m.clone(),
         routes: node.routes.clone(),
         tls: node.tls.clone(),
+        mta_sts: node.mta_sts.clone(),
     })?;
     if shard.id == 0 && primary.shadowing() {
         let hb = Heartbeat {

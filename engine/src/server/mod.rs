@@ -36,6 +36,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(certs) = &tls.certs {
         crate::tls::reload::watch(certs, config.tls.reload_check_interval)?;
     }
+    let mta_sts = crate::mta_sts::MtaSts::start(&config, tls.webpki_client());
     let config = Arc::new(config);
     let node = NodeState {
         stop: Arc::default(),
@@ -44,6 +45,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         shadow: Arc::new(ShadowShared::new(database_id)),
         users,
         tls,
+        mta_sts,
     };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
     spawn_signal_thread(node.stop.clone(), node.tls.clone())?;
@@ -56,6 +58,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             cores: metrics.clone(),
             config: config.clone(),
             tls: node.tls.stats.clone(),
+            mta_sts: node.mta_sts.clone(),
         })?),
         None => None,
     };

@@ -381,6 +381,7 @@ pub async fn open_peer(
         policy: TlsPolicy::Encrypt,
         host: &peer.name,
         pin: Some(peer.fingerprint),
+        report: false,
     };
     Conn::open(peer.addr, hostname, &timeouts, sec).await
 }

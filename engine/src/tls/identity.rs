@@ -14,7 +14,7 @@
 //! file, fsynced and renamed; then the directory fsynced) and reused at
 //! every start, so the node's fingerprint stays the same.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -205,18 +205,7 @@ fn generate(hostname: &str) -> Result<(String, String), rcgen::Error> {
 
 /// Writes `bytes` to `path` (mode 0600) through a fsynced temporary file.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp: PathBuf = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    tern_storage::log::replace_file_durably(path, bytes, 0o600)
 }
 
 #[cfg(test)]

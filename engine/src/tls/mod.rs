@@ -166,6 +166,10 @@ pub struct Tls {
     any: TlsConnector,
     /// Outbound `verify`: WebPKI roots plus `tls.ca_file`.
     verify: TlsConnector,
+    /// The same roots, failures only reported (MTA-STS `testing`).
+    report: TlsConnector,
+    /// The `verify` config, for HTTPS clients (MTA-STS policy fetches).
+    webpki: Arc<ClientConfig>,
     /// The shadow link: one per peer, that peer's pin, our certificate.
     pinned: HashMap<Fingerprint, TlsConnector>,
     /// Longest handshake.
@@ -203,11 +207,19 @@ impl Tls {
         let (public, peers) = (acceptor(false), acceptor(true));
         let any = client_config(versions, verify::ServerCheck::any(), None);
         let roots = roots(config.tls.ca_file.as_deref())?;
-        let verify = ClientConfig::builder_with_provider(Arc::new(provider()))
-            .with_protocol_versions(versions)
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let stats = Arc::new(TlsStats::default());
+        let report = client_config(
+            versions,
+            verify::ReportCheck::new(roots.clone(), stats.verify_reported.clone()),
+            None,
+        );
+        let verify = Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(provider()))
+                .with_protocol_versions(versions)
+                .expect("ring supports TLS 1.2 and 1.3")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
         let pinned = config
             .cluster
             .peers
@@ -231,15 +243,23 @@ impl Tls {
         }
         Ok(Arc::new(Tls {
             certs,
-            stats: Arc::new(TlsStats::default()),
+            stats,
             public,
             peers,
             any: TlsConnector::from(any),
-            verify: TlsConnector::from(Arc::new(verify)),
+            verify: TlsConnector::from(verify.clone()),
+            report: TlsConnector::from(report),
+            webpki: verify,
             pinned,
             handshake_timeout: config.tls.handshake_timeout,
             default_policy: config.delivery.tls_policy,
         }))
+    }
+
+    /// A client config that verifies servers with the WebPKI roots plus
+    /// `tls.ca_file` (for HTTPS: MTA-STS policy fetches).
+    pub fn webpki_client(&self) -> Arc<ClientConfig> {
+        self.webpki.clone()
     }
 
     /// Inbound TLS can be offered (a certificate exists).
@@ -284,6 +304,7 @@ impl Tls {
         let connector = match check {
             Check::Any => &self.any,
             Check::Verify => &self.verify,
+            Check::Report => &self.report,
             Check::Pinned(f) => self.pinned.get(&f).ok_or(Failure::Certificate)?,
         };
         let name = server_name(host);
@@ -322,6 +343,8 @@ pub enum Check {
     Any,
     /// WebPKI for the host name (`verify`).
     Verify,
+    /// WebPKI checked, failures only reported (MTA-STS `testing`).
+    Report,
     /// Exactly this certificate (the shadow link).
     Pinned(Fingerprint),
 }
@@ -374,7 +397,7 @@ fn server_config(
 
 fn client_config(
     versions: &'static [&'static rustls::SupportedProtocolVersion],
-    check: Arc<verify::ServerCheck>,
+    check: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     identity: Option<Arc<Certificates>>,
 ) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(Arc::new(provider()))

@@ -4,6 +4,7 @@
 //! and `may` deliveries that fell back to clear text.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use super::TlsInfo;
 
@@ -103,6 +104,9 @@ pub struct TlsStats {
     failures: [[AtomicU64; FAILURES.len()]; 2],
     /// `may` deliveries retried in clear text after a failed handshake.
     pub cleartext_fallbacks: AtomicU64,
+    /// Certificates that failed WebPKI verification on connections that
+    /// only report it (MTA-STS `testing`).
+    pub verify_reported: Arc<AtomicU64>,
 }
 
 fn dir(d: Direction) -> usize {

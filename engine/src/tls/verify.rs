@@ -1,6 +1,7 @@
 //! Certificate checks rustls does not ship: accept any server certificate
 //! (outbound `may` and `encrypt`, as Postfix's levels of the same names),
-//! accept only one pinned certificate (the shadow link), and accept any
+//! accept only one pinned certificate (the shadow link), verify with
+//! WebPKI but only report a failure (MTA-STS `testing`), and accept any
 //! client certificate (a peer's, checked against the pins by the session
 //! after the handshake). Every one of them still verifies the handshake
 //! signatures, so the other side must hold the key of the certificate it
@@ -8,7 +9,10 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
@@ -86,6 +90,71 @@ impl ServerCertVerifier for ServerCheck {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// WebPKI verification whose failure is logged and counted but lets the
+/// handshake go on: what MTA-STS `testing` asks (RFC 8461 5: report,
+/// deliver anyway).
+#[derive(Debug)]
+pub struct ReportCheck {
+    inner: Arc<WebPkiServerVerifier>,
+    reported: Arc<AtomicU64>,
+}
+
+impl ReportCheck {
+    /// Verifies against `roots`; failures counted in `reported`.
+    pub fn new(roots: rustls::RootCertStore, reported: Arc<AtomicU64>) -> Arc<ReportCheck> {
+        let inner = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(super::provider()),
+        )
+        .build()
+        .expect("the WebPKI roots are not empty");
+        Arc::new(ReportCheck { inner, reported })
+    }
+}
+
+impl ServerCertVerifier for ReportCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let r = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        if let Err(e) = r {
+            self.reported.fetch_add(1, Relaxed);
+            tracing::warn!(host = %server_name.to_str(), error = %e,
+                "MTA-STS testing: the certificate would fail verification; delivering anyway");
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
