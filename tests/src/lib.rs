@@ -11,7 +11,9 @@
 
 pub mod crash;
 pub mod dns;
+pub mod https;
 pub mod node;
+pub mod pki;
 pub mod queue;
 pub mod server;
 pub mod sink;
