@@ -109,6 +109,13 @@ fn zone(sts_id: &str) -> Zone {
         .a("mta-sts.testing.test", ip(4))
 }
 
+/// The HTTPS server of the policies, on 127.0.0.4, with a certificate of
+/// `ca` for `names`.
+fn policy_server(ca: &TestCa, names: &[&str]) -> HttpsServer {
+    let addr = SocketAddr::new(IpAddr::V4(ip(4)), 0);
+    HttpsServer::start(addr, ca.issue(names).server_config())
+}
+
 fn mx_relay(dns: &TestDns, ca: &TestCa, https: &HttpsServer, mx_port: u16) -> TernProcess {
     TernProcess::start(Options::with_config(&format!(
         "[delivery]\nmx_port = {mx_port}\ndns_servers = [\"{}\"]\ndns_timeout = \"2s\"\n{RETRIES}\
@@ -126,11 +133,7 @@ fn enforce_uses_only_the_policy_hosts_in_verified_tls_and_the_cache_survives_res
     let port = next.addr().port();
     // The rogue MX (best preference, no TLS) on the same port elsewhere.
     let rogue = TestSink::start(SocketAddr::new(IpAddr::V4(ip(3)), port));
-    let https_cert = ca.issue(&["mta-sts.sts.test", "mta-sts.testing.test"]);
-    let https = HttpsServer::start(
-        SocketAddr::new(IpAddr::V4(ip(4)), 0),
-        https_cert.server_config(),
-    );
+    let https = policy_server(&ca, &["mta-sts.sts.test", "mta-sts.testing.test"]);
     https.set("mta-sts.sts.test", Some(ENFORCE));
     let dns = TestDns::start(DNS_IP, zone("1"));
     let mut relay = mx_relay(&dns, &ca, &https, port);
@@ -171,11 +174,7 @@ fn enforce_uses_only_the_policy_hosts_in_verified_tls_and_the_cache_survives_res
 fn testing_delivers_anyway_and_reports() {
     let ca = TestCa::new();
     let rogue = TestSink::start(SocketAddr::new(IpAddr::V4(ip(3)), 0));
-    let https_cert = ca.issue(&["mta-sts.sts.test", "mta-sts.testing.test"]);
-    let https = HttpsServer::start(
-        SocketAddr::new(IpAddr::V4(ip(4)), 0),
-        https_cert.server_config(),
-    );
+    let https = policy_server(&ca, &["mta-sts.sts.test", "mta-sts.testing.test"]);
     https.set("mta-sts.testing.test", Some(TESTING));
     let dns = TestDns::start(DNS_IP, zone("1"));
     let relay = mx_relay(&dns, &ca, &https, rogue.addr().port());
@@ -192,10 +191,7 @@ fn testing_delivers_anyway_and_reports() {
 fn a_domain_without_a_policy_is_delivered_as_before() {
     let sink = TestSink::start(SocketAddr::new(IpAddr::V4(ip(3)), 0));
     let ca = TestCa::new();
-    let https = HttpsServer::start(
-        SocketAddr::new(IpAddr::V4(ip(4)), 0),
-        ca.issue(&["mta-sts.plain.test"]).server_config(),
-    );
+    let https = policy_server(&ca, &["mta-sts.plain.test"]);
     let dns = TestDns::start(
         DNS_IP,
         Zone::new()
