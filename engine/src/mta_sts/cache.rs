@@ -170,6 +170,11 @@ impl Cache {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// None held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ impl MtaSts {
             true => Cache::load(&cache_path, c.cache_max, unix_now()),
             false => Cache::new(c.cache_max),
         };
-        if cache.len() > 0 {
+        if !cache.is_empty() {
             tracing::info!(policies = cache.len(), path = %cache_path.display(), "mta-sts: cached policies loaded");
         }
         Arc::new(MtaSts {
