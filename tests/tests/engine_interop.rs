@@ -1,6 +1,7 @@
 //! Interoperability with SMTP clients nobody here wrote: Python's
-//! `smtplib` (always), and `swaks` and Postfix's `smtp-source` when they are
-//! installed (`.ci/run` installs them; skipped with a message otherwise).
+//! `smtplib` (in clear text and with `starttls()`), and `swaks` and
+//! Postfix's `smtp-source` when they are installed (`.ci/run` installs
+//! them; skipped with a message otherwise).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -111,6 +112,65 @@ fn python_smtplib_sends_three_messages() {
     let third = tern.queue_show(&list[2].id);
     assert_eq!(third.content(), utf8.as_bytes());
     assert!(String::from_utf8_lossy(third.received()).contains("with UTF8SMTP id"));
+}
+
+const PYTHON_STARTTLS_SCRIPT: &str = r#"
+import smtplib, ssl, sys
+
+host, port = sys.argv[1], int(sys.argv[2])
+# tern's certificate is self-signed: no verification (as Postfix's
+# "encrypt"), the handshake itself is still real.
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP(host, port, timeout=15) as s:
+    code, _ = s.ehlo("python.test")
+    assert code == 250, code
+    assert s.has_extn("starttls"), s.esmtp_features
+    code, reply = s.starttls(context=context)
+    assert code == 220, (code, reply)
+    # starttls() forgets the EHLO answer; say it again inside TLS.
+    code, _ = s.ehlo("python.test")
+    assert code == 250, code
+    assert not s.has_extn("starttls"), "STARTTLS offered inside TLS"
+    refused = s.sendmail("py@example.test", ["tls@example.test"],
+                         "Subject: from smtplib over TLS\r\n\r\nsecret\r\n")
+    assert refused == {}, refused
+    print(s.sock.version())
+"#;
+
+#[test]
+fn python_smtplib_starttls_sends_a_message() {
+    if !on_path("python3") {
+        println!("skipped: python3 is not installed");
+        return;
+    }
+    let tern = TernProcess::start(Options::default());
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg(PYTHON_STARTTLS_SCRIPT)
+        .arg(tern.addr().ip().to_string())
+        .arg(tern.addr().port().to_string()));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(version.starts_with("TLSv1."), "{version:?}");
+
+    let list = tern.queue_list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].from, "py@example.test");
+    assert_eq!(list[0].recipients, vec!["tls@example.test"]);
+    let shown = tern.queue_show(&list[0].id);
+    assert_eq!(shown.field("helo"), "python.test");
+    assert_eq!(
+        shown.content(),
+        b"Subject: from smtplib over TLS\r\n\r\nsecret\r\n"
+    );
+    let received = String::from_utf8_lossy(shown.received()).into_owned();
+    let using = format!("(using {version} with cipher");
+    assert!(
+        received.contains(&using) && received.contains("with ESMTPS id"),
+        "{received}"
+    );
+    assert!(tern.counter("tern_tls_sessions_total") >= 1);
 }
 
 #[test]
