@@ -170,3 +170,130 @@ pub fn peer_client(addr: std::net::SocketAddr) -> crate::smtp::Client {
     c.cmd("EHLO client.test").assert(250, None);
     c
 }
+
+/// The `sha256:<hex>` fingerprint of the first certificate in a PEM file.
+pub fn fingerprint_of(cert_file: &Path) -> String {
+    let leaf = CertificateDer::pem_file_iter(cert_file)
+        .expect("read the chain")
+        .next()
+        .expect("a certificate in the file")
+        .expect("parse the certificate");
+    identity::fingerprint(&leaf).to_string()
+}
+
+impl CertPair {
+    /// A self-signed pair for `hostname` whose validity ended on
+    /// 2020-02-01 (tern's own generator makes only valid ones), kept in a
+    /// fresh directory until dropped.
+    pub fn expired(hostname: &str) -> CertPair {
+        let dir = tempfile::tempdir().expect("temp dir for a certificate");
+        let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, hostname);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        let cert_file = dir.path().join("expired.crt");
+        let key_file = dir.path().join("expired.key");
+        std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+        CertPair {
+            fingerprint: fingerprint_of(&cert_file),
+            cert_file,
+            key_file,
+            _dir: Some(dir),
+        }
+    }
+
+    /// Puts this pair's key and certificate in place of `served`'s files
+    /// as a renewal tool does: each written to a temporary file beside
+    /// the target and renamed over it (key first). `served.fingerprint`
+    /// still names the old certificate.
+    pub fn install_over(&self, served: &CertPair) {
+        for (from, to) in [
+            (&self.key_file, &served.key_file),
+            (&self.cert_file, &served.cert_file),
+        ] {
+            let tmp = to.with_extension("renewing");
+            std::fs::copy(from, &tmp).expect("write the renewed file");
+            std::fs::rename(&tmp, to).expect("rename the renewed file into place");
+        }
+    }
+}
+
+/// The server certificates a [`recording_client`] configuration was
+/// shown, as fingerprints, in handshake order.
+#[derive(Debug, Default)]
+pub struct SeenCertificates(std::sync::Mutex<Vec<String>>);
+
+impl SeenCertificates {
+    /// The fingerprint of the last certificate seen.
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().expect("seen lock").last().cloned()
+    }
+}
+
+#[derive(Debug)]
+struct Recording {
+    seen: Arc<SeenCertificates>,
+    inner: Arc<ServerCheck>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let fp = identity::fingerprint(end_entity).to_string();
+        self.seen.0.lock().expect("seen lock").push(fp);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client configuration that takes any server certificate (handshake
+/// signatures still checked) and records each one it is shown. A new
+/// configuration has no session cache: its first handshake is a full
+/// one, so the server must show its current certificate.
+pub fn recording_client() -> (Arc<ClientConfig>, Arc<SeenCertificates>) {
+    let seen = Arc::new(SeenCertificates::default());
+    let verifier = Arc::new(Recording {
+        seen: seen.clone(),
+        inner: ServerCheck::any(),
+    });
+    let config = ClientConfig::builder_with_provider(Arc::new(tern_engine::tls::provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    (Arc::new(config), seen)
+}
