@@ -19,14 +19,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "admin",
         &[
-            "config", "delivery", "metrics", "shadow", "stop", "received", "tls",
+            "config", "delivery", "metrics", "shadow", "stop", "received", "tls", "mta_sts",
         ],
     ),
     (
         "server",
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
-            "stop", "cluster", "layout", "auth", "tls",
+            "stop", "cluster", "layout", "auth", "tls", "mta_sts",
         ],
     ),
     (
@@ -39,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "delivery",
         &[
             "config", "shadow", "shard", "record", "outbound", "dns", "dsn", "metrics", "tls",
+            "mta_sts",
         ],
     ),
     (
@@ -49,6 +50,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("outbound", &["tls", "config"]),
     ("tls", &["config"]),
+    ("mta_sts", &["config", "dns"]),
     ("shard", &["record", "layout", "config"]),
     ("record", &[]),
     ("dsn", &["received"]),
