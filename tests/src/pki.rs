@@ -10,8 +10,6 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A CA whose certificate is in `ca_file`; issued pairs go in its
 /// directory, removed with it.
@@ -99,17 +97,6 @@ impl Issued {
 
     /// A rustls server config serving it.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        let chain = CertificateDer::pem_file_iter(&self.cert_file)
-            .expect("read the chain")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("parse the chain");
-        let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("read the key");
-        let config = ServerConfig::builder_with_provider(Arc::new(tern_engine::tls::provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        Arc::new(config)
+        crate::tls::server_config_from(&self.cert_file, &self.key_file)
     }
 }

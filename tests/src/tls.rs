@@ -52,12 +52,7 @@ impl CertPair {
 
     /// The chain and key from the files.
     fn read(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let chain = CertificateDer::pem_file_iter(&self.cert_file)
-            .expect("read the chain")
-            .collect::<Result<_, _>>()
-            .expect("parse the chain");
-        let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("read the key");
-        (chain, key)
+        read_pair(&self.cert_file, &self.key_file)
     }
 
     /// `[tls]` serving this pair.
@@ -122,16 +117,35 @@ impl CertPair {
     /// A server configuration serving this pair (no client certificate
     /// asked), for test servers that speak STARTTLS.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let (chain, key) = self.read();
-        let config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(tern_engine::tls::provider()))
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .expect("server certificate");
-        Arc::new(config)
+        server_config_from(&self.cert_file, &self.key_file)
     }
+}
+
+/// The PEM chain and key in these files.
+fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .expect("read the chain")
+        .collect::<Result<_, _>>()
+        .expect("parse the chain");
+    let key = PrivateKeyDer::from_pem_file(key_file).expect("read the key");
+    (chain, key)
+}
+
+/// A server configuration serving the PEM chain and key in these files
+/// (no client certificate asked).
+pub fn server_config_from(cert_file: &Path, key_file: &Path) -> Arc<rustls::ServerConfig> {
+    let (chain, key) = read_pair(cert_file, key_file);
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(tern_engine::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+    Arc::new(config)
 }
 
 /// A server-side TLS stream over a blocking socket.
