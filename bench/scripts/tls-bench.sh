@@ -20,9 +20,13 @@ PER_CONN=${PER_CONN:-10}
 TERN_PORT=${TERN_PORT:-2545}
 WORK=$(mktemp -d)
 TERN_PID=
+MAIN_CF=$(postconf -h config_directory 2>/dev/null || echo /etc/postfix)/main.cf
 cleanup() {
   if [ -n "$TERN_PID" ]; then kill -KILL "$TERN_PID" 2>/dev/null || true; fi
-  if [ "${STARTED_POSTFIX:-0}" = 1 ]; then postfix stop >/dev/null 2>&1 || true; fi
+  # main.cf as found (the certificate it pointed at is about to go).
+  if [ -f "$WORK/main.cf" ]; then cp "$WORK/main.cf" "$MAIN_CF"; fi
+  if [ "${STARTED_POSTFIX:-0}" = 1 ]; then postfix stop >/dev/null 2>&1 || true
+  else postfix reload >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -32,6 +36,7 @@ cargo build --release -q -p tern-engine --bin tern -p tern-loadgen --bin tern-lo
 TERN=target/release/tern
 LG=target/release/tern-loadgen
 
+cp "$MAIN_CF" "$WORK/main.cf"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   -keyout "$WORK/pf.key" -out "$WORK/pf.crt" >/dev/null 2>&1
 postconf -e inet_interfaces=loopback-only inet_protocols=ipv4 'mynetworks=127.0.0.0/8' relayhost= \
@@ -102,4 +107,3 @@ for conns in 10 50; do
   tern_run "tern 1 core no TLS, $conns conns" "$conns" "" "-"
 done
 postsuper -d ALL >/dev/null 2>&1 || true
-postconf -e smtpd_tls_security_level=none
