@@ -249,11 +249,13 @@ impl Conn {
         }
         if self.parser.buffered() > 0 {
             // Bytes after the 220 were sent in clear text before the
-            // handshake: never read them as if they came inside TLS.
-            return Err(ConnError::Protocol(
-                peer,
-                "data after the 220 to STARTTLS".into(),
-            ));
+            // handshake: never read them as if they came inside TLS. It
+            // is a failed negotiation (`may` falls back to clear text).
+            tracing::info!(%peer, "data after the 220 to STARTTLS: TLS negotiation failed");
+            sec.tls
+                .stats
+                .failed(crate::tls::stats::Direction::Out, Failure::Protocol);
+            return Err(ConnError::Handshake(peer, Failure::Protocol));
         }
         let tcp = self
             .stream

@@ -1,12 +1,14 @@
 //! Outbound TLS policies (issue 14) against real next hops: a tern node
 //! (STARTTLS with its self-signed certificate) and the in-process test
 //! sink (no STARTTLS). `encrypt` delivers in TLS or not at all; `may`
-//! delivers in clear text where TLS is not offered; `none` never tries.
+//! delivers in clear text where TLS is not offered and, after a failed
+//! handshake, connects once more in clear text (counted); `none` never
+//! tries.
 
 use std::time::Duration;
 
-use tern_tests::server::{wait_until, Options, TernProcess};
-use tern_tests::sink::TestSink;
+use tern_tests::server::{sum_samples, wait_until, Options, TernProcess};
+use tern_tests::sink::{Behavior, TestSink};
 use tern_tests::smtp::message;
 
 /// A relay to `to` with `delivery.tls_policy = policy` and fast retries.
@@ -63,4 +65,49 @@ fn encrypt_never_sends_in_clear_text_and_may_does() {
     send_one(&lenient, "lenient");
     let got = sink.wait_for(1, Duration::from_secs(20));
     assert_eq!(got[0].subject(), "lenient");
+}
+
+/// `tern_tls_cleartext_fallbacks_total` (one sample, no labels).
+fn fallbacks(tern: &TernProcess) -> u64 {
+    sum_samples(&tern.metrics(), "tern_tls_cleartext_fallbacks_total ")
+}
+
+#[test]
+fn may_retries_in_clear_text_once_after_a_failed_handshake_and_encrypt_does_not() {
+    // The sink offers STARTTLS, answers it with 220 and then sends bytes
+    // that are no TLS record: every handshake fails.
+    let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
+    sink.set_behavior(Behavior {
+        broken_starttls: true,
+        ..Behavior::default()
+    });
+
+    let strict = relay(sink.addr(), "encrypt");
+    let id = send_one(&strict, "strict");
+    wait_until("encrypt tried twice", Duration::from_secs(20), || {
+        sink.connections() >= 2
+    });
+    assert!(
+        sink.messages().is_empty(),
+        "encrypt fell back to clear text"
+    );
+    assert_eq!(strict.queue_ids(), vec![id], "deferred, not bounced");
+    assert_eq!(fallbacks(&strict), 0);
+    drop(strict);
+
+    let before = sink.connections();
+    let lenient = relay(sink.addr(), "may");
+    send_one(&lenient, "lenient");
+    let got = sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].subject(), "lenient");
+    assert_eq!(
+        sink.connections() - before,
+        2,
+        "one connection whose handshake failed, one in clear text"
+    );
+    assert_eq!(fallbacks(&lenient), 1);
+    assert!(
+        lenient.stderr().contains("trying once in clear text"),
+        "the fallback is logged"
+    );
 }

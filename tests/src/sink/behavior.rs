@@ -33,6 +33,11 @@ pub struct Behavior {
     /// After this many recorded messages on a connection, the next MAIL
     /// gets `421 4.7.0` and the connection is closed.
     pub close_after_messages: Option<usize>,
+    /// Offer STARTTLS in the EHLO reply, answer STARTTLS with 220 and then
+    /// send bytes that are no TLS record and close: a handshake that
+    /// always fails (the sink speaks no TLS). Clients that do not try
+    /// STARTTLS are served in clear text as usual.
+    pub broken_starttls: bool,
 }
 
 /// One message accepted with 250 at the end of data.

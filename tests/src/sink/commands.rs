@@ -23,6 +23,9 @@ impl Session {
         if !self.behavior.no_chunking {
             lines.push("CHUNKING".into());
         }
+        if self.behavior.broken_starttls {
+            lines.push("STARTTLS".into());
+        }
         lines.push("8BITMIME".into());
         lines.push(format!("SIZE {CONTENT_MAX}"));
         lines.push("ENHANCEDSTATUSCODES".into());

@@ -206,6 +206,11 @@ impl Session {
                 self.say(250, "2.0.0 Ok")
             }
             "NOOP" => self.say(250, "2.0.0 Ok"),
+            "STARTTLS" if self.behavior.broken_starttls => {
+                self.say(220, "2.0.0 Ready to start TLS");
+                let _ = self.stream.write_all(b"this is not a TLS record\r\n");
+                Step::Close
+            }
             "QUIT" => {
                 self.say(221, "2.0.0 Bye");
                 Step::Close
