@@ -1,5 +1,6 @@
 //! Shared helpers for tern integration tests.
 //!
+//! - [`admin`]: the admin API with its token, and the operator commands (`tern queue flush`...).
 //! - [`crash`]: payloads of the storage crash writer.
 //! - [`dns`]: an authoritative test DNS server on loopback ([`dns::TestDns`]).
 //! - [`server`]: the real `tern` binary as a child process ([`server::TernProcess`]).
@@ -9,6 +10,7 @@
 //! - [`sink`]: an in-process SMTP server that tern delivers to ([`sink::TestSink`]).
 //! - [`tls`]: the cluster certificate, `[tls]` and pinned peer entries, client TLS settings.
 
+pub mod admin;
 pub mod crash;
 pub mod dns;
 pub mod https;
