@@ -18,6 +18,7 @@
 //! dsn/        delivery status notifications (RFC 3464 / RFC 6522)
 //! dns.rs      MX resolution (hickory on a tokio thread per core)
 //! received.rs the Received: trace header and RFC 5322 dates
+//! ops/        operator actions: admin token, suspensions and resubmission requests, per-core channels
 //! auth/       SMTP AUTH: the users file (argon2id hashes), verify, failed-attempt limiter
 //! cluster.rs  node id, peers, shadow peer order; the transport database id
 //! metrics.rs  per-core counters
@@ -42,6 +43,7 @@ pub mod layout;
 pub mod logbuf;
 pub mod metrics;
 pub mod mta_sts;
+pub mod ops;
 pub mod outbound;
 pub mod received;
 pub mod record;

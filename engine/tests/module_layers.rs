@@ -13,20 +13,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "config", "server", "delivery", "record", "layout", "received", "auth", "tls",
+            "config", "server", "delivery", "record", "layout", "received", "auth", "tls", "ops",
         ],
     ),
     (
         "admin",
         &[
-            "config", "delivery", "metrics", "shadow", "stop", "received", "tls", "mta_sts",
+            "config", "delivery", "metrics", "shadow", "stop", "received", "tls", "mta_sts", "ops",
         ],
     ),
     (
         "server",
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
-            "stop", "cluster", "layout", "auth", "tls", "mta_sts",
+            "stop", "cluster", "layout", "auth", "tls", "mta_sts", "ops",
         ],
     ),
     (
@@ -39,7 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "delivery",
         &[
             "config", "shadow", "shard", "record", "outbound", "dns", "dsn", "metrics", "tls",
-            "mta_sts",
+            "mta_sts", "ops",
         ],
     ),
     (
@@ -51,6 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("outbound", &["tls", "config"]),
     ("tls", &["config"]),
     ("mta_sts", &["config", "dns"]),
+    ("ops", &["config"]),
     ("shard", &["record", "layout", "config"]),
     ("record", &[]),
     ("dsn", &["received"]),

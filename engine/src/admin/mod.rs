@@ -4,10 +4,19 @@
 //! # Layout
 //!
 //! ```text
-//! mod.rs     the HTTP listener and its dispatch
-//! routes.rs  GET /routes, PUT and DELETE /routes/PATTERN
-//! shadow.rs  GET /shadow and the shadow gauges of /metrics
+//! mod.rs       the HTTP listener and its dispatch
+//! http.rs      limits (request line 2 KiB, body 64 KiB), the token check, JSON answers
+//! queue.rs     GET /queue/summary, POST /queue/ACTION, /destinations (merged over the cores)
+//! resubmit.rs  /resubmit: Safety Net resubmission requests
+//! routes.rs    GET /routes, PUT and DELETE /routes/PATTERN
+//! shadow.rs    GET /shadow and the shadow gauges of /metrics
 //! ```
+//!
+//! Every state-changing request (POST, PUT, DELETE) needs
+//! `Authorization: Bearer TOKEN` (`crate::ops::token`); every request
+//! does when the listener is not on a loopback address. The queue,
+//! destination and resubmission endpoints answer JSON (errors
+//! `{"error": ...}`); README has the table.
 //!
 //!
 //! - `GET /metrics`: Prometheus text format.
@@ -21,7 +30,10 @@
 //! - `GET /shadow`: this node, its peers with their database ids, last
 //!   heartbeat and the shadow copies held for each (`tern shadow status`).
 
+mod http;
+mod queue;
 mod render;
+mod resubmit;
 mod routes;
 mod shadow;
 
@@ -35,6 +47,7 @@ use crate::delivery::route::RouteOverrides;
 use crate::metrics::CoreMetrics;
 use crate::shadow::ShadowShared;
 use crate::stop::StopFlag;
+use http::{Answer, Req};
 
 /// What the admin thread serves.
 pub struct Admin {
@@ -54,6 +67,8 @@ pub struct Admin {
     pub tls: Arc<crate::tls::TlsStats>,
     /// MTA-STS counters.
     pub mta_sts: Arc<crate::mta_sts::MtaSts>,
+    /// Operator actions (queue, destinations, resubmission).
+    pub ops: Arc<crate::ops::Ops>,
 }
 
 /// Starts the admin thread; it stops when `admin.stop` is set.
@@ -65,6 +80,8 @@ pub fn spawn(admin: Admin) -> anyhow::Result<JoinHandle<()>> {
         .name("tern-admin".into())
         .spawn(move || {
             while !admin.stop.is_set() {
+                // Resubmission counts reach the state file within 200 ms.
+                admin.ops.save_if_dirty();
                 let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) else {
                     continue;
                 };
@@ -76,41 +93,74 @@ pub fn spawn(admin: Admin) -> anyhow::Result<JoinHandle<()>> {
 
 impl Admin {
     fn serve(&self, mut request: tiny_http::Request) {
-        let url = request.url().to_owned();
-        if let Some(pattern) = url.strip_prefix("/routes/") {
-            let mut body = String::new();
-            let _ = std::io::Read::read_to_string(
-                &mut std::io::Read::take(request.as_reader(), 1024),
-                &mut body,
-            );
-            let (code, text) = routes::change(self, request.method(), pattern, body.trim());
-            let _ = request.respond(tiny_http::Response::from_string(text).with_status_code(code));
-            return;
-        }
-        let response = match (request.method(), url.as_str()) {
-            (tiny_http::Method::Get, "/routes") => {
-                tiny_http::Response::from_string(routes::list(self))
-            }
-            (tiny_http::Method::Get, "/metrics") => {
-                let refs: Vec<&CoreMetrics> = self.cores.iter().map(|c| c.as_ref()).collect();
-                let header =
-                    tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
-                        .expect("static header");
-                let mut text = render::render(&refs);
-                text.push_str(&shadow::gauges(self));
-                text.push_str(&render::render_tls(&self.tls));
-                let reported = self
-                    .tls
-                    .verify_reported
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                text.push_str(&self.mta_sts.stats.render(reported));
-                tiny_http::Response::from_string(text).with_header(header)
-            }
-            (tiny_http::Method::Get, "/shadow") => {
-                tiny_http::Response::from_string(shadow::status(self))
-            }
-            _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+        let answer = match self.admit(&mut request) {
+            Ok(req) => self.route(&req),
+            Err(a) => a,
         };
-        let _ = request.respond(response);
+        let kind = if answer.json {
+            "application/json"
+        } else if answer.code == 200 && request.url().starts_with("/metrics") {
+            "text/plain; version=0.0.4"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("static header");
+        let _ = request.respond(
+            tiny_http::Response::from_string(answer.body)
+                .with_status_code(answer.code)
+                .with_header(header),
+        );
+    }
+
+    fn route(&self, req: &Req) -> Answer {
+        use tiny_http::Method::{Delete, Get, Post, Put};
+        let path = req.path.as_str();
+        if let Some(pattern) = path.strip_prefix("/routes/") {
+            let (code, text) =
+                routes::change(self, &req.method, pattern, req.body.trim(), &req.who);
+            return Answer::text(code, text);
+        }
+        if let Some(action) = path.strip_prefix("/queue/") {
+            return match (&req.method, action) {
+                (Get, "summary") => queue::summary(self, req),
+                (Post, _) => queue::act(self, req, action),
+                _ => Answer::error(405, "use GET /queue/summary or POST /queue/ACTION"),
+            };
+        }
+        if let Some(what) = path.strip_prefix("/destinations/") {
+            return match req.method {
+                Post => queue::suspend_or_resume(self, req, what),
+                _ => Answer::error(405, "use POST"),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/resubmit/") {
+            return resubmit::one(self, req, rest);
+        }
+        match (&req.method, path) {
+            (Get, "/routes") => Answer::text(200, routes::list(self)),
+            (Get, "/metrics") => Answer::text(200, self.metrics()),
+            (Get, "/shadow") => Answer::text(200, shadow::status(self)),
+            (Get, "/destinations") => queue::destinations(self),
+            (Get, "/resubmit") => resubmit::list(self),
+            (Post, "/resubmit") => resubmit::add(self, req),
+            (Put | Delete | Post, "/routes" | "/metrics" | "/shadow") => {
+                Answer::error(405, "read-only")
+            }
+            _ => Answer::error(404, format!("no such endpoint: {path}")),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let refs: Vec<&CoreMetrics> = self.cores.iter().map(|c| c.as_ref()).collect();
+        let mut text = render::render(&refs);
+        text.push_str(&shadow::gauges(self));
+        text.push_str(&render::render_tls(&self.tls));
+        let reported = self
+            .tls
+            .verify_reported
+            .load(std::sync::atomic::Ordering::Relaxed);
+        text.push_str(&self.mta_sts.stats.render(reported));
+        text.push_str(&self.ops.stats.render());
+        text
     }
 }

@@ -24,6 +24,7 @@ pub(super) fn change(
     method: &tiny_http::Method,
     pattern: &str,
     pool: &str,
+    who: &str,
 ) -> (u16, String) {
     let pattern = pattern.to_ascii_lowercase();
     let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
@@ -40,12 +41,14 @@ pub(super) fn change(
                 );
             }
             a.routes.set(&pattern, pool);
-            tracing::info!(route = %pattern, pool, "route re-pointed at run time");
+            a.ops.stats.count("route_set");
+            tracing::info!(route = %pattern, pool, %who, "route re-pointed at run time");
             (200, format!("{pattern} -> {pool}\n"))
         }
         tiny_http::Method::Delete => {
             if a.routes.clear(&pattern) {
-                tracing::info!(route = %pattern, "run-time route override removed");
+                a.ops.stats.count("route_clear");
+                tracing::info!(route = %pattern, %who, "run-time route override removed");
                 (200, format!("{pattern}: override removed\n"))
             } else {
                 (404, format!("{pattern}: no override\n"))

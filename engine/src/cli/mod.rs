@@ -7,10 +7,12 @@
 //! ```text
 //! mod.rs     the commands and flags (clap), and what each runs
 //! queue.rs   tern queue list/show/shadow/safety-net over the read-only inspector
-//! remote.rs  tern route / tern shadow: requests to the admin listener
+//! remote.rs  requests to the admin listener, with the admin token
+//! ops.rs     tern queue summary/flush/hold/release/bounce/delete, tern destination, tern resubmit
 //! user.rs    tern user add/remove/list: the SMTP AUTH users file
 //! ```
 
+mod ops;
 pub mod queue;
 mod remote;
 mod tls;
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
-use remote::{admin_call, admin_url};
+use remote::admin_call;
 
 /// The `tern` command.
 #[derive(Parser)]
@@ -75,6 +77,16 @@ enum Command {
         #[command(subcommand)]
         action: ShadowAction,
     },
+    /// Suspend and resume destinations of the running server.
+    Destination {
+        #[command(subcommand)]
+        action: ops::DestinationAction,
+    },
+    /// Safety Net resubmission requests of the running server.
+    Resubmit {
+        #[command(subcommand)]
+        action: ops::ResubmitAction,
+    },
     /// SMTP AUTH users (the users file; the server reads it at start-up).
     User {
         #[command(subcommand)]
@@ -99,6 +111,8 @@ enum QueueAction {
         #[command(flatten)]
         common: Common,
     },
+    #[command(flatten)]
+    Operate(ops::QueueOp),
     /// Shadow copies held here for peers (their primary's node and id).
     Shadow {
         #[command(flatten)]
@@ -120,13 +134,23 @@ enum QueueAction {
 
 #[derive(clap::Args, Clone, Default)]
 struct AdminArgs {
-    /// TOML config file (its server.admin_listen is used).
+    /// TOML config file (its server.admin_listen, data_dir and
+    /// admin_token_file are used).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Admin address of the running server (default: from the config, else
     /// 127.0.0.1:8025).
     #[arg(long)]
     admin: Option<String>,
+    /// Data directory whose admin-token file is sent (default: the config's).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// File holding the admin token (instead of DATA_DIR/admin-token).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -181,6 +205,7 @@ fn run_queue(action: QueueAction, out: &mut impl std::io::Write) -> anyhow::Resu
         QueueAction::Shadow { common } => queue::list_shadow(&data_dir(&common)?, out),
         QueueAction::SafetyNet { common } => queue::list_safety_net(&data_dir(&common)?, out),
         QueueAction::Show { id, common } => queue::show(&data_dir(&common)?, &id, out),
+        QueueAction::Operate(op) => ops::queue(op, out),
     }
 }
 
@@ -210,23 +235,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 pattern,
                 pool,
                 admin,
-            } => admin_call(
-                "PUT",
-                &format!("{}/routes/{pattern}", admin_url(&admin)?),
-                &pool,
-            ),
-            RouteAction::Clear { pattern, admin } => admin_call(
-                "DELETE",
-                &format!("{}/routes/{pattern}", admin_url(&admin)?),
-                "",
-            ),
-            RouteAction::List { admin } => {
-                admin_call("GET", &format!("{}/routes", admin_url(&admin)?), "")
+            } => admin_call(&admin, "PUT", &format!("/routes/{pattern}"), &pool),
+            RouteAction::Clear { pattern, admin } => {
+                admin_call(&admin, "DELETE", &format!("/routes/{pattern}"), "")
             }
+            RouteAction::List { admin } => admin_call(&admin, "GET", "/routes", ""),
         },
         Command::Shadow {
             action: ShadowAction::Status { admin },
-        } => admin_call("GET", &format!("{}/shadow", admin_url(&admin)?), ""),
+        } => admin_call(&admin, "GET", "/shadow", ""),
+        Command::Destination { action } => ops::destination(action, &mut stdout),
+        Command::Resubmit { action } => ops::resubmit(action, &mut stdout),
         Command::User { action } => user::run(action, &mut stdout),
         Command::Tls { action } => tls::run(action, &mut stdout),
         Command::CheckConfig { common } => {

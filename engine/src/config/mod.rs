@@ -140,6 +140,9 @@ pub struct Config {
     pub relay_to: Option<String>,
     /// Admin listener (metrics); `None` when set to "off".
     pub admin_listen: Option<SocketAddr>,
+    /// The admin token's file (`None`: `DATA_DIR/admin-token`, generated
+    /// at first start).
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Bound on finishing in-flight transactions at shutdown.
     pub shutdown_grace: Duration,
     /// Each core's listener takes the connections that arrive on its own
@@ -216,6 +219,7 @@ impl Config {
             cores: server.cores,
             relay_to: server.relay_to,
             admin_listen: server.admin_listen,
+            admin_token_file: server.admin_token_file,
             shutdown_grace: server.shutdown_grace,
             incoming_cpu: server.incoming_cpu,
             smtp,

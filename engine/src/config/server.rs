@@ -25,6 +25,8 @@ pub(super) struct ServerSection {
     relay_to: Option<String>,
     /// An address or "off".
     admin_listen: String,
+    /// `None`: `DATA_DIR/admin-token`, generated at first start.
+    admin_token_file: Option<PathBuf>,
     shutdown_grace: HumanDuration,
     incoming_cpu: bool,
 }
@@ -38,6 +40,7 @@ impl Default for ServerSection {
             cores: 0,
             relay_to: None,
             admin_listen: "127.0.0.1:8025".into(),
+            admin_token_file: None,
             shutdown_grace: HumanDuration::from_secs(30),
             incoming_cpu: false,
         }
@@ -51,6 +54,7 @@ pub(super) struct Server {
     pub(super) cores: usize,
     pub(super) relay_to: Option<String>,
     pub(super) admin_listen: Option<SocketAddr>,
+    pub(super) admin_token_file: Option<PathBuf>,
     pub(super) shutdown_grace: Duration,
     pub(super) incoming_cpu: bool,
 }
@@ -85,6 +89,7 @@ impl ServerSection {
             cores,
             relay_to,
             admin_listen,
+            admin_token_file: self.admin_token_file.clone(),
             shutdown_grace: self.shutdown_grace.0,
             incoming_cpu: self.incoming_cpu,
         }

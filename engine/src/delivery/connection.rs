@@ -31,7 +31,7 @@ fn now_ms() -> u64 {
 
 /// A destination: a pool (with failover chain) or an MX domain.
 pub(super) struct Dest {
-    name: String,
+    pub(super) name: String,
     candidates: RefCell<Candidates>,
     jobs: RefCell<VecDeque<Job>>,
     conns: Cell<usize>,
@@ -54,6 +54,16 @@ impl Dest {
             probing: Cell::new(0),
             event: event_listener::Event::new(),
         }
+    }
+
+    /// The hosts it goes to now.
+    pub(super) fn candidates(&self) -> Candidates {
+        self.candidates.borrow().clone()
+    }
+
+    /// Puts a job back at the front (an operator took it out).
+    pub(super) fn push_front(&self, job: Job) {
+        self.jobs.borrow_mut().push_front(job);
     }
 
     pub(super) fn set_candidates(&self, c: Candidates) {

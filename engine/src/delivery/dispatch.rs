@@ -24,6 +24,9 @@ use crate::mta_sts::{self as sts, Mode, Policy};
 use crate::record::message::{self, QueueId, StoredMessage};
 use crate::record::status::{Event, StatusEvent};
 
+/// Recipients grouped by routing target.
+type Groups = Vec<(Target, Vec<u32>)>;
+
 /// How long a core reuses an MX answer (the resolver itself caches by TTL).
 const MX_CACHE_MS: u64 = 10_000;
 
@@ -108,6 +111,10 @@ impl Delivery {
                 return;
             }
         };
+        if entry.meta.is_none() {
+            let meta = self.meta_for(&msg);
+            self.queue.borrow_mut().set_meta(key, meta);
+        }
         let pending = entry.pending();
         let attempt = Rc::new(Attempt {
             key,
@@ -118,11 +125,17 @@ impl Delivery {
             results: RefCell::new(Vec::with_capacity(pending.len())),
             rcpts: pending.clone(),
             closed: Cell::new(false),
+            operator: None,
         });
         self.live.borrow_mut().insert(key, attempt.clone());
         // An expired message still gets this attempt: if it fails
         // temporarily, it bounces with that reply (see `writer.rs`).
-        for (target, rcpts) in self.group_by_target(&attempt, &pending) {
+        let (groups, suspended) = self.group_by_target(&attempt, &pending);
+        if !suspended.is_empty() {
+            attempt.branches.set(attempt.branches.get() + 1);
+            self.branch_done(&attempt, suspended);
+        }
+        for (target, rcpts) in groups {
             self.hand_out(&attempt, &target, rcpts).await;
         }
         self.branch_done(&attempt, Vec::new());
@@ -172,20 +185,33 @@ impl Delivery {
         }
     }
 
-    /// The attempt's pending recipients grouped by routing target.
-    fn group_by_target(&self, attempt: &Attempt, pending: &[u32]) -> Vec<(Target, Vec<u32>)> {
-        let mut groups: Vec<(Target, Vec<u32>)> = Vec::new();
+    /// The attempt's pending recipients grouped by routing target, and
+    /// those whose destination an operator suspended (their outcome).
+    fn group_by_target(&self, attempt: &Attempt, pending: &[u32]) -> (Groups, Vec<(u32, Outcome)>) {
+        let mut groups: Groups = Vec::new();
+        let mut suspended = Vec::new();
         let router = self.router();
+        let now = TimestampMs::now().0;
         for &i in pending {
             let rcpt = &attempt.msg.recipients[i as usize];
             let domain = domain_of(rcpt, &self.parts.config.hostname);
             let target = router.1.route(&domain);
+            if let Some(until) = self.suspended(&target.name(), &domain, now) {
+                suspended.push((i, Outcome::Suspended(until)));
+                continue;
+            }
             match groups.iter_mut().find(|(t, _)| *t == target) {
                 Some((_, v)) => v.push(i),
                 None => groups.push((target, vec![i])),
             }
         }
-        groups
+        (groups, suspended)
+    }
+
+    /// The destination of a recipient of `domain` (`pool:NAME` or
+    /// `mx:DOMAIN`), by the routing in force.
+    pub(super) fn target_name(&self, domain: &str) -> String {
+        self.router().1.route(domain).name()
     }
 
     /// Hands the recipients for `target` to its destination as jobs of at
@@ -204,6 +230,7 @@ impl Delivery {
                     let job = Job {
                         attempt: attempt.clone(),
                         rcpts: part.to_vec(),
+                        dest: dest.clone(),
                     };
                     self.push(&dest, job);
                 }
@@ -378,7 +405,7 @@ fn temporary(status: Status, why: String) -> Outcome {
 
 /// The lower-case domain of a stored recipient (`Postmaster` alone goes
 /// to this host's own domain).
-fn domain_of(rcpt: &str, hostname: &str) -> String {
+pub(super) fn domain_of(rcpt: &str, hostname: &str) -> String {
     match rcpt.rsplit_once('@') {
         Some((_, d)) => d.to_ascii_lowercase(),
         None => hostname.to_ascii_lowercase(),

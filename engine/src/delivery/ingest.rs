@@ -207,6 +207,14 @@ impl Delivery {
                 .filter(|e| e.event == Event::Done)
                 // A shadow copy discarded or taken over.
                 .for_each(|e| self.parts.replica.released(e.message)),
+            Ok(Replayed::Message(key)) if rebuild => {
+                // What the operator's summary and selections need, while
+                // the record is at hand anyway.
+                if let Ok(m) = message::decode(&rec.payload) {
+                    let meta = self.meta_for(&m);
+                    self.queue.borrow_mut().set_meta(key, meta);
+                }
+            }
             Ok(Replayed::Message(_) | Replayed::Other) => {}
             Err(Unreadable {
                 key: Some(key),

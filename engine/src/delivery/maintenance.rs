@@ -23,6 +23,7 @@ use tern_storage::{Sequence, TimestampMs};
 
 use super::Delivery;
 use crate::metrics::CoreMetrics;
+use crate::record::status::{Event, StatusEvent};
 
 impl Delivery {
     /// Runs [`Delivery::maintain`] every `maintenance_interval` until stop.
@@ -61,6 +62,7 @@ impl Delivery {
         self.parts.primary.expire_discards(now);
         self.set_retention_cursors(now).await?;
         self.dispatch.forget_idle(now);
+        self.operate.prune();
         self.hosts.health.borrow_mut().prune(now);
         let log = &self.shard().log;
         let freed = log.reclaim(TimestampMs(now)).await?;
@@ -168,10 +170,19 @@ impl Delivery {
             Ok(new) => {
                 let mut snap = self.queue.borrow().snapshot(key).expect("held");
                 snap.at_ms = entry.next_ms;
-                let r = self
-                    .shard()
-                    .append_status(std::slice::from_ref(&snap))
-                    .await;
+                let mut events = vec![snap];
+                if entry.held {
+                    // The operator's hold outlives the records before
+                    // the copy, which the cursor may now pass.
+                    events.push(StatusEvent {
+                        message: key,
+                        event: Event::Held,
+                        at_ms: now,
+                        attempts: entry.attempts,
+                        rcpts: Vec::new(),
+                    });
+                }
+                let r = self.shard().append_status(&events).await;
                 if r.is_ok() {
                     self.shard().take_payload(entry.location);
                     self.queue.borrow_mut().relocate(key, new.0);

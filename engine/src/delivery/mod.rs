@@ -19,6 +19,8 @@
 //! maintenance.rs  copy-forward, cursors, reclaim, watermarks, shadow upkeep
 //! queue.rs        the sans-IO queue (entries, timers, the cursor rule)
 //! route.rs        routes, pools with failover, host health
+//! operate.rs      operator requests: summary, flush/hold/release/bounce/delete, suspensions
+//! resubmit.rs     Safety Net resubmission (own and shadow Safety Net)
 //! ```
 //!
 //! Restart: a clean stop records everything (jobs not yet sent are
@@ -29,7 +31,9 @@ mod connection;
 mod dispatch;
 pub mod ingest;
 mod maintenance;
+mod operate;
 pub mod queue;
+mod resubmit;
 pub mod route;
 mod scheduler;
 mod writer;
@@ -61,6 +65,14 @@ enum Outcome {
     Permanent(Reply, Option<String>),
     /// Not sent (shutdown): retry at once after restart, no attempt counted.
     NotTried,
+    /// Its destination is suspended (until then; `None`: until resumed):
+    /// waits, never bounces, no attempt counted.
+    Suspended(Option<u64>),
+    /// Dropped by an operator: final, no DSN.
+    Deleted,
+    /// Left as it was by an operator action on other recipients of the
+    /// message.
+    Untouched,
 }
 
 /// One delivery attempt of one message (all its pending recipients).
@@ -76,12 +88,17 @@ struct Attempt {
     rcpts: Vec<u32>,
     /// Recorded early (shutdown): later reports are ignored.
     closed: Cell<bool>,
+    /// An operator's action, not a delivery attempt: the next attempt it
+    /// leaves in place for recipients it did not touch.
+    operator: Option<u64>,
 }
 
 /// Recipients of one attempt going to one destination.
 struct Job {
     attempt: Rc<Attempt>,
     rcpts: Vec<u32>,
+    /// Where it goes.
+    dest: Rc<connection::Dest>,
 }
 
 impl Job {
@@ -109,6 +126,8 @@ pub struct Parts {
     pub tls: Arc<crate::tls::Tls>,
     /// MTA-STS policies (node-wide cache).
     pub mta_sts: Arc<crate::mta_sts::MtaSts>,
+    /// Operator requests, suspensions, resubmission requests.
+    pub ops: Arc<crate::ops::Ops>,
 }
 
 /// Stopping: set once, with an event for the tasks that wait.
@@ -132,6 +151,8 @@ pub struct Delivery {
     /// Attempts under way (dispatched, not yet finished).
     live: RefCell<HashMap<u64, Rc<Attempt>>>,
     stopping: Stopping,
+    /// What operators asked of this core's queue.
+    operate: operate::CoreOps,
 }
 
 impl Delivery {
@@ -149,12 +170,14 @@ impl Delivery {
             open_attempts: Cell::new(0),
             live: RefCell::new(HashMap::new()),
             stopping: Stopping::default(),
+            operate: operate::CoreOps::default(),
             parts,
         });
         d.rebuild()?;
         glommio::spawn_local(d.clone().scheduler()).detach();
         glommio::spawn_local(d.clone().writer()).detach();
         glommio::spawn_local(d.clone().maintenance()).detach();
+        glommio::spawn_local(d.clone().operator()).detach();
         Ok(d)
     }
 
@@ -191,6 +214,7 @@ impl Delivery {
     }
 
     fn report(&self, job: Job, results: Vec<(u32, Outcome)>) {
+        self.operate.note_error(&job.dest.name, &results);
         self.branch_done(&job.attempt, results);
     }
 

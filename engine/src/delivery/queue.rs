@@ -8,6 +8,7 @@
 //! ([`ENTRY_BYTES_APPROX`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use crate::record::status::{Event, StatusEvent};
 
@@ -29,10 +30,33 @@ pub struct Entry {
     done: Box<[u8]>,
     /// Being delivered now (not in the timer set).
     pub in_flight: bool,
+    /// Held by an operator: never due (not in the timer set) until
+    /// released.
+    pub held: bool,
+    /// Sender, recipient domains and size, for the operator's summary and
+    /// selections; known once the message was read (first attempt, or
+    /// the rebuild at start).
+    pub meta: Option<Rc<Meta>>,
     /// Replay only: a copy of this message seen in the log, adopted as its
     /// location when the snapshot written after it is applied (a copy
-    /// without its snapshot was interrupted and is ignored).
-    copy: Option<u64>,
+    /// without its snapshot was interrupted and is ignored). [`NO_COPY`]:
+    /// none (a plain u64 keeps the entry small).
+    copy: u64,
+}
+
+/// [`Entry::copy`] when there is none.
+const NO_COPY: u64 = u64::MAX;
+
+/// What the operator's summary and selections need of a message, kept
+/// in memory once it was read (strings shared per core).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Envelope sender ("" for the null sender).
+    pub sender: Rc<str>,
+    /// Lower-case domain of each recipient, by index.
+    pub domains: Box<[Rc<str>]>,
+    /// Record size (trace header + content).
+    pub bytes: u64,
 }
 
 /// Approximate memory per queued message beyond its recipient bits:
@@ -73,6 +97,9 @@ pub struct Queue {
     timers: BTreeSet<(u64, u64)>,
     /// Every entry's location -> its key, for the cursor.
     locations: BTreeMap<u64, u64>,
+    /// Entries held (neither in the timers nor in flight, unless in
+    /// flight as well).
+    held: usize,
 }
 
 impl Queue {
@@ -109,7 +136,7 @@ impl Queue {
     pub fn add(&mut self, key: u64, location: u64, received_ms: u64, rcpts: u32) {
         if let Some(e) = self.entries.get_mut(&key) {
             if location != e.location {
-                e.copy = Some(location);
+                e.copy = location;
             }
             return;
         }
@@ -121,7 +148,9 @@ impl Queue {
             rcpts,
             done: vec![0; (rcpts as usize).div_ceil(8)].into_boxed_slice(),
             in_flight: false,
-            copy: None,
+            held: false,
+            meta: None,
+            copy: NO_COPY,
         };
         self.timers.insert((0, key));
         self.locations.insert(location, key);
@@ -136,11 +165,30 @@ impl Queue {
             return;
         };
         match ev.event {
-            Event::Delivered | Event::Bounced => {
+            Event::Delivered | Event::Bounced | Event::Deleted => {
                 for &r in &ev.rcpts {
                     e.set_final(r);
                 }
                 e.attempts = e.attempts.max(ev.attempts);
+            }
+            Event::Held => {
+                if !e.held {
+                    if !e.in_flight {
+                        self.timers.remove(&(e.next_ms, key));
+                    }
+                    self.held += 1;
+                }
+                e.held = true;
+            }
+            Event::Released => {
+                if e.held {
+                    self.held -= 1;
+                    e.held = false;
+                    e.next_ms = ev.at_ms;
+                    if !e.in_flight {
+                        self.timers.insert((e.next_ms, key));
+                    }
+                }
             }
             Event::Deferred | Event::Snapshot => {
                 if ev.event == Event::Snapshot {
@@ -148,23 +196,29 @@ impl Queue {
                     for &r in &ev.rcpts {
                         e.set_final(r);
                     }
-                    if let Some(copy) = e.copy.take() {
+                    let copy = std::mem::replace(&mut e.copy, NO_COPY);
+                    if copy != NO_COPY {
                         self.locations.remove(&e.location);
                         e.location = copy;
                         self.locations.insert(copy, key);
                     }
                 }
-                if !e.in_flight {
+                if !e.in_flight && !e.held {
                     self.timers.remove(&(e.next_ms, key));
                 }
                 e.next_ms = ev.at_ms;
                 e.attempts = ev.attempts;
                 e.in_flight = false;
-                self.timers.insert((e.next_ms, key));
+                if !e.held {
+                    self.timers.insert((e.next_ms, key));
+                }
             }
             Event::Done => {
-                if !e.in_flight {
+                if !e.in_flight && !e.held {
                     self.timers.remove(&(e.next_ms, key));
+                }
+                if e.held {
+                    self.held -= 1;
                 }
                 self.locations.remove(&e.location);
                 self.entries.remove(&key);
@@ -204,8 +258,32 @@ impl Queue {
             if e.in_flight {
                 e.in_flight = false;
                 e.next_ms = next_ms;
-                self.timers.insert((next_ms, key));
+                if !e.held {
+                    self.timers.insert((next_ms, key));
+                }
             }
+        }
+    }
+
+    /// A waiting (not held, not in flight) entry is due at `now_ms`
+    /// (retry now); true if it was waiting.
+    pub fn retime(&mut self, key: u64, now_ms: u64) -> bool {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return false;
+        };
+        if e.in_flight || e.held {
+            return false;
+        }
+        self.timers.remove(&(e.next_ms, key));
+        e.next_ms = e.next_ms.min(now_ms);
+        self.timers.insert((e.next_ms, key));
+        true
+    }
+
+    /// Keeps what was read of message `key`.
+    pub fn set_meta(&mut self, key: u64, meta: Rc<Meta>) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.meta = Some(meta);
         }
     }
 
@@ -248,7 +326,9 @@ impl Queue {
         if e.in_flight {
             return None;
         }
-        self.timers.remove(&(e.next_ms, key));
+        if !e.held {
+            self.timers.remove(&(e.next_ms, key));
+        }
         e.in_flight = true;
         Some(e.clone())
     }
@@ -275,8 +355,23 @@ impl Queue {
     }
 
     /// Entries in flight.
+    /// (A held entry in flight counts as held only.)
     pub fn in_flight(&self) -> usize {
-        self.entries.len() - self.timers.len()
+        (self.entries.len() - self.timers.len()).saturating_sub(self.held)
+    }
+
+    /// Entries held.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Keys from `from` on, at most `max` (operator scans go in chunks).
+    pub fn keys_from(&self, from: u64, max: usize) -> Vec<u64> {
+        self.entries
+            .range(from..)
+            .take(max)
+            .map(|(k, _)| *k)
+            .collect()
     }
 }
 
@@ -320,6 +415,34 @@ mod tests {
         // Events about messages no longer queued are ignored.
         q.apply(&ev(10, Event::Deferred, 9, &[]));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn held_entries_are_never_due_until_released() {
+        let mut q = Queue::new();
+        q.add(1, 1, 0, 2);
+        q.add(2, 2, 0, 1);
+        q.apply(&ev(1, Event::Held, 0, &[]));
+        assert_eq!(q.held(), 1);
+        assert_eq!(q.pop_due(u64::MAX, 10), vec![2]);
+        assert_eq!(q.in_flight(), 1);
+        // A deferral (e.g. replayed) keeps it held; a retry-now too.
+        q.apply(&ev(1, Event::Deferred, 5, &[]));
+        assert!(!q.retime(1, 0));
+        assert!(q.pop_due(u64::MAX, 10).is_empty());
+        q.apply(&ev(1, Event::Released, 7, &[]));
+        assert_eq!(q.held(), 0);
+        assert_eq!(q.next_due(), Some(7));
+        assert_eq!(q.pop_due(7, 10), vec![1]);
+        // Held while in flight: after its outcome it stays out.
+        q.apply(&ev(1, Event::Held, 0, &[]));
+        q.apply(&ev(1, Event::Deferred, 9, &[]));
+        assert!(q.pop_due(u64::MAX, 10).is_empty());
+        q.apply(&ev(1, Event::Deleted, 0, &[0, 1]));
+        assert!(q.get(1).unwrap().pending().is_empty());
+        q.apply(&ev(1, Event::Done, 0, &[]));
+        assert_eq!(q.held(), 0);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]
@@ -383,7 +506,7 @@ mod tests {
                         let keys: Vec<u64> = live.iter().map(|(k, _)| *k).collect();
                         if keys.is_empty() { continue; }
                         let key = keys[(pick as usize) % keys.len()];
-                        let event = match op { 1 => Event::Delivered, 2 => Event::Deferred, _ => Event::Done };
+                        let event = match (op, t % 3) { (1, _) => Event::Delivered, (2, 0) => Event::Held, (2, 1) => Event::Released, (2, _) => Event::Deferred, _ => Event::Done };
                         let e = StatusEvent { message: key, event, at_ms: t, attempts: 1, rcpts: vec![r] };
                         live.apply(&e);
                         log.push((0, Some(e)));
@@ -394,8 +517,9 @@ mod tests {
             for (k, e) in &log {
                 match e { None => replay.add(*k, *k, 0, 3), Some(e) => replay.apply(e) }
             }
-            let a: Vec<(u64, Vec<u32>, u64)> = live.iter().map(|(k, e)| (*k, e.pending(), e.next_ms)).collect();
-            let b: Vec<(u64, Vec<u32>, u64)> = replay.iter().map(|(k, e)| (*k, e.pending(), e.next_ms)).collect();
+            let a: Vec<(u64, Vec<u32>, u64, bool)> = live.iter().map(|(k, e)| (*k, e.pending(), e.next_ms, e.held)).collect();
+            let b: Vec<(u64, Vec<u32>, u64, bool)> = replay.iter().map(|(k, e)| (*k, e.pending(), e.next_ms, e.held)).collect();
+            prop_assert_eq!(live.next_due(), replay.next_due());
             prop_assert_eq!(a, b);
             let c = live.cursor(next);
             prop_assert!(live.iter().all(|(_, e)| e.location >= c));

@@ -255,6 +255,11 @@ impl Health {
         self.down.retain(|_, d| d.until_ms + keep > now_ms);
     }
 
+    /// Forgets every failure (the operator's retry now).
+    pub fn clear(&mut self) {
+        self.down.clear();
+    }
+
     /// `addr` worked: forget its failures.
     pub fn mark_up(&mut self, addr: &SocketAddr) {
         self.down.remove(addr);

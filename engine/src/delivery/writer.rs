@@ -68,8 +68,18 @@ struct Sorted {
     delivered: Vec<u32>,
     failed: Vec<Failed>,
     temporary: Vec<(u32, Reply, Option<String>)>,
+    deleted: Vec<u32>,
     not_tried: bool,
+    /// Some recipient's destination is suspended (until the earliest end;
+    /// `Some(None)`: until resumed).
+    suspended: Option<Option<u64>>,
+    /// An operator action left some recipient as it was.
+    untouched: bool,
 }
+
+/// Until a suspension without an end is looked at again (resuming makes
+/// its messages due at once anyway).
+const SUSPENDED_RECHECK_MS: u64 = 3_600_000;
 
 impl Delivery {
     /// Records finished attempts: DSNs first (new messages), then one
@@ -95,13 +105,38 @@ impl Delivery {
         }
     }
 
-    /// Records one batch of finished attempts.
-    async fn record(&self, batch: &[Rc<Attempt>]) {
+    /// Records one batch of finished attempts (also an operator's
+    /// bounce or delete, as attempts of their own).
+    pub(super) async fn record(&self, batch: &[Rc<Attempt>]) {
         let now = TimestampMs::now().0;
         let mut events = Vec::new();
         let mut copies = Vec::new();
         for a in batch {
+            // An operator acted on it while it was in flight.
+            let hold = self.apply_pending(a);
+            let first_delivery = self
+                .queue
+                .borrow()
+                .get(a.key)
+                .is_some_and(|e| e.finals().is_empty());
+            let from = events.len();
             self.conclude(a, now, &mut events, &mut copies).await;
+            let done = events[from..].iter().any(|e| e.event == Event::Done);
+            if hold && !done {
+                events.push(StatusEvent {
+                    message: a.key,
+                    event: Event::Held,
+                    at_ms: now,
+                    attempts: a.attempts,
+                    rcpts: Vec::new(),
+                });
+            }
+            let delivered = events[from..].iter().any(|e| e.event == Event::Delivered);
+            if let Some(r) = &a.msg.resubmitted {
+                if delivered && first_delivery {
+                    self.parts.ops.update(r.request, |q| q.delivered += 1);
+                }
+            }
         }
         // SPEC 3: an original is released only with its DSN redundant
         // too, so the status waits for the DSNs' shadow copies. They run
@@ -160,9 +195,16 @@ impl Delivery {
                 s.delivered.clone(),
             ));
         }
+        if !s.deleted.is_empty() {
+            tracing::info!(id = %a.id, rcpts = s.deleted.len(), "deleted by the operator");
+            events.push(event(Event::Deleted, now, a.attempts, s.deleted.clone()));
+        }
         if !s.failed.is_empty() {
             self.log_bounces(a, &s.failed);
+            // No DSN for the null sender, nor for a resubmitted message
+            // (its sender had the outcome of the original already).
             if !a.msg.mail_from.is_empty()
+                && a.msg.resubmitted.is_none()
                 && self.queue_dsn(a, &s.failed, now, copies).await.is_err()
             {
                 // Not recorded: the recipients stay pending and are tried
@@ -175,13 +217,20 @@ impl Delivery {
                 events.push(event(Event::Bounced, now, a.attempts, rcpts));
             }
         }
-        if s.temporary.is_empty() && !s.not_tried {
+        if s.temporary.is_empty() && !s.not_tried && s.suspended.is_none() && !s.untouched {
             events.push(event(Event::Done, now, a.attempts, Vec::new()));
             return;
         }
-        let (at_ms, attempts) = if s.temporary.is_empty() {
-            // Only not tried (shutdown): at once after restart, uncounted.
-            (now, a.attempts - 1)
+        let (at_ms, attempts) = if s.temporary.is_empty() && s.not_tried {
+            // Not tried (shutdown): at once after restart, uncounted.
+            (now, a.attempts.saturating_sub(1))
+        } else if let (true, Some(until)) = (s.temporary.is_empty(), s.suspended) {
+            // Waits for the suspension's end (or resume), uncounted.
+            let at = until.unwrap_or(now + SUSPENDED_RECHECK_MS);
+            (at, a.attempts.saturating_sub(1))
+        } else if s.temporary.is_empty() {
+            // An operator's action on other recipients: as it was.
+            (a.operator.unwrap_or(now), a.attempts)
         } else {
             CoreMetrics::inc(&self.metrics().deferred);
             let (_, reply, host) = &s.temporary[0];
@@ -215,6 +264,16 @@ impl Delivery {
                     s.temporary.push((*i, reply.clone(), host.clone()))
                 }
                 Outcome::NotTried => s.not_tried = true,
+                Outcome::Deleted => s.deleted.push(*i),
+                Outcome::Untouched => s.untouched = true,
+                Outcome::Suspended(until) => {
+                    // Look again at the earliest end of any of them.
+                    s.suspended = Some(match (s.suspended.flatten(), *until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (Some(a), None) | (None, Some(a)) => Some(a),
+                        (None, None) => None,
+                    })
+                }
             }
         }
         let m = self.metrics();

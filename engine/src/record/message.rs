@@ -6,18 +6,22 @@
 //! UTF-8 with a u16 length:
 //!
 //! ```text
-//! { u32 magic = "TNM1" | u16 version = 1 | u16 flags (bit 0: SMTPUTF8, bit 1: 8BITMIME, bit 2: ESMTP)
+//! { u32 magic = "TNM1" | u16 version = 1 | u16 flags (bit 0: SMTPUTF8, bit 1: 8BITMIME, bit 2: ESMTP,
+//!                                                      bit 3: RESUBMITTED)
 //! | u32 envelope_len                (bytes from here to the message)
 //! | u64 received_ms
 //! | u64 size_param                  (MAIL SIZE=, u64::MAX when absent)
 //! | str client_addr | str helo | str mail_from ("" = null sender)
 //! | u32 rcpt_count | rcpt_count * str rcpt
+//! | RESUBMITTED only: u64 request | str original_queue_id
 //! } message bytes: Received header + content as received (CRLF lines)
 //! ```
 //!
 //! Limits: every string is at most 65535 bytes (paths are at most 256 by
 //! RFC 5321, HELO names at most 512), at most 100 000 recipients.
-//! The queue id names shard and sequence: [`QueueId`].
+//! The queue id names shard and sequence: [`QueueId`]. A resubmitted
+//! message (Safety Net resubmission) names the request that queued it and
+//! the message it is a copy of; no DSN is ever sent for it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,6 +40,7 @@ const VERSION: u16 = 1;
 const FLAG_SMTPUTF8: u16 = 1;
 const FLAG_8BITMIME: u16 = 2;
 const FLAG_ESMTP: u16 = 4;
+const FLAG_RESUBMITTED: u16 = 8;
 /// Bytes before `envelope_len` counts.
 const FIXED: usize = 12;
 
@@ -103,6 +108,18 @@ pub struct StoredMessage {
     pub recipients: Vec<String>,
     /// Received header + content.
     pub message: bytes::Bytes,
+    /// Queued again by a Safety Net resubmission request.
+    pub resubmitted: Option<Resubmitted>,
+}
+
+/// Where a resubmitted message comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resubmitted {
+    /// The resubmission request.
+    pub request: u64,
+    /// The queue id of the message it copies (the first original, for a
+    /// copy of a copy), or a peer's `NODE:ID` for a shadow copy.
+    pub original: String,
 }
 
 /// Everything needed to write one record, with its exact size known
@@ -214,6 +231,49 @@ impl<'a> Encoder<'a> {
             head,
             received: None,
             content,
+        }
+    }
+
+    /// A Safety Net message queued again for `rcpts` (request `request`,
+    /// copying `original`), received now; its content (the original
+    /// `Received:` header included) is kept as stored.
+    pub fn resubmitted(
+        m: &'a StoredMessage,
+        rcpts: &[&str],
+        received_ms: u64,
+        request: u64,
+        original: &str,
+    ) -> Encoder<'a> {
+        let mut flags = FLAG_ESMTP | FLAG_RESUBMITTED;
+        if m.smtputf8 {
+            flags |= FLAG_SMTPUTF8;
+        }
+        if m.eight_bit {
+            flags |= FLAG_8BITMIME;
+        }
+        let mut head = Vec::with_capacity(FIXED + 96 + rcpts.len() * 32);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&flags.to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        head.extend_from_slice(&received_ms.to_le_bytes());
+        head.extend_from_slice(&m.size_param.unwrap_or(u64::MAX).to_le_bytes());
+        put_str(&mut head, &m.client);
+        put_str(&mut head, &m.helo);
+        put_str(&mut head, &m.mail_from);
+        head.extend_from_slice(&(rcpts.len() as u32).to_le_bytes());
+        for r in rcpts {
+            put_str(&mut head, r);
+        }
+        head.extend_from_slice(&request.to_le_bytes());
+        put_str(&mut head, original);
+        let env_len = (head.len() - FIXED) as u32;
+        head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
+        Encoder {
+            preamble: Vec::new(),
+            head,
+            received: None,
+            content: &m.message,
         }
     }
 
@@ -338,6 +398,14 @@ pub fn decode(payload: &bytes::Bytes) -> Result<StoredMessage, Malformed> {
     for _ in 0..count {
         recipients.push(r.string()?);
     }
+    let resubmitted = if flags & FLAG_RESUBMITTED != 0 {
+        Some(Resubmitted {
+            request: r.u64()?,
+            original: r.string()?,
+        })
+    } else {
+        None
+    };
     if r.at != message_at {
         return Err(Malformed("envelope length mismatch"));
     }
@@ -352,6 +420,7 @@ pub fn decode(payload: &bytes::Bytes) -> Result<StoredMessage, Malformed> {
         smtputf8: flags & FLAG_SMTPUTF8 != 0,
         recipients,
         message: payload.slice(message_at..),
+        resubmitted,
     })
 }
 
@@ -427,5 +496,36 @@ mod tests {
         assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
         assert!(decode(&bytes::Bytes::from_static(b"TNM1\x01\x00")).is_err());
         assert!("xyz".parse::<QueueId>().is_err());
+    }
+
+    #[test]
+    fn resubmitted_round_trip() {
+        let g = Encoder::generated("mx.example", "a@x.example", 9, b"Subject: s\r\n\r\nhi\r\n");
+        let id = QueueId {
+            shard: 0,
+            sequence: Sequence(7),
+        };
+        let mut out = Vec::new();
+        g.write(id, &mut |b| out.extend_from_slice(b));
+        let mut m = decode(&bytes::Bytes::from(out)).unwrap();
+        m.mail_from = "s@y.example".into();
+        assert_eq!(m.resubmitted, None);
+        let r = Encoder::resubmitted(&m, &["b@z.example"], 77, 3, "000000000000007");
+        let mut out = Vec::new();
+        r.write(id, &mut |b| out.extend_from_slice(b));
+        assert_eq!(out.len(), r.len());
+        assert_eq!(peek(&out), Ok((77, 1)));
+        let c = decode(&bytes::Bytes::from(out)).unwrap();
+        assert_eq!(c.mail_from, "s@y.example");
+        assert_eq!(c.recipients, vec!["b@z.example".to_string()]);
+        assert_eq!(c.received_ms, 77);
+        assert_eq!(c.message, m.message);
+        assert_eq!(
+            c.resubmitted,
+            Some(Resubmitted {
+                request: 3,
+                original: "000000000000007".into()
+            })
+        );
     }
 }

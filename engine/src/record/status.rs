@@ -10,7 +10,7 @@
 //! | count * { u64 message     (queue sequence: the message record's first
 //!                              sequence, kept across copy-forward)
 //!            | u8 event      (1 delivered, 2 bounced, 3 deferred, 4 done,
-//!                              5 snapshot)
+//!                              5 snapshot, 6 held, 7 released, 8 deleted)
 //!            | u64 at_ms     (deferred/snapshot: next attempt; else when)
 //!            | u32 attempts  (attempts made so far)
 //!            | u32 n | n * u32 recipient index } }
@@ -23,7 +23,11 @@
 //!   leaves the queue (and stays in the Safety Net).
 //! - `snapshot`: written right after a copy-forward: the recipients listed
 //!   are final, the next attempt is `at_ms`. Replaces earlier state, whose
-//!   records the `queue` cursor may now pass.
+//!   records the `queue` cursor may now pass. A held message's snapshot
+//!   is followed by a `held` event in the same record.
+//! - `held`: an operator held the message: never attempted, never
+//!   expired, until `released` (whose `at_ms` is the next attempt).
+//! - `deleted`: an operator dropped those recipients: final, no DSN.
 //!
 //! Limits: at most [`EVENTS_MAX`] events per record and 100 000 recipient
 //! indexes per event (the message limit).
@@ -52,6 +56,12 @@ pub enum Event {
     Done = 4,
     /// Full state after a copy-forward.
     Snapshot = 5,
+    /// Held by an operator.
+    Held = 6,
+    /// Released by an operator; the next attempt is `at_ms`.
+    Released = 7,
+    /// Recipients dropped by an operator (final, no DSN).
+    Deleted = 8,
 }
 
 impl Event {
@@ -62,6 +72,9 @@ impl Event {
             3 => Event::Deferred,
             4 => Event::Done,
             5 => Event::Snapshot,
+            6 => Event::Held,
+            7 => Event::Released,
+            8 => Event::Deleted,
             _ => return None,
         })
     }
@@ -211,7 +224,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(events in proptest::collection::vec(
-            (any::<u64>(), 1u8..=5, any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..8)), 0..20)) {
+            (any::<u64>(), 1u8..=8, any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..8)), 0..20)) {
             let events: Vec<StatusEvent> = events.into_iter().map(|(message, ev, at_ms, attempts, rcpts)| StatusEvent {
                 message, event: Event::from_u8(ev).unwrap(), at_ms, attempts, rcpts }).collect();
             let mut out = Vec::new();

@@ -41,6 +41,8 @@ pub struct NodeState {
     pub tls: Arc<crate::tls::Tls>,
     /// MTA-STS policies for MX delivery.
     pub mta_sts: Arc<crate::mta_sts::MtaSts>,
+    /// Operator state and each core's request channel.
+    pub ops: Arc<crate::ops::Ops>,
 }
 
 /// A core's rooms, built by [`run`].
@@ -151,6 +153,7 @@ fn build(
         routes: node.routes.clone(),
         tls: node.tls.clone(),
         mta_sts: node.mta_sts.clone(),
+        ops: node.ops.clone(),
     })?;
     if shard.id == 0 && primary.shadowing() {
         let hb = Heartbeat {

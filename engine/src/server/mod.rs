@@ -37,6 +37,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         crate::tls::reload::watch(certs, config.tls.reload_check_interval)?;
     }
     let mta_sts = crate::mta_sts::MtaSts::start(&config, tls.webpki_client());
+    let ops = crate::ops::Ops::open(&config)?;
+    // Requests still running at the last stop go on (queued for the
+    // cores, which take them once started).
+    ops.restart_requests();
     let config = Arc::new(config);
     let node = NodeState {
         stop: Arc::default(),
@@ -46,6 +50,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         users,
         tls,
         mta_sts,
+        ops,
     };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
     spawn_signal_thread(node.stop.clone(), node.tls.clone())?;
@@ -59,6 +64,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             tls: node.tls.stats.clone(),
             mta_sts: node.mta_sts.clone(),
+            ops: node.ops.clone(),
         })?),
         None => None,
     };
@@ -68,6 +74,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = admin {
         let _ = admin.join();
     }
+    node.ops.save_if_dirty();
     match failed {
         Some(e) => Err(e),
         None => {

@@ -148,6 +148,12 @@ impl Shard {
         self.recent.borrow_mut().insert(seq, payload);
     }
 
+    /// The kept payload of record `seq`, left in place (the operator's
+    /// look at a message not yet attempted).
+    pub fn peek_payload(&self, seq: u64) -> Option<bytes::Bytes> {
+        self.recent.borrow().get(seq)
+    }
+
     /// Takes the kept payload of record `seq`.
     pub fn take_payload(&self, seq: u64) -> Option<bytes::Bytes> {
         self.recent.borrow_mut().take(seq)

@@ -69,6 +69,10 @@ impl Recent {
         }
     }
 
+    pub(super) fn get(&self, seq: u64) -> Option<bytes::Bytes> {
+        self.payloads.get(&seq).cloned()
+    }
+
     pub(super) fn take(&mut self, seq: u64) -> Option<bytes::Bytes> {
         let p = self.payloads.remove(&seq)?;
         self.bytes -= p.len();
