@@ -61,8 +61,12 @@ impl Response {
     /// The body as JSON; panics (showing it) when it is not.
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("admin answer {} is not JSON ({e}): {}", self.code, self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "admin answer {} is not JSON ({e}): {}",
+                self.code, self.body
+            )
+        })
     }
 
     /// Panics unless the code is 2xx; the body as JSON.

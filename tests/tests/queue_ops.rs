@@ -153,7 +153,11 @@ fn subjects(messages: &[SinkMessage]) -> Vec<String> {
     let mut s: Vec<String> = messages
         .iter()
         .map(|m| {
-            assert!(!m.mail_from.is_empty(), "unexpected DSN: {}", m.content.escape_ascii());
+            assert!(
+                !m.mail_from.is_empty(),
+                "unexpected DSN: {}",
+                m.content.escape_ascii()
+            );
             m.subject()
         })
         .collect();
@@ -167,7 +171,11 @@ fn subjects(messages: &[SinkMessage]) -> Vec<String> {
 fn expect_exactly(sink: &TestSink, sent: &[Sent], what: &str) {
     sink.wait_for(sent.len(), ARRIVE_WAIT);
     std::thread::sleep(SETTLE);
-    assert_eq!(subjects(&sink.messages()), names(sent), "{what}: each message exactly once");
+    assert_eq!(
+        subjects(&sink.messages()),
+        names(sent),
+        "{what}: each message exactly once"
+    );
 }
 
 /// Waits until `n` delivery attempts left recipients for a retry (so no
@@ -200,7 +208,13 @@ fn flush_delivers_everything_at_once_after_the_next_hop_is_back() {
         delivery(LONG),
         pools(&[("main", hop.addr(), "example.com")])
     )));
-    let sent = send(tern.addr(), "sender@origin.test", "rcpt@example.com", "m", 100);
+    let sent = send(
+        tern.addr(),
+        "sender@origin.test",
+        "rcpt@example.com",
+        "m",
+        100,
+    );
     wait_deferred(&tern, 100);
     let admin = Admin::of(&tern);
     let entry = admin
@@ -238,7 +252,10 @@ fn flush_of_one_destination_leaves_the_other_waiting() {
     let tern = TernProcess::start(Options::with_config(&format!(
         "{}{}",
         delivery(LONG),
-        pools(&[("one", one.addr(), "one.test"), ("two", two.addr(), "two.test")])
+        pools(&[
+            ("one", one.addr(), "one.test"),
+            ("two", two.addr(), "two.test")
+        ])
     )));
     let to_one = send(tern.addr(), "sender@origin.test", "r@one.test", "one", 10);
     let to_two = send(tern.addr(), "sender@origin.test", "r@two.test", "two", 10);
@@ -249,7 +266,11 @@ fn flush_of_one_destination_leaves_the_other_waiting() {
     let cli = Cli::of(&tern);
     let dry = cli.json(&["queue", "flush", "--destination", "pool:one", "--dry-run"]);
     assert_eq!(dry["dry_run"], true, "{dry}");
-    assert_eq!(message_ids(&dry), ids(&to_one), "dry run lists pool:one's messages");
+    assert_eq!(
+        message_ids(&dry),
+        ids(&to_one),
+        "dry run lists pool:one's messages"
+    );
     std::thread::sleep(SETTLE);
     assert!(one.messages().is_empty(), "a dry run flushes nothing");
 
@@ -292,7 +313,10 @@ fn suspend_under_load_stops_one_destination_and_resume_delivers_all_once() {
     let tern = TernProcess::start(Options::with_config(&format!(
         "{}{}",
         delivery(&[("concurrency_per_destination", &CONCURRENCY.to_string())]),
-        pools(&[("one", one.addr(), "one.test"), ("two", two.addr(), "two.test")])
+        pools(&[
+            ("one", one.addr(), "one.test"),
+            ("two", two.addr(), "two.test")
+        ])
     )));
     let admin = Admin::of(&tern);
     let cli = Cli::of(&tern);
@@ -317,12 +341,17 @@ fn suspend_under_load_stops_one_destination_and_resume_delivers_all_once() {
             }
             c.quit();
         });
-        wait_until("pool:one to receive under load", Duration::from_secs(15), || {
-            one.messages().len() >= 20 && two.messages().len() >= 20
-        });
+        wait_until(
+            "pool:one to receive under load",
+            Duration::from_secs(15),
+            || one.messages().len() >= 20 && two.messages().len() >= 20,
+        );
         let answer = cli.json(&["destination", "suspend", "pool:one"]);
         let at_answer = one.messages().len();
-        assert_eq!(answer["destination"], "pool:one", "the suspension: {answer}");
+        assert_eq!(
+            answer["destination"], "pool:one",
+            "the suspension: {answer}"
+        );
         // Transactions under way finish; nothing new starts.
         std::thread::sleep(Duration::from_secs(1));
         let settled = one.messages().len();
@@ -355,7 +384,10 @@ fn suspend_under_load_stops_one_destination_and_resume_delivers_all_once() {
             .summary_of("pool:one")
             .unwrap_or_else(|| panic!("pool:one not in {}", admin.summary()));
         assert_eq!(entry["state"], "suspended", "{entry}");
-        assert!(count(&entry, "messages") >= 10, "mail waits for pool:one: {entry}");
+        assert!(
+            count(&entry, "messages") >= 10,
+            "mail waits for pool:one: {entry}"
+        );
         assert_eq!(admin.suspended(), vec!["pool:one".to_string()]);
         stop.store(true, Ordering::SeqCst);
     });
@@ -363,7 +395,10 @@ fn suspend_under_load_stops_one_destination_and_resume_delivers_all_once() {
     let sent = sent.into_inner().unwrap();
     let (to_one, to_two): (Vec<Sent>, Vec<Sent>) =
         sent.into_iter().partition(|s| s.rcpt == "r@one.test");
-    assert!(one.messages().len() < to_one.len(), "some mail waits for pool:one");
+    assert!(
+        one.messages().len() < to_one.len(),
+        "some mail waits for pool:one"
+    );
     cli.ok(&["destination", "resume", "pool:one"]);
     assert!(admin.suspended().is_empty(), "resumed");
     expect_exactly(&one, &to_one, "pool:one after the resume");
@@ -371,7 +406,11 @@ fn suspend_under_load_stops_one_destination_and_resume_delivers_all_once() {
     wait_until("the queue to empty", Duration::from_secs(10), || {
         tern.queue_ids().is_empty()
     });
-    assert_eq!(tern.counter("tern_bounced_recipients_total"), 0, "nothing bounces");
+    assert_eq!(
+        tern.counter("tern_bounced_recipients_total"),
+        0,
+        "nothing bounces"
+    );
 }
 
 /// `--for` ends a suspension by itself: mail to the destination waits,
@@ -383,7 +422,10 @@ fn suspension_for_a_duration_ends_by_itself() {
     let tern = TernProcess::start(Options::with_config(&format!(
         "{}{}",
         delivery(&[]),
-        pools(&[("one", one.addr(), "one.test"), ("two", two.addr(), "two.test")])
+        pools(&[
+            ("one", one.addr(), "one.test"),
+            ("two", two.addr(), "two.test")
+        ])
     )));
     let admin = Admin::of(&tern);
     let cli = Cli::of(&tern);
@@ -410,8 +452,20 @@ fn hold_survives_sigkill_and_release_delivers() {
         delivery(&[]),
         pools(&[("main", hop.addr(), "example.com")])
     )));
-    let held = send(tern.addr(), "sender@origin.test", "rcpt@example.com", "held", 1);
-    let free = send(tern.addr(), "sender@origin.test", "rcpt@example.com", "free", 1);
+    let held = send(
+        tern.addr(),
+        "sender@origin.test",
+        "rcpt@example.com",
+        "held",
+        1,
+    );
+    let free = send(
+        tern.addr(),
+        "sender@origin.test",
+        "rcpt@example.com",
+        "free",
+        1,
+    );
     wait_deferred(&tern, 2);
     let answer = Cli::of(&tern).json(&["queue", "hold", &held[0].id]);
     assert_eq!(answer["action"], "hold", "{answer}");
@@ -421,7 +475,11 @@ fn hold_survives_sigkill_and_release_delivers() {
     hop.set_behavior(Behavior::default());
     expect_exactly(&hop, &free, "the message not held, at its retry");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(subjects(&hop.messages()), names(&free), "the held one is not tried");
+    assert_eq!(
+        subjects(&hop.messages()),
+        names(&free),
+        "the held one is not tried"
+    );
     let entry = Admin::of(&tern)
         .summary_of("pool:main")
         .expect("pool:main in the summary");
@@ -430,7 +488,11 @@ fn hold_survives_sigkill_and_release_delivers() {
 
     tern.kill();
     tern.restart();
-    assert_eq!(queued(&tern), ids(&held), "the held message survives the SIGKILL");
+    assert_eq!(
+        queued(&tern),
+        ids(&held),
+        "the held message survives the SIGKILL"
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         subjects(&hop.messages()),
@@ -438,7 +500,9 @@ fn hold_survives_sigkill_and_release_delivers() {
         "still held after the restart: not tried"
     );
     let admin = Admin::of(&tern);
-    let entry = admin.summary_of("pool:main").expect("pool:main in the summary");
+    let entry = admin
+        .summary_of("pool:main")
+        .expect("pool:main in the summary");
     assert_eq!(entry["state"], "held", "after the restart: {entry}");
 
     let answer = Cli::of(&tern).json(&["queue", "release", &held[0].id]);
@@ -485,7 +549,13 @@ fn bounce_and_delete_a_destination_and_nothing_else() {
     let from = "someone@sender.test";
     let mut to_alpha = Vec::new();
     for i in 0..3 {
-        to_alpha.extend(send(tern.addr(), from, &format!("a{i}@alpha.test"), &format!("alpha{i}"), 1));
+        to_alpha.extend(send(
+            tern.addr(),
+            from,
+            &format!("a{i}@alpha.test"),
+            &format!("alpha{i}"),
+            1,
+        ));
     }
     let to_beta = send(tern.addr(), from, "b@beta.test", "beta", 3);
     let to_gamma = send(tern.addr(), from, "c@gamma.test", "gamma", 2);
@@ -496,16 +566,33 @@ fn bounce_and_delete_a_destination_and_nothing_else() {
 
     let cli = Cli::of(&tern);
     let dry = cli.json(&[
-        "queue", "bounce", "--destination", "pool:alpha", "--reason", REASON, "--dry-run",
+        "queue",
+        "bounce",
+        "--destination",
+        "pool:alpha",
+        "--reason",
+        REASON,
+        "--dry-run",
     ]);
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert_eq!(count(&dry, "matched"), 3, "{dry}");
-    assert_eq!(message_ids(&dry), ids(&to_alpha), "dry run lists alpha's messages");
+    assert_eq!(
+        message_ids(&dry),
+        ids(&to_alpha),
+        "dry run lists alpha's messages"
+    );
     std::thread::sleep(SETTLE);
     assert!(home.messages().is_empty(), "a dry run sends no DSN");
     assert_eq!(queued(&tern), all, "a dry run changes nothing");
 
-    let answer = cli.json(&["queue", "bounce", "--destination", "pool:alpha", "--reason", REASON]);
+    let answer = cli.json(&[
+        "queue",
+        "bounce",
+        "--destination",
+        "pool:alpha",
+        "--reason",
+        REASON,
+    ]);
     assert_eq!(answer["action"], "bounce", "{answer}");
     assert_eq!(answer["dry_run"], false, "{answer}");
     assert_eq!(message_ids(&answer), ids(&to_alpha), "{answer}");
@@ -534,12 +621,17 @@ fn bounce_and_delete_a_destination_and_nothing_else() {
         bounced.push(rcpt);
     }
     bounced.sort();
-    assert_eq!(bounced, vec!["a0@alpha.test", "a1@alpha.test", "a2@alpha.test"]);
+    assert_eq!(
+        bounced,
+        vec!["a0@alpha.test", "a1@alpha.test", "a2@alpha.test"]
+    );
     let mut left: Vec<String> = [ids(&to_beta), ids(&to_gamma)].concat();
     left.sort();
-    wait_until("alpha's messages to leave the queue", Duration::from_secs(10), || {
-        queued(&tern) == left
-    });
+    wait_until(
+        "alpha's messages to leave the queue",
+        Duration::from_secs(10),
+        || queued(&tern) == left,
+    );
     assert_eq!(tern.counter("tern_bounced_recipients_total"), 3);
 
     let dry = cli.json(&["queue", "delete", "--destination", "pool:beta", "--dry-run"]);
@@ -549,9 +641,11 @@ fn bounce_and_delete_a_destination_and_nothing_else() {
     let answer = cli.json(&["queue", "delete", "--destination", "pool:beta"]);
     assert_eq!(answer["action"], "delete", "{answer}");
     assert_eq!(message_ids(&answer), ids(&to_beta), "{answer}");
-    wait_until("beta's messages to leave the queue", Duration::from_secs(10), || {
-        queued(&tern) == ids(&to_gamma)
-    });
+    wait_until(
+        "beta's messages to leave the queue",
+        Duration::from_secs(10),
+        || queued(&tern) == ids(&to_gamma),
+    );
     std::thread::sleep(SETTLE);
     assert_eq!(home.messages().len(), 3, "delete sends no DSN");
     assert_eq!(tern.counter("tern_dsns_queued_total"), 3);
@@ -578,7 +672,10 @@ fn admin_api_without_the_token_is_refused_and_changes_nothing() {
     let tern = TernProcess::start(Options::with_config(&format!(
         "{}{}",
         delivery(LONG),
-        pools(&[("alpha", hop.addr(), "alpha.test"), ("beta", other.addr(), "beta.test")])
+        pools(&[
+            ("alpha", hop.addr(), "alpha.test"),
+            ("beta", other.addr(), "beta.test")
+        ])
     )));
     let sent = send(tern.addr(), "sender@origin.test", "r@alpha.test", "m", 1);
     let id = sent[0].id.clone();
@@ -589,14 +686,26 @@ fn admin_api_without_the_token_is_refused_and_changes_nothing() {
         "end": admin::rfc3339(now - Duration::from_secs(1)),
     });
     let requests: Vec<(&str, String, Option<String>)> = vec![
-        ("POST", "/queue/hold".into(), Some(json!({"id": id}).to_string())),
-        ("POST", "/queue/delete".into(), Some(json!({"id": id}).to_string())),
+        (
+            "POST",
+            "/queue/hold".into(),
+            Some(json!({"id": id}).to_string()),
+        ),
+        (
+            "POST",
+            "/queue/delete".into(),
+            Some(json!({"id": id}).to_string()),
+        ),
         (
             "POST",
             "/queue/bounce".into(),
             Some(json!({"id": id, "reason": "no"}).to_string()),
         ),
-        ("POST", "/queue/flush".into(), Some(json!({"all": true}).to_string())),
+        (
+            "POST",
+            "/queue/flush".into(),
+            Some(json!({"all": true}).to_string()),
+        ),
         (
             "POST",
             "/destinations/suspend".into(),
@@ -618,7 +727,11 @@ fn admin_api_without_the_token_is_refused_and_changes_nothing() {
                 client.token, r.code, r.body
             );
             let err = r.json();
-            assert!(err["error"].is_string(), "401 body is a JSON error: {}", r.body);
+            assert!(
+                err["error"].is_string(),
+                "401 body is a JSON error: {}",
+                r.body
+            );
         }
     }
     // A wrong token through the CLI too.
@@ -632,14 +745,23 @@ fn admin_api_without_the_token_is_refused_and_changes_nothing() {
     // Nothing changed.
     let admin = Admin::of(&tern);
     assert_eq!(queued(&tern), vec![id.clone()], "still queued");
-    let entry = admin.summary_of("pool:alpha").expect("pool:alpha in the summary");
+    let entry = admin
+        .summary_of("pool:alpha")
+        .expect("pool:alpha in the summary");
     assert_ne!(entry["state"], "held", "not held: {entry}");
     assert_eq!(count(&entry, "held"), 0, "not held: {entry}");
     assert!(admin.suspended().is_empty(), "nothing suspended");
-    assert!(admin.resubmit_requests().is_empty(), "no resubmission request");
+    assert!(
+        admin.resubmit_requests().is_empty(),
+        "no resubmission request"
+    );
     let routes = admin.get("/routes");
     assert_eq!(routes.code, 200);
-    assert!(!routes.body.contains("override"), "no route override: {}", routes.body);
+    assert!(
+        !routes.body.contains("override"),
+        "no route override: {}",
+        routes.body
+    );
     assert!(hop.messages().is_empty() && other.messages().is_empty());
 
     // Metrics on loopback need no token.
@@ -650,11 +772,16 @@ fn admin_api_without_the_token_is_refused_and_changes_nothing() {
     // With the token the same requests work.
     let answer = admin.post("/queue/hold", &json!({"id": id})).ok();
     assert_eq!(count(&answer, "matched"), 1, "{answer}");
-    let entry = admin.summary_of("pool:alpha").expect("pool:alpha in the summary");
+    let entry = admin
+        .summary_of("pool:alpha")
+        .expect("pool:alpha in the summary");
     assert_eq!(count(&entry, "held"), 1, "held with the token: {entry}");
     let r = admin.request("PUT", "/routes/alpha.test", Some("beta"));
     assert_eq!(r.code, 200, "route PUT with the token: {}", r.body);
-    let r = admin.post("/destinations/suspend", &json!({"destination": "pool:beta"}));
+    let r = admin.post(
+        "/destinations/suspend",
+        &json!({"destination": "pool:beta"}),
+    );
     assert_eq!(r.code, 200, "suspend with the token: {}", r.body);
     assert_eq!(admin.suspended(), vec!["pool:beta".to_string()]);
 }

@@ -115,7 +115,11 @@ fn originals(messages: &[SinkMessage], rcpt_domain: &str) -> Vec<String> {
                     m.rcpts
                 );
                 let subject = m.subject();
-                assert_eq!(message_id(m), format!("{subject}@resubmit.test"), "Message-ID");
+                assert_eq!(
+                    message_id(m),
+                    format!("{subject}@resubmit.test"),
+                    "Message-ID"
+                );
                 subject
             })
             .collect(),
@@ -258,7 +262,14 @@ fn resubmit_by_recipient_domain_once_and_across_a_restart() {
 
     let cli = Cli::of(&tern);
     let args = [
-        "resubmit", "add", "--start", &start, "--end", &end, "--recipient-domain", "x.test",
+        "resubmit",
+        "add",
+        "--start",
+        &start,
+        "--end",
+        &end,
+        "--recipient-domain",
+        "x.test",
     ];
     let first = request_id(&cli.json(&args));
     expect_exactly(&x, &to_x, "x.test", "x.test resubmitted");
@@ -274,11 +285,18 @@ fn resubmit_by_recipient_domain_once_and_across_a_restart() {
         if r["state"] == "done" {
             break r;
         }
-        assert!(std::time::Instant::now() < deadline, "second request not done: {r}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second request not done: {r}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     std::thread::sleep(SETTLE);
-    assert_eq!(x.messages().len(), 10, "the duplicate request resubmits nothing");
+    assert_eq!(
+        x.messages().len(),
+        10,
+        "the duplicate request resubmits nothing"
+    );
     assert_eq!(count(&second_listed, "resubmitted"), 0, "{second_listed}");
     assert_eq!(count(&second_listed, "delivered"), 0, "{second_listed}");
 
@@ -297,12 +315,25 @@ fn resubmit_by_recipient_domain_once_and_across_a_restart() {
     );
     for (id, before) in [(&first, &first_listed), (&second, &second_listed)] {
         let now = &after[id];
-        for field in ["state", "matched", "resubmitted", "delivered", "recipient_domain"] {
-            assert_eq!(now[field], before[field], "{field} of request {id} after the restart");
+        for field in [
+            "state",
+            "matched",
+            "resubmitted",
+            "delivered",
+            "recipient_domain",
+        ] {
+            assert_eq!(
+                now[field], before[field],
+                "{field} of request {id} after the restart"
+            );
         }
     }
     std::thread::sleep(SETTLE);
-    assert_eq!(x.messages().len(), 10, "the restart resubmits nothing again");
+    assert_eq!(
+        x.messages().len(),
+        10,
+        "the restart resubmits nothing again"
+    );
     assert!(y.messages().is_empty());
     assert_eq!(tern.counter("tern_dsns_queued_total"), 0, "no DSN");
 
@@ -425,9 +456,11 @@ fn unresponsive_primary_is_resubmitted_from_the_shadow_safety_net() {
     wait_until("b to learn a handled them", Duration::from_secs(20), || {
         b.counter("tern_shadow_discards_total") >= N as u64
     });
-    wait_until("b's shadow queue for a to drain", Duration::from_secs(20), || {
-        sum_samples(&b.metrics(), "tern_shadow_queue_messages{primary=\"a\"") == 0
-    });
+    wait_until(
+        "b's shadow queue for a to drain",
+        Duration::from_secs(20),
+        || sum_samples(&b.metrics(), "tern_shadow_queue_messages{primary=\"a\"") == 0,
+    );
     std::thread::sleep(GAP);
     a.kill();
     hop.clear();
