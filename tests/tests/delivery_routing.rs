@@ -161,6 +161,9 @@ fn tern_route(tern: &TernProcess, args: &[&str]) -> Output {
         .args(args)
         .arg("--admin")
         .arg(tern.admin_addr().to_string())
+        // Where the admin token is.
+        .arg("--data-dir")
+        .arg(tern.data_dir())
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap_or_else(|e| panic!("run tern route {args:?}: {e}"))

@@ -162,26 +162,41 @@ impl Primary {
     /// message it reports on is released. Without a peer it stays
     /// non-redundant (counted and logged); it is delivered either way.
     pub async fn copy_generated(&self, id: QueueId, recipient: &str, content: &[u8]) {
+        self.copy_stored(id, "", &[recipient], content, "a generated message")
+            .await
+    }
+
+    /// A shadow copy of a message this node stored itself (a DSN, a
+    /// Safety Net resubmission: `what`), `content` as stored. Without a
+    /// peer it stays non-redundant (counted and logged).
+    pub async fn copy_stored(
+        &self,
+        id: QueueId,
+        from: &str,
+        rcpts: &[&str],
+        content: &[u8],
+        what: &str,
+    ) {
         if !self.shadowing() {
             return;
         }
         let copy = Copy {
-            from: String::new(),
-            rcpts: vec![recipient.to_owned()],
+            from: from.to_owned(),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
             eight_bit: content.iter().any(|&b| b >= 0x80),
-            smtputf8: !recipient.is_ascii(),
+            smtputf8: !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
             xshadow: format!("{}{id}", self.xshadow_prefix),
             message: content.to_vec(),
         };
         match self.copy(copy).await {
             Ok(node) => {
                 CoreMetrics::inc(&self.metrics.shadow_copies_made);
-                tracing::debug!(id = %id, shadow = %node, "shadow copy of a generated message made");
+                tracing::debug!(id = %id, shadow = %node, "shadow copy of {what} made");
             }
             Err(e) => {
                 CoreMetrics::inc(&self.metrics.shadow_copies_failed);
                 CoreMetrics::inc(&self.metrics.non_redundant_accepts);
-                tracing::warn!(id = %id, error = %e, "no shadow copy of a generated message: kept without redundancy");
+                tracing::warn!(id = %id, error = %e, "no shadow copy of {what}: kept without redundancy");
             }
         }
     }
