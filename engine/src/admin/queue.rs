@@ -133,8 +133,8 @@ pub(super) fn act(a: &Admin, req: &Req, action: &str) -> Answer {
         selector.all = true;
     }
     if let Some(id) = &selector.id {
-        if let Err(e) = id.parse::<crate::record::message::QueueId>() {
-            return Answer::error(400, e);
+        if id.len() != 14 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Answer::error(400, format!("{id:?} is not a queue id (14 hex digits)"));
         }
     }
     if let Some(d) = &selector.destination {

@@ -35,6 +35,9 @@ const CHUNK: usize = 1024;
 /// Destinations whose last error is remembered.
 const LAST_ERRORS_MAX: usize = 10_000;
 
+/// Suspended destinations and when each suspension ends.
+type Suspended = Vec<(Destination, Option<u64>)>;
+
 /// An action waiting for the end of a message's attempt.
 #[derive(Clone, Debug)]
 enum Pending {
@@ -49,7 +52,7 @@ pub(super) struct CoreOps {
     /// Actions on messages in flight, by queue key.
     pending: RefCell<HashMap<u64, Vec<Pending>>>,
     /// The suspensions in force, as of generation `.0`.
-    suspensions: RefCell<(u64, Vec<(Destination, Option<u64>)>)>,
+    suspensions: RefCell<(u64, Suspended)>,
     /// Per destination: when and what went wrong last.
     last_errors: RefCell<HashMap<String, (u64, String)>>,
     /// Senders and domains of queued messages, shared.

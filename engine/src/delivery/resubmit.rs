@@ -244,7 +244,8 @@ impl Delivery {
             } else {
                 &m.mail_from
             };
-            if !from.eq_ignore_ascii_case(s) && !(s == "<>" && m.mail_from.is_empty()) {
+            // (The request's sender is lower case; `<>` is the null one.)
+            if !from.eq_ignore_ascii_case(s.trim_matches(['<', '>'])) && from != s {
                 return false;
             }
         }
