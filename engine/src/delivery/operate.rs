@@ -470,20 +470,23 @@ impl Delivery {
                 let reply = Reply::new(550, Status(5, 0, 0), text);
                 let mut batch = Vec::new();
                 for h in hits {
-                    if h.in_flight {
-                        let p = match action {
-                            Action::Bounce => Pending::Bounce(reply.clone(), h.rcpts),
-                            _ => Pending::Delete(h.rcpts),
-                        };
-                        self.add_pending(h.key, p);
-                        continue;
-                    }
                     let outcome = match action {
                         Action::Bounce => Outcome::Permanent(reply.clone(), None),
                         _ => Outcome::Deleted,
                     };
                     if let Some(a) = self.operator_attempt(h.key, h.rcpts.as_deref(), &outcome) {
                         batch.push(Rc::new(a));
+                        continue;
+                    }
+                    // In flight now (the selection may be a moment old):
+                    // acted on when its attempt is recorded.
+                    let busy = self.queue.borrow().get(h.key).is_some_and(|e| e.in_flight);
+                    if busy {
+                        let p = match action {
+                            Action::Bounce => Pending::Bounce(reply.clone(), h.rcpts),
+                            _ => Pending::Delete(h.rcpts),
+                        };
+                        self.add_pending(h.key, p);
                     }
                 }
                 if !batch.is_empty() {
