@@ -10,9 +10,9 @@ cd "$(dirname "$0")/../.."
 
 PORT=${PORT:-2626}
 WORK=$(mktemp -d)
-TERN=${TERN:-target/debug/tern}
+TERN=${TERN:-${CARGO_TARGET_DIR:-target}/debug/tern}
 SINK_PORT=$((PORT + 1))
-LG=${LG:-target/debug/tern-loadgen}
+LG=${LG:-${CARGO_TARGET_DIR:-target}/debug/tern-loadgen}
 PID=
 SINK=
 cleanup() {

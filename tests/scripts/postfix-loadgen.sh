@@ -23,7 +23,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build -q -p tern-loadgen --bin tern-loadgen
-LG=target/debug/tern-loadgen
+LG=${CARGO_TARGET_DIR:-target}/debug/tern-loadgen
 
 "$LG" sink --listen "127.0.0.1:$SINK_PORT" --expect "$N" --timeout 120s --json "$WORK/sink.json" --quiet \
   >"$WORK/sink.txt" 2>&1 &

@@ -60,8 +60,8 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build -q -p tern-engine --bin tern -p tern-loadgen --bin tern-loadgen
-TERN=target/debug/tern
-LG=target/debug/tern-loadgen
+TERN=${CARGO_TARGET_DIR:-target}/debug/tern
+LG=${CARGO_TARGET_DIR:-target}/debug/tern-loadgen
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # Postfix's certificate (smtpd reads it as root, before its chroot).
