@@ -103,7 +103,7 @@ impl Delivery {
             shard: self.shard().id,
             sequence: Sequence(key),
         };
-        let msg = match self.read_message(&entry) {
+        let msg = match self.read_message(&entry, true) {
             Ok(m) => m,
             Err(e) => {
                 self.unreadable(key, id, &entry, &e).await;
@@ -141,9 +141,14 @@ impl Delivery {
         self.branch_done(&attempt, Vec::new());
     }
 
-    /// The queued message: the fresh payload kept at accept, else the log.
-    fn read_message(&self, entry: &Entry) -> Result<StoredMessage, String> {
-        let payload = match self.shard().take_payload(entry.location) {
+    /// The queued message: the fresh payload kept at accept (taken, or
+    /// left in place for an operator's look), else the log.
+    pub(super) fn read_message(&self, entry: &Entry, take: bool) -> Result<StoredMessage, String> {
+        let fresh = match take {
+            true => self.shard().take_payload(entry.location),
+            false => self.shard().peek_payload(entry.location),
+        };
+        let payload = match fresh {
             Some(p) => p,
             None => {
                 let rec = self.shard().log.read(Sequence(entry.location));

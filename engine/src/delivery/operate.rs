@@ -138,14 +138,7 @@ impl Delivery {
 
     /// The queued message, leaving the fresh-payload cache as it is.
     fn peek_message(&self, entry: &Entry) -> Result<StoredMessage, String> {
-        let payload = match self.shard().peek_payload(entry.location) {
-            Some(p) => p,
-            None => {
-                let rec = self.shard().log.read(Sequence(entry.location));
-                rec.map_err(|e| e.to_string())?.payload
-            }
-        };
-        crate::record::message::decode(&payload).map_err(|e| e.to_string())
+        self.read_message(entry, false)
     }
 
     /// Is a recipient of `domain` routed to `target` suspended at

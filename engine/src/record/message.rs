@@ -140,6 +140,25 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b);
 }
 
+/// The fixed part of an envelope: magic, version, `flags`, a zero
+/// `envelope_len` ([`finish_head`] patches it), `received_ms`, `size`.
+fn start_head(flags: u16, received_ms: u64, size: u64, capacity: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(FIXED + capacity);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&flags.to_le_bytes());
+    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(&received_ms.to_le_bytes());
+    head.extend_from_slice(&size.to_le_bytes());
+    head
+}
+
+/// Writes `envelope_len` now that the envelope is complete.
+fn finish_head(head: &mut [u8]) {
+    let env_len = (head.len() - FIXED) as u32;
+    head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
+}
+
 impl<'a> Encoder<'a> {
     /// Prepares the envelope. The Received header is written as
     /// `received_prefix` + queue id + `received_suffix` (see
@@ -162,13 +181,13 @@ impl<'a> Encoder<'a> {
             flags |= FLAG_ESMTP;
         }
         // Written once, straight into the header; envelope_len patched after.
-        let mut head = Vec::with_capacity(FIXED + 64 + envelope.recipients.len() * 32);
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
-        head.extend_from_slice(&flags.to_le_bytes());
-        head.extend_from_slice(&[0; 4]);
-        head.extend_from_slice(&received_ms.to_le_bytes());
-        head.extend_from_slice(&envelope.params.size.unwrap_or(u64::MAX).to_le_bytes());
+        let size = envelope.params.size.unwrap_or(u64::MAX);
+        let mut head = start_head(
+            flags,
+            received_ms,
+            size,
+            64 + envelope.recipients.len() * 32,
+        );
         put_str(&mut head, &client.to_string());
         put_str(&mut head, &envelope.helo);
         let from = match &envelope.from {
@@ -180,8 +199,7 @@ impl<'a> Encoder<'a> {
         for r in &envelope.recipients {
             put_str(&mut head, &r.to_string());
         }
-        let env_len = (head.len() - FIXED) as u32;
-        head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
+        finish_head(&mut head);
         Encoder {
             preamble: Vec::new(),
             head,
@@ -212,20 +230,13 @@ impl<'a> Encoder<'a> {
         if !recipient.is_ascii() {
             flags |= FLAG_SMTPUTF8;
         }
-        let mut head = Vec::with_capacity(FIXED + 64 + recipient.len());
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
-        head.extend_from_slice(&flags.to_le_bytes());
-        head.extend_from_slice(&[0; 4]);
-        head.extend_from_slice(&received_ms.to_le_bytes());
-        head.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut head = start_head(flags, received_ms, u64::MAX, 64 + recipient.len());
         put_str(&mut head, "127.0.0.1:0");
         put_str(&mut head, hostname);
         put_str(&mut head, "");
         head.extend_from_slice(&1u32.to_le_bytes());
         put_str(&mut head, recipient);
-        let env_len = (head.len() - FIXED) as u32;
-        head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
+        finish_head(&mut head);
         Encoder {
             preamble: Vec::new(),
             head,
@@ -251,13 +262,8 @@ impl<'a> Encoder<'a> {
         if m.eight_bit {
             flags |= FLAG_8BITMIME;
         }
-        let mut head = Vec::with_capacity(FIXED + 96 + rcpts.len() * 32);
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
-        head.extend_from_slice(&flags.to_le_bytes());
-        head.extend_from_slice(&[0; 4]);
-        head.extend_from_slice(&received_ms.to_le_bytes());
-        head.extend_from_slice(&m.size_param.unwrap_or(u64::MAX).to_le_bytes());
+        let size = m.size_param.unwrap_or(u64::MAX);
+        let mut head = start_head(flags, received_ms, size, 96 + rcpts.len() * 32);
         put_str(&mut head, &m.client);
         put_str(&mut head, &m.helo);
         put_str(&mut head, &m.mail_from);
@@ -267,8 +273,7 @@ impl<'a> Encoder<'a> {
         }
         head.extend_from_slice(&request.to_le_bytes());
         put_str(&mut head, original);
-        let env_len = (head.len() - FIXED) as u32;
-        head[8..FIXED].copy_from_slice(&env_len.to_le_bytes());
+        finish_head(&mut head);
         Encoder {
             preamble: Vec::new(),
             head,
