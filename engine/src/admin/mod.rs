@@ -118,7 +118,10 @@ impl Admin {
         if let Some(pattern) = path.strip_prefix("/routes/") {
             let (code, text) =
                 routes::change(self, &req.method, pattern, req.body.trim(), &req.who);
-            return Answer::text(code, text);
+            return match code {
+                200 => Answer::text(code, text),
+                _ => Answer::error(code, text.trim()),
+            };
         }
         if let Some(action) = path.strip_prefix("/queue/") {
             return match (&req.method, action) {
