@@ -805,3 +805,61 @@ fn admin_api_without_the_token_is_refused_and_changes_nothing() {
     assert_eq!(r.code, 200, "suspend with the token: {}", r.body);
     assert_eq!(admin.suspended(), vec!["pool:beta".to_string()]);
 }
+
+/// One message bounced by its queue id (`tern queue bounce ID`, no
+/// reason given): one DSN, to its sender only; the messages of another
+/// sender deleted by `--sender` (no DSN); `--recipient` with `--sender`
+/// matches only messages that match both (here none).
+#[test]
+fn bounce_by_id_and_delete_by_sender_or_recipient() {
+    let (alpha, home) = (sink(), sink());
+    alpha.set_behavior(deferring_recipients());
+    let tern = TernProcess::start(Options::with_config(&format!(
+        "{}{}",
+        delivery(LONG),
+        pools(&[
+            ("alpha", alpha.addr(), "alpha.test"),
+            ("home", home.addr(), "sender.test"),
+        ])
+    )));
+    let first = send(tern.addr(), "one@sender.test", "r@alpha.test", "first", 2);
+    let second = send(tern.addr(), "two@sender.test", "r@alpha.test", "second", 2);
+    let third = send(tern.addr(), "one@sender.test", "q@alpha.test", "third", 1);
+    wait_deferred(&tern, 5);
+    let cli = Cli::of(&tern);
+
+    let answer = cli.json(&["queue", "bounce", &first[0].id]);
+    assert_eq!(message_ids(&answer), vec![first[0].id.clone()], "{answer}");
+    let dsns = home.wait_for(1, ARRIVE_WAIT);
+    assert_eq!(dsns[0].mail_from, "");
+    assert_eq!(dsns[0].rcpts, vec!["one@sender.test".to_string()]);
+    let (_, report) = dsns[0].delivery_status();
+    assert!(report.contains("Status: 5.0.0"), "{report}");
+    assert!(
+        report.contains("Final-Recipient: rfc822; r@alpha.test"),
+        "{report}"
+    );
+
+    let answer = cli.json(&["queue", "delete", "--sender", "two@sender.test"]);
+    assert_eq!(message_ids(&answer), ids(&second), "{answer}");
+    let answer = cli.json(&[
+        "queue",
+        "delete",
+        "--recipient",
+        "q@alpha.test",
+        "--sender",
+        "two@sender.test",
+    ]);
+    assert_eq!(count(&answer, "matched"), 0, "both must match: {answer}");
+    let mut left = [ids(&first[1..]), ids(&third)].concat();
+    left.sort();
+    wait_until(
+        "the bounced and deleted messages to go",
+        Duration::from_secs(10),
+        || queued(&tern) == left,
+    );
+    std::thread::sleep(SETTLE);
+    assert_eq!(home.messages().len(), 1, "one DSN, for the bounce only");
+    assert_eq!(tern.counter("tern_dsns_queued_total"), 1);
+    assert!(alpha.messages().is_empty());
+}
