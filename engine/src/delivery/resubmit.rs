@@ -19,7 +19,7 @@
 //! id, received now, flagged RESUBMITTED: no DSN is ever sent for it)
 //! for its matching recipients, with a shadow copy made before delivery
 //! may take it, as for any accepted message. Batches of [`BATCH`] go in
-//! parallel (one group commit); the scan yields every [`SCAN_YIELD`]
+//! parallel (one group commit); the scan pauses every [`SCAN_YIELD`]
 //! records, so acceptance on the core goes on.
 
 use std::cell::Cell;
@@ -95,7 +95,7 @@ impl Delivery {
         let shard = self.shard().id;
         for (n, seq) in (from..end).enumerate() {
             if n % SCAN_YIELD == 0 {
-                glommio::yield_if_needed().await;
+                super::operate::pause().await;
             }
             let Ok(rec) = log.read(Sequence(seq)) else {
                 continue;
@@ -168,7 +168,10 @@ impl Delivery {
         let (mut matched, mut counted, mut resubmitted) = (0u64, 0u64, 0u64);
         let mut targets: HashMap<String, String> = HashMap::new();
         let host = &self.parts.config.hostname;
-        for c in candidates.into_values() {
+        for (n, c) in candidates.into_values().enumerate() {
+            if n % SCAN_YIELD == SCAN_YIELD - 1 {
+                super::operate::pause().await;
+            }
             if !c.done {
                 continue;
             }
