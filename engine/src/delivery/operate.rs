@@ -11,7 +11,7 @@
 //! ([`Delivery::apply_pending`]). Retry now changes only the in-memory
 //! schedule: a restart makes every due message due anyway.
 //!
-//! Scans of the queue go in chunks of [`CHUNK`] entries, yielding to the
+//! Scans of the queue go in chunks of [`CHUNK`] entries, pausing for the
 //! core's other tasks in between, so a large queue does not stall
 //! acceptance.
 
