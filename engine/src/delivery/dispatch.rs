@@ -213,6 +213,26 @@ impl Delivery {
         (groups, suspended)
     }
 
+    /// The next-hop addresses of destination `name` as far as they are
+    /// known: a pool's from the config, an MX target's from its live
+    /// destination or the MX cache.
+    pub(super) fn hosts_of(&self, name: &str) -> Vec<SocketAddr> {
+        if let Some(p) = name.strip_prefix("pool:") {
+            let c = route::pool_candidates(&self.parts.config.pools, p, self.cfg.tls_policy);
+            return c.iter().map(|c| c.addr).collect();
+        }
+        let mut out: Vec<SocketAddr> = Vec::new();
+        if let Some(d) = self.dispatch.dests.borrow().get(name) {
+            out.extend(d.candidates().iter().map(|c| c.addr));
+        }
+        if let Some(domain) = name.strip_prefix("mx:") {
+            if let Some((_, Ok(c))) = self.dispatch.mx_cache.borrow().get(domain) {
+                out.extend(c.iter().map(|c| c.addr));
+            }
+        }
+        out
+    }
+
     /// The destination of a recipient of `domain` (`pool:NAME` or
     /// `mx:DOMAIN`), by the routing in force.
     pub(super) fn target_name(&self, domain: &str) -> String {

@@ -635,12 +635,8 @@ impl Delivery {
             Destination::Target(t) => t.clone(),
             Destination::Domain(dom) => self.target_name(dom),
         };
-        for dest in self.dispatch.destinations() {
-            if dest.name == name {
-                for c in dest.candidates().iter() {
-                    health.mark_up(&c.addr);
-                }
-            }
+        for addr in self.hosts_of(&name) {
+            health.mark_up(&addr);
         }
     }
 
