@@ -236,57 +236,58 @@ impl Delivery {
             let Some(&last) = keys.last() else { break };
             from = last + 1;
             self.fill_meta(&keys);
-            let q = self.queue.borrow();
-            for key in keys {
-                let Some(entry) = q.get(key) else { continue };
-                let Some(meta) = &entry.meta else { continue };
-                if f.min_age_ms
-                    .is_some_and(|a| now.saturating_sub(entry.received_ms) < a)
-                {
-                    continue;
-                }
-                if sender.as_ref().is_some_and(|s| **s != *meta.sender) {
-                    continue;
-                }
-                // Per destination: this message's pending recipients.
-                here.clear();
-                for i in (0..entry.rcpts).filter(|&i| !entry.is_final(i)) {
-                    let Some(d) = meta.domains.get(i as usize) else {
-                        continue;
-                    };
-                    if domain.as_ref().is_some_and(|x| **x != **d) {
+            {
+                let q = self.queue.borrow();
+                for key in keys {
+                    let Some(entry) = q.get(key) else { continue };
+                    let Some(meta) = &entry.meta else { continue };
+                    if f.min_age_ms
+                        .is_some_and(|a| now.saturating_sub(entry.received_ms) < a)
+                    {
                         continue;
                     }
-                    let t = targets
-                        .entry(d.clone())
-                        .or_insert_with(|| Rc::from(self.target_name(d)));
-                    match here.iter_mut().find(|(n, _)| Rc::ptr_eq(n, t)) {
-                        Some((_, c)) => *c += 1,
-                        None => here.push((t.clone(), 1)),
+                    if sender.as_ref().is_some_and(|s| **s != *meta.sender) {
+                        continue;
                     }
-                }
-                for (t, rcpts) in here.drain(..) {
-                    let line = lines.entry(t.clone()).or_insert_with(|| DestLine {
-                        destination: t.to_string(),
-                        ..DestLine::default()
-                    });
-                    line.messages += 1;
-                    line.recipients += rcpts;
-                    line.bytes += meta.bytes;
-                    line.oldest_age_s = line
-                        .oldest_age_s
-                        .max(now.saturating_sub(entry.received_ms) / 1000);
-                    if entry.held {
-                        line.held += 1;
-                    } else if entry.in_flight {
-                        line.in_flight += 1;
-                    } else {
-                        line.next_ms =
-                            Some(line.next_ms.map_or(entry.next_ms, |n| n.min(entry.next_ms)));
+                    // Per destination: this message's pending recipients.
+                    here.clear();
+                    for i in (0..entry.rcpts).filter(|&i| !entry.is_final(i)) {
+                        let Some(d) = meta.domains.get(i as usize) else {
+                            continue;
+                        };
+                        if domain.as_ref().is_some_and(|x| **x != **d) {
+                            continue;
+                        }
+                        let t = targets
+                            .entry(d.clone())
+                            .or_insert_with(|| Rc::from(self.target_name(d)));
+                        match here.iter_mut().find(|(n, _)| Rc::ptr_eq(n, t)) {
+                            Some((_, c)) => *c += 1,
+                            None => here.push((t.clone(), 1)),
+                        }
+                    }
+                    for (t, rcpts) in here.drain(..) {
+                        let line = lines.entry(t.clone()).or_insert_with(|| DestLine {
+                            destination: t.to_string(),
+                            ..DestLine::default()
+                        });
+                        line.messages += 1;
+                        line.recipients += rcpts;
+                        line.bytes += meta.bytes;
+                        line.oldest_age_s = line
+                            .oldest_age_s
+                            .max(now.saturating_sub(entry.received_ms) / 1000);
+                        if entry.held {
+                            line.held += 1;
+                        } else if entry.in_flight {
+                            line.in_flight += 1;
+                        } else {
+                            line.next_ms =
+                                Some(line.next_ms.map_or(entry.next_ms, |n| n.min(entry.next_ms)));
+                        }
                     }
                 }
             }
-            drop(q);
             pause().await;
         }
         let errors = self.operate.last_errors.borrow();
