@@ -504,8 +504,9 @@ fn shadow_takes_over_when_the_primary_comes_back_with_a_new_store() {
 }
 
 /// A sender that retries (its session timed out after the message was
-/// stored) must not cause a second delivery: same Message-ID and envelope
-/// within `duplicate_window` -> the first one's queue id, nothing queued.
+/// stored) must not cause a second delivery: same client, Message-ID,
+/// envelope and content within `duplicate_window` -> the first one's
+/// queue id, nothing queued; different content is another message.
 /// (Part of shadow redundancy: only a node that shadows to a peer checks;
 /// `engine_commands::resend_without_peers_is_queued_again`.)
 #[test]
@@ -529,6 +530,14 @@ fn a_resent_message_is_accepted_once() {
         .ehlo()
         .send_message("s@example.org", &["q@example.com"], &with_id);
     assert_ne!(other, first);
+    // Another message under the same Message-ID and envelope (someone
+    // sending first with a later message's id): queued, not swallowed.
+    let mut forged = b"Message-ID: <retry-1@example.org>\r\n".to_vec();
+    forged.extend_from_slice(&message("not the retry", &["y"]));
+    let different = a
+        .ehlo()
+        .send_message("s@example.org", &["r@example.com"], &forged);
+    assert_ne!(different, first, "different content is a different message");
     let plain = message("no id", &["x"]);
     let p1 = a
         .ehlo()
@@ -539,7 +548,7 @@ fn a_resent_message_is_accepted_once() {
     assert_ne!(p1, p2);
     let mut ids = a.queue_ids();
     ids.sort();
-    let mut want = vec![first, other, p1, p2];
+    let mut want = vec![first, other, different, p1, p2];
     want.sort();
     assert_eq!(ids, want);
     assert_eq!(a.counter("tern_duplicates_total"), 1);

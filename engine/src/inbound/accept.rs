@@ -97,7 +97,7 @@ impl Inbound {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let digest = match self.primary.resent(env, content, ms) {
+        let digest = match self.primary.resent(peer.ip(), env, content, ms) {
             Ok(d) => d,
             Err(first) => {
                 tracing::info!(first = %first, client = %peer, from = %env.from, "resent message: accepted, not queued again");

@@ -1,9 +1,15 @@
 //! Duplicate detection (SPEC 2.6): a sender whose session timed out after
 //! the message was made durable (and shadowed) sends it again; the second
-//! copy must not be delivered twice. A message is the same when its
-//! `Message-ID` and its envelope (sender and recipients) are: within
+//! copy must not be delivered twice. A message is the same when it comes
+//! from the same client address (the one whose 250 may have been lost)
+//! with the same `Message-ID`, the same envelope (sender and recipients,
+//! local parts compared exactly, domains in ASCII lower case, recipients
+//! in any order) and byte for byte the same content: within
 //! `cluster.duplicate_window` the second one is answered 250 with the
-//! first one's queue id and not queued.
+//! first one's queue id and not queued. (The content is part of it so
+//! nobody can suppress a later message by sending first with its
+//! Message-ID, and a message looping back, which carries one more
+//! `Received:` header, is not taken for its own duplicate.)
 //!
 //! The key is a 128-bit digest (two independently keyed SipHash
 //! passes), kept per node in 64 shards, each behind its own mutex: one
@@ -13,6 +19,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
+
+use std::net::IpAddr;
 
 use tern_smtp::server::Envelope;
 
@@ -80,21 +88,31 @@ pub fn message_id(content: &[u8]) -> Option<String> {
 }
 
 impl Window {
-    /// The digest of (Message-ID, envelope); `None` without a Message-ID.
-    pub fn digest(&self, env: &Envelope, content: &[u8]) -> Option<Digest> {
+    /// The digest of (client address, Message-ID, envelope, content);
+    /// `None` without a Message-ID.
+    pub fn digest(&self, client: IpAddr, env: &Envelope, content: &[u8]) -> Option<Digest> {
         let id = message_id(content)?;
         let mut rcpts: Vec<String> = env
             .recipients
             .iter()
-            .map(|r| r.to_string().to_ascii_lowercase())
+            .map(|r| fold_domain(&r.to_string()))
             .collect();
         rcpts.sort();
-        let from = env.from.to_string();
+        let from = fold_domain(&env.from.to_string());
+        // One keyed pass over the content (64 bits an outsider cannot aim
+        // at), then two over the rest for the 128-bit digest.
+        let body = {
+            let mut h = self.keys.0.build_hasher();
+            h.write(content);
+            h.finish()
+        };
         let one = |state: &std::collections::hash_map::RandomState| {
             let mut h = state.build_hasher();
+            client.hash(&mut h);
             id.hash(&mut h);
             from.hash(&mut h);
             rcpts.hash(&mut h);
+            body.hash(&mut h);
             h.finish()
         };
         Some(Digest(one(&self.keys.0), one(&self.keys.1)))
@@ -130,6 +148,15 @@ impl Window {
     }
 }
 
+/// `local@Domain` with the domain in ASCII lower case (the local part is
+/// the recipient's own business, RFC 5321 2.4).
+fn fold_domain(path: &str) -> String {
+    match path.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => path.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +186,12 @@ mod tests {
     }
 
     #[test]
+    fn domains_fold_local_parts_do_not() {
+        assert_eq!(fold_domain("Ab@Example.COM"), "Ab@example.com");
+        assert_eq!(fold_domain("<>"), "<>");
+    }
+
+    #[test]
     fn same_message_and_envelope_within_the_window() {
         let w = Window::default();
         let m = b"Subject: a\r\nMessage-ID:\r\n <1@x.example>\r\n\r\nbody\r\n";
@@ -167,9 +200,38 @@ mod tests {
             message_id(b"Subject: a\r\n\r\nMessage-ID: <not a header>\r\n"),
             None
         );
-        let d = w.digest(&env(&["a", "b"]), m).unwrap();
-        assert_eq!(w.digest(&env(&["b", "a"]), m), Some(d), "recipient order");
-        assert_ne!(w.digest(&env(&["a"]), m), Some(d), "other envelope");
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let d = w.digest(ip, &env(&["a", "b"]), m).unwrap();
+        assert_eq!(
+            w.digest(ip, &env(&["b", "a"]), m),
+            Some(d),
+            "recipient order"
+        );
+        assert_ne!(w.digest(ip, &env(&["a"]), m), Some(d), "other envelope");
+        assert_ne!(
+            w.digest(ip, &env(&["A", "b"]), m),
+            Some(d),
+            "local parts are exact"
+        );
+        let other = b"Subject: b\r\nMessage-ID:\r\n <1@x.example>\r\n\r\nbody\r\n";
+        assert_ne!(
+            w.digest(ip, &env(&["a", "b"]), other),
+            Some(d),
+            "another message with the same Message-ID and envelope"
+        );
+        let looped =
+            b"Received: from tern\r\nSubject: a\r\nMessage-ID:\r\n <1@x.example>\r\n\r\nbody\r\n";
+        assert_ne!(
+            w.digest(ip, &env(&["a", "b"]), looped),
+            Some(d),
+            "a message looping back"
+        );
+        let elsewhere: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_ne!(
+            w.digest(elsewhere, &env(&["a", "b"]), m),
+            Some(d),
+            "another client"
+        );
         assert_eq!(w.seen(&d, 1000, 600), None);
         w.insert(d, "Q1".into(), 1000);
         assert_eq!(w.seen(&d, 1500, 600).as_deref(), Some("Q1"));

@@ -93,6 +93,7 @@ impl Primary {
     /// `cluster.duplicate_window`; else the digest to [`Primary::remember`].
     pub fn resent(
         &self,
+        client: std::net::IpAddr,
         env: &Envelope,
         content: &[u8],
         ms: u64,
@@ -101,7 +102,7 @@ impl Primary {
             return Ok(None);
         }
         let window = &self.shared.dedupe;
-        let digest = window.digest(env, content);
+        let digest = window.digest(client, env, content);
         let window_ms = self.config.cluster.duplicate_window.as_millis() as u64;
         if let Some(first) = digest.as_ref().and_then(|d| window.seen(d, ms, window_ms)) {
             CoreMetrics::inc(&self.metrics.duplicates);
