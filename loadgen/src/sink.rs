@@ -212,6 +212,7 @@ fn smtp_config(args: &SinkArgs, faults: &FaultConfig, tls: Option<sink_tls::Mode
         recipients_max: 1000,
         // Injected failure replies count as session errors: with fault
         // injection they must not end the session with 421.
+        junk_commands_max: tern_smtp::limits::JUNK_COMMANDS_MAX_DEFAULT,
         errors_max: if faults.fail_rate > 0.0 {
             u32::MAX
         } else {

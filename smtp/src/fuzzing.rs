@@ -33,6 +33,7 @@ pub fn server_input(data: &[u8]) {
         message_bytes_max: 4096,
         recipients_max: 100,
         errors_max: 10,
+        junk_commands_max: crate::limits::JUNK_COMMANDS_MAX_DEFAULT,
         shadow_ehlo: Some("XSHADOW fuzz 00".into()),
         ..ServerConfig::default()
     });

@@ -45,6 +45,12 @@ pub const MESSAGE_BYTES_DEFAULT: usize = 35 * 1024 * 1024;
 /// after repeated errors; Postfix's smtpd_hard_error_limit defaults to 20).
 pub const ERRORS_MAX_DEFAULT: u32 = 20;
 
+/// NOOP, VRFY, RSET and HELP without an accepted message in between after
+/// which each further one counts as an error (toward the error limit, so
+/// a session that only idles with them is closed): Postfix's
+/// smtpd_junk_command_limit, whose default this is.
+pub const JUNK_COMMANDS_MAX_DEFAULT: u32 = 100;
+
 /// Largest BDAT chunk size we accept in one command (RFC 3030 does not
 /// bound it; the message size limit does). Parsing bound only.
 pub const BDAT_SIZE_DIGITS_MAX: usize = 20;

@@ -13,6 +13,7 @@ fn config() -> Rc<ServerConfig> {
         message_bytes_max: 1000,
         recipients_max: 100,
         errors_max: 5,
+        junk_commands_max: tern_smtp::limits::JUNK_COMMANDS_MAX_DEFAULT,
         extra_ehlo: Vec::new(),
         shadow_ehlo: Some("XSHADOW mx 0123abcd".into()),
     })
@@ -607,4 +608,51 @@ fn content_bytes_counts_what_was_reserved() {
         "BDAT reserved: {}",
         s.content_bytes()
     );
+}
+
+#[test]
+fn junk_commands_beyond_the_limit_count_as_errors_until_a_message_is_accepted() {
+    // Limit 3 junk commands, 5 errors (config()).
+    let cfg = Rc::new(ServerConfig {
+        junk_commands_max: 3,
+        ..(*config()).clone()
+    });
+    let run_script = |chunks: &[&[u8]]| {
+        let mut s = Session::new(cfg.clone(), AcceptAll);
+        let mut run = Run {
+            out: String::new(),
+            messages: Vec::new(),
+            closed: false,
+        };
+        drive(&mut s, b"", &mut run);
+        for c in chunks {
+            drive(&mut s, c, &mut run);
+        }
+        run
+    };
+    // 3 junk commands are free; the next 5 are answered and count as
+    // errors: after the fifth the session is closed with 421.
+    let mut script: Vec<&[u8]> = vec![b"EHLO c.test\r\n"];
+    let junk: [&[u8]; 4] = [b"NOOP\r\n", b"RSET\r\n", b"VRFY x\r\n", b"HELP\r\n"];
+    for i in 0..10 {
+        script.push(junk[i % 4]);
+    }
+    let r = run_script(&script);
+    let c = codes(&r.out);
+    assert_eq!(c.len(), 2 + 3 + 5 + 1, "{c:?}");
+    assert_eq!(c.last(), Some(&"421"), "{c:?}");
+    assert!(r.closed);
+    // An accepted message resets the count.
+    let mut script: Vec<&[u8]> = vec![b"EHLO c.test\r\n"];
+    script.extend([b"NOOP\r\n" as &[u8]; 6]);
+    script.extend([
+        b"MAIL FROM:<a@x.test>\r\n" as &[u8],
+        b"RCPT TO:<b@y.test>\r\n",
+        b"DATA\r\n",
+        b"Subject: x\r\n\r\nbody\r\n.\r\n",
+    ]);
+    script.extend([b"NOOP\r\n" as &[u8]; 6]);
+    let r = run_script(&script);
+    assert!(!r.closed, "{}", r.out);
+    assert_eq!(r.messages.len(), 1);
 }

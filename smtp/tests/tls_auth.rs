@@ -14,6 +14,7 @@ fn config() -> Rc<ServerConfig> {
         message_bytes_max: 1000,
         recipients_max: 100,
         errors_max: 5,
+        junk_commands_max: tern_smtp::limits::JUNK_COMMANDS_MAX_DEFAULT,
         extra_ehlo: Vec::new(),
         shadow_ehlo: None,
     })

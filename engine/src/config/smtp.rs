@@ -13,6 +13,7 @@ pub(super) struct SmtpSection {
     message_size_max: ByteSize,
     recipients_max: usize,
     errors_max: u32,
+    junk_commands_max: u32,
     inactivity_timeout: HumanDuration,
     session_timeout: HumanDuration,
     connections_per_core_max: usize,
@@ -26,6 +27,7 @@ impl Default for SmtpSection {
             message_size_max: ByteSize(35 << 20),
             recipients_max: 1000,
             errors_max: 20,
+            junk_commands_max: 100,
             inactivity_timeout: HumanDuration::from_secs(300),
             session_timeout: HumanDuration::from_secs(600),
             connections_per_core_max: 2000,
@@ -44,6 +46,9 @@ pub struct SmtpLimits {
     pub recipients_max: usize,
     /// Errors before the session is closed.
     pub errors_max: u32,
+    /// NOOP/VRFY/RSET/HELP without an accepted message in between after
+    /// which each one counts as an error.
+    pub junk_commands_max: u32,
     /// Longest wait for the client's next bytes.
     pub inactivity_timeout: Duration,
     /// Longest whole session.
@@ -64,6 +69,7 @@ impl SmtpSection {
             message_size_max: self.message_size_max.as_usize(),
             recipients_max: self.recipients_max,
             errors_max: self.errors_max,
+            junk_commands_max: self.junk_commands_max,
             inactivity_timeout: self.inactivity_timeout.0,
             session_timeout: self.session_timeout.0,
             connections_per_core_max: self.connections_per_core_max,
@@ -88,6 +94,12 @@ fn check(limits: &SmtpLimits, problems: &mut Vec<String>) {
     }
     if limits.errors_max == 0 {
         problems.push("smtp.errors_max must be at least 1".into());
+    }
+    if !(1..=100_000).contains(&limits.junk_commands_max) {
+        problems.push(format!(
+            "smtp.junk_commands_max: {} is not 1..=100000",
+            limits.junk_commands_max
+        ));
     }
     if limits.inactivity_timeout < Duration::from_secs(1)
         || limits.session_timeout < limits.inactivity_timeout

@@ -101,6 +101,7 @@ impl Inbound {
             message_bytes_max: config.smtp.message_size_max,
             recipients_max: config.smtp.recipients_max,
             errors_max: config.smtp.errors_max,
+            junk_commands_max: config.smtp.junk_commands_max,
             extra_ehlo: Vec::new(),
             shadow_ehlo: p.primary.ehlo_keyword(),
         });

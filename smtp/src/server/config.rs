@@ -11,6 +11,9 @@ pub struct ServerConfig {
     pub recipients_max: usize,
     /// Error replies after which the session is closed with 421.
     pub errors_max: u32,
+    /// NOOP/VRFY/RSET/HELP without an accepted message in between after
+    /// which each one counts as an error.
+    pub junk_commands_max: u32,
     /// Extra EHLO keywords (later: the shadow-link extension).
     pub extra_ehlo: Vec<String>,
     /// EHLO line advertised only to clients the policy allows the shadow
@@ -25,6 +28,7 @@ impl Default for ServerConfig {
             message_bytes_max: crate::limits::MESSAGE_BYTES_DEFAULT,
             recipients_max: crate::limits::RECIPIENTS_DEFAULT,
             errors_max: crate::limits::ERRORS_MAX_DEFAULT,
+            junk_commands_max: crate::limits::JUNK_COMMANDS_MAX_DEFAULT,
             extra_ehlo: Vec::new(),
             shadow_ehlo: None,
         }

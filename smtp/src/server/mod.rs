@@ -158,6 +158,8 @@ pub struct Session<P> {
     errors: u32,
     /// Error replies in the whole session (metrics).
     errors_total: u32,
+    /// NOOP/VRFY/RSET/HELP since the last accepted message.
+    junk: u32,
     /// Discarding an over-long command line up to its LF.
     skipping_line: bool,
     /// An event produced by a command (XQDISCARD), returned by `poll`.

@@ -22,6 +22,7 @@ impl<P: Policy> Session<P> {
             tx: None,
             errors: 0,
             errors_total: 0,
+            junk: 0,
             skipping_line: false,
             pending_event: None,
             tls_offer: false,
@@ -116,6 +117,7 @@ impl<P: Policy> Session<P> {
                 // The limit counts errors without a delivered message in
                 // between (like Postfix's smtpd_hard_error_limit).
                 self.errors = 0;
+                self.junk = 0;
                 Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}"))
             }
             Err(r) => r,
