@@ -20,10 +20,23 @@ impl Mailbox {
         !self.local.is_ascii() || !self.domain.is_ascii()
     }
 
-    /// Lower-cased domain, for routing and relay checks.
+    /// The domain folded for routing and relay checks ([`fold_domain`]).
     pub fn domain_lowercase(&self) -> String {
-        self.domain.to_lowercase()
+        fold_domain(&self.domain)
     }
+}
+
+/// The one way tern compares domains (relay checks, routing, the
+/// operator's selections): ASCII lower case; a domain with non-ASCII
+/// characters becomes its IDNA A-label form (UTS 46 mapping, so e.g. a
+/// KELVIN SIGN folds to `k` exactly as it would on the wire); one that
+/// IDNA refuses stays as written, ASCII-lower-cased. Address literals are
+/// ASCII already.
+pub fn fold_domain(domain: &str) -> String {
+    if domain.is_ascii() {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
 }
 
 impl fmt::Display for Mailbox {
@@ -216,6 +229,17 @@ pub fn address_literal(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domains_fold_one_way() {
+        assert_eq!(fold_domain("Ok.Example"), "ok.example");
+        // U+212A KELVIN SIGN: Unicode lower case would make it "ok"
+        // for one check and leave it for another; IDNA maps it as the
+        // wire would.
+        assert_eq!(fold_domain("o\u{212A}.example"), "ok.example");
+        assert_eq!(fold_domain("Bücher.Example"), "xn--bcher-kva.example");
+        assert_eq!(fold_domain("[192.0.2.1]"), "[192.0.2.1]");
+    }
 
     #[test]
     fn table_of_paths() {

@@ -48,7 +48,7 @@ impl RelaySection {
         let mut recipient_domains = Vec::new();
         for d in &self.recipient_domains {
             if tern_smtp::address::domain_name(d) {
-                recipient_domains.push(d.to_lowercase());
+                recipient_domains.push(tern_smtp::address::fold_domain(d));
             } else {
                 problems.push(format!("relay.recipient_domains: {d:?} is not a domain"));
             }

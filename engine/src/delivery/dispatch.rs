@@ -432,7 +432,7 @@ fn temporary(status: Status, why: String) -> Outcome {
 /// to this host's own domain).
 pub(super) fn domain_of(rcpt: &str, hostname: &str) -> String {
     match rcpt.rsplit_once('@') {
-        Some((_, d)) => d.to_ascii_lowercase(),
+        Some((_, d)) => tern_smtp::address::fold_domain(d),
         None => hostname.to_ascii_lowercase(),
     }
 }
@@ -455,6 +455,8 @@ mod tests {
     fn domains() {
         assert_eq!(domain_of("a@Example.COM", "h"), "example.com");
         assert_eq!(domain_of("Postmaster", "Mx.Host"), "mx.host");
+        // Folded as the relay check folds it (`tern_smtp::address::fold_domain`).
+        assert_eq!(domain_of("a@o\u{212A}.example", "h"), "ok.example");
         assert_eq!(
             domain_literal("[127.0.0.2]"),
             Some("127.0.0.2".parse().unwrap())

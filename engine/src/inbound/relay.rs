@@ -160,6 +160,14 @@ mod tests {
             .unwrap_err();
         assert_eq!((denied.code, denied.status), (554, Some(Status(5, 7, 1))));
         assert!(remote.check_recipient(&rcpt("LOCAL.example")).is_ok());
+        // U+212A KELVIN SIGN folds (IDNA) to the domain routing sees too
+        // (`dispatch::domain_of`): "lo\u{212A}al" is "lokal", not listed.
+        let kelvin = remote.check_recipient(&rcpt("lo\u{212A}al.example"));
+        assert!(kelvin.is_err(), "lokal.example is not listed");
+        assert_eq!(
+            tern_smtp::address::fold_domain("LO\u{212A}AL.example"),
+            "lokal.example"
+        );
         assert!(remote.check_recipient(&ForwardPath::Postmaster).is_ok());
     }
 }

@@ -148,11 +148,11 @@ impl Window {
     }
 }
 
-/// `local@Domain` with the domain in ASCII lower case (the local part is
+/// `local@Domain` with the domain folded as everywhere (the local part is
 /// the recipient's own business, RFC 5321 2.4).
 fn fold_domain(path: &str) -> String {
     match path.rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        Some((local, domain)) => format!("{local}@{}", tern_smtp::address::fold_domain(domain)),
         None => path.to_owned(),
     }
 }
