@@ -8,6 +8,11 @@
 //! which is exactly what SMTP smuggling (CVE-2023-51764 class) exploits. We
 //! never normalise; we stop reading and close. In BDAT the framing is by
 //! count, so a bare CR/LF only rejects the message.
+//!
+//! A NUL octet rejects the message too (554 5.6.0, DATA and BDAT alike):
+//! RFC 5321 text has none, and a next hop that drops NULs before it looks
+//! for the end of data would read another message than the one we
+//! stored. We refuse rather than encode: nothing legitimate sends it.
 
 use crate::limits::TEXT_LINE_MAX;
 
@@ -22,6 +27,8 @@ pub enum ContentError {
     LineTooLong,
     /// More than the size limit.
     TooLarge,
+    /// A NUL octet.
+    Nul,
 }
 
 /// Line-level checks shared by DATA and BDAT: feeds raw content, tracks
@@ -36,11 +43,14 @@ struct Lines {
 
 impl Lines {
     /// Accounts for `bytes`, which contain no CR or LF.
-    fn text(&mut self, n: usize) -> Option<ContentError> {
+    fn text(&mut self, bytes: &[u8]) -> Option<ContentError> {
         if self.cr {
             return Some(ContentError::BareCr);
         }
-        self.len += n;
+        if memchr::memchr(0, bytes).is_some() {
+            return Some(ContentError::Nul);
+        }
+        self.len += bytes.len();
         (self.len + 2 > TEXT_LINE_MAX).then_some(ContentError::LineTooLong)
     }
 
@@ -212,7 +222,7 @@ impl DataReceiver {
         if self.dot_only {
             self.dot_only = false;
         }
-        if let Some(e) = self.lines.text(run.len()) {
+        if let Some(e) = self.lines.text(run) {
             self.error.get_or_insert(e);
         }
         self.keep(run);
@@ -237,7 +247,7 @@ impl ChunkChecker {
         while !rest.is_empty() {
             let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
             if n > 0 {
-                if let Some(e) = self.lines.text(n) {
+                if let Some(e) = self.lines.text(&rest[..n]) {
                     self.error = Some(e);
                     return;
                 }
@@ -430,6 +440,24 @@ mod tests {
         let (p, r) = run(b"0123456789\r\n.\r\n", 8);
         assert_eq!(p, Progress::Done { consumed: 15 });
         assert_eq!(r.error(), Some(ContentError::TooLarge));
+    }
+
+    #[test]
+    fn a_nul_octet_rejects_the_message_in_data_and_bdat() {
+        let (p, r) = run(b"Subject: a\r\n\r\nbo\0dy\r\n.\r\n", 10_000);
+        assert_eq!(
+            p,
+            Progress::Done { consumed: 24 },
+            "framing is not affected"
+        );
+        assert_eq!(r.error(), Some(ContentError::Nul));
+        let mut c = ChunkChecker::default();
+        c.check(b"Subject: a\r\n\r\nbo");
+        c.check(b"\0dy\r\n");
+        assert_eq!(c.finish(), Some(ContentError::Nul));
+        let mut c = ChunkChecker::default();
+        c.check(b"Subject: a\r\n\r\nbody\r\n");
+        assert_eq!(c.finish(), None);
     }
 
     #[test]

@@ -656,3 +656,22 @@ fn junk_commands_beyond_the_limit_count_as_errors_until_a_message_is_accepted() 
     assert!(!r.closed, "{}", r.out);
     assert_eq!(r.messages.len(), 1);
 }
+
+#[test]
+fn a_nul_octet_in_the_content_is_554_and_nothing_is_handed_over() {
+    let r = talk(&[
+        b"EHLO c.test\r\n",
+        b"MAIL FROM:<a@x.test>\r\n",
+        b"RCPT TO:<b@y.test>\r\n",
+        b"DATA\r\n",
+        b"Subject: x\r\n\r\nhello\0world\r\n.\r\n",
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 13 LAST\r\nab\0\r\n\r\nbody\r\n",
+        b"QUIT\r\n",
+    ]);
+    assert_eq!(
+        codes(&r.out),
+        ["220", "250", "250", "250", "354", "554", "250", "250", "554", "221"]
+    );
+    assert!(r.out.contains("NUL octet"), "{}", r.out);
+    assert!(r.messages.is_empty());
+}

@@ -221,6 +221,7 @@ impl<P: Policy> Session<P> {
             ContentError::BareLf | ContentError::BareCr => {
                 reply(554, (5, 6, 0), "Error: bare <CR> or <LF> in message")
             }
+            ContentError::Nul => reply(554, (5, 6, 0), "Error: NUL octet in message"),
         });
     }
 
