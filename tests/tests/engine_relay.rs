@@ -68,3 +68,39 @@ fn loopback_is_trusted_by_default() {
     c.expect("RSET", 250, "2.0.0");
     c.quit();
 }
+
+/// A node whose smarthost is itself (a mail loop): the message goes round
+/// until it carries `smtp.hops_max` Received headers, is then refused
+/// (554 5.4.6) and bounced; the bounce (null sender) loops the same way
+/// and is dropped. Nothing loops for ever, and the loop is not taken for
+/// a duplicate.
+#[test]
+fn a_mail_loop_ends_at_the_hop_limit() {
+    let port = tern_tests::server::PortReservation::new();
+    let me = port.addr();
+    let tern = tern_tests::server::TernProcess::start_on(
+        tern_tests::server::Options::with_config(&format!(
+            "[server]\nrelay_to = \"{me}\"\n[smtp]\nhops_max = 5\n[delivery]\nretry_initial = \"1s\"\n"
+        )),
+        port,
+    );
+    let mut c = tern.ehlo();
+    c.send_message(
+        "s@example.org",
+        &["r@example.com"],
+        &tern_tests::smtp::message("loop", &["x"]),
+    );
+    c.quit();
+    tern_tests::server::wait_until(
+        "the loop to end",
+        std::time::Duration::from_secs(30),
+        || tern.counter("tern_bounced_recipients_total") >= 2 && tern.queue_ids().is_empty(),
+    );
+    // The first message: 5 hops; its bounce: another 5.
+    assert!(tern.counter("tern_messages_accepted_total") <= 12);
+    tern_tests::server::wait_until(
+        "the refusal to be logged",
+        std::time::Duration::from_secs(5),
+        || tern.stderr().contains("too many Received headers"),
+    );
+}

@@ -14,6 +14,7 @@ pub(super) struct SmtpSection {
     recipients_max: usize,
     errors_max: u32,
     junk_commands_max: u32,
+    hops_max: u32,
     inactivity_timeout: HumanDuration,
     session_timeout: HumanDuration,
     connections_per_core_max: usize,
@@ -28,6 +29,7 @@ impl Default for SmtpSection {
             recipients_max: 1000,
             errors_max: 20,
             junk_commands_max: 100,
+            hops_max: 50,
             inactivity_timeout: HumanDuration::from_secs(300),
             session_timeout: HumanDuration::from_secs(600),
             connections_per_core_max: 2000,
@@ -49,6 +51,9 @@ pub struct SmtpLimits {
     /// NOOP/VRFY/RSET/HELP without an accepted message in between after
     /// which each one counts as an error.
     pub junk_commands_max: u32,
+    /// A message arriving with this many `Received:` headers is refused
+    /// (554 5.4.6, a mail loop).
+    pub hops_max: u32,
     /// Longest wait for the client's next bytes.
     pub inactivity_timeout: Duration,
     /// Longest whole session.
@@ -70,6 +75,7 @@ impl SmtpSection {
             recipients_max: self.recipients_max,
             errors_max: self.errors_max,
             junk_commands_max: self.junk_commands_max,
+            hops_max: self.hops_max,
             inactivity_timeout: self.inactivity_timeout.0,
             session_timeout: self.session_timeout.0,
             connections_per_core_max: self.connections_per_core_max,
@@ -94,6 +100,12 @@ fn check(limits: &SmtpLimits, problems: &mut Vec<String>) {
     }
     if limits.errors_max == 0 {
         problems.push("smtp.errors_max must be at least 1".into());
+    }
+    if !(2..=1000).contains(&limits.hops_max) {
+        problems.push(format!(
+            "smtp.hops_max: {} is not 2..=1000",
+            limits.hops_max
+        ));
     }
     if !(1..=100_000).contains(&limits.junk_commands_max) {
         problems.push(format!(

@@ -92,6 +92,17 @@ impl Inbound {
             env.params.xshadow.is_none(),
             "copies go through accept_copy"
         );
+        let hops = received_headers(content);
+        if hops >= self.config.smtp.hops_max {
+            // Ours would be one more: a mail loop (RFC 5321 6.3).
+            CoreMetrics::inc(&self.metrics.rejected_protocol);
+            tracing::warn!(client = %peer, from = %env.from, hops, "message refused: too many Received headers (a mail loop?)");
+            return Err(Reply::new(
+                554,
+                Status(5, 4, 6),
+                format!("Error: too many hops ({hops} Received headers): a mail loop?"),
+            ));
+        }
         let now = SystemTime::now();
         let ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -272,5 +283,24 @@ impl Inbound {
     /// The answer to a shadow's `XQDISCARD`.
     pub fn discard_answer(&self, node: &str, database: &str) -> Reply {
         self.primary.discard_answer(node, database)
+    }
+}
+
+/// `Received:` header fields in the header section of `content`.
+fn received_headers(content: &[u8]) -> u32 {
+    let end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |i| i + 2);
+    content[..end]
+        .split(|&b| b == b'\n')
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn received_headers_are_counted_in_the_header_section_only() {
+        let m = b"Received: a\r\nreceived: b\r\n (folded)\r\nSubject: x\r\n\r\nReceived: body\r\n";
+        assert_eq!(super::received_headers(m), 2);
+        assert_eq!(super::received_headers(b"Subject: x\r\n\r\n"), 0);
     }
 }
