@@ -215,8 +215,21 @@ fn hello(args: &str, usage: &'static str) -> Result<String, CommandError> {
         return Err(CommandError::Syntax(usage));
     }
     // Many real clients send bare hostnames with underscores or a bare IP;
-    // the name is only recorded, so accept any printable token.
-    Ok(name.to_owned())
+    // the name is only recorded, so accept any printable ASCII token. A
+    // non-ASCII name is taken only as an IDNA domain and recorded as its
+    // A-label form, so the `Received:` header stays ASCII whatever the
+    // next hop supports; control characters and other non-ASCII are a
+    // syntax error.
+    if name.bytes().any(|b| b.is_ascii_control()) {
+        return Err(CommandError::Syntax(usage));
+    }
+    if name.is_ascii() {
+        return Ok(name.to_owned());
+    }
+    match idna::domain_to_ascii(name) {
+        Ok(a) if !a.is_empty() && a.is_ascii() => Ok(a),
+        _ => Err(CommandError::Syntax(usage)),
+    }
 }
 
 /// Strips `keyword:` case-insensitively, tolerating one space after the
@@ -436,6 +449,11 @@ mod tests {
                 Command::Ehlo("client.example".into()),
             ),
             ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
+            // A U-label is recorded as its A-label (Received stays ASCII).
+            (
+                "EHLO bücher.example",
+                Command::Ehlo("xn--bcher-kva.example".into()),
+            ),
             ("HELO x", Command::Helo("x".into())),
             (
                 "MAIL FROM:<a@b.example>",
@@ -540,6 +558,12 @@ mod tests {
             (
                 b"HELO a b",
                 CommandError::Syntax("HELO hostname"),
+                501,
+                Status(5, 5, 4),
+            ),
+            (
+                b"EHLO bad\tname",
+                CommandError::Syntax("EHLO hostname"),
                 501,
                 Status(5, 5, 4),
             ),
