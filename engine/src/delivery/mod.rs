@@ -19,7 +19,9 @@
 //! maintenance.rs  copy-forward, cursors, reclaim, watermarks, shadow upkeep
 //! queue.rs        the sans-IO queue (entries, timers, the cursor rule)
 //! route.rs        routes, pools with failover, host health
-//! operate.rs      operator requests: summary, flush/hold/release/bounce/delete, suspensions
+//! operate.rs      operator requests: the channel, selections, flush/hold/release/bounce/delete
+//! summary.rs      the operator's queue summary (per destination)
+//! suspension.rs   suspended destinations: the check per recipient, start and end
 //! resubmit.rs     Safety Net resubmission (own and shadow Safety Net)
 //! ```
 //!
@@ -36,6 +38,8 @@ pub mod queue;
 mod resubmit;
 pub mod route;
 mod scheduler;
+mod summary;
+mod suspension;
 mod writer;
 
 use std::cell::{Cell, RefCell};

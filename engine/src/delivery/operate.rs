@@ -25,13 +25,13 @@ use tern_storage::{Sequence, TimestampMs};
 use super::dispatch::domain_of;
 use super::queue::{Entry, Meta};
 use super::{Attempt, Delivery, Outcome};
-use crate::ops::command::{Acted, Action, Answer, Command, DestLine, Selector, SummaryFilter};
+use crate::ops::command::{Acted, Action, Answer, Command, Selector};
 use crate::ops::Destination;
 use crate::record::message::{QueueId, StoredMessage};
 use crate::record::status::{Event, StatusEvent};
 
 /// Entries looked at between two yields.
-const CHUNK: usize = 1024;
+pub(super) const CHUNK: usize = 1024;
 /// Destinations whose last error is remembered.
 const LAST_ERRORS_MAX: usize = 10_000;
 
@@ -52,9 +52,9 @@ pub(super) struct CoreOps {
     /// Actions on messages in flight, by queue key.
     pending: RefCell<HashMap<u64, Vec<Pending>>>,
     /// The suspensions in force, as of generation `.0`.
-    suspensions: RefCell<(u64, Suspended)>,
+    pub(super) suspensions: RefCell<(u64, Suspended)>,
     /// Per destination: when and what went wrong last.
-    last_errors: RefCell<HashMap<String, (u64, String)>>,
+    pub(super) last_errors: RefCell<HashMap<String, (u64, String)>>,
     /// Senders and domains of queued messages, shared.
     strings: RefCell<HashSet<Rc<str>>>,
 }
@@ -102,8 +102,8 @@ impl CoreOps {
 }
 
 /// What a selection found in one message.
-struct Hit {
-    key: u64,
+pub(super) struct Hit {
+    pub(super) key: u64,
     /// The recipients concerned (`None`: every pending one).
     rcpts: Option<Vec<u32>>,
     in_flight: bool,
@@ -126,7 +126,7 @@ impl Delivery {
     }
 
     /// The entry's meta, reading the message when it was never read.
-    fn meta(&self, key: u64, entry: &Entry) -> Option<Rc<Meta>> {
+    pub(super) fn meta(&self, key: u64, entry: &Entry) -> Option<Rc<Meta>> {
         if let Some(m) = &entry.meta {
             return Some(m.clone());
         }
@@ -136,47 +136,9 @@ impl Delivery {
         Some(meta)
     }
 
-    /// Reads the meta of the entries among `keys` that have none yet.
-    fn fill_meta(&self, keys: &[u64]) {
-        let missing: Vec<(u64, Entry)> = {
-            let q = self.queue.borrow();
-            keys.iter()
-                .filter_map(|k| {
-                    q.get(*k)
-                        .filter(|e| e.meta.is_none())
-                        .map(|e| (*k, e.clone()))
-                })
-                .collect()
-        };
-        for (key, entry) in missing {
-            self.meta(key, &entry);
-        }
-    }
-
     /// The queued message, leaving the fresh-payload cache as it is.
-    fn peek_message(&self, entry: &Entry) -> Result<StoredMessage, String> {
+    pub(super) fn peek_message(&self, entry: &Entry) -> Result<StoredMessage, String> {
         self.read_message(entry, false)
-    }
-
-    /// Is a recipient of `domain` routed to `target` suspended at
-    /// `now`? `Some(until)` if so (`None` inside: until resumed).
-    pub(super) fn suspended(&self, target: &str, domain: &str, now: u64) -> Option<Option<u64>> {
-        let ops = &self.parts.ops;
-        let generation = ops.generation();
-        if self.operate.suspensions.borrow().0 != generation {
-            let list = ops
-                .suspensions(0)
-                .into_iter()
-                .map(|s| (Destination::from_key(&s.destination), s.until_ms))
-                .collect();
-            *self.operate.suspensions.borrow_mut() = (generation, list);
-        }
-        let cache = self.operate.suspensions.borrow();
-        cache
-            .1
-            .iter()
-            .find(|(d, until)| until.is_none_or(|u| u > now) && d.matches(target, domain))
-            .map(|(_, until)| *until)
     }
 
     /// Serves operator requests until delivery stops.
@@ -222,89 +184,8 @@ impl Delivery {
         }
     }
 
-    /// This core's part of the summary: one line per destination.
-    async fn summary(&self, f: &SummaryFilter) -> Vec<DestLine> {
-        let now = TimestampMs::now().0;
-        let mut lines: HashMap<Rc<str>, DestLine> = HashMap::new();
-        let mut targets: HashMap<Rc<str>, Rc<str>> = HashMap::new();
-        let sender = f.sender.as_deref().map(normal_sender);
-        let domain = f.domain.as_deref().map(str::to_ascii_lowercase);
-        let mut here: Vec<(Rc<str>, u64)> = Vec::new();
-        let mut from = 0;
-        loop {
-            let keys = self.queue.borrow().keys_from(from, CHUNK);
-            let Some(&last) = keys.last() else { break };
-            from = last + 1;
-            self.fill_meta(&keys);
-            {
-                let q = self.queue.borrow();
-                for key in keys {
-                    let Some(entry) = q.get(key) else { continue };
-                    let Some(meta) = &entry.meta else { continue };
-                    if f.min_age_ms
-                        .is_some_and(|a| now.saturating_sub(entry.received_ms) < a)
-                    {
-                        continue;
-                    }
-                    if sender.as_ref().is_some_and(|s| **s != *meta.sender) {
-                        continue;
-                    }
-                    // Per destination: this message's pending recipients.
-                    here.clear();
-                    for i in (0..entry.rcpts).filter(|&i| !entry.is_final(i)) {
-                        let Some(d) = meta.domains.get(i as usize) else {
-                            continue;
-                        };
-                        if domain.as_ref().is_some_and(|x| **x != **d) {
-                            continue;
-                        }
-                        let t = targets
-                            .entry(d.clone())
-                            .or_insert_with(|| Rc::from(self.target_name(d)));
-                        match here.iter_mut().find(|(n, _)| Rc::ptr_eq(n, t)) {
-                            Some((_, c)) => *c += 1,
-                            None => here.push((t.clone(), 1)),
-                        }
-                    }
-                    for (t, rcpts) in here.drain(..) {
-                        let line = lines.entry(t.clone()).or_insert_with(|| DestLine {
-                            destination: t.to_string(),
-                            ..DestLine::default()
-                        });
-                        line.messages += 1;
-                        line.recipients += rcpts;
-                        line.bytes += meta.bytes;
-                        line.oldest_age_s = line
-                            .oldest_age_s
-                            .max(now.saturating_sub(entry.received_ms) / 1000);
-                        if entry.held {
-                            line.held += 1;
-                        } else if entry.in_flight {
-                            line.in_flight += 1;
-                        } else {
-                            line.next_ms =
-                                Some(line.next_ms.map_or(entry.next_ms, |n| n.min(entry.next_ms)));
-                        }
-                    }
-                }
-            }
-            pause().await;
-        }
-        let errors = self.operate.last_errors.borrow();
-        lines
-            .into_values()
-            .map(|mut l| {
-                if let Some((at, e)) = errors.get(&l.destination) {
-                    l.last_error = Some(e.clone());
-                    l.error_ms = *at;
-                }
-                l
-            })
-            .collect()
-    }
-
     /// The queued messages `sel` names, with the recipients concerned.
-    async fn select(&self, sel: &Selector) -> Result<Vec<Hit>, String> {
+    pub(super) async fn select(&self, sel: &Selector) -> Result<Vec<Hit>, String> {
         let ops = &self.parts.ops;
         let dest = sel
             .destination
@@ -640,65 +521,6 @@ impl Delivery {
             health.mark_up(&addr);
         }
     }
-
-    /// A suspension began: jobs waiting for a connection to it go back as
-    /// suspended (transactions under way finish).
-    fn on_suspended(&self, d: &Destination) {
-        let now = TimestampMs::now().0;
-        for dest in self.dispatch.destinations() {
-            let mut keep = Vec::new();
-            while let Some(mut job) = dest.pop_job() {
-                let host = &self.parts.config.hostname;
-                let (stopped, go): (Vec<u32>, Vec<u32>) = job.rcpts.iter().partition(|&&i| {
-                    let dom = domain_of(&job.attempt.msg.recipients[i as usize], host);
-                    d.matches(&dest.name, &dom)
-                });
-                if stopped.is_empty() {
-                    keep.push(job);
-                    continue;
-                }
-                let until = self
-                    .parts
-                    .ops
-                    .suspensions(now)
-                    .into_iter()
-                    .find(|s| s.destination == d.key())
-                    .and_then(|s| s.until_ms);
-                let results = stopped
-                    .iter()
-                    .map(|&i| (i, Outcome::Suspended(until)))
-                    .collect();
-                if !go.is_empty() {
-                    // The job splits in two branches.
-                    job.attempt.branches.set(job.attempt.branches.get() + 1);
-                    self.branch_done(&job.attempt, results);
-                    job.rcpts = go;
-                    keep.push(job);
-                } else {
-                    self.report(job, results);
-                }
-            }
-            for job in keep.into_iter().rev() {
-                dest.push_front(job);
-            }
-        }
-    }
-
-    /// A suspension ended: its messages are due now.
-    async fn on_resumed(&self, d: &Destination) {
-        let sel = Selector {
-            destination: Some(d.key()),
-            ..Selector::default()
-        };
-        let now = TimestampMs::now().0;
-        if let Ok(hits) = self.select(&sel).await {
-            let mut q = self.queue.borrow_mut();
-            for h in hits {
-                q.retime(h.key, now);
-            }
-        }
-        self.shard().notify_appended();
-    }
 }
 
 /// Lets the core's other tasks and its I/O run between two chunks of an
@@ -710,7 +532,7 @@ pub(super) async fn pause() {
 }
 
 /// A sender as the selections compare it.
-fn normal_sender(s: &str) -> String {
+pub(super) fn normal_sender(s: &str) -> String {
     let s = s.trim();
     if s == "<>" {
         String::new()
