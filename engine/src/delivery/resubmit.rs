@@ -400,29 +400,10 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
     out
 }
 
-/// The Message-ID of `content` without its angle brackets (header
-/// folding undone; the first one counts).
+/// The Message-ID of `content` without its angle brackets (the header
+/// reader of duplicate detection, `crate::shadow::dedupe::message_id`).
 pub(super) fn message_id(content: &[u8]) -> Option<String> {
-    let end = memchr::memmem::find(content, b"\r\n\r\n").unwrap_or(content.len());
-    let head = String::from_utf8_lossy(&content[..end]);
-    let mut lines = head.split("\r\n").peekable();
-    while let Some(line) = lines.next() {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if !name.trim().eq_ignore_ascii_case("message-id") {
-            continue;
-        }
-        let mut v = value.to_string();
-        while lines
-            .peek()
-            .is_some_and(|l| l.starts_with(' ') || l.starts_with('\t'))
-        {
-            v.push_str(lines.next().expect("peeked"));
-        }
-        return Some(v.trim().trim_matches(['<', '>']).trim().to_owned());
-    }
-    None
+    crate::shadow::dedupe::message_id(content).map(|v| v.trim_matches(['<', '>']).trim().to_owned())
 }
 
 #[cfg(test)]
