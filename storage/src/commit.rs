@@ -11,8 +11,10 @@
 //! 1. Appenders encode records into the open chunk (memory only) and wait.
 //! 2. The flusher takes all chunks. For a chunk that starts a new segment:
 //!    seal the previous segment's index (`msync(MS_ASYNC)`, not a barrier),
-//!    create the file, `fallocate` it, write the segment header block,
-//!    **fdatasync(segment)**, **fsync(directory)**, create its index.
+//!    take the spare (`spare-N.next`, created and `fallocate`d ahead, with
+//!    its index file `spare-N.next-idx`), write the segment header block into it,
+//!    **fdatasync(segment)**, rename both to the segment's names,
+//!    **fsync(directory)**, write the index header.
 //! 3. Write the chunk (block aligned, the partial last block rewritten from
 //!    memory; zeros ahead where nothing was written yet) and
 //! 4. **fdatasync(segment)**, both in one `LogFile::write_all_sync`
@@ -28,16 +30,30 @@
 //! Any error in steps 2-6 fails the log for good (`Error::Fatal`): after a
 //! failed fdatasync the kernel may have dropped the dirty pages, so retrying
 //! could acknowledge data that is not on disk.
+//!
+//! # The spare segment
+//!
+//! Between batches, when the spare was taken, the flusher makes the next
+//! one (create, `fallocate` to `segment_bytes_max`, and the index file):
+//! the only allocation of the write path, done before any record needs
+//! it. If that fails (a full file system), nothing is lost: the log goes
+//! on in the active segment, new records are refused with
+//! `Error::NoSpace` once only `reserve_bytes` are left (results of
+//! accepted work may use those), and the spare is tried again by
+//! [`crate::Log::retry_spare`] and after every reclaim that freed space.
 
 use std::future::poll_fn;
 use std::rc::{Rc, Weak};
 use std::task::Poll;
 
+use std::path::PathBuf;
+
 use crate::env::{Env, LogFile};
 use crate::error::Result;
+use crate::index::Index;
 use crate::log::Shared;
 use crate::segment::BLOCK;
-use crate::state::{bucket, Chunk, BATCH_BUCKETS, SYNC_BUCKETS};
+use crate::state::{bucket, Chunk, Spare, SpareFiles, BATCH_BUCKETS, SYNC_BUCKETS};
 
 /// Body of the flusher task spawned by [`crate::Log::open`]. Holds only a
 /// weak reference while idle, so dropping every `Log` handle ends it.
@@ -46,6 +62,7 @@ pub(crate) async fn run_flusher<E: Env>(weak: Weak<Shared<E>>) {
         let Some(shared) = wait_for_work(&weak).await else {
             return;
         };
+        make_spare(&shared).await;
         if let Err(e) = flush_once(&shared).await {
             let mut st = shared.st.borrow_mut();
             tracing::error!(dir = %shared.dir.display(), error = %e, "log failed; no further appends");
@@ -72,12 +89,94 @@ async fn wait_for_work<E: Env>(weak: &Weak<Shared<E>>) -> Option<Rc<Shared<E>>> 
             return Poll::Ready(Some(shared));
         }
         if st.closed {
+            // `Log::close` returns once this is seen, and the strong
+            // reference taken above is dropped as this poll returns.
+            st.flusher_exited = true;
+            st.wake_all();
             return Poll::Ready(None);
         }
         st.flusher = Some(cx.waker().clone());
         Poll::Pending
     })
     .await
+}
+
+/// Makes the spare segment when it is needed (see the module docs). A
+/// failure is not fatal: no record depends on it yet.
+async fn make_spare<E: Env>(shared: &Rc<Shared<E>>) {
+    {
+        let mut st = shared.st.borrow_mut();
+        if !matches!(st.spare, Spare::Needed) || st.closed {
+            return;
+        }
+        st.spare = Spare::Creating;
+    }
+    let number = {
+        let mut st = shared.st.borrow_mut();
+        st.spare_number += 1;
+        st.spare_number
+    };
+    let made = create_spare(shared, number).await;
+    let mut st = shared.st.borrow_mut();
+    st.spare = match made {
+        Ok(file) => {
+            if st.spare_warned {
+                tracing::info!(dir = %shared.dir.display(), "next segment made again: new records accepted");
+                st.spare_warned = false;
+            }
+            Spare::Ready(file)
+        }
+        Err(e) => {
+            if !st.spare_warned {
+                tracing::warn!(dir = %shared.dir.display(), error = %e,
+                    "could not make the next segment; new records are refused once the reserve is reached");
+                st.spare_warned = true;
+            }
+            Spare::Failed(e.to_string())
+        }
+    };
+    st.wake_all();
+}
+
+async fn create_spare<E: Env>(
+    shared: &Shared<E>,
+    number: u64,
+) -> std::io::Result<SpareFiles<E::File>> {
+    let (seg, idx) = spare_paths(&shared.dir, number);
+    let made = async {
+        let file = shared.env.create(&seg).await?;
+        file.allocate(shared.config.segment_bytes_max).await?;
+        Index::preallocate(&idx)?;
+        Ok(file)
+    }
+    .await;
+    match made {
+        Ok(file) => Ok(SpareFiles { file, seg, idx }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&seg);
+            let _ = std::fs::remove_file(&idx);
+            Err(e)
+        }
+    }
+}
+
+/// The files of spare number `n`: `spare-N.next` and `spare-N.next-idx`
+/// (never taken for segments or indexes; recovery deletes them).
+pub(crate) fn spare_paths(dir: &std::path::Path, n: u64) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("spare-{n}.next")),
+        dir.join(format!("spare-{n}.next-idx")),
+    )
+}
+
+/// Is `name` a spare's file name?
+pub(crate) fn is_spare_name(name: &str) -> bool {
+    name.strip_prefix("spare-")
+        .and_then(|r| {
+            r.strip_suffix(".next")
+                .or_else(|| r.strip_suffix(".next-idx"))
+        })
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 async fn flush_once<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
@@ -96,7 +195,13 @@ async fn flush_once<E: Env>(shared: &Rc<Shared<E>>) -> Result<()> {
 async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result<()> {
     if let Some(header) = chunk.new_segment {
         shared.seal_active()?;
-        let (file, segment) = shared.create_segment(header).await?;
+        let spare = shared
+            .st
+            .borrow_mut()
+            .claimed
+            .pop_front()
+            .expect("a chunk that starts a segment claimed a spare");
+        let (file, segment) = shared.start_segment(spare, header).await?;
         let mut st = shared.st.borrow_mut();
         st.active_file = Rc::new(file);
         st.segments.insert(header.first, segment);

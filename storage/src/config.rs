@@ -33,6 +33,12 @@ pub struct LogConfig {
     /// Default 4 MiB; 0 disables (plain fallocate preallocation only).
     /// Multiple of 4096.
     pub zero_fill_ahead_bytes: u64,
+    /// Bytes at the end of the log that only results of accepted work
+    /// (delivery statuses, discards, operator actions) may use, once the
+    /// next segment cannot be made: new records are refused before them.
+    /// Default 4 MiB (some 20 000 status records); a quarter of
+    /// `segment_bytes_max` when that is less (see [`LogConfig::reserve`]).
+    pub reserve_bytes: u64,
     /// Named cursors kept by this log. Reclamation waits for all of them.
     /// Default `queue`, `shadow`, `safety-net`.
     pub cursors: Vec<String>,
@@ -52,6 +58,7 @@ impl Default for LogConfig {
             retention_min_ms: 10 * 60 * 1000,
             pending_bytes_max: 32 * MIB as usize,
             zero_fill_ahead_bytes: 4 * MIB,
+            reserve_bytes: 4 * MIB,
             cursors: ["queue", "shadow", "safety-net"]
                 .into_iter()
                 .map(String::from)
@@ -61,6 +68,12 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// The reserve in effect: `reserve_bytes`, at most a quarter of a
+    /// segment.
+    pub fn reserve(&self) -> u64 {
+        self.reserve_bytes.min(self.segment_bytes_max / 4)
+    }
+
     /// Checks every bound and reports all violations together.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();

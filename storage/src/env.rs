@@ -64,6 +64,10 @@ pub trait Env: Clone + 'static {
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Deletes a file.
     async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file (made durable by [`Env::sync_dir`]).
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
     /// `fsync` of a directory, making creations, renames and deletions in it
     /// durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;

@@ -24,6 +24,12 @@ pub enum Error {
     /// be trusted: the log refuses all further appends until reopened.
     #[error("log is failed after an I/O error on the durability path: {0}")]
     Fatal(String),
+    /// No room for a new record: the file system could not give the log
+    /// its next segment and only the reserve for results of accepted work
+    /// is left. Not fatal: nothing was queued, and the log takes new
+    /// records again once the next segment could be made.
+    #[error("no space for the record: {0}")]
+    NoSpace(String),
     /// The record is larger than `record_bytes_max`.
     #[error("record of {len} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge {

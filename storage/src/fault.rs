@@ -39,6 +39,8 @@ pub enum PowerLoss {
 struct Faults {
     dead: bool,
     fail_sync: bool,
+    /// `allocate` fails with ENOSPC (a full file system).
+    no_space: bool,
     /// Next write lands only this many bytes and then reports an error.
     short_write: Option<usize>,
     /// Next write lands only this many bytes, then the machine "dies".
@@ -74,6 +76,12 @@ impl FaultEnv {
     /// Makes every following fdatasync fail (and keep failing).
     pub fn fail_syncs(&self) {
         self.faults.borrow_mut().fail_sync = true;
+    }
+
+    /// While `full`, preallocation fails with ENOSPC, as on a full file
+    /// system (writes into space already allocated still work).
+    pub fn set_full(&self, full: bool) {
+        self.faults.borrow_mut().no_space = full;
     }
 
     /// The next write stores only `bytes` bytes and returns an error.
@@ -223,6 +231,9 @@ impl LogFile for FaultFile {
 
     async fn allocate(&self, len: u64) -> io::Result<()> {
         self.env.check_alive()?;
+        if self.env.faults.borrow().no_space {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         // SAFETY: plain syscall on a valid fd.
         let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len as libc::off_t) };
         if rc != 0 {
@@ -267,6 +278,16 @@ impl Env for FaultEnv {
     async fn remove(&self, path: &Path) -> io::Result<()> {
         self.check_alive()?;
         std::fs::remove_file(path)
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_alive()?;
+        std::fs::rename(from, to)?;
+        let mut f = self.faults.borrow_mut();
+        if let Some(writes) = f.unsynced.remove(from) {
+            f.unsynced.insert(to.to_owned(), writes);
+        }
+        Ok(())
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -31,6 +31,12 @@
 //! entry is evidence that its record was acknowledged. The index itself is
 //! not fsynced on the append path; at seal its header is completed and
 //! flushed asynchronously (`msync(MS_ASYNC)`).
+//!
+//! The file's blocks are allocated (`fallocate`), never left sparse: a
+//! store through the map into a hole on a full file system is a SIGBUS.
+//! When the file cannot grow (no space), further entries are kept in
+//! memory (`spill`) and moved into the file when it can grow again; an
+//! index with spilled entries is not sealed (recovery scans the rest).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -57,7 +63,10 @@ pub struct Index {
     map: MmapMut,
     first: Sequence,
     salt: u64,
+    /// Entries in the map.
     len: usize,
+    /// Entries after those in the map, while the file could not grow.
+    spill: Vec<(u64, u64)>,
 }
 
 /// What [`Index::load`] found.
@@ -84,6 +93,24 @@ fn entries_capacity(map: &MmapMut) -> usize {
     map.len().saturating_sub(HEADER_LEN) / ENTRY_LEN
 }
 
+/// Allocates the blocks of `file` up to `len` bytes (`fallocate`, mode 0:
+/// the size grows too).
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bytes of an index file with room for `entries`.
+fn file_len(entries: usize) -> u64 {
+    (HEADER_LEN + entries * ENTRY_LEN) as u64
+}
+
 impl Index {
     /// Creates (or replaces) an empty index for the segment.
     pub fn create(path: &Path, first: Sequence, salt: u64) -> io::Result<Index> {
@@ -93,7 +120,33 @@ impl Index {
             .create(true)
             .truncate(true)
             .open(path)?;
-        file.set_len((HEADER_LEN + INITIAL_ENTRIES * ENTRY_LEN) as u64)?;
+        allocate(&file, file_len(INITIAL_ENTRIES))?;
+        Index::start(path, file, first, salt)
+    }
+
+    /// Creates a file for a future index (a spare segment's): allocated,
+    /// no header yet. [`Index::adopt`] turns it into an index.
+    pub fn preallocate(path: &Path) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        allocate(&file, file_len(INITIAL_ENTRIES))
+    }
+
+    /// Makes the file at `path` (made by [`Index::preallocate`], then
+    /// renamed) the empty index of segment `(first, salt)`. No allocation
+    /// when the file is already large enough.
+    pub fn adopt(path: &Path, first: Sequence, salt: u64) -> io::Result<Index> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        if file.metadata()?.len() < file_len(INITIAL_ENTRIES) {
+            allocate(&file, file_len(INITIAL_ENTRIES))?;
+        }
+        Index::start(path, file, first, salt)
+    }
+
+    fn start(path: &Path, file: File, first: Sequence, salt: u64) -> io::Result<Index> {
         // SAFETY: the file is private to this log (the directory is locked)
         // and never truncated while mapped except through `self`.
         let map = unsafe { MmapMut::map_mut(&file)? };
@@ -104,7 +157,10 @@ impl Index {
             first,
             salt,
             len: 0,
+            spill: Vec::new(),
         };
+        // A reused file may hold old entries: clear them.
+        index.map[HEADER_LEN..].fill(0);
         index.write_header(None);
         Ok(index)
     }
@@ -134,6 +190,7 @@ impl Index {
             first,
             salt,
             len: 0,
+            spill: Vec::new(),
         };
         if let Some((count, data_end, crc)) = header.sealed {
             let count = count as usize;
@@ -196,18 +253,26 @@ impl Index {
     }
 
     fn raw_entry(&self, i: usize) -> (u64, u64) {
+        if i >= self.len {
+            return self.spill[i - self.len];
+        }
         let (word, ts) = self.raw_words(i);
         (word & OFFSET_MASK, ts)
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.len
+        self.len + self.spill.len()
     }
 
     /// True when there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Entries kept in memory because the file could not grow.
+    pub fn spilled(&self) -> usize {
+        self.spill.len()
     }
 
     /// Path of the index file.
@@ -217,7 +282,7 @@ impl Index {
 
     /// Offset and timestamp of the record with sequence `first + i`.
     pub fn entry(&self, i: usize) -> Option<(u64, TimestampMs)> {
-        (i < self.len).then(|| {
+        (i < self.len()).then(|| {
             let (offset, ts) = self.raw_entry(i);
             (offset, TimestampMs(ts))
         })
@@ -233,7 +298,7 @@ impl Index {
     /// Index of the first entry with a timestamp at or after `at`
     /// (`len()` when none). Binary search: timestamps never decrease.
     pub fn first_at_or_after(&self, at: TimestampMs) -> usize {
-        let (mut lo, mut hi) = (0, self.len);
+        let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if self.raw_entry(mid).1 < at.0 {
@@ -246,27 +311,63 @@ impl Index {
     }
 
     /// Appends the entry of the next sequence. Memory stores only, except a
-    /// `ftruncate` + remap each time the capacity doubles.
+    /// `fallocate` + remap each time the capacity doubles. Never fails for
+    /// want of space: an entry the file has no room for is kept in memory
+    /// (and moved into the file at the next successful growth).
     pub fn push(&mut self, offset: u64, at: TimestampMs) -> io::Result<()> {
-        if self.len == entries_capacity(&self.map) {
-            let entries = (self.len * 2).max(INITIAL_ENTRIES);
-            self.file
-                .set_len((HEADER_LEN + entries * ENTRY_LEN) as u64)?;
-            // SAFETY: as in `create`; the old mapping is dropped on assignment.
-            self.map = unsafe { MmapMut::map_mut(&self.file)? };
-        }
         assert!(offset <= OFFSET_MASK, "segment offsets fit 48 bits");
-        let word = self.entry_word(self.first.0 + self.len as u64, offset, at.0);
+        if self.len == entries_capacity(&self.map) || !self.spill.is_empty() {
+            // While spilling, try again every INITIAL_ENTRIES entries.
+            if self.spill.len() % INITIAL_ENTRIES == 0 && !self.grow()? {
+                self.spill.push((offset, at.0));
+                return Ok(());
+            }
+            if !self.spill.is_empty() {
+                self.spill.push((offset, at.0));
+                return Ok(());
+            }
+        }
+        self.store(offset, at.0);
+        Ok(())
+    }
+
+    fn store(&mut self, offset: u64, at: u64) {
+        let word = self.entry_word(self.first.0 + self.len as u64, offset, at);
         let at_byte = HEADER_LEN + self.len * ENTRY_LEN;
         self.map[at_byte..at_byte + 8].copy_from_slice(&word.to_le_bytes());
-        self.map[at_byte + 8..at_byte + 16].copy_from_slice(&at.0.to_le_bytes());
+        self.map[at_byte + 8..at_byte + 16].copy_from_slice(&at.to_le_bytes());
         self.len += 1;
-        Ok(())
+    }
+
+    /// Doubles the file (at least to hold the spilled entries) and moves
+    /// the spilled entries into it. `Ok(false)` when the file system has
+    /// no space; other errors are returned.
+    fn grow(&mut self) -> io::Result<bool> {
+        let want = self.len() + 1;
+        let mut entries = (self.len * 2).max(INITIAL_ENTRIES);
+        while entries < want {
+            entries *= 2;
+        }
+        match allocate(&self.file, file_len(entries)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // SAFETY: as in `start`; the old mapping is dropped on assignment.
+        self.map = unsafe { MmapMut::map_mut(&self.file)? };
+        for (offset, at) in std::mem::take(&mut self.spill) {
+            self.store(offset, at);
+        }
+        Ok(true)
     }
 
     /// Forgets entries from `len` on (recovery found them inconsistent).
     pub fn truncate(&mut self, len: usize) {
-        let len = len.min(self.len);
+        if len >= self.len {
+            self.spill.truncate(len - self.len);
+            return;
+        }
+        self.spill.clear();
         let start = HEADER_LEN + len * ENTRY_LEN;
         let end = HEADER_LEN + self.len * ENTRY_LEN;
         self.map[start..end].fill(0);
@@ -276,6 +377,10 @@ impl Index {
     /// Marks the index complete for a segment whose data ends at
     /// `data_end` and schedules write-back.
     pub fn seal(&mut self, data_end: u64) -> io::Result<()> {
+        if !self.spill.is_empty() && !self.grow()? {
+            // Left open: recovery scans the entries the file lacks.
+            return self.map.flush_async();
+        }
         let crc = crc32fast::hash(&self.map[HEADER_LEN..HEADER_LEN + self.len * ENTRY_LEN]);
         self.write_header(Some((self.len as u64, data_end, crc)));
         self.map.flush_async()

@@ -15,6 +15,7 @@
 //! <dir>/cursors                     two checksummed cursor slots (cursor.rs)
 //! <dir>/{first:020}.seg             segment: header block + records (segment.rs, record.rs)
 //! <dir>/{first:020}.idx             its memory-mapped index, a rebuildable cache (index.rs)
+//! <dir>/spare-N.next, .next-idx     the next segment's files, preallocated (commit.rs)
 //! ```
 //!
 //! Modules, in data-path order: [`record`] (frame format), [`segment`]
@@ -63,5 +64,5 @@ pub use env::{BufferedEnv, DirectEnv, Env, LogFile};
 pub use error::{Error, Result};
 pub use log::{Iter, Log, ReclaimReport, Record, SegmentInfo};
 pub use recovery::RecoveryReport;
-pub use state::{LogStats, PayloadWriter, BATCH_BUCKETS, SYNC_BUCKETS};
+pub use state::{Class, LogStats, PayloadWriter, BATCH_BUCKETS, SYNC_BUCKETS};
 pub use types::{RecordKind, SegmentId, Sequence, TimestampMs};

@@ -16,7 +16,7 @@ use crate::index::Index;
 use crate::record::{self, Probe, HEADER_LEN};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{index_path, segment_path, SegmentHeader};
-use crate::state::{LogStats, PayloadWriter, Segment, State};
+use crate::state::{Class, LogStats, PayloadWriter, Refused, Segment, Spare, State};
 use crate::types::{RecordKind, Sequence, TimestampMs};
 
 /// Extra payload bytes of a copied-forward record:
@@ -158,7 +158,7 @@ impl<E: Env> Log<E> {
         parts: &[&[u8]],
     ) -> Result<Sequence> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        self.append_inner(kind, at, len, |_, out| {
+        self.append_inner((kind, Class::New), at, len, |_, out| {
             for part in parts {
                 out.put(part);
             }
@@ -198,10 +198,60 @@ impl<E: Env> Log<E> {
         payload_len: usize,
         write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
     ) -> Result<Sequence> {
+        self.enqueue_class(Class::New, kind, at, payload_len, write)
+            .await
+    }
+
+    /// [`Log::enqueue_with`] for a record of `class`: a
+    /// [`Class::Reserved`] record (the result of work already accepted)
+    /// may use the last `reserve_bytes` that new records may not.
+    pub async fn enqueue_class(
+        &self,
+        class: Class,
+        kind: RecordKind,
+        at: TimestampMs,
+        payload_len: usize,
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
+    ) -> Result<Sequence> {
         if !kind.is_user() {
             return Err(Error::ReservedKind(kind));
         }
-        self.enqueue_inner(kind, at, payload_len, write).await
+        self.enqueue_inner((kind, class), at, payload_len, write)
+            .await
+    }
+
+    /// Bytes records can still take without allocating space: the rest
+    /// of the active segment plus the spare segment, if there is one.
+    /// New records are refused when this falls to `reserve_bytes`.
+    pub fn headroom(&self) -> u64 {
+        self.shared
+            .st
+            .borrow()
+            .headroom(self.shared.config.segment_bytes_max)
+    }
+
+    /// Why the spare segment could not be made (`None`: it is there or
+    /// being made).
+    pub fn spare_failure(&self) -> Option<String> {
+        match &self.shared.st.borrow().spare {
+            Spare::Failed(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Tries to make the spare segment again after a failure (space may
+    /// have been freed). Cheap when there is nothing to do.
+    pub fn retry_spare(&self) {
+        let mut st = self.shared.st.borrow_mut();
+        if matches!(st.spare, Spare::Failed(_)) {
+            st.spare = Spare::Needed;
+            st.wake_flusher();
+        }
+    }
+
+    /// The error that failed the log for good, if it has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.st.borrow().failed.clone()
     }
 
     /// Waits until record `seq` (and so every record before it) is
@@ -213,7 +263,7 @@ impl<E: Env> Log<E> {
 
     async fn append_inner(
         &self,
-        kind: RecordKind,
+        kind: (RecordKind, Class),
         at: TimestampMs,
         len: usize,
         write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
@@ -225,7 +275,7 @@ impl<E: Env> Log<E> {
 
     async fn enqueue_inner(
         &self,
-        kind: RecordKind,
+        (kind, class): (RecordKind, Class),
         at: TimestampMs,
         len: usize,
         write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
@@ -239,32 +289,45 @@ impl<E: Env> Log<E> {
         }
         let frame = HEADER_LEN + len;
         let pending_max = self.shared.config.pending_bytes_max;
-        // Back-pressure: wait for the flusher to take the queue when full.
+        let config = &self.shared.config;
+        let limits = (
+            config.segment_bytes_max,
+            config.segment_age_max_ms,
+            config.reserve(),
+        );
+        let mut write = Some(write);
+        // Back-pressure: wait for the flusher to take the queue when full,
+        // and for the spare segment when a roll needs it.
         poll_fn(|cx| {
             let mut st = self.shared.st.borrow_mut();
             if let Some(e) = check_usable(&st) {
                 return Poll::Ready(Err(e));
             }
-            if st.pending_bytes == 0 || st.pending_bytes + frame <= pending_max {
-                return Poll::Ready(Ok(()));
+            if st.pending_bytes != 0 && st.pending_bytes + frame > pending_max {
+                st.waiters.push(cx.waker().clone());
+                return Poll::Pending;
             }
-            st.waiters.push(cx.waker().clone());
-            Poll::Pending
+            let outcome = st.make_room(limits, class, at, len).and_then(|at| {
+                let w = write.take().expect("polled after completion");
+                st.encode(kind, at, len, w)
+            });
+            match outcome {
+                Ok(seq) => {
+                    st.wake_flusher();
+                    Poll::Ready(Ok(seq))
+                }
+                Err(Refused::Length) => Poll::Ready(Err(Error::PayloadLength(len))),
+                Err(Refused::NoSpace(why)) => Poll::Ready(Err(Error::NoSpace(why))),
+                Err(Refused::WaitSpare) => {
+                    // Refused before the writer ran: it is tried again
+                    // once the flusher made the spare.
+                    st.waiters.push(cx.waker().clone());
+                    st.wake_flusher();
+                    Poll::Pending
+                }
+            }
         })
-        .await?;
-        let seq = {
-            let limits = (
-                self.shared.config.segment_bytes_max,
-                self.shared.config.segment_age_max_ms,
-            );
-            let mut st = self.shared.st.borrow_mut();
-            let seq = st
-                .enqueue(limits, kind, at, len, write)
-                .ok_or(Error::PayloadLength(len))?;
-            st.wake_flusher();
-            seq
-        };
-        Ok(seq)
+        .await
     }
 
     /// Waits until `done` holds, failing if the log fails first.
@@ -441,6 +504,8 @@ impl<E: Env> Log<E> {
         if doomed.is_empty() {
             return Ok(report);
         }
+        // Space comes back: the next segment may be made now.
+        self.retry_spare();
         for seg in doomed {
             self.shared.env.remove(&seg.path).await?;
             let idx = seg.index.path().to_owned();
@@ -465,8 +530,14 @@ impl<E: Env> Log<E> {
             st.wake_flusher();
             (st.next_seq, st.cursor_version)
         };
-        self.wait(|st| st.durable_next >= target.0 && st.durable_cursor_version >= target.1)
-            .await
+        // Done when everything is durable and the flusher stopped (it may
+        // hold the log, and so its directory lock, while making a spare).
+        self.wait(|st| {
+            st.durable_next >= target.0
+                && st.durable_cursor_version >= target.1
+                && st.flusher_exited
+        })
+        .await
     }
 
     /// Durability-path counters (batches, fdatasync latency...).
@@ -612,10 +683,40 @@ impl<E: Env> Shared<E> {
         Ok(())
     }
 
-    /// Creates segment `header` on disk: create, preallocate, header block,
-    /// fdatasync, directory fsync, then its index.
-    pub(crate) async fn create_segment(&self, header: SegmentHeader) -> Result<(E::File, Segment)> {
-        create_segment(&self.env, &self.dir, &self.config, header).await
+    /// Makes the spare segment file the segment `header`: header block,
+    /// fdatasync, rename (segment and index), directory fsync, index
+    /// header. No allocation: the spare was preallocated.
+    pub(crate) async fn start_segment(
+        &self,
+        spare: crate::state::SpareFiles<E::File>,
+        header: SegmentHeader,
+    ) -> Result<(E::File, Segment)> {
+        let (spare_seg, spare_idx) = (spare.seg, spare.idx);
+        spare.file.write_at(header.encode(), 0).await?;
+        spare.file.sync_data().await?;
+        drop(spare.file);
+        let path = segment_path(&self.dir, header.first);
+        let idx = index_path(&self.dir, header.first);
+        self.env.rename(&spare_seg, &path).await?;
+        self.env.rename(&spare_idx, &idx).await?;
+        self.env.sync_dir(&self.dir).await?;
+        let file = self.env.open(&path).await?;
+        let index = Index::adopt(&idx, header.first, header.salt)?;
+        let data = map_file(&path)?;
+        tracing::debug!(segment = %path.display(), "segment started");
+        Ok((file, new_segment(header, path, data, index)))
+    }
+}
+
+fn new_segment(header: SegmentHeader, path: PathBuf, data: Bytes, index: Index) -> Segment {
+    Segment {
+        header,
+        path,
+        data,
+        index,
+        data_end: crate::segment::DATA_START,
+        last_ts: header.created,
+        zeroed_to: crate::segment::DATA_START,
     }
 }
 
@@ -635,16 +736,5 @@ pub(crate) async fn create_segment<E: Env>(
     let index = Index::create(&index_path(dir, header.first), header.first, header.salt)?;
     let data = map_file(&path)?;
     tracing::debug!(segment = %path.display(), "segment created");
-    Ok((
-        file,
-        Segment {
-            header,
-            path,
-            data,
-            index,
-            data_end: crate::segment::DATA_START,
-            last_ts: header.created,
-            zeroed_to: crate::segment::DATA_START,
-        },
-    ))
+    Ok((file, new_segment(header, path, data, index)))
 }

@@ -108,6 +108,18 @@ pub(crate) async fn recover<E: Env>(
     now: TimestampMs,
 ) -> Result<(State<E::File>, RecoveryReport)> {
     let mut report = RecoveryReport::default();
+    // A spare segment holds no records (its header is written only when
+    // it becomes a segment, under its segment name): made again.
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(crate::commit::is_spare_name)
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
     let mut firsts = list_segments(dir)?;
     remove_torn_last_segment(env, dir, &mut firsts, &mut report).await?;
     // The configured limit applies to appends only; what is on disk is read
@@ -168,6 +180,11 @@ pub(crate) async fn recover<E: Env>(
         stats: Default::default(),
         flusher: None,
         failed: None,
+        spare: crate::state::Spare::Needed,
+        claimed: VecDeque::new(),
+        spare_number: 0,
+        spare_warned: false,
+        flusher_exited: false,
         closed: false,
     };
     Ok((state, report))

@@ -148,6 +148,48 @@ pub fn bucket(v: u64, buckets: usize) -> usize {
     ((u64::BITS - v.leading_zeros()) as usize).min(buckets - 1)
 }
 
+/// Which space an append may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// New data (messages, copies): refused with `Error::NoSpace` once
+    /// only the reserve is left, so the reserve stays for results.
+    New,
+    /// Results of work already accepted (delivery statuses, discards,
+    /// operator actions): may use the reserve.
+    Reserved,
+}
+
+/// A preallocated segment file and index file, not yet a segment.
+pub(crate) struct SpareFiles<F> {
+    pub file: F,
+    pub seg: PathBuf,
+    pub idx: PathBuf,
+}
+
+/// The segment file kept ready ahead of the active one, so a roll to a
+/// new segment never allocates space on the commit path.
+pub(crate) enum Spare<F> {
+    /// Created and preallocated: the next roll takes it.
+    Ready(SpareFiles<F>),
+    /// Taken (or never made): the flusher makes the next one.
+    Needed,
+    /// The flusher is making it.
+    Creating,
+    /// The last attempt failed (no space, mostly); retried by
+    /// [`crate::Log::retry_spare`] and after a reclaim freed space.
+    Failed(String),
+}
+
+/// Why [`State::enqueue`] queued nothing.
+pub(crate) enum Refused {
+    /// The writer wrote another length than announced.
+    Length,
+    /// No room for the record (see [`Class`]).
+    NoSpace(String),
+    /// A roll is needed and the spare is being made: wait and try again.
+    WaitSpare,
+}
+
 /// Mutable state of one log.
 pub(crate) struct State<F> {
     pub segments: BTreeMap<Sequence, Segment>,
@@ -180,6 +222,16 @@ pub(crate) struct State<F> {
     pub stats: LogStats,
     /// Set by the first I/O error on the durability path; permanent.
     pub failed: Option<String>,
+    /// The next segment's file.
+    pub spare: Spare<F>,
+    /// Spares taken by queued chunks that start a segment, in chunk order.
+    pub claimed: VecDeque<SpareFiles<F>>,
+    /// Number of the next spare's file names (`spare-N.seg`).
+    pub spare_number: u64,
+    /// A failure to make the spare was logged (the recovery is logged once).
+    pub spare_warned: bool,
+    /// The flusher saw the log closed and stopped.
+    pub flusher_exited: bool,
     pub closed: bool,
 }
 
@@ -199,22 +251,42 @@ impl<F> State<F> {
     pub fn has_work(&self) -> bool {
         self.pending.iter().any(|c| !c.records.is_empty())
             || self.cursor_version != self.durable_cursor_version
+            || (matches!(self.spare, Spare::Needed) && !self.closed)
     }
 
-    /// Encodes one record into the open chunk, rolling to a new segment
-    /// when it would not fit or the segment is too old; `write` appends the
-    /// payload knowing its sequence. No I/O, no await; the payload is
-    /// written once, into the batch buffer. `None` (and nothing queued,
-    /// no sequence used) if `write` did not write exactly `payload_len`.
-    pub fn enqueue(
+    /// Bytes the open chunk's segment can still take.
+    fn active_free(&self, segment_bytes_max: u64) -> u64 {
+        segment_bytes_max.saturating_sub(self.pending.back().expect("open chunk").end())
+    }
+
+    /// Bytes records may still use without allocating: what is left of the
+    /// active segment plus the spare (counted while it is being made).
+    pub fn headroom(&self, segment_bytes_max: u64) -> u64 {
+        let spare = match self.spare {
+            Spare::Failed(_) => 0,
+            _ => segment_bytes_max - crate::segment::DATA_START,
+        };
+        self.active_free(segment_bytes_max) + spare
+    }
+
+    /// Encoding one record into the open chunk is two steps, so a caller
+    /// can wait for room without giving up its payload writer:
+    /// [`State::make_room`], then [`State::encode`]. No I/O, no await; the
+    /// payload is written once, into the batch buffer.
+    ///
+    /// Rolls to the spare when the record would not fit or the segment is
+    /// too old (and a spare is ready); refuses (nothing queued, no sequence
+    /// used) when there is no room for a record of `class` (`reserve`: the
+    /// bytes only [`Class::Reserved`] records may use). Returns the
+    /// record's timestamp.
+    pub fn make_room(
         &mut self,
-        limits: (u64, u64),
-        kind: RecordKind,
+        limits: (u64, u64, u64),
+        class: Class,
         at: TimestampMs,
         payload_len: usize,
-        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
-    ) -> Option<Sequence> {
-        let (segment_bytes_max, segment_age_max_ms) = limits;
+    ) -> Result<TimestampMs, Refused> {
+        let (segment_bytes_max, segment_age_max_ms, reserve) = limits;
         let at = at.max(self.last_ts);
         let frame = (HEADER_LEN + payload_len) as u64;
         let end = self.pending.back().expect("open chunk").end();
@@ -225,7 +297,24 @@ impl<F> State<F> {
                 .0
                 .saturating_add(segment_age_max_ms);
         let not_empty = self.next_seq > self.open_segment.first;
-        if end + frame > segment_bytes_max || (too_old && not_empty) {
+        let fits = end + frame <= segment_bytes_max;
+        let spare_ready = matches!(self.spare, Spare::Ready(_));
+        // An old segment rolls only into a ready spare; a full one must.
+        if !fits || (too_old && not_empty && spare_ready) {
+            let file = match std::mem::replace(&mut self.spare, Spare::Needed) {
+                Spare::Ready(file) => file,
+                Spare::Failed(why) => {
+                    self.spare = Spare::Failed(why.clone());
+                    return Err(Refused::NoSpace(format!(
+                        "the active segment is full and no next segment could be made: {why}"
+                    )));
+                }
+                other => {
+                    self.spare = other;
+                    return Err(Refused::WaitSpare);
+                }
+            };
+            self.claimed.push_back(file);
             let header = SegmentHeader {
                 first: self.next_seq,
                 salt: rand::random(),
@@ -239,7 +328,30 @@ impl<F> State<F> {
                 buf: Vec::with_capacity(frame as usize),
                 records: Vec::new(),
             });
+        } else if class == Class::New && self.headroom(segment_bytes_max) < frame + reserve {
+            let why = match &self.spare {
+                Spare::Failed(why) => why.clone(),
+                _ => "reserve reached".to_owned(),
+            };
+            return Err(Refused::NoSpace(format!(
+                "only the reserve for delivery results is left ({} bytes free in the log): {why}",
+                self.headroom(segment_bytes_max)
+            )));
         }
+        Ok(at)
+    }
+
+    /// Encodes the record after [`State::make_room`]; `write` appends the
+    /// payload knowing its sequence. Refused (nothing queued, no sequence
+    /// used) if `write` did not write exactly `payload_len`.
+    pub fn encode(
+        &mut self,
+        kind: RecordKind,
+        at: TimestampMs,
+        payload_len: usize,
+        write: impl FnOnce(Sequence, &mut PayloadWriter<'_>),
+    ) -> Result<Sequence, Refused> {
+        let frame = (HEADER_LEN + payload_len) as u64;
         let seq = self.next_seq;
         let meta = record::Meta {
             kind,
@@ -261,25 +373,33 @@ impl<F> State<F> {
             )
         });
         if !written {
-            return None;
+            return Err(Refused::Length);
         }
         chunk.records.push(Entry { seq, offset, at });
         self.last_ts = at;
         self.next_seq = seq.next();
         self.pending_bytes += frame as usize;
-        Some(seq)
+        Ok(seq)
     }
 
     /// Hands every chunk with records to the flusher and leaves a fresh
     /// open chunk continuing the last one.
     pub fn take_batch(&mut self) -> Vec<Chunk> {
-        let cont = self.pending.back().expect("open chunk").continuation();
+        let back = self.pending.back().expect("open chunk");
+        // A segment started but not written to yet stays the open chunk
+        // (its continuation would lose the segment start).
+        let keep = if back.new_segment.is_some() && back.records.is_empty() {
+            self.pending.pop_back()
+        } else {
+            None
+        };
+        let next = keep.unwrap_or_else(|| self.pending.back().expect("open chunk").continuation());
         let batch = self
             .pending
             .drain(..)
             .filter(|c| !c.records.is_empty())
             .collect();
-        self.pending.push_back(cont);
+        self.pending.push_back(next);
         self.pending_bytes = 0;
         // Back-pressured appenders may go on.
         self.wake_all();

@@ -242,3 +242,103 @@ fn enqueued_record_is_never_reported_durable_when_its_commit_fails() {
     env.power_loss(PowerLoss::DropUnsynced).unwrap();
     assert_eq!(verify_after(dir.path(), &acked, &attempted), 0);
 }
+
+/// A full file system is not a failure of the log: with no next segment,
+/// new records are refused (`NoSpace`) once only the reserve is left,
+/// results (`Class::Reserved`) use the reserve, nothing acknowledged is
+/// lost, and once space returns the log takes new records again without
+/// being reopened.
+#[test]
+fn a_full_file_system_refuses_new_records_and_recovers() {
+    use tern_storage::{Class, LogConfig};
+    let dir = fast_tempdir();
+    let env = FaultEnv::new();
+    let cfg = LogConfig {
+        record_bytes_max: 4096,
+        segment_bytes_max: 64 << 10,
+        reserve_bytes: 16 << 10,
+        retention_min_ms: 0,
+        ..LogConfig::default()
+    };
+    let acked = run(async {
+        let log = open(env.clone(), dir.path(), &cfg).await;
+        let mut acked = fill(&log, 3).await;
+        env.set_full(true);
+        // New records until the reserve: at least one roll into the spare
+        // made before the disk filled, then the rest of that segment.
+        let mut refused = None;
+        for i in 0..400u64 {
+            let p = payload(100 + i, 700);
+            match log.append(KIND, TimestampMs(10), &[&p]).await {
+                Ok(_) => acked.push(p),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = refused.expect("new records are refused before the log is full");
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        assert!(log.failure().is_none(), "a full disk does not fail the log");
+        assert!(log.spare_failure().is_some());
+        assert!(log.headroom() <= cfg.reserve_bytes + 4096);
+        // Results go on, into the reserve.
+        let mut results = 0;
+        loop {
+            let p = payload(900 + results, 300);
+            let r = log
+                .enqueue_class(Class::Reserved, KIND, TimestampMs(10), p.len(), |_, w| {
+                    w.put(&p)
+                })
+                .await;
+            match r {
+                Ok(seq) => {
+                    log.durable(seq).await.unwrap();
+                    acked.push(p);
+                    results += 1;
+                }
+                Err(e) => {
+                    assert!(matches!(e, Error::NoSpace(_)), "{e}");
+                    break;
+                }
+            }
+            assert!(results < 200, "the reserve is bounded by the segment");
+        }
+        assert!(results >= 30, "the reserve took {results} results");
+        assert!(log.failure().is_none());
+        // Space returns: no reopen needed.
+        env.set_full(false);
+        log.retry_spare();
+        let p = payload(5000, 700);
+        let mut ok = false;
+        for _ in 0..100 {
+            match log.append(KIND, TimestampMs(11), &[&p]).await {
+                Ok(_) => {
+                    ok = true;
+                    break;
+                }
+                Err(Error::NoSpace(_)) => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(ok, "new records accepted again once space returned");
+        acked.push(p);
+        assert!(log.spare_failure().is_none());
+        log.close().await.unwrap();
+        acked
+    });
+    // Everything acknowledged is there after a reopen.
+    run(async {
+        let (log, _) = Log::open(BufferedEnv, dir.path(), cfg.clone(), TimestampMs(1))
+            .await
+            .unwrap();
+        let got: Vec<_> = log
+            .iter_from(Sequence(1))
+            .map(|r| r.unwrap().payload)
+            .collect();
+        assert_eq!(got, acked);
+        log.close().await.unwrap();
+    });
+}
