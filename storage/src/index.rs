@@ -318,7 +318,7 @@ impl Index {
         assert!(offset <= OFFSET_MASK, "segment offsets fit 48 bits");
         if self.len == entries_capacity(&self.map) || !self.spill.is_empty() {
             // While spilling, try again every INITIAL_ENTRIES entries.
-            if self.spill.len() % INITIAL_ENTRIES == 0 && !self.grow()? {
+            if self.spill.len().is_multiple_of(INITIAL_ENTRIES) && !self.grow()? {
                 self.spill.push((offset, at.0));
                 return Ok(());
             }
