@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod mta_sts;
 pub mod ops;
 pub mod outbound;
+pub mod pressure;
 pub mod received;
 pub mod record;
 pub mod server;

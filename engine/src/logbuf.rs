@@ -355,3 +355,36 @@ mod tests {
             .unwrap();
     }
 }
+
+/// A failure that recurs (every maintenance pass, every accept attempt):
+/// logged once when it starts, again only if it changes or lasted
+/// [`Repeated::EVERY`], and once more when it ends. Single-threaded.
+#[derive(Default)]
+pub struct Repeated {
+    last: std::cell::RefCell<Option<(String, std::time::Instant, u64)>>,
+}
+
+impl Repeated {
+    /// How often a lasting failure is logged again.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Reports this pass's outcome of `what`: `Some(error)` or `None` (ok).
+    pub fn report(&self, what: &str, error: Option<String>) {
+        let mut last = self.last.borrow_mut();
+        match (error, last.as_mut()) {
+            (None, None) => {}
+            (None, Some((e, _, n))) => {
+                tracing::info!(error = %e, times = *n, "{what}: recovered");
+                *last = None;
+            }
+            (Some(e), Some((prev, at, n))) if *prev == e && at.elapsed() < Self::EVERY => {
+                *n += 1;
+            }
+            (Some(e), prev) => {
+                let times = prev.map_or(1, |(_, _, n)| *n + 1);
+                tracing::error!(error = %e, times, "{what}");
+                *last = Some((e, std::time::Instant::now(), 1));
+            }
+        }
+    }
+}

@@ -25,6 +25,16 @@ pub struct CoreMetrics {
     pub rejected_relay: AtomicU64,
     /// Sessions refused because message memory was over budget.
     pub rejected_memory: AtomicU64,
+    /// Transactions refused by back pressure (452 4.3.1 at MAIL) and
+    /// sessions refused because the store failed (421 at the greeting).
+    pub rejected_pressure: AtomicU64,
+    /// Greetings delayed by back pressure.
+    pub greetings_delayed: AtomicU64,
+    /// Delivery attempts not started because the log could not record
+    /// their outcome (only the reserve left, or the log failed).
+    pub attempts_held_back: AtomicU64,
+    /// 1 once this core's log failed for good (gauge).
+    pub log_failed: AtomicU64,
     /// Other error replies (syntax, sequence, limits).
     pub rejected_protocol: AtomicU64,
     /// Sessions ended by a timeout.

@@ -20,26 +20,28 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "admin",
         &[
             "config", "delivery", "metrics", "shadow", "stop", "received", "tls", "mta_sts", "ops",
+            "pressure",
         ],
     ),
     (
         "server",
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
-            "stop", "cluster", "layout", "auth", "tls", "mta_sts", "ops",
+            "stop", "cluster", "layout", "auth", "tls", "mta_sts", "ops", "pressure",
         ],
     ),
     (
         "inbound",
         &[
             "config", "shadow", "shard", "record", "metrics", "stop", "received", "auth", "tls",
+            "pressure", "logbuf",
         ],
     ),
     (
         "delivery",
         &[
             "config", "shadow", "shard", "record", "outbound", "dns", "dsn", "metrics", "tls",
-            "mta_sts", "ops",
+            "mta_sts", "ops", "pressure", "logbuf",
         ],
     ),
     (
@@ -52,6 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("tls", &["config"]),
     ("mta_sts", &["config", "dns"]),
     ("ops", &["config"]),
+    ("pressure", &["config"]),
     ("shard", &["record", "layout", "config"]),
     ("record", &[]),
     ("dsn", &["received"]),

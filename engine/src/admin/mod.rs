@@ -10,6 +10,7 @@
 //! resubmit.rs  /resubmit: Safety Net resubmission requests
 //! routes.rs    GET /routes, PUT and DELETE /routes/PATTERN
 //! shadow.rs    GET /shadow and the shadow gauges of /metrics
+//! pressure.rs  GET /pressure, the back pressure gauges, the failed store
 //! ```
 //!
 //! Every state-changing request (POST, PUT, DELETE) needs
@@ -31,6 +32,7 @@
 //!   heartbeat and the shadow copies held for each (`tern shadow status`).
 
 mod http;
+mod pressure;
 mod queue;
 mod render;
 mod resubmit;
@@ -69,6 +71,8 @@ pub struct Admin {
     pub mta_sts: Arc<crate::mta_sts::MtaSts>,
     /// Operator actions (queue, destinations, resubmission).
     pub ops: Arc<crate::ops::Ops>,
+    /// Back pressure and the failed state.
+    pub pressure: Arc<crate::pressure::Pressure>,
 }
 
 /// Starts the admin thread; it stops when `admin.stop` is set.
@@ -142,11 +146,15 @@ impl Admin {
         match (&req.method, path) {
             (Get, "/routes") => Answer::text(200, routes::list(self)),
             (Get, "/metrics") => Answer::text(200, self.metrics()),
-            (Get, "/shadow") => Answer::text(200, shadow::status(self)),
+            (Get, "/shadow") => Answer::text(
+                200,
+                shadow::status(self) + &pressure::status(&self.pressure),
+            ),
+            (Get, "/pressure") => Answer::text(200, pressure::status(&self.pressure)),
             (Get, "/destinations") => queue::destinations(self),
             (Get, "/resubmit") => resubmit::list(self),
             (Post, "/resubmit") => resubmit::add(self, req),
-            (Put | Delete | Post, "/routes" | "/metrics" | "/shadow") => {
+            (Put | Delete | Post, "/routes" | "/metrics" | "/shadow" | "/pressure") => {
                 Answer::error(405, "read-only")
             }
             _ => Answer::error(404, format!("no such endpoint: {path}")),
@@ -164,6 +172,7 @@ impl Admin {
             .load(std::sync::atomic::Ordering::Relaxed);
         text.push_str(&self.mta_sts.stats.render(reported));
         text.push_str(&self.ops.stats.render());
+        text.push_str(&pressure::render(&self.pressure));
         text
     }
 }

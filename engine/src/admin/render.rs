@@ -113,6 +113,7 @@ const REJECTED_REASONS: &[(&str, Field)] = &[
     ("storage", |c| &c.rejected_storage),
     ("relay", |c| &c.rejected_relay),
     ("protocol", |c| &c.rejected_protocol),
+    ("pressure", |c| &c.rejected_pressure),
 ];
 
 /// The results of `tern_auth_total`.
@@ -124,6 +125,21 @@ const AUTH_RESULTS: &[(&str, Field)] = &[
 
 /// Every metric, in the order [`render`] writes them.
 static METRICS: &[Metric] = &[
+    gauge(
+        "tern_log_state",
+        "State of the core's log: 0 ok, 1 failed for good (the node stops)",
+        |c| l(&c.log_failed),
+    ),
+    counter(
+        "tern_greetings_delayed_total",
+        "Greetings delayed by back pressure (pressure.greeting_delay)",
+        |c| l(&c.greetings_delayed),
+    ),
+    counter(
+        "tern_delivery_attempts_held_back_total",
+        "Delivery attempts not started because their outcome could not be recorded",
+        |c| l(&c.attempts_held_back),
+    ),
     counter("tern_connections_total", "SMTP connections accepted", |c| {
         l(&c.connections_total)
     }),

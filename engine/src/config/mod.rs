@@ -16,6 +16,7 @@
 //! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
 //! tls.rs       [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
 //! auth.rs      [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
+//! pressure.rs  [pressure]  -> PressureConfig (back pressure thresholds)
 //! ```
 //!
 //! # Defaults
@@ -40,6 +41,7 @@ pub(crate) mod cluster;
 mod delivery;
 mod mta_sts;
 mod pools;
+pub(crate) mod pressure;
 mod relay;
 mod server;
 mod smtp;
@@ -63,6 +65,7 @@ pub use auth::{AuthConfig, AUTH_DELAY_MAX};
 pub use delivery::DeliveryConfig;
 pub use mta_sts::MtaStsConfig;
 pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
+pub use pressure::{Amount, PressureConfig};
 pub use relay::RelayRules;
 pub use smtp::SmtpLimits;
 pub use storage::IoMode;
@@ -108,6 +111,8 @@ pub struct FileConfig {
     auth: auth::AuthSection,
     #[serde(default)]
     mta_sts: mta_sts::MtaStsSection,
+    #[serde(default)]
+    pressure: pressure::PressureSection,
 }
 
 /// Command-line values that override the file.
@@ -170,6 +175,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[mta_sts]`.
     pub mta_sts: MtaStsConfig,
+    /// `[pressure]`: back pressure thresholds.
+    pub pressure: PressureConfig,
 }
 
 impl Config {
@@ -212,6 +219,7 @@ impl Config {
         let tls = f.tls.resolve(&mut problems);
         let auth = f.auth.resolve(&server.data_dir, &mut problems);
         let mta_sts = f.mta_sts.resolve(&mut problems);
+        let pressure = f.pressure.resolve(&mut problems);
         let config = Config {
             listen: server.listen,
             hostname,
@@ -233,6 +241,7 @@ impl Config {
             tls,
             auth,
             mta_sts,
+            pressure,
         };
         if problems.is_empty() {
             Ok(config)

@@ -17,6 +17,7 @@ pub(super) struct StorageSection {
     retention_min: HumanDuration,
     pending_bytes_max: ByteSize,
     zero_fill_ahead: ByteSize,
+    reserve: ByteSize,
     /// "auto", "buffered" or "direct".
     io: String,
 }
@@ -30,6 +31,7 @@ impl Default for StorageSection {
             retention_min: HumanDuration(Duration::from_millis(log.retention_min_ms)),
             pending_bytes_max: ByteSize(log.pending_bytes_max as u64),
             zero_fill_ahead: ByteSize(log.zero_fill_ahead_bytes),
+            reserve: ByteSize(log.reserve_bytes),
             io: io_name(IoMode::default()).into(),
         }
     }
@@ -63,6 +65,7 @@ impl StorageSection {
             retention_min_ms: self.retention_min.0.as_millis() as u64,
             pending_bytes_max: self.pending_bytes_max.as_usize(),
             zero_fill_ahead_bytes: self.zero_fill_ahead.0,
+            reserve_bytes: self.reserve.0,
             cursors: LogConfig::default().cursors,
         };
         if let Err(tern_storage::Error::Config(list)) = cfg.validate() {

@@ -272,7 +272,7 @@ impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
 /// `routes."PATTERN"`), from the section structs themselves.
 fn every_key() -> Vec<String> {
-    let sections: [(&str, &[&str]); 11] = [
+    let sections: [(&str, &[&str]); 12] = [
         ("server", keys_of::<server::ServerSection>()),
         ("smtp", keys_of::<smtp::SmtpSection>()),
         ("relay", keys_of::<relay::RelaySection>()),
@@ -284,6 +284,7 @@ fn every_key() -> Vec<String> {
         ("tls", keys_of::<tls::TlsSection>()),
         ("auth", keys_of::<auth::AuthSection>()),
         ("mta_sts", keys_of::<mta_sts::MtaStsSection>()),
+        ("pressure", keys_of::<pressure::PressureSection>()),
     ];
     let names: Vec<&str> = sections
         .iter()

@@ -14,7 +14,13 @@
 //! - Then `Log::reclaim` deletes the segments every cursor passed.
 //!
 //! A step that fails is logged and the others still run, so one bad
-//! record cannot stop reclamation and fill the disk.
+//! record cannot stop reclamation and fill the disk. The same failure is
+//! logged once, then again only if it lasts a minute (or changes).
+//!
+//! The log's room goes to back pressure (`crate::pressure`) every pass:
+//! the bytes it holds and whether it could make its next segment. While
+//! it cannot (a full file system), the pass tries again, and copy-forward
+//! waits: it would take room that results need, to free room later.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -22,7 +28,15 @@ use std::sync::atomic::Ordering;
 use tern_storage::{Sequence, TimestampMs};
 
 use super::Delivery;
+use crate::logbuf::Repeated;
 use crate::metrics::CoreMetrics;
+
+/// Failures of maintenance steps that recur every pass.
+#[derive(Default)]
+pub(super) struct Failing {
+    pass: Repeated,
+    copy_forward: Repeated,
+}
 use crate::record::status::{Event, StatusEvent};
 
 impl Delivery {
@@ -40,17 +54,30 @@ impl Delivery {
             if self.is_stopping() {
                 break;
             }
-            if let Err(e) = self.maintain().await {
-                tracing::error!(error = %e, "queue maintenance failed");
-            }
+            let r = self.maintain().await;
+            self.failing
+                .pass
+                .report("queue maintenance failed", r.err().map(|e| e.to_string()));
         }
     }
 
     /// One maintenance pass.
     async fn maintain(&self) -> anyhow::Result<()> {
         let now = TimestampMs::now().0;
-        if let Err(e) = self.copy_forward(now).await {
-            tracing::error!(error = %e, "copy-forward failed");
+        let log = &self.shard().log;
+        let full = log.spare_failure().is_some();
+        if full {
+            log.retry_spare();
+        }
+        let held = log.segments().iter().map(|s| s.bytes).sum();
+        self.parts
+            .pressure
+            .set_log(usize::from(self.shard().id), held, full);
+        if !full {
+            let r = self.copy_forward(now).await;
+            self.failing
+                .copy_forward
+                .report("copy-forward failed", r.err().map(|e| e.to_string()));
         }
         self.set_queue_cursor().await?;
         self.publish_watermark();
@@ -64,7 +91,6 @@ impl Delivery {
         self.dispatch.forget_idle(now);
         self.operate.prune();
         self.hosts.health.borrow_mut().prune(now);
-        let log = &self.shard().log;
         let freed = log.reclaim(TimestampMs(now)).await?;
         let m = self.metrics();
         m.segments_reclaimed

@@ -128,6 +128,8 @@ pub struct Parts {
     pub routes: Arc<RouteOverrides>,
     /// Outbound TLS configs and counters.
     pub tls: Arc<crate::tls::Tls>,
+    /// Back pressure: this core's log size and state go there.
+    pub pressure: Arc<crate::pressure::Pressure>,
     /// MTA-STS policies (node-wide cache).
     pub mta_sts: Arc<crate::mta_sts::MtaSts>,
     /// Operator requests, suspensions, resubmission requests.
@@ -157,6 +159,8 @@ pub struct Delivery {
     stopping: Stopping,
     /// What operators asked of this core's queue.
     operate: operate::CoreOps,
+    /// Maintenance failures, logged without repeating every pass.
+    failing: maintenance::Failing,
 }
 
 impl Delivery {
@@ -175,6 +179,7 @@ impl Delivery {
             live: RefCell::new(HashMap::new()),
             stopping: Stopping::default(),
             operate: operate::CoreOps::default(),
+            failing: maintenance::Failing::default(),
             parts,
         });
         d.rebuild()?;

@@ -129,7 +129,16 @@ impl Inbound {
                     self.shard.decided(s.0);
                 }
                 CoreMetrics::inc(&self.metrics.rejected_storage);
-                tracing::error!(error = %e, client = %peer, "cannot store message; answering 452");
+                if let tern_storage::Error::Fatal(why) = &e {
+                    // New sessions get 421 from now on (the core's
+                    // watcher then stops the node).
+                    self.pressure.fail(usize::from(self.shard.id), why);
+                }
+                if matches!(e, tern_storage::Error::NoSpace(_)) {
+                    tracing::warn!(error = %e, client = %peer, "no room for the message; answering 452");
+                } else {
+                    tracing::error!(error = %e, client = %peer, "cannot store message; answering 452");
+                }
                 insufficient_storage()
             })?;
         let id = QueueId {

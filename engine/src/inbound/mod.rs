@@ -68,6 +68,8 @@ pub struct Inbound {
     users: Option<Arc<crate::auth::Users>>,
     /// Failed AUTH attempts per client, this core's.
     limiter: RefCell<crate::auth::Limiter>,
+    /// Back pressure and the failed state, node-wide.
+    pressure: Arc<crate::pressure::Pressure>,
 }
 
 /// The pieces a core's inbound side is made of.
@@ -90,6 +92,8 @@ pub struct Parts {
     pub tls: Arc<crate::tls::Tls>,
     /// SMTP AUTH users.
     pub users: Option<Arc<crate::auth::Users>>,
+    /// Back pressure and the failed state, node-wide.
+    pub pressure: Arc<crate::pressure::Pressure>,
 }
 
 impl Inbound {
@@ -120,6 +124,7 @@ impl Inbound {
             tls: p.tls,
             users: p.users,
             limiter: RefCell::new(crate::auth::Limiter::new(&config.auth)),
+            pressure: p.pressure,
             config,
         }
     }

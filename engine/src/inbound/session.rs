@@ -32,9 +32,27 @@ pub(super) struct CountingPolicy {
     refused: Rc<std::cell::Cell<u32>>,
     metrics: std::sync::Arc<CoreMetrics>,
     client: SocketAddr,
+    pressure: std::sync::Arc<crate::pressure::Pressure>,
 }
 
 impl Policy for CountingPolicy {
+    fn check_sender(
+        &mut self,
+        _from: &tern_smtp::address::ReversePath,
+        params: &tern_smtp::command::MailParams,
+    ) -> Result<(), Reply> {
+        // Back pressure refuses at MAIL, before any content is sent.
+        match self
+            .pressure
+            .refuse_mail(params.size, params.xshadow.is_some())
+        {
+            Some(reply) => {
+                CoreMetrics::inc(&self.metrics.rejected_pressure);
+                Err(reply)
+            }
+            None => Ok(()),
+        }
+    }
     fn allow_shadow(&mut self) -> bool {
         self.inner.allow_shadow()
     }
@@ -147,6 +165,7 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
         refused: refused.clone(),
         metrics: core.metrics.clone(),
         client: peer,
+        pressure: core.pressure.clone(),
     };
     let mut l = Loop {
         closing: false,
@@ -158,6 +177,9 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
         tls: None,
         trust,
     };
+    if !greet_under_pressure(&core, &mut l.stream, peer).await {
+        return;
+    }
     if implicit && !super::tls_auth::handshake(&core, &mut l, peer).await {
         return;
     }
@@ -213,6 +235,46 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
     }
     core.content_bytes.set(core.content_bytes.get() - l.held);
     let _ = l.stream.close().await;
+}
+
+/// Before the greeting: a node whose store failed answers `421` and
+/// closes (false); under back pressure the greeting waits
+/// `pressure.greeting_delay` (slowing new senders while delivery drains).
+async fn greet_under_pressure(core: &Inbound, stream: &mut Stream, peer: SocketAddr) -> bool {
+    if let Some(failed) = core.pressure.failed() {
+        tracing::debug!(client = %peer, failed, "refusing a session: the message store failed");
+        let reply = Reply::new(
+            421,
+            Status(4, 3, 0),
+            format!(
+                "{} Service not available: the message store failed, try again later",
+                core.config.hostname
+            ),
+        );
+        let mut out = Vec::new();
+        reply.encode(&mut out);
+        let write = async { stream.write_all(&out).await };
+        let timer = glommio::timer::sleep(Duration::from_secs(5));
+        let _ = futures_lite::future::or(write, async {
+            timer.await;
+            Ok(())
+        })
+        .await;
+        CoreMetrics::inc(&core.metrics.rejected_pressure);
+        return false;
+    }
+    // Cluster peers are not slowed: their shadow links and heartbeats are
+    // what keeps mail redundant and lets delivery drain.
+    if let Some(delay) = core
+        .pressure
+        .greeting_delay()
+        .filter(|_| !core.peer_ips.contains(&peer.ip()))
+    {
+        CoreMetrics::inc(&core.metrics.greetings_delayed);
+        let stop = core.shutdown.wait();
+        futures_lite::future::or(glommio::timer::sleep(delay), stop).await;
+    }
+    true
 }
 
 /// Makes the queued shadow copies durable before their 250s go out,

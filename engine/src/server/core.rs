@@ -43,6 +43,8 @@ pub struct NodeState {
     pub mta_sts: Arc<crate::mta_sts::MtaSts>,
     /// Operator state and each core's request channel.
     pub ops: Arc<crate::ops::Ops>,
+    /// Back pressure and the failed state.
+    pub pressure: Arc<crate::pressure::Pressure>,
 }
 
 /// A core's rooms, built by [`run`].
@@ -89,7 +91,7 @@ pub async fn run(
     let shutdown = Rc::new(Shutdown::default());
     let watcher = watch(
         shard.clone(),
-        node.stop.clone(),
+        node.clone(),
         shutdown.clone(),
         metrics.clone(),
     );
@@ -143,6 +145,7 @@ fn build(
         per_ip: node.per_ip.clone(),
         tls: node.tls.clone(),
         users: node.users.clone(),
+        pressure: node.pressure.clone(),
     }));
     let delivery = Delivery::start(delivery::Parts {
         config: c.clone(),
@@ -154,6 +157,7 @@ fn build(
         tls: node.tls.clone(),
         mta_sts: node.mta_sts.clone(),
         ops: node.ops.clone(),
+        pressure: node.pressure.clone(),
     })?;
     if shard.id == 0 && primary.shadowing() {
         let hb = Heartbeat {
@@ -195,18 +199,30 @@ async fn stop(rooms: Rooms, config: &Config, metrics: &CoreMetrics) -> anyhow::R
     Ok(())
 }
 
-/// Publishes log stats and turns the process-wide stop flag into this
-/// core's shutdown signal.
+/// Publishes log stats, turns the process-wide stop flag into this
+/// core's shutdown signal, and stops the node when this core's log failed
+/// for good (after a failed fdatasync nothing more may be acknowledged:
+/// the node says so, stops, and exits non-zero for its supervisor).
 async fn watch(
     shard: Rc<Shard>,
-    stop: Arc<StopFlag>,
+    node: NodeState,
     shutdown: Rc<Shutdown>,
     metrics: Arc<CoreMetrics>,
 ) {
     let mut ticks = 0u32;
     while !shutdown.is_set() {
         glommio::timer::sleep(Duration::from_millis(50)).await;
-        if stop.is_set() {
+        if let Some(e) = shard.log.failure() {
+            if metrics
+                .log_failed
+                .swap(1, std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                node.pressure.fail(usize::from(shard.id), &e);
+                node.stop.set();
+            }
+        }
+        if node.stop.is_set() {
             shutdown.trigger();
         }
         ticks += 1;

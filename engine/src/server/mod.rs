@@ -51,6 +51,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         tls,
         mta_sts,
         ops,
+        pressure: Arc::new(crate::pressure::Pressure::new(
+            config.pressure.clone(),
+            config.data_dir.clone(),
+            config.cores,
+        )),
     };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
     spawn_signal_thread(node.stop.clone(), node.tls.clone())?;
@@ -65,6 +70,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             tls: node.tls.stats.clone(),
             mta_sts: node.mta_sts.clone(),
             ops: node.ops.clone(),
+            pressure: node.pressure.clone(),
         })?),
         None => None,
     };
@@ -75,6 +81,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = admin.join();
     }
     node.ops.save_if_dirty();
+    if let Some(store) = node.pressure.failed() {
+        // Never run on half-alive: exit non-zero for the supervisor.
+        anyhow::bail!(
+            "the message store failed ({store}); stopped so a supervisor restarts tern (everything answered 250 is durable)"
+        );
+    }
     match failed {
         Some(e) => Err(e),
         None => {

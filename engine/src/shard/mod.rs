@@ -24,7 +24,7 @@ mod recent;
 use std::cell::RefCell;
 use std::path::Path;
 
-use tern_storage::{Log, LogConfig, PayloadWriter, RecordKind, Sequence, TimestampMs};
+use tern_storage::{Class, Log, LogConfig, PayloadWriter, RecordKind, Sequence, TimestampMs};
 
 use failpoint::EngineEnv;
 pub use failpoint::IoMode;
@@ -109,21 +109,28 @@ impl Shard {
         self.log.durable(seq).await
     }
 
-    /// Appends one delivery status record (durable on return).
+    /// Appends one delivery status record (durable on return). Status
+    /// records are results of accepted work: they may use the log's
+    /// reserve, which new messages may not (`Class::Reserved`).
     pub async fn append_status(&self, events: &[StatusEvent]) -> tern_storage::Result<Sequence> {
         let size = status::encoded_len(events);
-        self.append(
-            STATUS,
-            TimestampMs::now(),
-            size,
-            Announced::Other,
-            |_, w| {
-                let mut buf = Vec::with_capacity(size);
-                status::encode(events, &mut buf);
-                w.put(&buf);
-            },
-        )
-        .await
+        let seq = self
+            .log
+            .enqueue_class(
+                Class::Reserved,
+                STATUS,
+                TimestampMs::now(),
+                size,
+                |seq, w| {
+                    self.recent.borrow_mut().announce(seq.0, Announced::Other);
+                    let mut buf = Vec::with_capacity(size);
+                    status::encode(events, &mut buf);
+                    w.put(&buf);
+                },
+            )
+            .await?;
+        self.log.durable(seq).await?;
+        Ok(seq)
     }
 
     /// Message `seq` is withdrawn before the delivery tail reached it (no
