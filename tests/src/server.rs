@@ -147,6 +147,9 @@ pub struct Options {
     pub config: Option<String>,
     /// Extra environment (e.g. the storage failpoint).
     pub env: Vec<(String, String)>,
+    /// Data directory to use instead of `data` in the test's directory
+    /// (a small file system the test mounted, say).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -155,6 +158,7 @@ impl Default for Options {
             cores: 1,
             config: None,
             env: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -211,7 +215,10 @@ impl TernProcess {
 
     /// The data directory (`shard-N/` inside).
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        match &self.options.data_dir {
+            Some(d) => d.clone(),
+            None => self.dir.path().join("data"),
+        }
     }
 
     /// The SMTP address (a new one after every restart).
@@ -278,7 +285,12 @@ impl TernProcess {
             // it from starting).
             .current_dir(self.dir.path())
             .arg("--data-dir")
-            .arg("data")
+            .arg(
+                self.options
+                    .data_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("data")),
+            )
             .arg("--cores")
             .arg(self.options.cores.to_string())
             .arg("--admin-listen")
