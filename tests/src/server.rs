@@ -374,6 +374,11 @@ impl TernProcess {
         self.try_wait().is_none().then_some(pid)
     }
 
+    /// Is the child still running (it did not exit by itself)?
+    pub fn is_running(&mut self) -> bool {
+        self.running().is_some()
+    }
+
     /// Sends `signal` to the child (unless it was reaped already: its PID
     /// may have been reused since).
     pub fn signal(&mut self, signal: libc::c_int) {

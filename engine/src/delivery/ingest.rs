@@ -14,6 +14,7 @@ use tern_storage::{Record, Sequence};
 
 use super::queue::Queue;
 use super::Delivery;
+use crate::metrics::CoreMetrics;
 use crate::record::message::{self, MESSAGE};
 use crate::record::shadow::SHADOW;
 use crate::record::status::{self, Event, StatusEvent, STATUS};
@@ -143,14 +144,20 @@ impl Delivery {
                 Some(Announced::Shadow { at_ms, origin }) if !rebuild => {
                     self.parts.replica.hold(seq, at_ms, origin);
                 }
-                _ => {
-                    let rec = shard.log.read(Sequence(seq)).inspect_err(|_| {
-                        // Perhaps a message: the discard watermark must
-                        // never pass it (its shadows keep their copy).
+                _ => match shard.log.read(Sequence(seq)) {
+                    Ok(rec) => self.ingest_record(&rec, rebuild),
+                    Err(e) => {
+                        // A damaged record (a failed read, a checksum that
+                        // does not verify) stops neither the start nor the
+                        // tail: it is reported, counted and skipped.
+                        // Perhaps a message: the discard watermark never
+                        // passes it (its shadows keep their copy).
                         self.tail.unreadable(seq);
-                    })?;
-                    self.ingest_record(&rec, rebuild);
-                }
+                        CoreMetrics::inc(&self.metrics().unreadable);
+                        tracing::error!(shard = shard.id, seq, error = %e,
+                            "unreadable record skipped: if it was a message, it is not delivered from here (its shadow copy, if any, is kept)");
+                    }
+                },
             }
             n += 1;
         }

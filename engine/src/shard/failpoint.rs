@@ -1,8 +1,17 @@
 //! The engine's storage environment: glommio buffered or `O_DIRECT` I/O
-//! (`[storage] io`), plus one test-only failpoint so integration tests can make the real binary's log
-//! fail: `TERN_FAILPOINT_STORAGE=fail-sync-after=N` makes every fdatasync
-//! after the first N fail (the log then fails for good and sessions get
-//! 452 4.3.1). Unset in production; documented in README.
+//! (`[storage] io`), plus test-only failpoints so integration tests can
+//! make the real binary's storage fail. `TERN_FAILPOINT_STORAGE` holds a
+//! comma-separated list of:
+//!
+//! - `fail-sync-after=N`: every fdatasync after the first N fails (EIO;
+//!   the log then fails for good: the node answers 421 and exits).
+//! - `enospc-allocate-while=PATH`: while PATH exists, preallocation
+//!   (`fallocate`: segment creation) fails with ENOSPC, as on a full file
+//!   system; the node refuses new mail and takes it again once PATH is gone.
+//! - `enospc-write-while=PATH`: while PATH exists, writes fail with ENOSPC
+//!   (fatal for the log, as any failed write on the durability path).
+//!
+//! Unset in production; documented in README.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -43,35 +52,65 @@ pub fn resolve(mode: IoMode, dir: &Path) -> IoMode {
     }
 }
 
-/// Buffered or direct I/O with an optional fdatasync failpoint.
+/// The failpoints armed (see the module docs).
+#[derive(Clone, Default)]
+struct Faults {
+    syncs_left: Option<Rc<Cell<u64>>>,
+    enospc_allocate_while: Option<Rc<Path>>,
+    enospc_write_while: Option<Rc<Path>>,
+}
+
+impl Faults {
+    fn parse(spec: &str) -> Result<Faults, String> {
+        let mut f = Faults::default();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || {
+                format!(
+                    "{FAILPOINT_VAR}: expected fail-sync-after=N, enospc-allocate-while=PATH or enospc-write-while=PATH, got {item:?}"
+                )
+            };
+            let (key, value) = item.split_once('=').ok_or_else(bad)?;
+            match key {
+                "fail-sync-after" => {
+                    let n: u64 = value.parse().map_err(|_| bad())?;
+                    f.syncs_left = Some(Rc::new(Cell::new(n)));
+                }
+                "enospc-allocate-while" => f.enospc_allocate_while = Some(Path::new(value).into()),
+                "enospc-write-while" => f.enospc_write_while = Some(Path::new(value).into()),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(f)
+    }
+
+    fn no_space(switch: &Option<Rc<Path>>) -> io::Result<()> {
+        match switch {
+            Some(path) if path.exists() => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Buffered or direct I/O with optional test failpoints.
 #[derive(Clone, Default)]
 pub struct EngineEnv {
     mode: IoMode,
-    syncs_left: Option<Rc<Cell<u64>>>,
+    faults: Faults,
 }
 
 impl EngineEnv {
-    /// The environment for `mode`, with the failpoint read from the
+    /// The environment for `mode`, with the failpoints read from the
     /// process environment (unset = healthy).
     pub fn new(mode: IoMode) -> Result<EngineEnv, String> {
         let Ok(spec) = std::env::var(FAILPOINT_VAR) else {
             return Ok(EngineEnv {
                 mode,
-                syncs_left: None,
+                faults: Faults::default(),
             });
         };
-        let n = spec
-            .strip_prefix("fail-sync-after=")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("{FAILPOINT_VAR}: expected fail-sync-after=N, got {spec:?}"))?;
-        tracing::warn!(
-            after = n,
-            "storage failpoint armed: fdatasync will fail (test only)"
-        );
-        Ok(EngineEnv {
-            mode,
-            syncs_left: Some(Rc::new(Cell::new(n))),
-        })
+        let faults = Faults::parse(&spec)?;
+        tracing::warn!(spec, "storage failpoint armed (test only)");
+        Ok(EngineEnv { mode, faults })
     }
 }
 
@@ -83,7 +122,7 @@ enum Inner {
 /// A file of [`EngineEnv`].
 pub struct EngineFile {
     inner: Inner,
-    syncs_left: Option<Rc<Cell<u64>>>,
+    faults: Faults,
 }
 
 macro_rules! each {
@@ -98,7 +137,7 @@ macro_rules! each {
 impl EngineFile {
     /// Counts one fdatasync against the failpoint; `Err` once it is spent.
     fn failpoint(&self) -> io::Result<()> {
-        if let Some(left) = &self.syncs_left {
+        if let Some(left) = &self.faults.syncs_left {
             if left.get() == 0 {
                 return Err(io::Error::other("failpoint: fdatasync failed"));
             }
@@ -110,6 +149,7 @@ impl EngineFile {
 
 impl LogFile for EngineFile {
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+        Faults::no_space(&self.faults.enospc_write_while)?;
         each!(self.write_at(buf, pos))
     }
 
@@ -119,6 +159,7 @@ impl LogFile for EngineFile {
     }
 
     async fn write_all_sync(&self, writes: Vec<(Vec<u8>, u64)>) -> io::Result<()> {
+        Faults::no_space(&self.faults.enospc_write_while)?;
         if let Err(e) = self.failpoint() {
             // The writes happen; the fdatasync fails.
             for (buf, pos) in writes {
@@ -130,6 +171,7 @@ impl LogFile for EngineFile {
     }
 
     async fn allocate(&self, len: u64) -> io::Result<()> {
+        Faults::no_space(&self.faults.enospc_allocate_while)?;
         each!(self.allocate(len))
     }
 
@@ -152,7 +194,7 @@ impl EngineEnv {
         };
         Ok(EngineFile {
             inner,
-            syncs_left: self.syncs_left.clone(),
+            faults: self.faults.clone(),
         })
     }
 }

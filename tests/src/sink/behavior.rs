@@ -30,6 +30,10 @@ pub struct Behavior {
     pub drop_mid_data: bool,
     /// Sleep before each reply (interrupted by a stop).
     pub reply_delay: Duration,
+    /// Sleep before the end-of-data reply only, after the content arrived
+    /// (a next hop that hangs mid-DATA); the message is still recorded
+    /// then if the reply is 250, as a real server would keep it.
+    pub data_end_delay: Duration,
     /// After this many recorded messages on a connection, the next MAIL
     /// gets `421 4.7.0` and the connection is closed.
     pub close_after_messages: Option<usize>,

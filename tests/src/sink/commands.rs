@@ -214,7 +214,7 @@ impl Session {
         } else {
             (self.behavior.data_end.clone()).unwrap_or((250, "2.0.0 Ok: queued".into()))
         };
-        if !self.delay() {
+        if !self.delay_for(self.behavior.data_end_delay) || !self.delay() {
             return Step::Close;
         }
         let mut state = self.shared.lock();

@@ -149,7 +149,12 @@ impl Session {
 
     /// The reply delay; false when the sink stopped meanwhile.
     pub(super) fn delay(&self) -> bool {
-        let until = Instant::now() + self.behavior.reply_delay;
+        self.delay_for(self.behavior.reply_delay)
+    }
+
+    /// Sleeps `d` (false when the sink stopped meanwhile).
+    pub(super) fn delay_for(&self, d: std::time::Duration) -> bool {
+        let until = Instant::now() + d;
         loop {
             if self.shared.stopping() {
                 return false;
