@@ -1,10 +1,9 @@
 //! The admin API's request plumbing: size limits, the token check, JSON
 //! answers and errors, who asked.
 
-use std::io::Read;
-
 use serde::Serialize;
 
+use super::listener::{Method, Request};
 use super::Admin;
 
 /// Longest request line (method, path and query) accepted.
@@ -13,6 +12,7 @@ pub(super) const URL_MAX: usize = 2048;
 pub(super) const BODY_MAX: usize = 64 * 1024;
 
 /// An answer: status, content type, body.
+#[derive(Debug)]
 pub(super) struct Answer {
     pub(super) code: u16,
     pub(super) json: bool,
@@ -53,7 +53,7 @@ impl Answer {
 
 /// What the handlers see of a request.
 pub(super) struct Req {
-    pub(super) method: tiny_http::Method,
+    pub(super) method: Method,
     /// The path without the query.
     pub(super) path: String,
     /// `key=value` pairs of the query (percent-decoded).
@@ -86,47 +86,17 @@ impl Req {
 impl Admin {
     /// Reads `request` within the limits and checks its token; `Err`:
     /// the answer to give instead.
-    pub(super) fn admit(&self, request: &mut tiny_http::Request) -> Result<Req, Answer> {
-        let url = request.url().to_owned();
-        if url.len() > URL_MAX {
-            return Err(Answer::error(
-                414,
-                format!("request line longer than {URL_MAX} bytes"),
-            ));
-        }
-        if request.body_length().is_some_and(|n| n > BODY_MAX) {
-            return Err(Answer::error(
-                413,
-                format!("body larger than {BODY_MAX} bytes"),
-            ));
-        }
-        let mut raw = Vec::new();
-        let _ = request
-            .as_reader()
-            .take(BODY_MAX as u64 + 1)
-            .read_to_end(&mut raw);
-        if raw.len() > BODY_MAX {
-            return Err(Answer::error(
-                413,
-                format!("body larger than {BODY_MAX} bytes"),
-            ));
-        }
-        let body = String::from_utf8(raw).map_err(|_| Answer::error(400, "body is not UTF-8"))?;
-        let method = request.method().clone();
-        let header = |name: &'static str| {
-            request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv(name))
-                .map(|h| h.value.as_str().to_owned())
-        };
+    pub(super) fn admit(&self, request: Request) -> Result<Req, Answer> {
+        let url = request.url.clone();
+        let body = String::from_utf8(request.body.clone())
+            .map_err(|_| Answer::error(400, "body is not UTF-8"))?;
+        let method = request.method.clone();
+        let header = |name: &'static str| request.header(name).map(str::to_owned);
         let operator = header("X-Tern-Operator").unwrap_or_else(|| "-".into());
-        let client = request
-            .remote_addr()
-            .map_or("unknown".to_string(), |a| a.to_string());
+        let client = request.peer.to_string();
         let who = format!("{client} ({})", sanitize(&operator));
         let loopback = self.addr.ip().is_loopback();
-        let changes = method != tiny_http::Method::Get && method != tiny_http::Method::Head;
+        let changes = method != Method::Get && method != Method::Head;
         if changes || !loopback {
             let given = header("Authorization");
             let ok = given

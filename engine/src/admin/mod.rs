@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! ```text
-//! mod.rs       the HTTP listener and its dispatch
+//! mod.rs       the admin thread and the dispatch of requests
+//! listener.rs  HTTP/1.1 connections: a fixed pool of workers, bounded reads, accept back-off
 //! http.rs      limits (request line 2 KiB, body 64 KiB), the token check, JSON answers
 //! queue.rs     GET /queue/summary, POST /queue/ACTION, /destinations (merged over the cores)
 //! resubmit.rs  /resubmit: Safety Net resubmission requests
@@ -32,6 +33,7 @@
 //!   heartbeat and the shadow copies held for each (`tern shadow status`).
 
 mod http;
+mod listener;
 mod pressure;
 mod queue;
 mod render;
@@ -42,7 +44,6 @@ mod shadow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::route::RouteOverrides;
@@ -75,49 +76,62 @@ pub struct Admin {
     pub pressure: Arc<crate::pressure::Pressure>,
 }
 
-/// Starts the admin thread; it stops when `admin.stop` is set.
+/// Starts the admin thread (and its workers, `listener::WORKERS` in
+/// all); it stops when `admin.stop` is set.
 pub fn spawn(admin: Admin) -> anyhow::Result<JoinHandle<()>> {
     let addr = admin.addr;
-    let server =
-        tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("admin listener {addr}: {e}"))?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        anyhow::anyhow!("admin listener {addr}: {e} (server.admin_listen; \"off\" disables it)")
+    })?;
+    listener.set_nonblocking(true)?;
     let handle = std::thread::Builder::new()
         .name("tern-admin".into())
         .spawn(move || {
-            while !admin.stop.is_set() {
+            let admin = &admin;
+            let listener = &listener;
+            let stopped = || admin.stop.is_set();
+            let serve = |stream: &mut std::net::TcpStream, peer| admin.serve(stream, peer);
+            std::thread::scope(|s| {
+                for i in 1..listener::WORKERS {
+                    let _ = std::thread::Builder::new()
+                        .name(format!("tern-admin-{i}"))
+                        .spawn_scoped(s, move || {
+                            listener::work(listener, &stopped, &|| {}, &serve)
+                        });
+                }
                 // Resubmission counts reach the state file within 200 ms.
-                admin.ops.save_if_dirty();
-                let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
-                };
-                admin.serve(request);
-            }
+                listener::work(listener, &stopped, &|| admin.ops.save_if_dirty(), &serve);
+            });
         })?;
     Ok(handle)
 }
 
 impl Admin {
-    fn serve(&self, mut request: tiny_http::Request) {
-        let answer = match self.admit(&mut request) {
-            Ok(req) => self.route(&req),
-            Err(a) => a,
+    fn serve(&self, stream: &mut std::net::TcpStream, peer: SocketAddr) {
+        let (answer, head_only, url) = match listener::read_request(stream, peer) {
+            Ok(request) => {
+                let head_only = request.method == listener::Method::Head;
+                let url = request.url.clone();
+                let answer = match self.admit(request) {
+                    Ok(req) => self.route(&req),
+                    Err(a) => a,
+                };
+                (answer, head_only, url)
+            }
+            Err(a) => (a, false, String::new()),
         };
         let kind = if answer.json {
             "application/json"
-        } else if answer.code == 200 && request.url().starts_with("/metrics") {
+        } else if answer.code == 200 && url.starts_with("/metrics") {
             "text/plain; version=0.0.4"
         } else {
             "text/plain; charset=utf-8"
         };
-        let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("static header");
-        let _ = request.respond(
-            tiny_http::Response::from_string(answer.body)
-                .with_status_code(answer.code)
-                .with_header(header),
-        );
+        listener::write_answer(stream, &answer, kind, head_only);
     }
 
     fn route(&self, req: &Req) -> Answer {
-        use tiny_http::Method::{Delete, Get, Post, Put};
+        use listener::Method::{Delete, Get, Post, Put};
         let path = req.path.as_str();
         if let Some(pattern) = path.strip_prefix("/routes/") {
             let (code, text) =

@@ -144,11 +144,11 @@ pub(super) fn one(a: &Admin, req: &Req, rest: &str) -> Answer {
         return Answer::error(400, format!("{id:?} is not a request id"));
     };
     match (&req.method, verb) {
-        (tiny_http::Method::Get, "") => match a.ops.request(id) {
+        (super::listener::Method::Get, "") => match a.ops.request(id) {
             Some(r) => Answer::json(&view(&r)),
             None => Answer::error(404, format!("no resubmission request {id}")),
         },
-        (tiny_http::Method::Post, "disable") => match a.ops.disable(id) {
+        (super::listener::Method::Post, "disable") => match a.ops.disable(id) {
             Ok(r) => {
                 a.ops.stats.count("resubmit_disable");
                 tracing::info!(request = id, who = %req.who, "operator: resubmission request disabled");
@@ -156,7 +156,7 @@ pub(super) fn one(a: &Admin, req: &Req, rest: &str) -> Answer {
             }
             Err(r) => Answer::error(r.0, r.1),
         },
-        (tiny_http::Method::Delete, "") => match a.ops.remove(id) {
+        (super::listener::Method::Delete, "") => match a.ops.remove(id) {
             Ok(()) => {
                 a.ops.stats.count("resubmit_remove");
                 tracing::info!(request = id, who = %req.who, "operator: resubmission request removed");

@@ -21,7 +21,7 @@ pub(super) fn list(a: &Admin) -> String {
 
 pub(super) fn change(
     a: &Admin,
-    method: &tiny_http::Method,
+    method: &super::listener::Method,
     pattern: &str,
     pool: &str,
     who: &str,
@@ -32,7 +32,7 @@ pub(super) fn change(
         return (400, format!("{pattern:?} is not DOMAIN, *.DOMAIN or *\n"));
     }
     match method {
-        tiny_http::Method::Put => {
+        super::listener::Method::Put => {
             if !a.config.pools.contains_key(pool) {
                 let known: Vec<&str> = a.config.pools.keys().map(String::as_str).collect();
                 return (
@@ -45,7 +45,7 @@ pub(super) fn change(
             tracing::info!(route = %pattern, pool, %who, "route re-pointed at run time");
             (200, format!("{pattern} -> {pool}\n"))
         }
-        tiny_http::Method::Delete => {
+        super::listener::Method::Delete => {
             if a.routes.clear(&pattern) {
                 a.ops.stats.count("route_clear");
                 tracing::info!(route = %pattern, %who, "run-time route override removed");

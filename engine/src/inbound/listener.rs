@@ -104,6 +104,8 @@ async fn refuse(mut stream: TcpStream) {
 /// Accepts connections until shutdown; each admitted one gets its own
 /// session task. `implicit`: an implicit-TLS listener (RFC 8314).
 pub async fn accept_loop(inbound: &Rc<Inbound>, listener: &TcpListener, implicit: bool) {
+    let trouble = crate::logbuf::Repeated::default();
+    let mut failures = 0u32;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             inbound.shutdown.wait().await;
@@ -112,11 +114,20 @@ pub async fn accept_loop(inbound: &Rc<Inbound>, listener: &TcpListener, implicit
         .await;
         let stream = match accepted {
             None => return,
-            Some(Ok(stream)) => stream,
+            Some(Ok(stream)) => {
+                if failures > 0 {
+                    trouble.report("accept failed; backing off", None);
+                    failures = 0;
+                }
+                stream
+            }
             Some(Err(e)) => {
-                // EMFILE and the like: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                // EMFILE and the like: logged once a minute, not per try,
+                // and retried after a back-off growing from 10 ms to 1 s.
+                failures += 1;
+                trouble.report("accept failed; backing off", Some(e.to_string()));
+                let wait = Duration::from_millis(10 << failures.min(7)).min(Duration::from_secs(1));
+                glommio::timer::sleep(wait).await;
                 continue;
             }
         };

@@ -26,8 +26,57 @@ use core::NodeState;
 /// registered buffers, so 1 MiB is plenty.
 const IO_MEMORY_BYTES: usize = 1 << 20;
 
+/// File descriptors kept for everything but SMTP sessions (the logs,
+/// delivery and shadow connections, DNS, the admin listener): of the
+/// process limit, this fraction ...
+const FD_RESERVE_DIVISOR: u64 = 8;
+/// ... and at least this many (at most half the limit).
+const FD_RESERVE_MIN: u64 = 512;
+
+/// Raises the soft file descriptor limit to the hard one and keeps a
+/// reserve out of the SMTP sessions' reach: when `cores x
+/// smtp.connections_per_core_max` would not leave it, the per-core limit
+/// is lowered (logged). So a flood of connections is refused with 421
+/// before the process runs out of descriptors for its log and delivery.
+fn budget_fds(config: &mut Config) {
+    // SAFETY: plain syscalls on a local struct.
+    let limit = unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+        r.rlim_cur
+    };
+    let reserve = (limit / FD_RESERVE_DIVISOR)
+        .max(FD_RESERVE_MIN)
+        .min(limit / 2);
+    let cores = config.cores.max(1) as u64;
+    let per_core = (limit.saturating_sub(reserve) / cores).max(1) as usize;
+    let asked = config.smtp.connections_per_core_max;
+    if asked > per_core {
+        tracing::warn!(
+            nofile = limit,
+            reserve,
+            asked,
+            per_core,
+            "smtp.connections_per_core_max lowered to fit the file descriptor limit (raise it with ulimit -n / LimitNOFILE)"
+        );
+        config.smtp.connections_per_core_max = per_core;
+    }
+}
+
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+pub fn serve(mut config: Config) -> anyhow::Result<()> {
+    budget_fds(&mut config);
     // First: a bad users file stops the start before anything is touched.
     let users =
         crate::auth::load_users(&config).map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?;
