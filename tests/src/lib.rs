@@ -10,6 +10,7 @@
 //! - [`sink`]: an in-process SMTP server that tern delivers to ([`sink::TestSink`]).
 //! - [`tls`]: the cluster certificate, `[tls]` and pinned peer entries, client TLS settings.
 
+pub mod acked;
 pub mod admin;
 pub mod crash;
 pub mod dns;

@@ -21,7 +21,7 @@
 //!
 //! The faults run one at a time (a lock), each bounded to some seconds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,32 +95,11 @@ impl Load {
             assert!(Instant::now() < deadline, "tern-loadgen did not finish");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let text = std::fs::read_to_string(&self.acked).expect("the --acked file");
-        let mut lines = text.lines();
-        let run = lines
-            .next()
-            .and_then(|l| l.strip_prefix("run "))
-            .expect("run line")
-            .to_owned();
-        (run, lines.map(|l| l.parse().expect("a number")).collect())
+        tern_tests::acked::read(&self.acked)
     }
 }
 
-/// Deliveries per loadgen sequence number of run `run`.
-fn delivered(sink: &TestSink, run: &str) -> BTreeMap<u64, usize> {
-    let prefix = format!("tern-loadgen {run} #");
-    let mut seen = BTreeMap::new();
-    for m in sink.messages() {
-        if let Some(seq) = m
-            .subject()
-            .strip_prefix(&prefix)
-            .and_then(|s| s.parse().ok())
-        {
-            *seen.entry(seq).or_insert(0) += 1;
-        }
-    }
-    seen
-}
+use tern_tests::acked::delivered;
 
 /// Waits until every acknowledged message (but `lost_ok`) reached the
 /// sink, then checks the duplicates against `dup_max`; returns how many

@@ -640,33 +640,13 @@ fn chaos_under_the_load_generator_loses_no_acknowledged_message() {
         events.push(kill_and_restart(&mut nodes, &mut rng, 4000, t0));
     };
     assert!(exited.is_some(), "tern-loadgen did not finish within 90 s");
-    let text = std::fs::read_to_string(&acked_path).expect("the --acked file");
-    let mut lines = text.lines();
-    let run = lines
-        .next()
-        .and_then(|l| l.strip_prefix("run "))
-        .expect("run line")
-        .to_owned();
-    let acked: BTreeSet<u64> = lines.map(|l| l.parse().expect("a number")).collect();
+    let (run, acked) = tern_tests::acked::read(&acked_path);
     assert!(
         acked.len() as u64 >= MESSAGES / 4,
         "only {} of {MESSAGES} acknowledged; events: {events:?}",
         acked.len()
     );
-    let prefix = format!("tern-loadgen {run} #");
-    let delivered = || -> BTreeMap<u64, usize> {
-        let mut seen = BTreeMap::new();
-        for m in sink.messages() {
-            if let Some(seq) = m
-                .subject()
-                .strip_prefix(&prefix)
-                .and_then(|s| s.parse().ok())
-            {
-                *seen.entry(seq).or_insert(0) += 1;
-            }
-        }
-        seen
-    };
+    let delivered = || tern_tests::acked::delivered(&sink, &run);
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end && !acked.iter().all(|s| delivered().contains_key(s)) {
         std::thread::sleep(Duration::from_millis(200));

@@ -144,6 +144,23 @@ fn accepted_again(tern: &TernProcess, i: usize, limit: Duration) -> Duration {
     }
 }
 
+/// A sink that defers (4xx at the end of data) and tern on `fs`, relaying
+/// to it with `pressure` in `[pressure]`.
+fn start(fs: &SmallFs, pressure: &str) -> (TestSink, TernProcess) {
+    let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
+    sink.set_behavior(Behavior {
+        data_end: Some((451, "4.3.0 not now".into())),
+        ..Behavior::default()
+    });
+    let options = Options {
+        config: Some(config(&sink, pressure)),
+        data_dir: Some(fs.data_dir()),
+        ..Options::default()
+    };
+    let tern = TernProcess::start(options);
+    (sink, tern)
+}
+
 fn check_exactly_once(sink: &TestSink, n: usize) {
     let want: Vec<String> = {
         let mut w: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
@@ -161,20 +178,10 @@ fn check_exactly_once(sink: &TestSink, n: usize) {
 #[test]
 fn the_log_fills_the_file_system_then_recovers_without_restart() {
     let Some(fs) = SmallFs::mount(40) else { return };
-    let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
-    sink.set_behavior(Behavior {
-        data_end: Some((451, "4.3.0 not now".into())),
-        ..Behavior::default()
-    });
-    let options = Options {
-        config: Some(config(
-            &sink,
-            "disk_free_elevated = \"0%\"\ndisk_free_high = \"0%\"\n",
-        )),
-        data_dir: Some(fs.data_dir()),
-        ..Options::default()
-    };
-    let mut tern = TernProcess::start(options);
+    let (sink, mut tern) = start(
+        &fs,
+        "disk_free_elevated = \"0%\"\ndisk_free_high = \"0%\"\n",
+    );
     let (queued, refused) = fill(&tern);
     match refused {
         Sent::AfterData(r) | Sent::AtMail(r) => r.expect(452, "4.3.1"),
@@ -211,20 +218,10 @@ fn the_log_fills_the_file_system_then_recovers_without_restart() {
 #[test]
 fn back_pressure_refuses_at_mail_before_the_file_system_is_full() {
     let Some(fs) = SmallFs::mount(48) else { return };
-    let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
-    sink.set_behavior(Behavior {
-        data_end: Some((451, "4.3.0 not now".into())),
-        ..Behavior::default()
-    });
-    let options = Options {
-        config: Some(config(
-            &sink,
-            "disk_free_elevated = \"20MiB\"\ndisk_free_high = \"14MiB\"\n",
-        )),
-        data_dir: Some(fs.data_dir()),
-        ..Options::default()
-    };
-    let tern = TernProcess::start(options);
+    let (sink, tern) = start(
+        &fs,
+        "disk_free_elevated = \"20MiB\"\ndisk_free_high = \"14MiB\"\n",
+    );
     let (queued, refused) = fill(&tern);
     match refused {
         Sent::AtMail(r) => r.expect(452, "4.3.1"),

@@ -47,16 +47,7 @@ impl std::str::FromStr for Amount {
 
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Amount::Bytes(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        super::units::bytes_or_text(d, Amount::Bytes)
     }
 }
 
