@@ -95,13 +95,15 @@ const GIB: u64 = 1 << 30;
 fn high_refuses_at_mail_delivers_on_and_recovers_without_restart() {
     let probe = tempfile::tempdir().unwrap();
     let free = free_bytes(probe.path());
-    if free < 8 * GIB {
-        println!("SKIPPED: needs 8 GiB free on the temp file system, has {free} bytes");
+    if free < 12 * GIB {
+        println!("SKIPPED: needs 12 GiB free on the temp file system, has {free} bytes");
         return;
     }
     // Thresholds a few GiB below today's free space; a filler file then
-    // crosses them (other writers on this machine move free space by far
-    // less than the 1 GiB margins during the test).
+    // crosses them. Other writers on this machine (builds, other tests)
+    // may move free space by up to 2 GiB during the test: high needs the
+    // filler, normal needs free space within 2 GiB of today's (the
+    // hysteresis is 1 GiB at most).
     let sink = TestSink::start("127.0.0.1:0".parse().unwrap());
     sink.set_behavior(Behavior {
         data_end: Some((451, "4.3.0 not now".into())),
@@ -112,8 +114,8 @@ fn high_refuses_at_mail_delivers_on_and_recovers_without_restart() {
          maintenance_interval = \"200ms\"\n[pressure]\ndisk_free_elevated = {}\ndisk_free_high = {}\n\
          greeting_delay = \"100ms\"\n",
         sink.addr(),
-        free - 2 * GIB,
         free - 3 * GIB,
+        free - 4 * GIB,
     );
     let tern = TernProcess::start(Options::with_config(&cfg));
     assert_eq!(level(&tern), 0);
@@ -126,7 +128,7 @@ fn high_refuses_at_mail_delivers_on_and_recovers_without_restart() {
         );
     }
     c.quit();
-    let filler = Filler::new(&tern.data_dir(), 5 * GIB);
+    let filler = Filler::new(&tern.data_dir(), 6 * GIB);
     wait_until("the node is high", Duration::from_secs(10), || {
         level(&tern) == 2
     });

@@ -36,8 +36,15 @@ use tern_smtp::{Reply, Status};
 use crate::config::PressureConfig;
 
 /// How far past a threshold a resource must be before its level drops:
-/// this percentage of the threshold.
+/// this percentage of the threshold ...
 pub const HYSTERESIS_PERCENT: u64 = 10;
+/// ... but at most this many bytes (a percentage of a large disk would
+/// otherwise keep the level long after the space came back).
+pub const HYSTERESIS_BYTES_MAX: u64 = 1 << 30;
+
+fn margin(threshold: u64) -> u64 {
+    (threshold / 100 * HYSTERESIS_PERCENT).min(HYSTERESIS_BYTES_MAX)
+}
 
 /// A node's back pressure level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -385,7 +392,7 @@ impl Pressure {
 /// `high`, elevated below `elevated`; a level is left only once `v` is
 /// clear of its threshold by [`HYSTERESIS_PERCENT`].
 fn below(prev: Level, v: u64, elevated: u64, high: u64) -> Level {
-    let margin = |t: u64| t.saturating_add(t / 100 * HYSTERESIS_PERCENT);
+    let margin = |t: u64| t.saturating_add(margin(t));
     if v < high || (prev == Level::High && v < margin(high)) {
         Level::High
     } else if v < elevated || (prev >= Level::Elevated && v < margin(elevated)) {
@@ -397,7 +404,7 @@ fn below(prev: Level, v: u64, elevated: u64, high: u64) -> Level {
 
 /// The level of a resource where more is worse (bytes held).
 fn above(prev: Level, v: u64, elevated: u64, high: u64) -> Level {
-    let margin = |t: u64| t.saturating_sub(t / 100 * HYSTERESIS_PERCENT);
+    let margin = |t: u64| t.saturating_sub(margin(t));
     if v > high || (prev == Level::High && v > margin(high)) {
         Level::High
     } else if v > elevated || (prev >= Level::Elevated && v > margin(elevated)) {
@@ -432,6 +439,10 @@ mod tests {
         assert_eq!(above(Elevated, 850, 1000, 2000), Normal);
         // No threshold.
         assert_eq!(above(Normal, u64::MAX - 1, u64::MAX, u64::MAX), Normal);
+        // A large threshold: the margin is at most 1 GiB.
+        let t = 50u64 << 30;
+        assert_eq!(below(Elevated, t + (1 << 30), t, t / 2), Normal);
+        assert_eq!(below(Elevated, t + (1 << 29), t, t / 2), Elevated);
     }
 
     fn config() -> PressureConfig {
