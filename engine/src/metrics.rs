@@ -57,6 +57,12 @@ pub struct CoreMetrics {
     pub deferred: AtomicU64,
     /// Delivery status notifications queued.
     pub dsns_queued: AtomicU64,
+    /// Messages converted to 7 bit (quoted-printable) for a next hop
+    /// without 8BITMIME.
+    pub downgraded: AtomicU64,
+    /// 8-bit messages sent as is to a next hop without 8BITMIME (the
+    /// conversion could not handle them).
+    pub eight_bit_as_is: AtomicU64,
     /// Outbound transactions (MAIL FROM) started.
     pub delivery_transactions: AtomicU64,
     /// Outbound connections attempted.

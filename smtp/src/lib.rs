@@ -24,6 +24,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod downgrade;
 pub mod fuzzing;
 pub mod limits;
 pub mod reply;

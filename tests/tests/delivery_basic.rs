@@ -361,3 +361,49 @@ fn many_recipients_are_split_into_transactions() {
         tern.queue_ids().is_empty()
     });
 }
+
+/// RFC 6152 3: an 8-bit message to a next hop without 8BITMIME is
+/// converted to quoted-printable (not sent as is); it decodes to the
+/// same text.
+#[test]
+fn eight_bit_content_is_converted_for_a_next_hop_without_8bitmime() {
+    let sink = start_sink();
+    sink.set_behavior(Behavior {
+        no_8bitmime: true,
+        ..Behavior::default()
+    });
+    let tern = TernProcess::start(Options::with_config(&config(sink.addr(), "")));
+    let text = "Gr\u{fc}\u{df}e aus K\u{f6}ln, caf\u{e9} = cr\u{e8}me.\r\nZweite Zeile \r\n";
+    let m = format!(
+        "Subject: 8bit\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{text}"
+    );
+    let mut c = tern.ehlo();
+    c.expect("MAIL FROM:<a@example.test> BODY=8BITMIME", 250, "2.1.0");
+    c.expect("RCPT TO:<b@example.test>", 250, "2.1.5");
+    c.cmd("DATA").assert(354, None);
+    c.send(&tern_tests::smtp::dot_stuff(m.as_bytes()));
+    c.reply().expect(250, "2.0.0");
+    c.quit();
+    let got = sink.wait_for(1, Duration::from_secs(20));
+    let content = &got[0].content;
+    assert!(
+        content.is_ascii(),
+        "8-bit octets reached a next hop without 8BITMIME"
+    );
+    assert!(
+        !got[0].mail_params.contains("8BITMIME"),
+        "{}",
+        got[0].mail_params
+    );
+    let shown = String::from_utf8_lossy(content);
+    assert!(
+        shown.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+        "{shown}"
+    );
+    let parsed = mail_parser::MessageParser::default()
+        .parse(content)
+        .expect("parses");
+    assert_eq!(parsed.body_text(0).as_deref(), Some(text));
+    assert_eq!(tern.counter("tern_downgraded_total"), 1);
+}

@@ -136,6 +136,16 @@ static METRICS: &[Metric] = &[
         |c| l(&c.greetings_delayed),
     ),
     counter(
+        "tern_downgraded_total",
+        "Messages converted to 7 bit (quoted-printable) for a next hop without 8BITMIME",
+        |c| l(&c.downgraded),
+    ),
+    counter(
+        "tern_eight_bit_as_is_total",
+        "8-bit messages sent as is to a next hop without 8BITMIME (not convertible)",
+        |c| l(&c.eight_bit_as_is),
+    ),
+    counter(
         "tern_delivery_attempts_held_back_total",
         "Delivery attempts not started because their outcome could not be recorded",
         |c| l(&c.attempts_held_back),

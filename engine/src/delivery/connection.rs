@@ -400,7 +400,31 @@ impl Delivery {
         job: &Job,
     ) -> Result<Vec<(u32, Outcome)>, ConnError> {
         let msg = &job.attempt.msg;
-        let content: &[u8] = &msg.message;
+        let converted;
+        let mut content: &[u8] = &msg.message;
+        let mut body = if msg.eight_bit {
+            Body::EightBitMime
+        } else {
+            Body::SevenBit
+        };
+        if !conn.caps.eight_bit_mime && !content.is_ascii() {
+            // RFC 6152 3: 8-bit content to a next hop without 8BITMIME is
+            // converted (quoted-printable), not sent as is.
+            match tern_smtp::downgrade::to_seven_bit(content) {
+                Ok(seven) => {
+                    converted = seven.into_owned();
+                    content = &converted;
+                    body = Body::SevenBit;
+                    CoreMetrics::inc(&self.metrics().downgraded);
+                }
+                Err(why) => {
+                    // What the conversion cannot handle (8-bit header
+                    // fields, binary parts) goes as before, counted.
+                    CoreMetrics::inc(&self.metrics().eight_bit_as_is);
+                    tracing::info!(host, why = %why, "8-bit message sent as is to a next hop without 8BITMIME");
+                }
+            }
+        }
         // RFC 6531 3.7.4: a message that needs SMTPUTF8 cannot go to a
         // server without it; one whose envelope and header are ASCII is
         // sent without the parameter.
@@ -432,11 +456,7 @@ impl Delivery {
             .collect();
         let opts = MailOptions {
             size: Some(content.len() as u64),
-            body: if msg.eight_bit {
-                Body::EightBitMime
-            } else {
-                Body::SevenBit
-            },
+            body,
             smtputf8,
             extra: Vec::new(),
         };

@@ -12,6 +12,8 @@ pub struct Behavior {
     /// Leave CHUNKING out of the EHLO reply (BDAT is then refused with
     /// 502, its chunk still consumed).
     pub no_chunking: bool,
+    /// Leave 8BITMIME out of the EHLO reply.
+    pub no_8bitmime: bool,
     /// Greeting instead of 220, e.g. `(421, "4.3.2 busy")`; the connection
     /// is closed after it unless it is 2xx.
     pub banner: Option<(u16, String)>,

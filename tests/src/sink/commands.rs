@@ -26,7 +26,9 @@ impl Session {
         if self.behavior.broken_starttls {
             lines.push("STARTTLS".into());
         }
-        lines.push("8BITMIME".into());
+        if !self.behavior.no_8bitmime {
+            lines.push("8BITMIME".into());
+        }
         lines.push(format!("SIZE {CONTENT_MAX}"));
         lines.push("ENHANCEDSTATUSCODES".into());
         let mut reply = String::new();
