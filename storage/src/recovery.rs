@@ -183,6 +183,7 @@ pub(crate) async fn recover<E: Env>(
         spare: crate::state::Spare::Needed,
         claimed: VecDeque::new(),
         spare_number: 0,
+        roll_waiting: false,
         spare_warned: false,
         flusher_exited: false,
         closed: false,

@@ -226,8 +226,11 @@ pub(crate) struct State<F> {
     pub spare: Spare<F>,
     /// Spares taken by queued chunks that start a segment, in chunk order.
     pub claimed: VecDeque<SpareFiles<F>>,
-    /// Number of the next spare's file names (`spare-N.seg`).
+    /// Number of the next spare's file names (`spare-N.next`).
     pub spare_number: u64,
+    /// An append waits for the spare to roll: later appends wait behind
+    /// it (a smaller record must not take the sequence before it).
+    pub roll_waiting: bool,
     /// A failure to make the spare was logged (the recovery is logged once).
     pub spare_warned: bool,
     /// The flusher saw the log closed and stopped.
@@ -287,6 +290,10 @@ impl<F> State<F> {
         payload_len: usize,
     ) -> Result<TimestampMs, Refused> {
         let (segment_bytes_max, segment_age_max_ms, reserve) = limits;
+        if self.roll_waiting && matches!(self.spare, Spare::Needed | Spare::Creating) {
+            return Err(Refused::WaitSpare);
+        }
+        self.roll_waiting = false;
         let at = at.max(self.last_ts);
         let frame = (HEADER_LEN + payload_len) as u64;
         let end = self.pending.back().expect("open chunk").end();
@@ -311,6 +318,7 @@ impl<F> State<F> {
                 }
                 other => {
                     self.spare = other;
+                    self.roll_waiting = true;
                     return Err(Refused::WaitSpare);
                 }
             };
