@@ -10,13 +10,16 @@ use std::task::Poll;
 use bytes::Bytes;
 
 use crate::config::LogConfig;
-use crate::env::{BufferedEnv, Env, LogFile};
+use crate::env::{BufferedEnv, Env};
 use crate::error::{Error, Result};
-use crate::index::Index;
-use crate::record::{self, Probe, HEADER_LEN};
+use crate::record::HEADER_LEN;
 use crate::recovery::{self, RecoveryReport};
-use crate::segment::{index_path, segment_path, SegmentHeader};
-use crate::state::{Class, LogStats, PayloadWriter, Refused, Segment, Spare, State};
+use crate::state::{Class, LogStats, PayloadWriter, Refused, Spare, State};
+
+pub use crate::files::{create_dir_durably, replace_file_durably};
+pub(crate) use crate::files::{create_segment, map_file};
+use crate::read::read_at;
+pub use crate::read::Iter;
 use crate::types::{RecordKind, Sequence, TimestampMs};
 
 /// Extra payload bytes of a copied-forward record:
@@ -93,19 +96,6 @@ impl<E: Env> Clone for Log<E> {
             shared: self.shared.clone(),
         }
     }
-}
-
-/// Maps a whole file read-only; the returned `Bytes` keeps the map alive.
-pub(crate) fn map_file(path: &Path) -> std::io::Result<Bytes> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(Bytes::new());
-    }
-    // SAFETY: segment files are only ever appended to in place or truncated
-    // by this log while it holds the directory lock; bytes a reader can see
-    // (durable records) are never rewritten with different content.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
-    Ok(Bytes::from_owner(map))
 }
 
 impl<E: Env> Log<E> {
@@ -364,10 +354,7 @@ impl<E: Env> Log<E> {
     /// Iterates durable records from `from` (or the first retained one, if
     /// `from` was reclaimed) up to the durable end as of each step.
     pub fn iter_from(&self, from: Sequence) -> Iter<E> {
-        Iter {
-            log: self.clone(),
-            next: from.max(self.first_sequence()),
-        }
+        Iter::new(self.clone(), from.max(self.first_sequence()))
     }
 
     /// First durable sequence whose timestamp is at or after `at`.
@@ -551,190 +538,9 @@ impl<E: Env> Log<E> {
     }
 }
 
-/// Creates `dir` (and missing parents) and fsyncs each new directory's
-/// parent, so the directory entries survive a power loss. Callers that
-/// create a log's directory themselves must use this, not `create_dir_all`.
-pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_dir_durably(parent)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(parent)?.sync_all()
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old file or
-/// the new one whole: writes `path.tmp` (created with `mode`), fsyncs
-/// it, renames it over `path`, fsyncs the directory.
-pub fn replace_file_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
-}
-
 fn check_usable<F>(st: &State<F>) -> Option<Error> {
     if let Some(failed) = &st.failed {
         return Some(Error::Fatal(failed.clone()));
     }
     st.closed.then_some(Error::Closed)
-}
-
-/// Decodes and verifies the record `seq` at `offset` of `segment`.
-pub(crate) fn read_at(segment: &Segment, offset: u64, seq: Sequence) -> Result<Record> {
-    let corrupt = |reason: &'static str| Error::Corruption {
-        segment: segment.path.clone(),
-        offset,
-        reason,
-    };
-    let bytes = segment
-        .data
-        .get(offset as usize..)
-        .ok_or(corrupt("offset past the end"))?;
-    let header = match record::probe(bytes, segment.header.salt, record::PAYLOAD_FORMAT_MAX) {
-        Probe::Record(h) if h.sequence == seq => h,
-        Probe::Record(_) => return Err(corrupt("index points at another sequence")),
-        Probe::End => return Err(corrupt("index points at unwritten space")),
-        Probe::Invalid(why) => return Err(corrupt(why.as_str())),
-    };
-    let start = offset as usize + HEADER_LEN;
-    let payload = segment
-        .data
-        .slice(start..start + header.payload_len as usize);
-    let mut rec = Record {
-        sequence: seq,
-        kind: header.kind,
-        timestamp: header.timestamp,
-        origin: None,
-        payload,
-    };
-    if header.kind == RecordKind::FORWARDED {
-        if rec.payload.len() < COPY_OVERHEAD {
-            return Err(corrupt("copied record too short"));
-        }
-        let origin = u64::from_le_bytes(rec.payload[..8].try_into().expect("8"));
-        rec.kind = RecordKind(rec.payload[8]);
-        rec.origin = Some(Sequence(origin));
-        rec.payload = rec.payload.slice(COPY_OVERHEAD..);
-    }
-    Ok(rec)
-}
-
-/// Iterator over durable records; see [`Log::iter_from`].
-pub struct Iter<E: Env> {
-    log: Log<E>,
-    next: Sequence,
-}
-
-impl<E: Env> Iterator for Iter<E> {
-    type Item = Result<Record>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.log.durable_end() {
-            return None;
-        }
-        // Records reclaimed since the iterator was made are skipped.
-        self.next = self.next.max(self.log.first_sequence());
-        let seq = self.next;
-        self.next = seq.next();
-        Some(self.log.read(seq))
-    }
-}
-
-impl<E: Env> Shared<E> {
-    /// Seals the index of the current last segment (it stops receiving).
-    pub(crate) fn seal_active(&self) -> Result<()> {
-        let mut st = self.st.borrow_mut();
-        if let Some((_, seg)) = st.segments.iter_mut().next_back() {
-            let end = seg.data_end;
-            seg.index.seal(end)?;
-        }
-        Ok(())
-    }
-
-    /// Makes the spare segment file the segment `header`: header block,
-    /// fdatasync, rename (segment and index), directory fsync, index
-    /// header. No allocation: the spare was preallocated.
-    pub(crate) async fn start_segment(
-        &self,
-        spare: crate::state::SpareFiles<E::File>,
-        header: SegmentHeader,
-    ) -> Result<(E::File, Segment)> {
-        let (spare_seg, spare_idx) = (spare.seg, spare.idx);
-        spare.file.write_at(header.encode(), 0).await?;
-        spare.file.sync_data().await?;
-        drop(spare.file);
-        let path = segment_path(&self.dir, header.first);
-        let idx = index_path(&self.dir, header.first);
-        self.env.rename(&spare_seg, &path).await?;
-        self.env.rename(&spare_idx, &idx).await?;
-        self.env.sync_dir(&self.dir).await?;
-        let file = self.env.open(&path).await?;
-        let index = Index::adopt(&idx, header.first, header.salt)?;
-        let data = map_file(&path)?;
-        tracing::debug!(segment = %path.display(), "segment started");
-        Ok((file, new_segment(header, path, data, index)))
-    }
-}
-
-fn new_segment(header: SegmentHeader, path: PathBuf, data: Bytes, index: Index) -> Segment {
-    Segment {
-        header,
-        path,
-        data,
-        index,
-        data_end: crate::segment::DATA_START,
-        last_ts: header.created,
-        zeroed_to: crate::segment::DATA_START,
-    }
-}
-
-/// See [`Shared::create_segment`]; also used by recovery for a new log.
-pub(crate) async fn create_segment<E: Env>(
-    env: &E,
-    dir: &Path,
-    config: &LogConfig,
-    header: SegmentHeader,
-) -> Result<(E::File, Segment)> {
-    let path = segment_path(dir, header.first);
-    let file = env.create(&path).await?;
-    file.allocate(config.segment_bytes_max).await?;
-    file.write_at(header.encode(), 0).await?;
-    file.sync_data().await?;
-    env.sync_dir(dir).await?;
-    let index = Index::create(&index_path(dir, header.first), header.first, header.salt)?;
-    let data = map_file(&path)?;
-    tracing::debug!(segment = %path.display(), "segment created");
-    Ok((file, new_segment(header, path, data, index)))
 }
