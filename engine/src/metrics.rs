@@ -30,8 +30,9 @@ pub struct CoreMetrics {
     pub rejected_pressure: AtomicU64,
     /// Greetings delayed by back pressure.
     pub greetings_delayed: AtomicU64,
-    /// Delivery attempts not started because the log could not record
-    /// their outcome (only the reserve left, or the log failed).
+    /// Scheduler passes with messages due that started no attempt because
+    /// the log could not record their outcome (only the reserve left, or
+    /// the log failed).
     pub attempts_held_back: AtomicU64,
     /// 1 once this core's log failed for good (gauge).
     pub log_failed: AtomicU64,

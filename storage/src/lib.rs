@@ -20,7 +20,8 @@
 //!
 //! Modules, in data-path order: [`record`] (frame format), [`segment`]
 //! (segment header, scanning), [`index`], [`cursor`], [`env`] (the I/O
-//! boundary), `state` + `commit` (group commit), [`log`] (the API),
+//! boundary), `state` + `commit` (group commit), [`log`] (the API, with
+//! `files` for the segment files and `read` for reading records),
 //! [`recovery`] (open), [`fault`] (fault-injecting environment for tests).
 //!
 //! # Example

@@ -147,7 +147,7 @@ static METRICS: &[Metric] = &[
     ),
     counter(
         "tern_delivery_attempts_held_back_total",
-        "Delivery attempts not started because their outcome could not be recorded",
+        "Scheduler passes that started no attempt though messages were due, because their outcome could not be recorded",
         |c| l(&c.attempts_held_back),
     ),
     counter("tern_connections_total", "SMTP connections accepted", |c| {

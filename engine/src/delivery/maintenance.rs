@@ -30,6 +30,7 @@ use tern_storage::{Sequence, TimestampMs};
 use super::Delivery;
 use crate::logbuf::Repeated;
 use crate::metrics::CoreMetrics;
+use crate::record::status::{Event, StatusEvent};
 
 /// Failures of maintenance steps that recur every pass.
 #[derive(Default)]
@@ -37,7 +38,6 @@ pub(super) struct Failing {
     pass: Repeated,
     copy_forward: Repeated,
 }
-use crate::record::status::{Event, StatusEvent};
 
 impl Delivery {
     /// Runs [`Delivery::maintain`] every `maintenance_interval` until stop.

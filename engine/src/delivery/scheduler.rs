@@ -5,7 +5,8 @@
 //!
 //! No attempt without the means to record its outcome: while the log has
 //! less than half its reserve left (a full file system) or has failed,
-//! no attempt starts (counted in `attempts_held_back`); a message
+//! no attempt starts (each such pass with messages due is counted in
+//! `attempts_held_back`); a message
 //! delivered but not recorded would be delivered again after a restart.
 
 use std::rc::Rc;

@@ -24,9 +24,10 @@ use crate::record::message::{Encoder, QueueId, MESSAGE};
 use crate::shadow::replica::{CopyError, PendingCopy};
 use crate::shard::Announced;
 
-/// The reply to a storage failure (STYLE rule 8: built here only).
+/// The reply to a storage failure (built by `crate::pressure`, with the
+/// refusals of back pressure).
 pub fn insufficient_storage() -> Reply {
-    Reply::new(452, Status(4, 3, 1), "Error: insufficient system storage")
+    crate::pressure::insufficient_storage("")
 }
 
 /// The sequence the log assigned to a record being appended, for a task

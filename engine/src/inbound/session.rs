@@ -243,14 +243,7 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
 async fn greet_under_pressure(core: &Inbound, stream: &mut Stream, peer: SocketAddr) -> bool {
     if let Some(failed) = core.pressure.failed() {
         tracing::debug!(client = %peer, failed, "refusing a session: the message store failed");
-        let reply = Reply::new(
-            421,
-            Status(4, 3, 0),
-            format!(
-                "{} Service not available: the message store failed, try again later",
-                core.config.hostname
-            ),
-        );
+        let reply = crate::pressure::store_failed(Some(&core.config.hostname));
         let mut out = Vec::new();
         reply.encode(&mut out);
         let write = async { stream.write_all(&out).await };

@@ -340,27 +340,15 @@ impl Pressure {
     /// `size` bytes (the `SIZE=` hint), or a peer's shadow copy (`copy`).
     pub fn refuse_mail(&self, size: Option<u64>, copy: bool) -> Option<Reply> {
         if self.failed().is_some() {
-            return Some(Reply::new(
-                421,
-                Status(4, 3, 0),
-                "Service not available: the message store failed, try again later",
-            ));
+            return Some(store_failed(None));
         }
         match self.level() {
-            Level::High => Some(Reply::new(
-                452,
-                Status(4, 3, 1),
-                "Insufficient system storage, try again later",
-            )),
+            Level::High => Some(insufficient_storage(", try again later")),
             Level::Elevated if !copy && size.is_some_and(|s| s > self.cfg.elevated_size_max) => {
-                Some(Reply::new(
-                    452,
-                    Status(4, 3, 1),
-                    format!(
-                        "Insufficient system storage for this size now; up to {} bytes accepted, try again later",
-                        self.cfg.elevated_size_max
-                    ),
-                ))
+                Some(insufficient_storage(&format!(
+                    " for this size now; up to {} bytes accepted, try again later",
+                    self.cfg.elevated_size_max
+                )))
             }
             _ => None,
         }
@@ -386,6 +374,31 @@ impl Pressure {
     pub fn failed(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
     }
+}
+
+/// `452 4.3.1 Insufficient system storage` + `detail`: the one place the
+/// reply to a lack of storage is built (back pressure at MAIL, and a
+/// store that could not take the message, STYLE rule 8).
+pub fn insufficient_storage(detail: &str) -> Reply {
+    Reply::new(
+        452,
+        Status(4, 3, 1),
+        format!("Insufficient system storage{detail}"),
+    )
+}
+
+/// `421 4.3.0` of a node whose store failed (`host` first, at the
+/// greeting).
+pub fn store_failed(host: Option<&str>) -> Reply {
+    let text = "Service not available: the message store failed, try again later";
+    Reply::new(
+        421,
+        Status(4, 3, 0),
+        match host {
+            Some(h) => format!("{h} {text}"),
+            None => text.to_owned(),
+        },
+    )
 }
 
 /// The level of a resource where less is worse (free space): high below
