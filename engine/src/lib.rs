@@ -18,11 +18,13 @@
 //! dsn/        delivery status notifications (RFC 3464 / RFC 6522)
 //! dns.rs      MX resolution (hickory on a tokio thread per core)
 //! received.rs the Received: trace header and RFC 5322 dates
+//! reload.rs   the config in force (generation + Arc) and what a reload may change
 //! ops/        operator actions: admin token, suspensions and resubmission requests, per-core channels
 //! auth/       SMTP AUTH: the users file (argon2id hashes), verify, failed-attempt limiter
 //! cluster.rs  node id, peers, shadow peer order; the transport database id
 //! metrics.rs  per-core counters
 //! logbuf.rs   a core's log lines handed to the log thread in batches
+//! logging.rs  the log's format (logfmt, JSON), writer and run-time level
 //! stop.rs     the stop flag and each core's shutdown signal
 //! layout.rs   the data directory's layout (shard directories)
 //! config/     TOML config (strict, one file per section: serde defaults) + CLI
@@ -41,6 +43,7 @@ pub mod dsn;
 pub mod inbound;
 pub mod layout;
 pub mod logbuf;
+pub mod logging;
 pub mod metrics;
 pub mod mta_sts;
 pub mod ops;
@@ -48,6 +51,7 @@ pub mod outbound;
 pub mod pressure;
 pub mod received;
 pub mod record;
+pub mod reload;
 pub mod server;
 pub mod shadow;
 pub mod shard;

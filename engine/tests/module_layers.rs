@@ -9,39 +9,41 @@ use std::path::{Path, PathBuf};
 
 /// Each room, top to bottom, with the rooms it may import.
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("main", &["cli", "logbuf"]),
+    ("main", &["cli", "logging"]),
     (
         "cli",
         &[
             "config", "server", "delivery", "record", "layout", "received", "auth", "tls", "ops",
+            "logging",
         ],
     ),
     (
         "admin",
         &[
             "config", "delivery", "metrics", "shadow", "stop", "received", "tls", "mta_sts", "ops",
-            "pressure",
+            "pressure", "logging", "reload",
         ],
     ),
     (
         "server",
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
-            "stop", "cluster", "layout", "auth", "tls", "mta_sts", "ops", "pressure",
+            "stop", "cluster", "layout", "auth", "tls", "mta_sts", "ops", "pressure", "reload",
+            "logging",
         ],
     ),
     (
         "inbound",
         &[
             "config", "shadow", "shard", "record", "metrics", "stop", "received", "auth", "tls",
-            "pressure", "logbuf",
+            "pressure", "logbuf", "reload",
         ],
     ),
     (
         "delivery",
         &[
             "config", "shadow", "shard", "record", "outbound", "dns", "dsn", "metrics", "tls",
-            "mta_sts", "ops", "pressure", "logbuf",
+            "mta_sts", "ops", "pressure", "logbuf", "reload",
         ],
     ),
     (
@@ -55,18 +57,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mta_sts", &["config", "dns"]),
     ("ops", &["config"]),
     ("pressure", &["config"]),
+    ("reload", &["config"]),
     ("shard", &["record", "layout", "config"]),
     ("record", &[]),
     ("dsn", &["received"]),
     ("dns", &[]),
     ("received", &[]),
     ("metrics", &[]),
-    ("logbuf", &[]),
     ("stop", &[]),
     ("cluster", &["config"]),
     ("auth", &["config"]),
+    ("config", &["layout", "logging"]),
     ("layout", &[]),
-    ("config", &["layout"]),
+    ("logging", &["logbuf"]),
+    ("logbuf", &[]),
 ];
 
 fn src() -> PathBuf {

@@ -12,6 +12,7 @@
 //! routes.rs    GET /routes, PUT and DELETE /routes/PATTERN
 //! shadow.rs    GET /shadow and the shadow gauges of /metrics
 //! pressure.rs  GET /pressure, the back pressure gauges, the failed store
+//! control.rs   GET/PUT /log-level, POST /reload
 //! ```
 //!
 //! Every state-changing request (POST, PUT, DELETE) needs
@@ -32,6 +33,7 @@
 //! - `GET /shadow`: this node, its peers with their database ids, last
 //!   heartbeat and the shadow copies held for each (`tern shadow status`).
 
+mod control;
 mod http;
 mod listener;
 mod pressure;
@@ -74,7 +76,15 @@ pub struct Admin {
     pub ops: Arc<crate::ops::Ops>,
     /// Back pressure and the failed state.
     pub pressure: Arc<crate::pressure::Pressure>,
+    /// The config in force (reload).
+    pub live: Arc<crate::reload::Live>,
+    /// Reloads the config file (`POST /reload`, `tern reload`): what the
+    /// server's reload answers, or its problems.
+    pub reload: Reload,
 }
+
+/// The server's reload, called by `POST /reload`.
+pub type Reload = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
 /// Starts the admin thread (and its workers, `listener::WORKERS` in
 /// all); it stops when `admin.stop` is set.
@@ -165,6 +175,9 @@ impl Admin {
                 shadow::status(self) + &pressure::status(&self.pressure),
             ),
             (Get, "/pressure") => Answer::text(200, pressure::status(&self.pressure)),
+            (Get, "/log-level") => control::log_level(),
+            (Put, "/log-level") => control::set_log_level(req),
+            (Post, "/reload") => control::reload(self, req),
             (Get, "/destinations") => queue::destinations(self),
             (Get, "/resubmit") => resubmit::list(self),
             (Post, "/resubmit") => resubmit::add(self, req),

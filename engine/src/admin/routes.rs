@@ -5,7 +5,7 @@ use super::Admin;
 
 /// `PATTERN POOL (config|override)` per line.
 pub(super) fn list(a: &Admin) -> String {
-    let config = &a.config;
+    let config = a.live.get();
     let mut out = String::new();
     let overrides = a.routes.overrides();
     for (pattern, pool) in &config.routes {
@@ -33,8 +33,9 @@ pub(super) fn change(
     }
     match method {
         super::listener::Method::Put => {
-            if !a.config.pools.contains_key(pool) {
-                let known: Vec<&str> = a.config.pools.keys().map(String::as_str).collect();
+            let config = a.live.get();
+            if !config.pools.contains_key(pool) {
+                let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
                 return (
                     404,
                     format!("no pool named {pool:?} (pools: {})\n", known.join(", ")),

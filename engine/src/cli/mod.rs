@@ -29,6 +29,10 @@ use remote::admin_call;
 #[derive(Parser)]
 #[command(name = "tern", version, about = "tern: a durable SMTP relay")]
 pub struct Cli {
+    /// Log line format: logfmt (key=value, quoted where needed) or json
+    /// (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::Format::Logfmt)]
+    pub log_format: crate::logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +100,19 @@ enum Command {
     Tls {
         #[command(subcommand)]
         action: tls::TlsAction,
+    },
+    /// Reload the running server's config file (as SIGHUP): pools, routes,
+    /// relay rules, limits, log level, certificates.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show (no LEVEL) or set the running server's log level.
+    LogLevel {
+        /// A level (error, warn, info, debug, trace) or TARGET=LEVEL list.
+        level: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
@@ -227,7 +244,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_listen,
                 ..Default::default()
             };
-            crate::server::serve(load(&common, overrides)?)
+            let config = load(&common, overrides.clone())?;
+            let source = crate::server::reload::Source {
+                path: common.config.clone(),
+                overrides: Overrides {
+                    data_dir: common.data_dir.clone(),
+                    ..overrides
+                },
+            };
+            crate::server::serve(config, source)
         }
         Command::Queue { action } => run_queue(action, &mut stdout),
         Command::Route { action } => match action {
@@ -244,6 +269,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shadow {
             action: ShadowAction::Status { admin },
         } => admin_call(&admin, "GET", "/shadow", ""),
+        Command::Reload { admin } => admin_call(&admin, "POST", "/reload", ""),
+        Command::LogLevel { level, admin } => match level {
+            Some(l) => admin_call(&admin, "PUT", "/log-level", &l),
+            None => admin_call(&admin, "GET", "/log-level", ""),
+        },
         Command::Destination { action } => ops::destination(action, &mut stdout),
         Command::Resubmit { action } => ops::resubmit(action, &mut stdout),
         Command::User { action } => user::run(action, &mut stdout),

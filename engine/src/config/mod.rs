@@ -153,6 +153,8 @@ pub struct Config {
     /// Each core's listener takes the connections that arrive on its own
     /// CPU (`SO_INCOMING_CPU` in the `SO_REUSEPORT` group).
     pub incoming_cpu: bool,
+    /// `server.log_level`: the log filter (`RUST_LOG` wins when set).
+    pub log_level: String,
     /// Session limits.
     pub smtp: SmtpLimits,
     /// Relay control.
@@ -230,6 +232,7 @@ impl Config {
             admin_token_file: server.admin_token_file,
             shutdown_grace: server.shutdown_grace,
             incoming_cpu: server.incoming_cpu,
+            log_level: server.log_level,
             smtp,
             relay,
             storage,

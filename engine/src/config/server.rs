@@ -29,6 +29,8 @@ pub(super) struct ServerSection {
     admin_token_file: Option<PathBuf>,
     shutdown_grace: HumanDuration,
     incoming_cpu: bool,
+    /// A level or `TARGET=LEVEL` list (`RUST_LOG` wins when set).
+    log_level: String,
 }
 
 impl Default for ServerSection {
@@ -43,6 +45,7 @@ impl Default for ServerSection {
             admin_token_file: None,
             shutdown_grace: HumanDuration::from_secs(30),
             incoming_cpu: false,
+            log_level: "info".into(),
         }
     }
 }
@@ -57,6 +60,7 @@ pub(super) struct Server {
     pub(super) admin_token_file: Option<PathBuf>,
     pub(super) shutdown_grace: Duration,
     pub(super) incoming_cpu: bool,
+    pub(super) log_level: String,
 }
 
 /// Stands in for an address that did not parse (the config is rejected).
@@ -83,7 +87,11 @@ impl ServerSection {
                 problems.push(format!("server.relay_to: {r:?} is not HOST:PORT"));
             }
         }
+        if let Err(e) = crate::logging::parse(&self.log_level) {
+            problems.push(format!("server.log_level: {e}"));
+        }
         Server {
+            log_level: self.log_level.trim().to_owned(),
             listen,
             data_dir,
             cores,

@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use tern_smtp::{Reply, Status};
 use tern_storage::{Sequence, TimestampMs};
@@ -17,7 +18,7 @@ use super::connection::Dest;
 use super::queue::Entry;
 use super::route::{self, Candidate, Candidates, Router, Target};
 use super::{Attempt, Delivery, Job, Outcome, Parts};
-use crate::config::{DeliveryConfig, TlsPolicy};
+use crate::config::{Config, DeliveryConfig, TlsPolicy};
 use crate::dns::{DnsConfig, DnsError, MxAnswer, Resolver};
 use crate::metrics::CoreMetrics;
 use crate::mta_sts::{self as sts, Mode, Policy};
@@ -33,10 +34,22 @@ const MX_CACHE_MS: u64 = 10_000;
 /// An MX answer (or permanent failure) and until when it is reused.
 type MxCached = (u64, Result<Candidates, Outcome>);
 
+/// The routing table, built from the config in force and the run-time
+/// overrides.
+pub(super) struct Routing {
+    /// The override generation it was built from.
+    overrides: u64,
+    /// The config generation it was built from (reload).
+    config_generation: u64,
+    /// The config whose `[routes]` and `[pools]` it holds.
+    pub(super) config: Arc<Config>,
+    pub(super) router: Router,
+}
+
 /// Routing state of one core.
 pub(super) struct Dispatcher {
-    /// The routing table and the override generation it was built from.
-    router: RefCell<(u64, Router)>,
+    /// The routing table in force.
+    router: RefCell<Routing>,
     resolver: Option<Resolver>,
     /// MX answers (and permanent failures) per domain, briefly, so busy
     /// domains do not cross to the DNS thread for every message.
@@ -53,11 +66,17 @@ impl Dispatcher {
         })
         .map_err(|e| tracing::warn!(error = %e, "no DNS resolver: MX delivery will be deferred"))
         .ok();
-        let generation = parts.routes.generation();
-        let c = &parts.config;
-        let router = Router::new(&c.routes, &parts.routes.overrides(), &c.pools);
+        let overrides = parts.routes.generation();
+        let config_generation = parts.live.generation();
+        let config = parts.live.get();
+        let router = Router::new(&config.routes, &parts.routes.overrides(), &config.pools);
         Dispatcher {
-            router: RefCell::new((generation, router)),
+            router: RefCell::new(Routing {
+                overrides,
+                config_generation,
+                config,
+                router,
+            }),
             resolver,
             mx_cache: RefCell::new(HashMap::new()),
             dests: RefCell::new(HashMap::new()),
@@ -80,17 +99,48 @@ impl Dispatcher {
 }
 
 impl Delivery {
-    /// The routing table, rebuilt when the run-time overrides changed (one
-    /// atomic load per routing decision).
-    fn router(&self) -> std::cell::Ref<'_, (u64, Router)> {
+    /// The routing table, rebuilt when the run-time overrides or the
+    /// config (a reload) changed (two atomic loads per routing decision).
+    /// After a reload, the pools' destinations get the new hosts.
+    pub(super) fn router(&self) -> std::cell::Ref<'_, Routing> {
         let routes = &self.parts.routes;
+        let live = &self.parts.live;
         let cell = &self.dispatch.router;
-        if routes.generation() != cell.borrow().0 {
-            let g = routes.generation();
-            let c = &self.parts.config;
-            *cell.borrow_mut() = (g, Router::new(&c.routes, &routes.overrides(), &c.pools));
+        let (overrides, generation) = (routes.generation(), live.generation());
+        let stale = {
+            let r = cell.borrow();
+            (r.overrides, r.config_generation) != (overrides, generation)
+        };
+        if stale {
+            let reloaded = cell.borrow().config_generation != generation;
+            let config = live.get();
+            let router = Router::new(&config.routes, &routes.overrides(), &config.pools);
+            if reloaded {
+                self.repoint_pools(&config);
+            }
+            *cell.borrow_mut() = Routing {
+                overrides,
+                config_generation: generation,
+                config,
+                router,
+            };
         }
         cell.borrow()
+    }
+
+    /// A reload changed the pools: each pool destination takes its new
+    /// hosts (jobs queued there stay; a pool that is gone keeps its old
+    /// hosts until its queue drains, and new mail no longer routes to it).
+    fn repoint_pools(&self, config: &Config) {
+        for (name, dest) in self.dispatch.dests.borrow().iter() {
+            let Some(pool) = name.strip_prefix("pool:") else {
+                continue;
+            };
+            let c = route::pool_candidates(&config.pools, pool, self.cfg.tls_policy);
+            if !c.is_empty() {
+                dest.set_candidates(Rc::new(c));
+            }
+        }
     }
 
     /// One attempt: read, route, hand out jobs.
@@ -200,7 +250,7 @@ impl Delivery {
         for &i in pending {
             let rcpt = &attempt.msg.recipients[i as usize];
             let domain = domain_of(rcpt, &self.parts.config.hostname);
-            let target = router.1.route(&domain);
+            let target = router.router.route(&domain);
             if let Some(until) = self.suspended(&target.name(), &domain, now) {
                 suspended.push((i, Outcome::Suspended(until)));
                 continue;
@@ -218,7 +268,8 @@ impl Delivery {
     /// destination or the MX cache.
     pub(super) fn hosts_of(&self, name: &str) -> Vec<SocketAddr> {
         if let Some(p) = name.strip_prefix("pool:") {
-            let c = route::pool_candidates(&self.parts.config.pools, p, self.cfg.tls_policy);
+            let config = self.router().config.clone();
+            let c = route::pool_candidates(&config.pools, p, self.cfg.tls_policy);
             return c.iter().map(|c| c.addr).collect();
         }
         let mut out: Vec<SocketAddr> = Vec::new();
@@ -236,7 +287,7 @@ impl Delivery {
     /// The destination of a recipient of `domain` (`pool:NAME` or
     /// `mx:DOMAIN`), by the routing in force.
     pub(super) fn target_name(&self, domain: &str) -> String {
-        self.router().1.route(domain).name()
+        self.router().router.route(domain).name()
     }
 
     /// Hands the recipients for `target` to its destination as jobs of at
@@ -275,7 +326,8 @@ impl Delivery {
         let candidates: Option<Candidates> = match target {
             Target::Pool(_) if self.dispatch.dests.borrow().contains_key(&name) => None,
             Target::Pool(p) => {
-                let c = route::pool_candidates(&self.parts.config.pools, p, self.cfg.tls_policy);
+                let config = self.router().config.clone();
+                let c = route::pool_candidates(&config.pools, p, self.cfg.tls_policy);
                 if c.is_empty() {
                     let why = format!("no hosts in pool {p:?}");
                     return Err(temporary(Status(4, 3, 5), why));

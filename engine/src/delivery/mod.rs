@@ -126,6 +126,8 @@ pub struct Parts {
     pub metrics: Arc<CoreMetrics>,
     /// Run-time route overrides (admin).
     pub routes: Arc<RouteOverrides>,
+    /// The config in force (a reload changes pools and routes).
+    pub live: Arc<crate::reload::Live>,
     /// Outbound TLS configs and counters.
     pub tls: Arc<crate::tls::Tls>,
     /// Back pressure: this core's log size and state go there.

@@ -93,8 +93,10 @@ impl Inbound {
             env.params.xshadow.is_none(),
             "copies go through accept_copy"
         );
+        let settings = self.settings();
+        let config = &settings.config;
         let hops = received_headers(content);
-        if hops >= self.config.smtp.hops_max {
+        if hops >= config.smtp.hops_max {
             // Ours would be one more: a mail loop (RFC 5321 6.3).
             CoreMetrics::inc(&self.metrics.rejected_protocol);
             tracing::warn!(client = %peer, from = %env.from, hops, "message refused: too many Received headers (a mail loop?)");
@@ -118,8 +120,7 @@ impl Inbound {
                 });
             }
         };
-        let (prefix, suffix) =
-            crate::received::header(&self.config.hostname, env, peer, now, trace);
+        let (prefix, suffix) = crate::received::header(&config.hostname, env, peer, now, trace);
         let encoder = Encoder::new(env, peer, ms, Some((&prefix, &suffix)), content);
         let size = encoder.len();
         let stored = self
@@ -241,7 +242,7 @@ impl Inbound {
         let Some(Err(e)) = shadowed else {
             return Ok(());
         };
-        if !self.config.cluster.reject_on_shadow_failure {
+        if !self.settings().config.cluster.reject_on_shadow_failure {
             CoreMetrics::inc(&self.metrics.non_redundant_accepts);
             tracing::warn!(id = %id, error = %e, "no shadow copy: accepted without redundancy");
             return Ok(());

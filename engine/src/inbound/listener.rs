@@ -71,7 +71,8 @@ impl Drop for Slot {
 }
 
 fn admit(inbound: &Rc<Inbound>, ip: IpAddr) -> Option<Slot> {
-    let limits = &inbound.config.smtp;
+    let settings = inbound.settings();
+    let limits = &settings.config.smtp;
     let a = &inbound.admission;
     if a.open.get() >= limits.connections_per_core_max {
         return None;

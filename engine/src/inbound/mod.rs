@@ -33,14 +33,26 @@ use crate::shard::Shard;
 use crate::stop::Shutdown;
 use listener::Admission;
 
-/// What one core's sessions share.
-pub struct Inbound {
-    /// The configuration.
+/// The settings a session starts with (and keeps to its end, across a
+/// reload).
+pub struct Settings {
+    /// The configuration in force when the session began.
     pub config: Arc<Config>,
     /// Protocol settings shared by this core's sessions.
     smtp: Rc<ServerConfig>,
     /// Relay rules.
     relay: Rc<RelayRules>,
+}
+
+/// What one core's sessions share.
+pub struct Inbound {
+    /// The config in force, node-wide (reload).
+    live: Arc<crate::reload::Live>,
+    /// The settings built from `live` at its generation (the first
+    /// field).
+    settings: RefCell<(u64, Rc<Settings>)>,
+    /// The primary's shadow EHLO keyword.
+    shadow_ehlo: Option<String>,
     /// This core's log shard.
     shard: Rc<Shard>,
     /// Our messages' shadow copies.
@@ -74,8 +86,8 @@ pub struct Inbound {
 
 /// The pieces a core's inbound side is made of.
 pub struct Parts {
-    /// The configuration.
-    pub config: Arc<Config>,
+    /// The config in force (reloaded on SIGHUP).
+    pub live: Arc<crate::reload::Live>,
     /// This core's log shard.
     pub shard: Rc<Shard>,
     /// Our messages' shadow copies.
@@ -96,10 +108,8 @@ pub struct Parts {
     pub pressure: Arc<crate::pressure::Pressure>,
 }
 
-impl Inbound {
-    /// A core's inbound side.
-    pub fn new(p: Parts) -> Inbound {
-        let config = p.config;
+impl Settings {
+    fn new(config: Arc<Config>, shadow_ehlo: Option<String>) -> Settings {
         let smtp = Rc::new(ServerConfig {
             hostname: config.hostname.clone(),
             message_bytes_max: config.smtp.message_size_max,
@@ -107,11 +117,26 @@ impl Inbound {
             errors_max: config.smtp.errors_max,
             junk_commands_max: config.smtp.junk_commands_max,
             extra_ehlo: Vec::new(),
-            shadow_ehlo: p.primary.ehlo_keyword(),
+            shadow_ehlo,
         });
-        Inbound {
-            smtp,
+        Settings {
             relay: Rc::new(config.relay.clone()),
+            smtp,
+            config,
+        }
+    }
+}
+
+impl Inbound {
+    /// A core's inbound side.
+    pub fn new(p: Parts) -> Inbound {
+        let config = p.live.get();
+        let shadow_ehlo = p.primary.ehlo_keyword();
+        let settings = Rc::new(Settings::new(config.clone(), shadow_ehlo.clone()));
+        Inbound {
+            settings: RefCell::new((p.live.generation(), settings)),
+            live: p.live,
+            shadow_ehlo,
             shard: p.shard,
             primary: p.primary,
             replica: p.replica,
@@ -125,8 +150,19 @@ impl Inbound {
             users: p.users,
             limiter: RefCell::new(crate::auth::Limiter::new(&config.auth)),
             pressure: p.pressure,
-            config,
         }
+    }
+
+    /// The settings for a new session: rebuilt when a reload put a new
+    /// config in force (one atomic load otherwise).
+    pub fn settings(&self) -> Rc<Settings> {
+        let generation = self.live.generation();
+        let mut cell = self.settings.borrow_mut();
+        if cell.0 != generation {
+            let s = Settings::new(self.live.get(), self.shadow_ehlo.clone());
+            *cell = (generation, Rc::new(s));
+        }
+        cell.1.clone()
     }
 
     /// Sessions open on this core.

@@ -151,17 +151,19 @@ pub(super) struct Loop {
     pub(super) tls: Option<TlsInfo>,
     /// What the client proved about itself.
     pub(super) trust: Rc<Trust>,
+    /// The settings this session started with (kept across a reload).
+    pub(super) settings: Rc<super::Settings>,
 }
 
 /// Serves one accepted connection to its end. `implicit`: the listener
 /// is implicit TLS (RFC 8314): the handshake comes before the greeting.
 pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: bool) {
     let _ = tcp.set_nodelay(true);
-    let limits = &core.config.smtp;
+    let settings = core.settings();
     let refused = Rc::new(std::cell::Cell::new(0));
     let trust = Rc::new(Trust::default());
     let policy = CountingPolicy {
-        inner: RelayPolicy::new(core.relay.clone(), peer.ip(), trust.clone()),
+        inner: RelayPolicy::new(settings.relay.clone(), peer.ip(), trust.clone()),
         refused: refused.clone(),
         metrics: core.metrics.clone(),
         client: peer,
@@ -176,14 +178,16 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
         stream: Stream::Plain(tcp),
         tls: None,
         trust,
+        settings: settings.clone(),
     };
+    let limits = &settings.config.smtp;
     if !greet_under_pressure(&core, &mut l.stream, peer).await {
         return;
     }
     if implicit && !super::tls_auth::handshake(&core, &mut l, peer).await {
         return;
     }
-    let mut s = Session::new(core.smtp.clone(), policy);
+    let mut s = Session::new(settings.smtp.clone(), policy);
     super::tls_auth::offer(&core, &mut s, &l, peer);
     let started = Instant::now();
     // A peer's shadow link brings batches of copies (up to
@@ -231,7 +235,7 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
             break;
         }
         l.errors = count_errors(&core, l.errors, s.error_count(), &refused);
-        l.held = account_memory(&core, &mut s, l.held);
+        l.held = account_memory(&core, &mut s, l.held, &settings);
     }
     core.content_bytes.set(core.content_bytes.get() - l.held);
     let _ = l.stream.close().await;
@@ -243,7 +247,7 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
 async fn greet_under_pressure(core: &Inbound, stream: &mut Stream, peer: SocketAddr) -> bool {
     if let Some(failed) = core.pressure.failed() {
         tracing::debug!(client = %peer, failed, "refusing a session: the message store failed");
-        let reply = crate::pressure::store_failed(Some(&core.config.hostname));
+        let reply = crate::pressure::store_failed(Some(&core.settings().config.hostname));
         let mut out = Vec::new();
         reply.encode(&mut out);
         let write = async { stream.write_all(&out).await };
@@ -373,11 +377,16 @@ fn count_errors(core: &Inbound, before: u32, now: u32, refused: &std::cell::Cell
 /// the total passes `smtp.message_memory_max`, this session is refused
 /// (421 4.3.2, nothing accepted) so memory stays bounded. Returns what the
 /// session now holds.
-fn account_memory<P: Policy>(core: &Inbound, s: &mut Session<P>, held_before: usize) -> usize {
+fn account_memory<P: Policy>(
+    core: &Inbound,
+    s: &mut Session<P>,
+    held_before: usize,
+    settings: &super::Settings,
+) -> usize {
     let now = s.content_bytes();
     let total = core.content_bytes.get() - held_before + now;
     core.content_bytes.set(total);
-    if now > held_before && total > core.config.smtp.message_memory_max {
+    if now > held_before && total > settings.config.smtp.message_memory_max {
         tracing::warn!(total, "message memory budget exceeded; refusing a session");
         CoreMetrics::inc(&core.metrics.rejected_memory);
         s.shutdown(Reply::new(

@@ -29,7 +29,7 @@ pub(super) fn offer(core: &Inbound, s: &mut Session<CountingPolicy>, l: &Loop, p
     s.set_tls_offer(core.tls.offers_tls() && !in_tls);
     let auth = match &core.users {
         None => AuthOffer::Never,
-        Some(_) if crate::auth::cleartext_allowed(&core.config.auth, peer.ip()) => {
+        Some(_) if crate::auth::cleartext_allowed(&l.settings.config.auth, peer.ip()) => {
             AuthOffer::Always
         }
         Some(_) => AuthOffer::TlsOnly,
@@ -73,7 +73,7 @@ pub(super) async fn starttls(
     l: &mut Loop,
     peer: SocketAddr,
 ) -> bool {
-    if flush(&mut l.stream, s, core.config.smtp.inactivity_timeout)
+    if flush(&mut l.stream, s, l.settings.config.smtp.inactivity_timeout)
         .await
         .is_err()
     {

@@ -45,6 +45,8 @@ pub struct NodeState {
     pub ops: Arc<crate::ops::Ops>,
     /// Back pressure and the failed state.
     pub pressure: Arc<crate::pressure::Pressure>,
+    /// The config in force (SIGHUP, `tern reload`).
+    pub live: Arc<crate::reload::Live>,
 }
 
 /// A core's rooms, built by [`run`].
@@ -136,7 +138,7 @@ fn build(
     ));
     let replica = Rc::new(Replica::new(shard.clone(), c.clone(), s.clone(), m.clone()));
     let inbound = Rc::new(Inbound::new(inbound::Parts {
-        config: c.clone(),
+        live: node.live.clone(),
         shard: shard.clone(),
         primary: primary.clone(),
         replica: replica.clone(),
@@ -154,6 +156,7 @@ fn build(
         replica,
         metrics: m.clone(),
         routes: node.routes.clone(),
+        live: node.live.clone(),
         tls: node.tls.clone(),
         mta_sts: node.mta_sts.clone(),
         ops: node.ops.clone(),

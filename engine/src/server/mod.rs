@@ -6,9 +6,11 @@
 //! ```text
 //! mod.rs   serve: checks the data directory, starts the cores, signals, admin
 //! core.rs  one core: opens its shard, builds its rooms, serves, stops them in order
+//! reload.rs  SIGHUP / POST /reload: read the config again, apply what may change
 //! ```
 
 pub mod core;
+pub mod reload;
 
 use std::sync::Arc;
 
@@ -56,11 +58,7 @@ fn budget_fds(config: &mut Config) {
         }
         r.rlim_cur
     };
-    let reserve = (limit / FD_RESERVE_DIVISOR)
-        .max(FD_RESERVE_MIN)
-        .min(limit / 2);
-    let cores = config.cores.max(1) as u64;
-    let per_core = (limit.saturating_sub(reserve) / cores).max(1) as usize;
+    let (reserve, per_core) = fd_split(limit, config.cores);
     let asked = config.smtp.connections_per_core_max;
     if asked > per_core {
         tracing::warn!(
@@ -74,9 +72,34 @@ fn budget_fds(config: &mut Config) {
     }
 }
 
+/// Of `limit` descriptors: the reserve, and what each of `cores` may
+/// give its SMTP sessions.
+fn fd_split(limit: u64, cores: usize) -> (u64, usize) {
+    let reserve = (limit / FD_RESERVE_DIVISOR)
+        .max(FD_RESERVE_MIN)
+        .min(limit / 2);
+    let per_core = (limit.saturating_sub(reserve) / cores.max(1) as u64).max(1) as usize;
+    (reserve, per_core)
+}
+
+/// The sessions per core the descriptor limit allows now (a reload keeps
+/// `smtp.connections_per_core_max` within it).
+fn fd_budget_per_core(config: &Config) -> usize {
+    // SAFETY: a plain syscall on a local struct.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return usize::MAX;
+    }
+    fd_split(r.rlim_cur, config.cores).1
+}
+
 /// Runs the server until SIGTERM/SIGINT; returns after a clean shutdown.
-pub fn serve(mut config: Config) -> anyhow::Result<()> {
+/// `source`: where the config came from (a reload reads it again).
+pub fn serve(mut config: Config, source: reload::Source) -> anyhow::Result<()> {
     budget_fds(&mut config);
+    if let Err(e) = crate::logging::apply_configured(&config.log_level) {
+        tracing::error!(error = %e, "server.log_level not applied");
+    }
     // First: a bad users file stops the start before anything is touched.
     let users =
         crate::auth::load_users(&config).map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?;
@@ -91,7 +114,9 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     // cores, which take them once started).
     ops.restart_requests();
     let config = Arc::new(config);
+    let live = Arc::new(crate::reload::Live::new(config.clone()));
     let node = NodeState {
+        live: live.clone(),
         stop: Arc::default(),
         per_ip: Arc::default(),
         routes: Arc::default(),
@@ -107,7 +132,12 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         )),
     };
     let metrics: Vec<Arc<CoreMetrics>> = (0..config.cores).map(|_| Arc::default()).collect();
-    spawn_signal_thread(node.stop.clone(), node.tls.clone())?;
+    let reloader = Arc::new(reload::Reloader {
+        source,
+        live: live.clone(),
+        tls: node.tls.clone(),
+    });
+    spawn_signal_thread(node.stop.clone(), reloader.clone())?;
     let admin = match config.admin_listen {
         Some(addr) => Some(crate::admin::spawn(crate::admin::Admin {
             addr,
@@ -120,6 +150,8 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
             mta_sts: node.mta_sts.clone(),
             ops: node.ops.clone(),
             pressure: node.pressure.clone(),
+            live: live.clone(),
+            reload: Box::new(move |why| reloader.reload(why)),
         })?),
         None => None,
     };
@@ -223,9 +255,9 @@ fn run_cores(
 }
 
 /// SIGTERM/SIGINT: graceful shutdown (a second one: exit at once, what
-/// was answered 250 is durable already). SIGHUP: reload the TLS
-/// certificates.
-fn spawn_signal_thread(stop: Arc<StopFlag>, tls: Arc<crate::tls::Tls>) -> anyhow::Result<()> {
+/// was answered 250 is durable already). SIGHUP: reload the config file
+/// and the TLS certificates.
+fn spawn_signal_thread(stop: Arc<StopFlag>, reloader: Arc<reload::Reloader>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
@@ -233,10 +265,8 @@ fn spawn_signal_thread(stop: Arc<StopFlag>, tls: Arc<crate::tls::Tls>) -> anyhow
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    match &tls.certs {
-                        Some(certs) => crate::tls::reload::reload(certs, "SIGHUP"),
-                        None => tracing::info!("SIGHUP: no TLS certificates to reload"),
-                    }
+                    // Problems are logged by the reload; the node goes on.
+                    let _ = reloader.reload("SIGHUP");
                 } else if !stop.is_set() {
                     tracing::info!(
                         signal = sig,
