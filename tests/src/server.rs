@@ -150,6 +150,8 @@ pub struct Options {
     /// Data directory to use instead of `data` in the test's directory
     /// (a small file system the test mounted, say).
     pub data_dir: Option<PathBuf>,
+    /// More arguments for `tern serve` (e.g. `--log-format json`).
+    pub args: Vec<String>,
 }
 
 impl Default for Options {
@@ -159,6 +161,7 @@ impl Default for Options {
             config: None,
             env: Vec::new(),
             data_dir: None,
+            args: Vec::new(),
         }
     }
 }
@@ -294,7 +297,8 @@ impl TernProcess {
             .arg("--cores")
             .arg(self.options.cores.to_string())
             .arg("--admin-listen")
-            .arg(self.admin.to_string());
+            .arg(self.admin.to_string())
+            .args(&self.options.args);
         // Unless the test sets up delivery, messages stay queued (tests of
         // the receiving side inspect the queue).
         let mut toml = self.options.config.clone().unwrap_or_default();

@@ -19,6 +19,7 @@ use tern_smtp::transaction::RcptStatus;
 use tern_smtp::{Reply, Status};
 use tern_storage::TimestampMs;
 
+use super::logline::Hop;
 use super::route::{Candidate, Candidates, Health};
 use super::{Delivery, Job, Outcome};
 use crate::config::DeliveryConfig;
@@ -178,8 +179,9 @@ impl Delivery {
                 }
                 break;
             };
+            let opening = now_ms();
             let conn = match self.open_host(&dest, &candidates, &host).await {
-                Ok(c) => c,
+                Ok(c) => (c, now_ms().saturating_sub(opening)),
                 Err(reply) => {
                     excluded.push(host.addr);
                     last_error = Some(reply);
@@ -291,7 +293,7 @@ impl Delivery {
     async fn serve(
         self: &Rc<Self>,
         dest: &Dest,
-        mut conn: Conn,
+        (mut conn, mut setup_ms): (Conn, u64),
         host: &Candidate,
         candidates: &[Candidate],
     ) -> Served {
@@ -314,7 +316,22 @@ impl Delivery {
                 conn.quit().await;
                 return Served::Again;
             }
-            match self.send(&mut conn, &host.name, &job).await {
+            let mut hop = Hop {
+                name: host.name.clone(),
+                addr: host.addr,
+                tls: conn
+                    .tls
+                    .as_ref()
+                    .map(|t| format!("{}/{}", t.version, t.cipher)),
+                picked_ms: now_ms(),
+                // Only the first transaction waited for the set-up.
+                setup_ms: std::mem::take(&mut setup_ms),
+                xfer_ms: 0,
+            };
+            let sent = self.send(&mut conn, &host.name, &job).await;
+            hop.xfer_ms = now_ms().saturating_sub(hop.picked_ms);
+            let hop = Rc::new(hop);
+            match sent.map(|o| outcomes(&job, o, &hop)) {
                 Ok(results) => {
                     self.report(job, results);
                     if conn.broken {
@@ -332,8 +349,7 @@ impl Delivery {
                     // down (others may be fine), but this connection tries
                     // elsewhere first.
                     let reply = e.as_reply();
-                    let host = Some(host.name.clone());
-                    self.fail_job(job, Outcome::Temporary(reply.clone(), host));
+                    self.fail_job(job, Outcome::Temporary(reply.clone(), Some(hop)));
                     return Served::Failed(reply);
                 }
             }
@@ -341,7 +357,8 @@ impl Delivery {
     }
 
     /// Fail back to a better host that is up again (one connection probes
-    /// it first), or recycle after `messages_per_connection_max`.
+    /// it first), leave a host a reload took out of the destination, or
+    /// recycle after `messages_per_connection_max`.
     fn should_move(
         &self,
         dest: &Dest,
@@ -360,7 +377,9 @@ impl Delivery {
             let limit = self.cfg.connect_timeout + self.cfg.greeting_timeout;
             dest.probing.set(now_ms() + limit.as_millis() as u64);
         }
-        better || conn.sent >= self.cfg.messages_per_connection_max
+        // A reload re-pointed the pool away from this host.
+        let gone = !dest.candidates().iter().any(|c| c.addr == host.addr);
+        better || gone || conn.sent >= self.cfg.messages_per_connection_max
     }
 
     /// Waits up to `connection_idle` for a job; false: give up the
@@ -393,12 +412,7 @@ impl Delivery {
     }
 
     /// One transaction for `job` on `conn`: the outcome per recipient.
-    async fn send(
-        &self,
-        conn: &mut Conn,
-        host: &str,
-        job: &Job,
-    ) -> Result<Vec<(u32, Outcome)>, ConnError> {
+    async fn send(&self, conn: &mut Conn, host: &str, job: &Job) -> Result<Sent, ConnError> {
         let msg = &job.attempt.msg;
         let converted;
         let mut content: &[u8] = &msg.message;
@@ -439,14 +453,14 @@ impl Delivery {
                 && content[..header_end].is_ascii();
             if !ascii {
                 let why = format!("{host} does not support SMTPUTF8 (RFC 6531)");
-                return Ok(refuse_all(job, Reply::new(553, Status(5, 6, 7), why), host));
+                return Ok(Sent::Refused(Reply::new(553, Status(5, 6, 7), why)));
             }
             smtputf8 = false;
         }
         if let Some(max) = conn.caps.size.filter(|&m| m > 0) {
             if content.len() as u64 > max {
                 let why = format!("message too big for {host} (SIZE {max})");
-                return Ok(refuse_all(job, Reply::new(552, Status(5, 3, 4), why), host));
+                return Ok(Sent::Refused(Reply::new(552, Status(5, 3, 4), why)));
             }
         }
         let rcpts: Vec<String> = job
@@ -462,21 +476,33 @@ impl Delivery {
         };
         CoreMetrics::inc(&self.metrics().delivery_transactions);
         let outcome = conn.send(&msg.mail_from, &rcpts, &opts, content).await?;
-        let host = || Some(host.to_owned());
-        Ok(job
-            .rcpts
-            .iter()
-            .zip(outcome.recipients)
-            .map(|(&i, s)| match s {
-                RcptStatus::Delivered(_) => (i, Outcome::Delivered),
-                RcptStatus::Temporary(r) => (i, Outcome::Temporary(r, host())),
-                RcptStatus::Permanent(r) => (i, Outcome::Permanent(r, host())),
-            })
-            .collect())
+        Ok(Sent::Answered(outcome.recipients))
     }
 }
 
-/// Every recipient of `job` failed permanently with `reply` at `host`.
-fn refuse_all(job: &Job, reply: Reply, host: &str) -> Vec<(u32, Outcome)> {
-    job.all(&Outcome::Permanent(reply, Some(host.into())))
+/// What a transaction came to.
+enum Sent {
+    /// The next hop's answer per recipient (in the job's order).
+    Answered(Vec<RcptStatus>),
+    /// Not sent: the next hop cannot take this message (every recipient
+    /// fails with this reply).
+    Refused(Reply),
+}
+
+/// The outcome per recipient of `job`, at `hop`.
+fn outcomes(job: &Job, sent: Sent, hop: &Rc<Hop>) -> Vec<(u32, Outcome)> {
+    let at = || Some(hop.clone());
+    match sent {
+        Sent::Refused(reply) => job.all(&Outcome::Permanent(reply, at())),
+        Sent::Answered(statuses) => job
+            .rcpts
+            .iter()
+            .zip(statuses)
+            .map(|(&i, s)| match s {
+                RcptStatus::Delivered(r) => (i, Outcome::Delivered(r, hop.clone())),
+                RcptStatus::Temporary(r) => (i, Outcome::Temporary(r, at())),
+                RcptStatus::Permanent(r) => (i, Outcome::Permanent(r, at())),
+            })
+            .collect(),
+    }
 }

@@ -171,6 +171,7 @@ impl Delivery {
             id,
             msg,
             attempts: entry.attempts + 1,
+            started_ms: TimestampMs::now().0,
             branches: Cell::new(1),
             results: RefCell::new(Vec::with_capacity(pending.len())),
             rcpts: pending.clone(),

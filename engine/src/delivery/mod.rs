@@ -16,6 +16,7 @@
 //! dispatch.rs     an attempt: read, route, group by destination (routes, MX cache)
 //! connection.rs   destinations, host slots and health, sending jobs on outbound connections
 //! writer.rs       outcomes -> DSN records + one status record per batch
+//! logline.rs      the delivery log: one Postfix-style line per attempt and recipient group
 //! maintenance.rs  copy-forward, cursors, reclaim, watermarks, shadow upkeep
 //! queue.rs        the sans-IO queue (entries, timers, the cursor rule)
 //! route.rs        routes, pools with failover, host health
@@ -32,6 +33,7 @@
 mod connection;
 mod dispatch;
 pub mod ingest;
+mod logline;
 mod maintenance;
 mod operate;
 pub mod queue;
@@ -50,6 +52,8 @@ use std::time::{Duration, Instant};
 
 use tern_smtp::Reply;
 
+use logline::Hop;
+
 use crate::config::{Config, DeliveryConfig};
 use crate::metrics::CoreMetrics;
 use crate::record::message::{QueueId, StoredMessage};
@@ -64,9 +68,12 @@ pub use writer::retry_delay;
 /// What became of one recipient in one attempt.
 #[derive(Clone, Debug)]
 enum Outcome {
-    Delivered,
-    Temporary(Reply, Option<String>),
-    Permanent(Reply, Option<String>),
+    /// The next hop's reply at the end of data, and the next hop.
+    Delivered(Reply, Rc<Hop>),
+    /// The reply, and the next hop that gave it (`None`: tern's own
+    /// reason, no next hop reached).
+    Temporary(Reply, Option<Rc<Hop>>),
+    Permanent(Reply, Option<Rc<Hop>>),
     /// Not sent (shutdown): retry at once after restart, no attempt counted.
     NotTried,
     /// Its destination is suspended (until then; `None`: until resumed):
@@ -85,6 +92,9 @@ struct Attempt {
     id: QueueId,
     msg: StoredMessage,
     attempts: u32,
+    /// When this attempt began (ms since the epoch; the delivery log's
+    /// delays).
+    started_ms: u64,
     /// Branches (destinations) still working, plus one while dispatching.
     branches: Cell<usize>,
     results: RefCell<Vec<(u32, Outcome)>>,

@@ -449,6 +449,7 @@ impl Delivery {
             },
             msg,
             attempts: entry.attempts,
+            started_ms: TimestampMs::now().0,
             branches: std::cell::Cell::new(0),
             results: RefCell::new(results),
             rcpts: pending,

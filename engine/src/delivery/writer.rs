@@ -20,6 +20,7 @@ use std::time::Duration;
 use tern_smtp::{Reply, Status};
 use tern_storage::{Sequence, TimestampMs};
 
+use super::logline::{self, Hop, Item, Times, Verdict};
 use super::{Attempt, Delivery, Outcome};
 use crate::config::DeliveryConfig;
 use crate::dsn::{self, Action, Notice, RecipientReport};
@@ -57,7 +58,7 @@ struct Failed {
     rcpt: u32,
     reply: Reply,
     /// The next hop that refused it (None: refused before any was asked).
-    host: Option<String>,
+    host: Option<Rc<Hop>>,
     /// Failed temporarily past the expiry (5.4.7).
     expired: bool,
 }
@@ -65,9 +66,9 @@ struct Failed {
 /// An attempt's outcomes, sorted.
 #[derive(Default)]
 struct Sorted {
-    delivered: Vec<u32>,
+    delivered: Vec<(u32, Reply, Rc<Hop>)>,
     failed: Vec<Failed>,
-    temporary: Vec<(u32, Reply, Option<String>)>,
+    temporary: Vec<(u32, Reply, Option<Rc<Hop>>)>,
     deleted: Vec<u32>,
     not_tried: bool,
     /// Some recipient's destination is suspended (until the earliest end;
@@ -187,20 +188,15 @@ impl Delivery {
             rcpts,
         };
         if !s.delivered.is_empty() {
-            tracing::info!(id = %a.id, rcpts = s.delivered.len(), "delivered");
-            events.push(event(
-                Event::Delivered,
-                now,
-                a.attempts,
-                s.delivered.clone(),
-            ));
+            let rcpts = s.delivered.iter().map(|d| d.0).collect();
+            events.push(event(Event::Delivered, now, a.attempts, rcpts));
         }
         if !s.deleted.is_empty() {
             tracing::info!(id = %a.id, rcpts = s.deleted.len(), "deleted by the operator");
             events.push(event(Event::Deleted, now, a.attempts, s.deleted.clone()));
         }
         if !s.failed.is_empty() {
-            self.log_bounces(a, &s.failed);
+            self.count_bounces(&s.failed);
             // No DSN for the null sender, nor for a resubmitted message
             // (its sender had the outcome of the original already).
             if !a.msg.mail_from.is_empty()
@@ -217,6 +213,7 @@ impl Delivery {
                 events.push(event(Event::Bounced, now, a.attempts, rcpts));
             }
         }
+        log_lines(a, &s, now);
         if s.temporary.is_empty() && !s.not_tried && s.suspended.is_none() && !s.untouched {
             events.push(event(Event::Done, now, a.attempts, Vec::new()));
             return;
@@ -233,10 +230,7 @@ impl Delivery {
             (a.operator.unwrap_or(now), a.attempts)
         } else {
             CoreMetrics::inc(&self.metrics().deferred);
-            let (_, reply, host) = &s.temporary[0];
             let delay = retry_delay(&self.cfg, a.attempts);
-            tracing::info!(id = %a.id, rcpts = s.temporary.len(), host = host.as_deref().unwrap_or("-"),
-                reply = %reply.text(), retry_in = ?delay, "deferred");
             (now + delay.as_millis() as u64, a.attempts)
         };
         events.push(event(Event::Deferred, at_ms, attempts, Vec::new()));
@@ -248,14 +242,16 @@ impl Delivery {
         let expires = a.msg.received_ms + self.cfg.message_expiration_timeout.as_millis() as u64;
         let mut s = Sorted::default();
         for (i, r) in a.results.borrow().iter() {
-            let failed = |reply: &Reply, host: &Option<String>, expired| Failed {
+            let failed = |reply: &Reply, host: &Option<Rc<Hop>>, expired| Failed {
                 rcpt: *i,
                 reply: reply.clone(),
                 host: host.clone(),
                 expired,
             };
             match r {
-                Outcome::Delivered => s.delivered.push(*i),
+                Outcome::Delivered(reply, hop) => {
+                    s.delivered.push((*i, reply.clone(), hop.clone()))
+                }
                 Outcome::Permanent(reply, host) => s.failed.push(failed(reply, host, false)),
                 Outcome::Temporary(reply, host) if now >= expires => {
                     s.failed.push(failed(reply, host, true))
@@ -282,16 +278,12 @@ impl Delivery {
         s
     }
 
-    fn log_bounces(&self, a: &Attempt, failed: &[Failed]) {
+    fn count_bounces(&self, failed: &[Failed]) {
         let m = self.metrics();
         let expired = failed.iter().filter(|f| f.expired).count() as u64;
         m.expired_rcpts.fetch_add(expired, Ordering::Relaxed);
         m.bounced_rcpts
             .fetch_add(failed.len() as u64 - expired, Ordering::Relaxed);
-        for f in failed {
-            tracing::info!(id = %a.id, rcpt = %a.msg.recipients[f.rcpt as usize], host = f.host.as_deref().unwrap_or("-"),
-                reply = %f.reply.text(), expired = f.expired, "bounced");
-        }
     }
 
     /// Appends the DSN for `failed` (a new message to the sender) and
@@ -353,6 +345,47 @@ impl Delivery {
     }
 }
 
+/// The delivery log's lines for this attempt's sent, bounced, expired
+/// and deferred recipients (`logline`).
+fn log_lines(a: &Attempt, s: &Sorted, now: u64) {
+    let rcpt = |i: u32| a.msg.recipients[i as usize].as_str();
+    let mut items = Vec::new();
+    for (i, reply, hop) in &s.delivered {
+        items.push(Item {
+            rcpt: rcpt(*i),
+            status: Verdict::Sent,
+            reply,
+            hop: Some(hop),
+        });
+    }
+    for f in &s.failed {
+        items.push(Item {
+            rcpt: rcpt(f.rcpt),
+            status: if f.expired {
+                Verdict::Expired
+            } else {
+                Verdict::Bounced
+            },
+            reply: &f.reply,
+            hop: f.host.as_ref(),
+        });
+    }
+    for (i, reply, hop) in &s.temporary {
+        items.push(Item {
+            rcpt: rcpt(*i),
+            status: Verdict::Deferred,
+            reply,
+            hop: hop.as_ref(),
+        });
+    }
+    let times = Times {
+        received_ms: a.msg.received_ms,
+        started_ms: a.started_ms,
+        now_ms: now,
+    };
+    logline::log(&a.id.to_string(), a.attempts, &times, &items);
+}
+
 /// The DSN's report of one failed recipient.
 fn report<'a>(
     a: &'a Attempt,
@@ -368,7 +401,7 @@ fn report<'a>(
         } else {
             f.reply.status.unwrap_or(Status(5, 0, 0))
         },
-        remote_mta: f.host.as_deref(),
+        remote_mta: f.host.as_deref().map(|h| h.name.as_str()),
         diagnostic: (f.host.is_some() || f.expired).then_some(&f.reply),
         explanation: if f.expired {
             expired_text

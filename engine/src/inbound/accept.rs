@@ -158,7 +158,10 @@ impl Inbound {
         self.metrics
             .bytes_accepted
             .fetch_add(size as u64, Ordering::Relaxed);
-        tracing::info!(id = %id, size, client = %peer, from = %env.from, rcpts = env.recipients.len(), "accepted");
+        let message_id = crate::shadow::dedupe::message_id(content);
+        tracing::info!(id = %id, message_id = message_id.as_deref().unwrap_or("-"),
+            size = encoder.message_len(), client = %peer, from = %format_args!("<{}>", env.from),
+            nrcpt = env.recipients.len(), "accepted");
         self.primary.remember(digest, id, ms);
         Ok(id)
     }

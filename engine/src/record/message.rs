@@ -292,6 +292,12 @@ impl<'a> Encoder<'a> {
             + self.content.len()
     }
 
+    /// Length of the message itself (`Received:` header and content, as
+    /// stored and as `tern queue list` shows it).
+    pub fn message_len(&self) -> usize {
+        self.len() - self.preamble.len() - self.head.len()
+    }
+
     /// Never empty (the header alone has bytes); for clippy's `len` rule.
     pub fn is_empty(&self) -> bool {
         false
