@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Overrides};
+use crate::config::{Checked, Config, Overrides, Shown};
 use remote::admin_call;
 
 /// The `tern` command.
@@ -97,10 +97,14 @@ enum Command {
         #[command(subcommand)]
         action: tls::TlsAction,
     },
-    /// Validate a config file and print the resolved settings.
+    /// Check a config file (every problem at once) and print the effective
+    /// configuration as TOML, `# default` marking default values.
     CheckConfig {
         #[command(flatten)]
         common: Common,
+        /// Print only the keys whose value is not the default.
+        #[arg(long)]
+        diff: bool,
     },
 }
 
@@ -189,12 +193,45 @@ enum RouteAction {
 }
 
 fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
+    check(common, o).map(|c| c.config)
+}
+
+/// The config of `common` (`--config`, `--data-dir`) and `o`, with its
+/// warnings; an error lists every problem.
+fn check(common: &Common, o: Overrides) -> anyhow::Result<Checked> {
     let o = Overrides {
         data_dir: common.data_dir.clone(),
         ..o
     };
-    Config::load(common.config.as_deref(), &o)
-        .map_err(|problems| anyhow::anyhow!("invalid configuration:\n  {}", problems.join("\n  ")))
+    Config::check(common.config.as_deref(), &o).map_err(|problems| {
+        let file = match &common.config {
+            Some(p) => format!(" in {}", p.display()),
+            None => String::new(),
+        };
+        let count = match problems.len() {
+            1 => "1 problem".to_string(),
+            n => format!("{n} problems"),
+        };
+        anyhow::anyhow!(
+            "invalid configuration{file} ({count}):\n  {}",
+            problems.join("\n  ")
+        )
+    })
+}
+
+/// `tern check-config`: the warnings on stderr, the effective config
+/// (or with `diff` only what differs from the defaults) on `out`.
+fn check_config(common: &Common, diff: bool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let checked = check(common, Overrides::default())?;
+    for w in &checked.warnings {
+        eprintln!("warning: {w}");
+    }
+    let shown = if diff { Shown::Changed } else { Shown::All };
+    let text = checked
+        .to_toml(shown)
+        .map_err(|e| anyhow::anyhow!("cannot write the configuration as TOML: {e}"))?;
+    out.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// `tern queue ...`: reads the data directory named by the config.
@@ -227,7 +264,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_listen,
                 ..Default::default()
             };
-            crate::server::serve(load(&common, overrides)?)
+            let checked = check(&common, overrides)?;
+            for w in &checked.warnings {
+                tracing::warn!("config: {w}");
+            }
+            crate::server::serve(checked.config)
         }
         Command::Queue { action } => run_queue(action, &mut stdout),
         Command::Route { action } => match action {
@@ -248,10 +289,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resubmit { action } => ops::resubmit(action, &mut stdout),
         Command::User { action } => user::run(action, &mut stdout),
         Command::Tls { action } => tls::run(action, &mut stdout),
-        Command::CheckConfig { common } => {
-            let config = load(&common, Overrides::default())?;
-            println!("{config:#?}");
-            Ok(())
-        }
+        Command::CheckConfig { common, diff } => check_config(&common, diff, &mut stdout),
     }
 }

@@ -2,6 +2,7 @@
 //! the documentation (README.md, tern.example.toml) against the defaults.
 
 use super::cluster::ShadowPreference;
+use super::keys::keys_of;
 use super::*;
 
 #[test]
@@ -199,7 +200,7 @@ fn cluster_defaults_values_and_problems() {
     assert!(
         problems
             .iter()
-            .any(|p| p.starts_with("cluster.peers[2].fingerprint: \"bad\"")),
+            .any(|p| p.starts_with("line 14: cluster.peers[2].fingerprint: \"bad\"")),
         "{problems:#?}"
     );
     // A peer without a fingerprint cannot be trusted on the shadow link.
@@ -209,7 +210,7 @@ fn cluster_defaults_values_and_problems() {
     )
     .unwrap_err();
     assert!(
-        problems[0].starts_with("cluster.peers[0].fingerprint is required"),
+        problems[0].starts_with("line 2: cluster.peers[0].fingerprint is required"),
         "{problems:#?}"
     );
     // Own id among the peers; remote_only with one site.
@@ -232,41 +233,6 @@ fn example_config_is_valid_and_states_the_defaults() {
     let example = Config::from_toml(text, &Overrides::default()).unwrap();
     let defaults = Config::from_toml("", &Overrides::default()).unwrap();
     assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
-}
-
-/// The keys serde accepts for `T`: the field names its derived
-/// `Deserialize` hands to `deserialize_struct`.
-fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-    let mut keys: &'static [&'static str] = &[];
-    let _ = T::deserialize(KeyCapture(&mut keys));
-    keys
-}
-
-/// A deserializer that only records the field names of a struct.
-struct KeyCapture<'a>(&'a mut &'static [&'static str]);
-
-impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
-    type Error = serde::de::value::Error;
-
-    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-        Err(serde::de::Error::custom("not a struct"))
-    }
-
-    fn deserialize_struct<V: serde::de::Visitor<'de>>(
-        self,
-        _name: &'static str,
-        fields: &'static [&'static str],
-        _visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        *self.0 = fields;
-        Err(serde::de::Error::custom("keys taken"))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
-    }
 }
 
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
@@ -446,25 +412,23 @@ fn auth_defaults_values_and_problems() {
     assert_eq!(a.lockout, Duration::from_secs(900));
     assert_eq!(a.failure_delay, Duration::from_secs(1));
     let text = "[server]\ndata_dir = \"/var/tern\"\n[auth]\nusers_file = \"users\"\nfailure_delay = \"0s\"\n";
-    let a = Config::from_toml(text, &Overrides::default()).unwrap().auth;
-    assert_eq!(a.users_file, Some(PathBuf::from("/var/tern/users")));
-    assert_eq!(a.failure_delay, Duration::ZERO);
-    let o = Overrides {
-        data_dir: Some("/elsewhere".into()),
-        ..Default::default()
-    };
-    let a = Config::from_toml("[auth]\nusers_file = \"/etc/tern/users\"", &o)
+    let a = Config::check_toml(text, Some(Path::new("/etc/tern")), &Overrides::default())
         .unwrap()
-        .auth;
-    assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
-    let a = Config::from_toml("[auth]\nusers_file = \"u\"", &o)
-        .unwrap()
+        .config
         .auth;
     assert_eq!(
         a.users_file,
-        Some(PathBuf::from("/elsewhere/u")),
-        "--data-dir applies"
+        Some(PathBuf::from("/etc/tern/users")),
+        "relative to the config file, not to the data directory"
     );
+    assert_eq!(a.failure_delay, Duration::ZERO);
+    let a = Config::from_toml(
+        "[auth]\nusers_file = \"/etc/tern/users\"",
+        &Overrides::default(),
+    )
+    .unwrap()
+    .auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
     let bad = r#"
         [auth]
         users_file = ""
@@ -475,7 +439,7 @@ fn auth_defaults_values_and_problems() {
     let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
     assert_eq!(problems.len(), 4, "{problems:#?}");
     assert!(
-        problems.iter().all(|p| p.starts_with("auth.")),
+        problems.iter().all(|p| p.contains(": auth.")),
         "{problems:#?}"
     );
     assert!(Config::from_toml("[auth]\nusers = \"x\"", &Overrides::default()).is_err());
