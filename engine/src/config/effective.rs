@@ -34,9 +34,10 @@ pub(super) fn render(file: &FileConfig, config: &Config, shown: Shown) -> Result
         Shown::All => "# The effective configuration of tern; `# default` marks default values.\n",
         Shown::Changed => "# The keys of tern's configuration that differ from the defaults.\n",
     });
+    let machine = super::server::local_hostname();
     let hostname = Computed {
         key: "hostname",
-        value: &config.hostname,
+        value: &machine,
         from: "the machine's hostname",
     };
     let node_id = Computed {

@@ -96,14 +96,14 @@ impl Lines {
         lines
     }
 
-    /// Is `path` written in the file?
+    /// Is `path` written in the file (and not overridden)?
     pub(super) fn has(&self, path: &str) -> bool {
-        self.0.contains_key(path)
+        self.0.get(path).is_some_and(|&line| line != OVERRIDDEN)
     }
 
-    /// Forgets `path` (its value came from the command line).
+    /// Forgets `path`'s line: its value came from the command line.
     pub(super) fn forget(&mut self, path: &str) {
-        self.0.remove(path);
+        self.0.insert(path.to_string(), OVERRIDDEN);
     }
 
     /// `problem`, which starts with the key it is about, prefixed with
@@ -119,13 +119,16 @@ impl Lines {
     pub(super) fn line_of(&self, problem: &str) -> Option<usize> {
         let mut path = leading_key(problem);
         loop {
-            if let Some(line) = self.0.get(path) {
-                return Some(*line);
+            if let Some(&line) = self.0.get(path) {
+                return (line != OVERRIDDEN).then_some(line);
             }
             path = &path[..path.rfind(['.', '['])?];
         }
     }
 }
+
+/// The "line" of a key set on the command line (lines count from 1).
+const OVERRIDDEN: usize = 0;
 
 /// The line a located problem names (`line 3: ...`).
 pub(super) fn line_number(problem: &str) -> Option<usize> {
@@ -419,27 +422,28 @@ impl Reader<'_> {
     ) {
         self.dropped.push(path.to_string());
         if let (Some(list), toml::Value::Array(entries)) = (list, value) {
-            let before = self.problems.len();
+            let mut found = false;
             for (i, entry) in entries.iter().enumerate() {
-                self.bad_entry(&format!("{path}[{i}]"), list, entry);
+                found |= self.bad_entry(&format!("{path}[{i}]"), list, entry);
             }
-            if self.problems.len() > before {
+            if found {
                 return;
             }
         }
         self.problem(format!("{path}: {}", explain(e.message())));
     }
 
-    fn bad_entry(&mut self, path: &str, list: &List, entry: &toml::Value) {
+    /// Reports the entry at `path` if it does not read; false if it does.
+    fn bad_entry(&mut self, path: &str, list: &List, entry: &toml::Value) -> bool {
         let Err(e) = (list.check)(entry.clone()) else {
-            return;
+            return false;
         };
         if let Some(field) = missing_field(e.message()) {
             let at = path_of(path, field);
             if !self.suggested.contains(&at) {
                 self.problem(format!("{at} is required (missing)"));
             }
-            return;
+            return true;
         }
         // The key at fault is the one whose removal clears the error, or
         // turns it into that (required) key missing.
@@ -453,11 +457,13 @@ impl Reader<'_> {
                 };
                 if at_fault {
                     let at = path_of(path, key);
-                    return self.problem(format!("{at}: {}", explain(e.message())));
+                    self.problem(format!("{at}: {}", explain(e.message())));
+                    return true;
                 }
             }
         }
         self.problem(format!("{path}: {}", explain(e.message())));
+        true
     }
 
     /// `[pools.NAME]`, each a section.

@@ -181,7 +181,8 @@ fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn local_hostname() -> String {
+/// The machine's hostname (`gethostname`), "localhost" without one.
+pub(super) fn local_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: buf is valid for its length; gethostname NUL-terminates or
     // truncates.

@@ -444,3 +444,213 @@ fn auth_defaults_values_and_problems() {
     );
     assert!(Config::from_toml("[auth]\nusers = \"x\"", &Overrides::default()).is_err());
 }
+
+#[test]
+fn every_mistake_is_reported_with_its_line_and_key() {
+    let text = r#"[server]
+hostnme = "mx.example.net"
+cores = "many"
+[smtp]
+recipients_max = 5
+inactivity_timeout = 30
+[smpt]
+x = 1
+[delivery]
+hostname = "mx.example.net"
+retry_initial = "0s"
+[cluster]
+peers = [ { node_id = "b", adress = "127.0.0.2:25" } ]
+"#;
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    let expect = [
+        "line 2: server.hostnme is an unknown key (did you mean `hostname`?)",
+        "line 3: server.cores: invalid type: string \"many\", expected a whole number",
+        "line 5: smtp.recipients_max must be 100..=100000 (RFC 5321 4.5.3.1.8 requires at least 100), got 5",
+        "line 6: smtp.inactivity_timeout: invalid type: integer `30`, expected a duration such as \"30s\", \"5m\" or \"2d\"",
+        "line 7: smpt is an unknown section (did you mean [smtp]?)",
+        "line 10: delivery.hostname is an unknown key (it belongs in [server])",
+        "line 11: delivery.retry_initial must be at least 100ms, got 0s",
+        "line 13: cluster.peers[0].adress is an unknown key (did you mean `address`?)",
+    ];
+    assert_eq!(problems, expect, "in file order, nothing twice");
+}
+
+#[test]
+fn a_syntax_error_is_reported_with_line_and_column() {
+    let problems = Config::from_toml("[server]\nlisten = \"127.0.0.1:25\n", &Overrides::default())
+        .unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 2, column 23: TOML syntax: "),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn list_entries_are_named_by_index_and_key() {
+    let text = r#"
+[pools.main]
+hosts = [ { address = "127.0.0.1:25" }, { address = "127.0.0.2:25", weight = "heavy" } ]
+[tls]
+certificates = [ { cert_file = "a.pem" } ]
+"#;
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "line 3: pools.main.hosts[1].weight: invalid type: string \"heavy\", expected a whole number 0..=4294967295",
+            "line 5: tls.certificates[0].key_file is required (missing)",
+        ]
+    );
+}
+
+/// The keys of `tern check-config --diff` output, as `section.key`.
+fn keys_set(text: &str) -> Vec<String> {
+    let table: toml::Table = toml::from_str(text).unwrap();
+    let mut keys = Vec::new();
+    for (section, value) in &table {
+        for (key, inner) in value.as_table().unwrap() {
+            match (section.as_str(), inner) {
+                ("pools", toml::Value::Table(pool)) => {
+                    keys.extend(pool.keys().map(|k| format!("pools.{key}.{k}")))
+                }
+                _ => keys.push(format!("{section}.{key}")),
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_effective_toml_reads_back_as_the_same_config() {
+    let text = r#"
+[server]
+listen = "127.0.0.2:2526"
+hostname = "mx.example.net"
+data_dir = "data"
+[smtp]
+message_size_max = "10MiB"
+inactivity_timeout = "300s"
+[delivery]
+retry_initial = "1500ms"
+[pools.main]
+hosts = [ { address = "127.0.0.1:25", weight = 3 } ]
+[routes]
+"*.Example.com" = "main"
+[tls]
+certificates = [ { cert_file = "certs/a.pem", key_file = "/etc/tern/a.key" } ]
+[pressure]
+memory_available_high = "2.5%"
+queued_bytes_high = "10GiB"
+"#;
+    let dir = Path::new("/etc/tern");
+    let checked = Config::check_toml(text, Some(dir), &Overrides::default()).unwrap();
+    let all = checked.to_toml(Shown::All).unwrap();
+    // Written out with absolute paths, it reads the same from anywhere.
+    let again =
+        Config::check_toml(&all, Some(Path::new("/elsewhere")), &Overrides::default()).unwrap();
+    assert_eq!(
+        format!("{:?}", again.config),
+        format!("{:?}", checked.config)
+    );
+    assert_eq!(again.to_toml(Shown::All).unwrap(), all, "a fixed point");
+    assert!(
+        all.contains("\nrecipients_max = 1000  # default\n"),
+        "{all}"
+    );
+    assert!(
+        all.contains("\ninactivity_timeout = \"5m\"  # default\n"),
+        "300s is 5m"
+    );
+    assert!(all.contains("\n# relay_to: unset (default)\n"), "{all}");
+    assert!(all.contains("\ndata_dir = \"/etc/tern/data\"\n"), "{all}");
+    // Every key of every section is there.
+    let written = keys_set(&all);
+    for key in every_key() {
+        let (section, name) = key.split_once('.').unwrap();
+        if matches!(section, "pools" | "routes") {
+            continue;
+        }
+        let unset = format!("# {name}: unset (default)");
+        assert!(
+            written.contains(&key) || sets_in_section(&all, section, &unset),
+            "{key} missing from:\n{all}"
+        );
+    }
+    let diff = checked.to_toml(Shown::Changed).unwrap();
+    assert_eq!(
+        keys_set(&diff),
+        [
+            "delivery.retry_initial",
+            "pools.main.hosts",
+            "pressure.memory_available_high",
+            "pressure.queued_bytes_high",
+            "routes.*.Example.com",
+            "server.data_dir",
+            "server.hostname",
+            "server.listen",
+            "smtp.message_size_max",
+            "tls.certificates",
+        ]
+    );
+    let again = Config::from_toml(&diff, &Overrides::default()).unwrap();
+    assert_eq!(format!("{:?}", again), format!("{:?}", checked.config));
+    // The defaults differ in nothing.
+    let none = Config::check_toml("", None, &Overrides::default())
+        .unwrap()
+        .to_toml(Shown::Changed)
+        .unwrap();
+    assert_eq!(keys_set(&none), Vec::<String>::new(), "{none}");
+}
+
+/// Does `section`'s part of the effective TOML hold `line`?
+fn sets_in_section(text: &str, section: &str, line: &str) -> bool {
+    text.split("\n[")
+        .find(|part| part.starts_with(&format!("{section}]")))
+        .is_some_and(|part| part.lines().any(|l| l == line))
+}
+
+#[test]
+fn paths_in_a_file_are_relative_to_it_and_flags_to_the_working_directory() {
+    let text = r#"
+[server]
+data_dir = "data"
+admin_token_file = "token"
+[tls]
+certificates = [ { cert_file = "a.pem", key_file = "/abs/a.key" } ]
+ca_file = "ca.pem"
+[auth]
+users_file = "users"
+"#;
+    let dir = Path::new("/etc/tern");
+    let c = Config::check_toml(text, Some(dir), &Overrides::default())
+        .unwrap()
+        .config;
+    assert_eq!(c.data_dir, dir.join("data"));
+    assert_eq!(c.admin_token_file, Some(dir.join("token")));
+    assert_eq!(c.tls.certificates[0].cert_file, dir.join("a.pem"));
+    assert_eq!(c.tls.certificates[0].key_file, PathBuf::from("/abs/a.key"));
+    assert_eq!(c.tls.ca_file, Some(dir.join("ca.pem")));
+    assert_eq!(c.auth.users_file, Some(dir.join("users")));
+    let o = Overrides {
+        data_dir: Some("here".into()),
+        ..Default::default()
+    };
+    let c = Config::check_toml(text, Some(dir), &o).unwrap().config;
+    assert_eq!(c.data_dir, PathBuf::from("here"), "--data-dir as given");
+    // The default data directory is not in the file: the working one.
+    let c = Config::check_toml("", Some(dir), &Overrides::default())
+        .unwrap()
+        .config;
+    assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
+}
+
+#[test]
+fn overridden_keys_are_not_blamed_on_the_file() {
+    let o = Overrides {
+        listen: Some("nonsense".into()),
+        ..Default::default()
+    };
+    let problems = Config::from_toml("[server]\nlisten = \"127.0.0.1:25\"\n", &o).unwrap_err();
+    assert_eq!(problems, ["server.listen: \"nonsense\" is not IP:PORT"]);
+}
