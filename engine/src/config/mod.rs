@@ -5,18 +5,22 @@
 //! # Layout
 //!
 //! ```text
-//! mod.rs       Config (resolved), FileConfig (as written), Overrides, load
-//! units.rs     HumanDuration ("5m") and ByteSize ("35MiB")
-//! server.rs    [server]
-//! smtp.rs      [smtp]      -> SmtpLimits
-//! relay.rs     [relay]     -> RelayRules
-//! storage.rs   [storage]   -> tern_storage::LogConfig + IoMode
-//! delivery.rs  [delivery]  -> DeliveryConfig
-//! pools.rs     [pools.NAME], [routes] -> Pool, PoolHost
-//! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
-//! tls.rs       [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
-//! auth.rs      [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
-//! pressure.rs  [pressure]  -> PressureConfig (back pressure thresholds)
+//! mod.rs        Config (resolved), FileConfig (as written), Overrides, Checked, load
+//! file.rs       reading the file: syntax, unknown keys, types, lines; relative paths
+//! keys.rs       each section's keys (from its struct), "did you mean"
+//! warnings.rs   valid but suspicious values
+//! effective.rs  the effective config as TOML (`tern check-config [--diff]`)
+//! units.rs      HumanDuration ("5m") and ByteSize ("35MiB")
+//! server.rs     [server]
+//! smtp.rs       [smtp]      -> SmtpLimits
+//! relay.rs      [relay]     -> RelayRules
+//! storage.rs    [storage]   -> tern_storage::LogConfig + IoMode
+//! delivery.rs   [delivery]  -> DeliveryConfig
+//! pools.rs      [pools.NAME], [routes] -> Pool, PoolHost
+//! cluster.rs    [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
+//! tls.rs        [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
+//! auth.rs       [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
+//! pressure.rs   [pressure]  -> PressureConfig (back pressure thresholds)
 //! ```
 //!
 //! # Defaults
@@ -27,14 +31,25 @@
 //! computed default (`server.hostname`, `cluster.node_id`) or none
 //! (`server.relay_to`) are `Option`s. The tests check that
 //! `tern.example.toml` and README.md name every key and state these
-//! defaults.
+//! defaults. The same structs give the keys the reader knows (their serde
+//! field names) and, serialized, the effective config and its defaults.
 //!
 //! # Problems
 //!
-//! A value that parses but is out of bounds or inconsistent is a problem,
-//! a sentence starting with its key (`cluster.node_id ...`). Every
-//! section's resolution appends its problems to one list, so a config is
-//! rejected with all of them at once.
+//! `file.rs` reports what does not read (a syntax error stops there; an
+//! unknown key is dropped, a value of the wrong type keeps the default) and
+//! the rest is still resolved. A value that reads but is out of bounds or
+//! inconsistent is a problem, a sentence starting with its key
+//! (`cluster.node_id ...`) and ending with the value given. Every
+//! section's resolution appends its problems to one list; each is then
+//! prefixed with the line of its key, and a config is rejected with all of
+//! them at once, in file order.
+//!
+//! # Paths
+//!
+//! Relative paths written in a config file are taken relative to the
+//! file's directory (made absolute); command-line paths and the default
+//! `data_dir` stay relative to the working directory.
 
 mod auth;
 pub(crate) mod cluster;
