@@ -35,7 +35,8 @@ pub struct Cli {
 
 #[derive(clap::Args, Clone, Default)]
 struct Common {
-    /// TOML config file (strict: unknown keys are errors).
+    /// TOML config file (strict: unknown keys are errors; relative paths in
+    /// it are relative to its directory).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (default ./tern-data).

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::keys::keys_of;
+use super::keys::{keys_of, toml_key as key};
 use super::{Config, FileConfig};
 
 /// Which keys [`super::Checked::to_toml`] writes.
@@ -50,6 +50,9 @@ pub(super) fn render(file: &FileConfig, config: &Config, shown: Shown) -> Result
     section(&mut out, "relay", &file.relay, &[], shown)?;
     section(&mut out, "storage", &file.storage, &[], shown)?;
     section(&mut out, "delivery", &file.delivery, &[], shown)?;
+    if file.pools.is_empty() && shown == Shown::All {
+        out.push_str("\n# [pools.NAME]: none (default)\n");
+    }
     for (name, pool) in &file.pools {
         let header = format!("pools.{}", key(name));
         // A pool has no defaults: all of it is written.
@@ -157,17 +160,5 @@ fn keys(
     }
     if !body.is_empty() {
         let _ = write!(out, "\n[{header}]\n{body}");
-    }
-}
-
-/// A key as TOML writes it: bare, or quoted.
-fn key(k: &str) -> String {
-    let bare = !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if bare {
-        k.to_string()
-    } else {
-        toml::Value::from(k).to_string()
     }
 }

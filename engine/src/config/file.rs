@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-use super::keys::{closest, keys_of};
+use super::keys::{closest, keys_of, toml_key};
 use super::FileConfig;
 use super::{auth, cluster, delivery, mta_sts, pools, pressure, relay, server, smtp, storage, tls};
 
@@ -153,15 +153,7 @@ fn leading_key(problem: &str) -> &str {
 
 /// `key` as part of a path: bare, or quoted when it is not a bare key.
 fn path_of(prefix: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let key = if bare {
-        key.to_string()
-    } else {
-        format!("{key:?}")
-    };
+    let key = toml_key(key);
     if prefix.is_empty() {
         key
     } else {

@@ -38,6 +38,20 @@ impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
     }
 }
 
+/// `key` as TOML writes it: bare (`message_size_max`), else quoted
+/// (`"*.example.com"`).
+pub(super) fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_string()
+    } else {
+        toml::Value::from(key).to_string()
+    }
+}
+
 /// The candidate closest to `written`, if it is close enough to be a typo:
 /// at most a third of its letters differ (transpositions count once), as
 /// cargo and rustc suggest names.

@@ -654,3 +654,34 @@ fn overridden_keys_are_not_blamed_on_the_file() {
     let problems = Config::from_toml("[server]\nlisten = \"127.0.0.1:25\"\n", &o).unwrap_err();
     assert_eq!(problems, ["server.listen: \"nonsense\" is not IP:PORT"]);
 }
+
+#[test]
+fn storage_problems_name_the_keys_as_written() {
+    let text =
+        "[storage]\nsegment_size = \"1MiB\"\nzero_fill_ahead = 1000\npending_bytes_max = 0\n";
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("line 2: storage.segment_size must hold one maximal record"),
+        "{problems:#?}"
+    );
+    assert!(problems[0].ends_with(", got 1MiB"), "{problems:#?}");
+    assert_eq!(
+        problems[1],
+        "line 3: storage.zero_fill_ahead must be a multiple of 4096, got 1000"
+    );
+    assert_eq!(
+        problems[2],
+        "line 4: storage.pending_bytes_max must be positive, got 0"
+    );
+    for internal in [
+        "segment_bytes_max",
+        "zero_fill_ahead_bytes",
+        "record_bytes_max",
+    ] {
+        assert!(
+            problems.iter().all(|p| !p.contains(internal)),
+            "{problems:#?}"
+        );
+    }
+}
