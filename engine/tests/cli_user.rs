@@ -92,7 +92,7 @@ fn add_list_verify_replace_and_remove() {
 }
 
 #[test]
-fn the_file_comes_from_the_config_relative_to_the_data_dir() {
+fn the_file_comes_from_the_config_relative_to_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tern.toml");
     std::fs::write(&config, "[auth]\nusers_file = \"auth/users\"\n").unwrap();
@@ -114,9 +114,12 @@ fn the_file_comes_from_the_config_relative_to_the_data_dir() {
     let list = args("list");
     let list: Vec<&str> = list.iter().map(String::as_str).collect();
     assert_eq!(ok(tern(&list, "")), "dave\n");
-    assert!(Users::load(&data.join("auth/users"))
+    // Relative to the config file's directory, not to --data-dir (nor to
+    // the working directory).
+    assert!(Users::load(&dir.path().join("auth/users"))
         .unwrap()
         .verify("dave", "pw"));
+    assert!(!data.join("auth/users").exists());
     // Without a file named anywhere: a clear error.
     let err = failed(tern(&["user", "list"], ""));
     assert!(err.contains("--users-file"), "{err}");

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Overrides};
+use crate::config::{Checked, Config, Overrides, Shown};
 use remote::admin_call;
 
 /// The `tern` command.
@@ -39,7 +39,8 @@ pub struct Cli {
 
 #[derive(clap::Args, Clone, Default)]
 struct Common {
-    /// TOML config file (strict: unknown keys are errors).
+    /// TOML config file (strict: unknown keys are errors; relative paths in
+    /// it are relative to its directory).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (default ./tern-data).
@@ -114,10 +115,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Validate a config file and print the resolved settings.
+    /// Check a config file (every problem at once) and print the effective
+    /// configuration as TOML, `# default` marking default values.
     CheckConfig {
         #[command(flatten)]
         common: Common,
+        /// Print only the keys whose value is not the default.
+        #[arg(long)]
+        diff: bool,
     },
 }
 
@@ -206,12 +211,45 @@ enum RouteAction {
 }
 
 fn load(common: &Common, o: Overrides) -> anyhow::Result<Config> {
+    check(common, o).map(|c| c.config)
+}
+
+/// The config of `common` (`--config`, `--data-dir`) and `o`, with its
+/// warnings; an error lists every problem.
+fn check(common: &Common, o: Overrides) -> anyhow::Result<Checked> {
     let o = Overrides {
         data_dir: common.data_dir.clone(),
         ..o
     };
-    Config::load(common.config.as_deref(), &o)
-        .map_err(|problems| anyhow::anyhow!("invalid configuration:\n  {}", problems.join("\n  ")))
+    Config::check(common.config.as_deref(), &o).map_err(|problems| {
+        let file = match &common.config {
+            Some(p) => format!(" in {}", p.display()),
+            None => String::new(),
+        };
+        let count = match problems.len() {
+            1 => "1 problem".to_string(),
+            n => format!("{n} problems"),
+        };
+        anyhow::anyhow!(
+            "invalid configuration{file} ({count}):\n  {}",
+            problems.join("\n  ")
+        )
+    })
+}
+
+/// `tern check-config`: the warnings on stderr, the effective config
+/// (or with `diff` only what differs from the defaults) on `out`.
+fn check_config(common: &Common, diff: bool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let checked = check(common, Overrides::default())?;
+    for w in &checked.warnings {
+        eprintln!("warning: {w}");
+    }
+    let shown = if diff { Shown::Changed } else { Shown::All };
+    let text = checked
+        .to_toml(shown)
+        .map_err(|e| anyhow::anyhow!("cannot write the configuration as TOML: {e}"))?;
+    out.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// `tern queue ...`: reads the data directory named by the config.
@@ -244,7 +282,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_listen,
                 ..Default::default()
             };
-            let config = load(&common, overrides.clone())?;
+            let checked = check(&common, overrides.clone())?;
+            for w in &checked.warnings {
+                tracing::warn!("config: {w}");
+            }
             let source = crate::server::reload::Source {
                 path: common.config.clone(),
                 overrides: Overrides {
@@ -252,7 +293,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     ..overrides
                 },
             };
-            crate::server::serve(config, source)
+            crate::server::serve(checked.config, source)
         }
         Command::Queue { action } => run_queue(action, &mut stdout),
         Command::Route { action } => match action {
@@ -278,10 +319,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resubmit { action } => ops::resubmit(action, &mut stdout),
         Command::User { action } => user::run(action, &mut stdout),
         Command::Tls { action } => tls::run(action, &mut stdout),
-        Command::CheckConfig { common } => {
-            let config = load(&common, Overrides::default())?;
-            println!("{config:#?}");
-            Ok(())
-        }
+        Command::CheckConfig { common, diff } => check_config(&common, diff, &mut stdout),
     }
 }

@@ -73,6 +73,11 @@ fn load_without_peers(common: &Common) -> anyhow::Result<crate::config::Config> 
         data_dir: common.data_dir.clone(),
         ..Overrides::default()
     };
-    crate::config::Config::from_toml(&doc.to_string(), &o)
+    let dir = match &common.config {
+        Some(p) => Some(crate::config::Config::dir_of(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    crate::config::Config::check_toml(&doc.to_string(), dir.as_deref(), &o)
+        .map(|c| c.config)
         .map_err(|p| anyhow::anyhow!("invalid configuration:\n  {}", p.join("\n  ")))
 }

@@ -77,8 +77,8 @@ pub(super) fn run(action: UserAction, out: &mut impl Write) -> anyhow::Result<()
     Ok(())
 }
 
-/// `--users-file`, else `auth.users_file` of the config (resolved against
-/// its data directory, `--data-dir` applied).
+/// `--users-file`, else `auth.users_file` of the config (a relative path
+/// there is relative to the config file).
 fn users_file(args: &UsersFileArgs) -> anyhow::Result<PathBuf> {
     if let Some(p) = &args.users_file {
         return Ok(p.clone());

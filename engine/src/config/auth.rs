@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 
@@ -20,7 +20,7 @@ pub const AUTH_DELAY_MAX: Duration = Duration::from_secs(10);
 const FAILURES_MAX_BOUND: u32 = 1000;
 
 /// `[auth]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct AuthSection {
     /// `None`: AUTH is not offered.
@@ -49,7 +49,7 @@ impl Default for AuthSection {
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
     /// The users file (`name:argon2id-hash` lines, `crate::auth`); a
-    /// relative path in the file is taken relative to the data directory.
+    /// relative path in a config file is taken relative to that file.
     /// `None`: AUTH is not offered.
     pub users_file: Option<PathBuf>,
     /// Offer AUTH without TLS to clients on 127.0.0.0/8 or ::1 (tests and
@@ -68,14 +68,22 @@ pub struct AuthConfig {
 }
 
 impl AuthSection {
-    /// The settings; a relative `users_file` is joined to `data_dir`.
-    pub(super) fn resolve(&self, data_dir: &Path, problems: &mut Vec<String>) -> AuthConfig {
+    /// A relative `users_file` is taken relative to `dir` (the config
+    /// file's).
+    pub(super) fn rebase(&mut self, dir: &Path) {
+        if let Some(p) = &mut self.users_file {
+            super::rebase(p, dir);
+        }
+    }
+
+    /// The settings.
+    pub(super) fn resolve(&self, problems: &mut Vec<String>) -> AuthConfig {
         let users_file = match &self.users_file {
             Some(p) if p.as_os_str().is_empty() => {
                 problems.push("auth.users_file must not be empty (leave it out: no AUTH)".into());
                 None
             }
-            Some(p) => Some(data_dir.join(p)),
+            Some(p) => Some(p.clone()),
             None => None,
         };
         let auth = AuthConfig {
@@ -95,17 +103,27 @@ impl AuthSection {
 fn check(auth: &AuthConfig, problems: &mut Vec<String>) {
     if !(1..=FAILURES_MAX_BOUND).contains(&auth.failures_max) {
         problems.push(format!(
-            "auth.failures_max must be 1..={FAILURES_MAX_BOUND}"
+            "auth.failures_max must be 1..={FAILURES_MAX_BOUND}, got {}",
+            auth.failures_max
         ));
     }
     // Below a second a window or lockout would not slow a guesser.
-    if auth.failure_window < Duration::from_secs(1) || auth.lockout < Duration::from_secs(1) {
-        problems.push("auth.failure_window and auth.lockout must be at least 1s".into());
+    for (key, d) in [
+        ("failure_window", auth.failure_window),
+        ("lockout", auth.lockout),
+    ] {
+        if d < Duration::from_secs(1) {
+            problems.push(format!(
+                "auth.{key} must be at least 1s, got {}",
+                HumanDuration(d)
+            ));
+        }
     }
     if auth.failure_delay > AUTH_DELAY_MAX {
         problems.push(format!(
-            "auth.failure_delay must be at most {}s",
-            AUTH_DELAY_MAX.as_secs()
+            "auth.failure_delay must be at most {}, got {}",
+            HumanDuration(AUTH_DELAY_MAX),
+            HumanDuration(auth.failure_delay)
         ));
     }
 }

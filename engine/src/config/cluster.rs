@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{resolve_host, HumanDuration};
 
@@ -162,7 +162,7 @@ pub fn is_token(s: &str) -> bool {
 }
 
 /// `[cluster]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct ClusterSection {
     /// `None` or "": `server.hostname`.
@@ -183,7 +183,7 @@ pub(super) struct ClusterSection {
 }
 
 /// One entry of `cluster.peers` (`node_id` and `address` are required).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PeerSection {
     node_id: String,
@@ -308,10 +308,14 @@ fn resolve_peers(list: &[PeerSection], node_id: &str, problems: &mut Vec<String>
 }
 
 fn check_cluster(c: &ClusterConfig, problems: &mut Vec<String>) {
-    if c.max_retries_remote_site > RETRIES_MAX || c.max_retries_local_site > RETRIES_MAX {
-        problems.push(format!(
-            "cluster.max_retries_remote_site and max_retries_local_site must be 0..={RETRIES_MAX}"
-        ));
+    let retries = [
+        ("max_retries_remote_site", c.max_retries_remote_site),
+        ("max_retries_local_site", c.max_retries_local_site),
+    ];
+    for (key, n) in retries {
+        if n > RETRIES_MAX {
+            problems.push(format!("cluster.{key} must be 0..={RETRIES_MAX}, got {n}"));
+        }
     }
     super::check_timers(
         "cluster",

@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, HumanDuration};
 
 /// `[delivery]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct DeliverySection {
     hold: bool,
@@ -173,16 +173,32 @@ impl DeliverySection {
 
 /// Bounds of `[delivery]`.
 fn check(c: &DeliveryConfig, problems: &mut Vec<String>) {
-    if !(1..=10_000).contains(&c.concurrency_per_destination) {
-        problems.push("delivery.concurrency_per_destination must be 1..=10000".into());
-    }
-    if !(1..=100_000).contains(&c.recipients_per_transaction_max) {
-        problems.push("delivery.recipients_per_transaction_max must be 1..=100000".into());
-    }
-    if c.messages_per_connection_max == 0 || c.in_flight_max == 0 {
-        problems.push(
-            "delivery.messages_per_connection_max and in_flight_max must be at least 1".into(),
-        );
+    let counts = [
+        (
+            "concurrency_per_destination",
+            c.concurrency_per_destination,
+            10_000,
+        ),
+        (
+            "recipients_per_transaction_max",
+            c.recipients_per_transaction_max,
+            100_000,
+        ),
+        (
+            "messages_per_connection_max",
+            c.messages_per_connection_max,
+            usize::MAX,
+        ),
+        ("in_flight_max", c.in_flight_max, usize::MAX),
+    ];
+    for (key, n, max) in counts {
+        if !(1..=max).contains(&n) {
+            let bounds = match max {
+                usize::MAX => "at least 1".to_string(),
+                max => format!("1..={max}"),
+            };
+            problems.push(format!("delivery.{key} must be {bounds}, got {n}"));
+        }
     }
     super::check_timers(
         "delivery",
@@ -197,13 +213,25 @@ fn check(c: &DeliveryConfig, problems: &mut Vec<String>) {
         ],
         problems,
     );
-    if c.retry_max < c.retry_initial || c.host_down_max < c.host_down_initial {
-        problems.push(
-            "delivery.retry_max must be >= retry_initial and host_down_max >= host_down_initial"
-                .into(),
-        );
+    let pairs = [
+        ("retry_max", c.retry_max, "retry_initial", c.retry_initial),
+        (
+            "host_down_max",
+            c.host_down_max,
+            "host_down_initial",
+            c.host_down_initial,
+        ),
+    ];
+    for (key, value, floor_key, floor) in pairs {
+        if value < floor {
+            problems.push(format!(
+                "delivery.{key} must be at least delivery.{floor_key} ({}), got {}",
+                HumanDuration(floor),
+                HumanDuration(value)
+            ));
+        }
     }
     if c.mx_port == 0 {
-        problems.push("delivery.mx_port must not be 0".into());
+        problems.push("delivery.mx_port must be 1..=65535, got 0".into());
     }
 }

@@ -5,18 +5,22 @@
 //! # Layout
 //!
 //! ```text
-//! mod.rs       Config (resolved), FileConfig (as written), Overrides, load
-//! units.rs     HumanDuration ("5m") and ByteSize ("35MiB")
-//! server.rs    [server]
-//! smtp.rs      [smtp]      -> SmtpLimits
-//! relay.rs     [relay]     -> RelayRules
-//! storage.rs   [storage]   -> tern_storage::LogConfig + IoMode
-//! delivery.rs  [delivery]  -> DeliveryConfig
-//! pools.rs     [pools.NAME], [routes] -> Pool, PoolHost
-//! cluster.rs   [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
-//! tls.rs       [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
-//! auth.rs      [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
-//! pressure.rs  [pressure]  -> PressureConfig (back pressure thresholds)
+//! mod.rs        Config (resolved), FileConfig (as written), Overrides, Checked, load
+//! file.rs       reading the file: syntax, unknown keys, types, lines; relative paths
+//! keys.rs       each section's keys (from its struct), "did you mean"
+//! warnings.rs   valid but suspicious values
+//! effective.rs  the effective config as TOML (`tern check-config [--diff]`)
+//! units.rs      HumanDuration ("5m") and ByteSize ("35MiB")
+//! server.rs     [server]
+//! smtp.rs       [smtp]      -> SmtpLimits
+//! relay.rs      [relay]     -> RelayRules
+//! storage.rs    [storage]   -> tern_storage::LogConfig + IoMode
+//! delivery.rs   [delivery]  -> DeliveryConfig
+//! pools.rs      [pools.NAME], [routes] -> Pool, PoolHost
+//! cluster.rs    [cluster]   -> ClusterConfig, Peer (re-exported by crate::cluster)
+//! tls.rs        [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
+//! auth.rs       [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
+//! pressure.rs   [pressure]  -> PressureConfig (back pressure thresholds)
 //! ```
 //!
 //! # Defaults
@@ -27,18 +31,32 @@
 //! computed default (`server.hostname`, `cluster.node_id`) or none
 //! (`server.relay_to`) are `Option`s. The tests check that
 //! `tern.example.toml` and README.md name every key and state these
-//! defaults.
+//! defaults. The same structs give the keys the reader knows (their serde
+//! field names) and, serialized, the effective config and its defaults.
 //!
 //! # Problems
 //!
-//! A value that parses but is out of bounds or inconsistent is a problem,
-//! a sentence starting with its key (`cluster.node_id ...`). Every
-//! section's resolution appends its problems to one list, so a config is
-//! rejected with all of them at once.
+//! `file.rs` reports what does not read (a syntax error stops there; an
+//! unknown key is dropped, a value of the wrong type keeps the default) and
+//! the rest is still resolved. A value that reads but is out of bounds or
+//! inconsistent is a problem, a sentence starting with its key
+//! (`cluster.node_id ...`) and ending with the value given. Every
+//! section's resolution appends its problems to one list; each is then
+//! prefixed with the line of its key, and a config is rejected with all of
+//! them at once, in file order.
+//!
+//! # Paths
+//!
+//! Relative paths written in a config file are taken relative to the
+//! file's directory (made absolute); command-line paths and the default
+//! `data_dir` stay relative to the working directory.
 
 mod auth;
 pub(crate) mod cluster;
 mod delivery;
+mod effective;
+mod file;
+mod keys;
 mod mta_sts;
 mod pools;
 pub(crate) mod pressure;
@@ -50,6 +68,7 @@ mod storage;
 mod tests;
 pub(crate) mod tls;
 mod units;
+mod warnings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -63,6 +82,7 @@ use cluster::ClusterConfig;
 
 pub use auth::{AuthConfig, AUTH_DELAY_MAX};
 pub use delivery::DeliveryConfig;
+pub use effective::Shown;
 pub use mta_sts::MtaStsConfig;
 pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
 pub use pressure::{Amount, PressureConfig};
@@ -80,12 +100,16 @@ const DURATION_MIN: Duration = Duration::from_millis(100);
 fn check_timers(section: &str, timers: &[(&str, Duration)], problems: &mut Vec<String>) {
     for (name, v) in timers {
         if *v < DURATION_MIN {
-            problems.push(format!("{section}.{name} must be at least 100ms"));
+            problems.push(format!(
+                "{section}.{name} must be at least 100ms, got {}",
+                HumanDuration(*v)
+            ));
         }
     }
 }
 
-/// The config file as written.
+/// The config file as written. Its fields are the sections, in the order
+/// `tern check-config` prints them; `file.rs` reads each one.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -181,48 +205,114 @@ pub struct Config {
     pub pressure: PressureConfig,
 }
 
+/// A configuration that passed its checks, with its warnings.
+#[derive(Debug)]
+pub struct Checked {
+    /// The configuration.
+    pub config: Config,
+    /// Values that are valid but probably not meant (an open relay, `0s`
+    /// expiry), each starting with its key (and line).
+    pub warnings: Vec<String>,
+    /// The file as read, overrides applied.
+    file: FileConfig,
+}
+
+impl Checked {
+    /// The effective configuration as TOML: a config file that gives this
+    /// configuration. Errors only for a path (from the command line) that
+    /// is not UTF-8.
+    pub fn to_toml(&self, shown: Shown) -> Result<String, String> {
+        effective::render(&self.file, &self.config, shown)
+    }
+}
+
 impl Config {
     /// Reads `path` (if any), applies `overrides`, fills defaults and
     /// validates. Errors list every problem.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Vec<String>> {
-        let file = match path {
-            None => FileConfig::default(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| vec![format!("cannot read {}: {e}", p.display())])?;
-                toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", p.display())])?
-            }
+        Config::check(path, overrides).map(|c| c.config)
+    }
+
+    /// [`Config::load`], with the warnings and the effective TOML. Relative
+    /// paths in the file are taken relative to the file's directory.
+    pub fn check(path: Option<&Path>, overrides: &Overrides) -> Result<Checked, Vec<String>> {
+        let Some(p) = path else {
+            return Config::check_toml("", None, overrides);
         };
-        Config::resolve(file, overrides)
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| vec![format!("cannot read {}: {e}", p.display())])?;
+        let dir = Config::dir_of(p).map_err(|e| vec![e])?;
+        Config::check_toml(&text, Some(&dir), overrides)
     }
 
-    /// Parses TOML text (for tests and `tern check-config`).
+    /// The directory relative paths in the config file `path` are
+    /// relative to: the file's own, as an absolute path.
+    pub fn dir_of(path: &Path) -> Result<PathBuf, String> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::path::absolute(dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+    }
+
+    /// Parses TOML text (for tests and `tern check-config`); relative
+    /// paths stay relative to the working directory.
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, Vec<String>> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
-        Config::resolve(file, overrides)
+        Config::check_toml(text, None, overrides).map(|c| c.config)
     }
 
-    /// Applies `o` to `f` and checks every section, collecting problems.
-    fn resolve(f: FileConfig, o: &Overrides) -> Result<Config, Vec<String>> {
+    /// Checks TOML text whose relative paths are relative to `dir` (else
+    /// to the working directory). Errors list every problem, by line.
+    pub fn check_toml(
+        text: &str,
+        dir: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Checked, Vec<String>> {
         let mut problems = Vec::new();
-        let server = f.server.resolve(o, &mut problems);
-        let delivery = f.delivery.resolve(&mut problems);
-        let (pools, routes) = pools::resolve(
-            &f.pools,
-            &f.routes,
-            server.relay_to.as_deref(),
-            &mut problems,
+        let Some(mut parsed) = file::parse(text, dir, &mut problems) else {
+            return Err(problems);
+        };
+        for key in parsed.file.server.apply(overrides) {
+            parsed.lines.forget(&format!("server.{key}"));
+        }
+        let mut resolved = Vec::new();
+        let config = Config::resolve(&parsed.file, &mut resolved);
+        problems.extend(
+            resolved
+                .into_iter()
+                .filter(|p| !parsed.about_dropped(p))
+                .map(|p| parsed.lines.locate(p)),
         );
-        let smtp = f.smtp.resolve(&mut problems);
-        let relay = f.relay.resolve(&mut problems);
-        let (storage, io) = f.storage.resolve(&smtp, &mut problems);
-        let hostname = server::resolve_hostname(f.server.hostname.as_deref(), &mut problems);
-        let cluster = f.cluster.resolve(&hostname, &mut problems);
-        let tls = f.tls.resolve(&mut problems);
-        let auth = f.auth.resolve(&server.data_dir, &mut problems);
-        let mta_sts = f.mta_sts.resolve(&mut problems);
-        let pressure = f.pressure.resolve(&mut problems);
-        let config = Config {
+        if !problems.is_empty() {
+            // In file order; problems without a line (defaults in
+            // conflict, command-line values) last.
+            problems.sort_by_key(|p| file::line_number(p).unwrap_or(usize::MAX));
+            return Err(problems);
+        }
+        let warnings = warnings::check(&parsed.file, &config, &parsed.lines);
+        Ok(Checked {
+            config,
+            warnings,
+            file: parsed.file,
+        })
+    }
+
+    /// Checks every section of `f`, collecting problems.
+    fn resolve(f: &FileConfig, problems: &mut Vec<String>) -> Config {
+        let server = f.server.resolve(problems);
+        let delivery = f.delivery.resolve(problems);
+        let (pools, routes) =
+            pools::resolve(&f.pools, &f.routes, server.relay_to.as_deref(), problems);
+        let smtp = f.smtp.resolve(problems);
+        let relay = f.relay.resolve(problems);
+        let (storage, io) = f.storage.resolve(&smtp, problems);
+        let hostname = server::resolve_hostname(f.server.hostname.as_deref(), problems);
+        let cluster = f.cluster.resolve(&hostname, problems);
+        let tls = f.tls.resolve(problems);
+        let auth = f.auth.resolve(problems);
+        let mta_sts = f.mta_sts.resolve(problems);
+        let pressure = f.pressure.resolve(problems);
+        Config {
             listen: server.listen,
             hostname,
             data_dir: server.data_dir,
@@ -245,12 +335,14 @@ impl Config {
             auth,
             mta_sts,
             pressure,
-        };
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
         }
+    }
+}
+
+/// A relative `path` from a config file becomes relative to its `dir`.
+fn rebase(path: &mut PathBuf, dir: &Path) {
+    if path.is_relative() && !path.as_os_str().is_empty() {
+        *path = dir.join(&*path);
     }
 }
 

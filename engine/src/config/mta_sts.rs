@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 
@@ -16,7 +16,7 @@ const FETCH_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 const CACHE_MAX_BOUND: usize = 1_000_000;
 
 /// `[mta_sts]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct MtaStsSection {
     enabled: bool,
@@ -60,16 +60,20 @@ impl MtaStsSection {
             cache_max: self.cache_max,
         };
         if c.port == 0 {
-            problems.push("mta_sts.port must not be 0".into());
+            problems.push("mta_sts.port must be 1..=65535, got 0".into());
         }
         if c.fetch_timeout < Duration::from_millis(100) || c.fetch_timeout > FETCH_TIMEOUT_MAX {
             problems.push(format!(
-                "mta_sts.fetch_timeout must be 100ms..={}s",
-                FETCH_TIMEOUT_MAX.as_secs()
+                "mta_sts.fetch_timeout must be 100ms..={}, got {}",
+                HumanDuration(FETCH_TIMEOUT_MAX),
+                HumanDuration(c.fetch_timeout)
             ));
         }
         if !(1..=CACHE_MAX_BOUND).contains(&c.cache_max) {
-            problems.push(format!("mta_sts.cache_max must be 1..={CACHE_MAX_BOUND}"));
+            problems.push(format!(
+                "mta_sts.cache_max must be 1..={CACHE_MAX_BOUND}, got {}",
+                c.cache_max
+            ));
         }
         c
     }

@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::resolve_host;
 
 /// Name of the implicit pool made from `server.relay_to`.
 pub const SMARTHOST_POOL: &str = "relay_to";
 
-/// `[pools.NAME]` as written (`hosts` is required).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[pools.NAME]` as written (`hosts` must not be empty).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct PoolSection {
     hosts: Vec<PoolHostSection>,
     failover: Option<String>,
@@ -21,7 +21,7 @@ pub(super) struct PoolSection {
 }
 
 /// One entry of `pools.NAME.hosts` (`address` is required).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PoolHostSection {
     address: String,
@@ -105,10 +105,12 @@ pub(super) fn resolve(
 impl PoolSection {
     fn resolve(&self, name: &str, problems: &mut Vec<String>) -> Pool {
         if self.hosts.is_empty() {
-            problems.push(format!("pools.{name}: hosts is empty"));
+            problems.push(format!(
+                "pools.{name}.hosts is empty: a pool needs at least one {{ address = \"HOST:PORT\" }}"
+            ));
         }
         let mut hosts = Vec::new();
-        for h in &self.hosts {
+        for (i, h) in self.hosts.iter().enumerate() {
             match resolve_host(&h.address) {
                 Ok(addr) => hosts.push(PoolHost {
                     name: h.address.clone(),
@@ -116,7 +118,7 @@ impl PoolSection {
                     priority: h.priority,
                     weight: h.weight.max(1),
                 }),
-                Err(e) => problems.push(format!("pools.{name}.hosts: {e}")),
+                Err(e) => problems.push(format!("pools.{name}.hosts[{i}].address: {e}")),
             }
         }
         Pool {
@@ -160,16 +162,27 @@ fn smarthost_pool(relay_to: &str, problems: &mut Vec<String>) -> Option<Pool> {
 /// Patterns in lower case: `DOMAIN`, `*.DOMAIN` or `*`, each to a pool.
 fn resolve_routes(routes: &Routes, pools: &Pools, problems: &mut Vec<String>) -> Routes {
     let mut resolved = Routes::new();
-    for (pattern, pool) in routes {
-        let pattern = pattern.to_ascii_lowercase();
+    for (written, pool) in routes {
+        let pattern = written.to_ascii_lowercase();
         let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
         if pattern != "*" && !tern_smtp::address::domain_name(domain) {
-            problems.push(format!("routes: {pattern:?} is not DOMAIN, *.DOMAIN or *"));
+            problems.push(format!("routes.{written:?}: not DOMAIN, *.DOMAIN or *"));
         }
         if !pools.contains_key(pool) {
-            problems.push(format!("routes.{pattern:?}: no pool named {pool:?}"));
+            problems.push(format!("routes.{written:?}: no pool named {pool:?}"));
         }
         resolved.insert(pattern, pool.clone());
     }
     resolved
+}
+
+impl PoolSection {
+    /// The hosts written with `weight = 0` (taken as 1): index and address.
+    pub(super) fn zero_weights(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.weight == 0)
+            .map(|(i, h)| (i, h.address.as_str()))
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, HumanDuration};
 
@@ -45,6 +45,26 @@ impl std::str::FromStr for Amount {
     }
 }
 
+/// Bytes as [`ByteSize`] writes them, a percentage as "2.5%".
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Amount::Bytes(b) => write!(f, "{}", ByteSize(b)),
+            Amount::Percent(p) if p % 100 == 0 => write!(f, "{}%", p / 100),
+            Amount::Percent(p) => {
+                let fraction = format!("{:02}", p % 100);
+                write!(f, "{}.{}%", p / 100, fraction.trim_end_matches('0'))
+            }
+        }
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         super::units::bytes_or_text(d, Amount::Bytes)
@@ -52,7 +72,7 @@ impl<'de> Deserialize<'de> for Amount {
 }
 
 /// `[pressure]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct PressureSection {
     disk_free_elevated: Amount,
@@ -119,34 +139,36 @@ impl PressureSection {
             ),
         ];
         for (name, elevated, high) in pairs {
-            let comparable = match (elevated, high) {
-                (Amount::Bytes(e), Amount::Bytes(h)) => Some((u64::from(e < h), e, h)),
-                (Amount::Percent(e), Amount::Percent(h)) => {
-                    Some((u64::from(e < h), u64::from(e), u64::from(h)))
-                }
-                _ => None,
+            // Bytes and a percentage are not comparable before start.
+            let inverted = match (elevated, high) {
+                (Amount::Bytes(e), Amount::Bytes(h)) => e < h,
+                (Amount::Percent(e), Amount::Percent(h)) => e < h,
+                _ => false,
             };
-            if let Some((1, _, _)) = comparable {
+            if inverted {
                 problems.push(format!(
-                    "pressure.{name}_elevated must be at least pressure.{name}_high (less free is worse)"
+                    "pressure.{name}_elevated must be at least pressure.{name}_high ({high}; less free is worse), got {elevated}"
                 ));
             }
         }
         if let (Some(e), Some(h)) = (self.queued_bytes_elevated, self.queued_bytes_high) {
             if e.0 > h.0 {
-                problems.push(
-                    "pressure.queued_bytes_elevated must be at most pressure.queued_bytes_high"
-                        .into(),
-                );
+                problems.push(format!(
+                    "pressure.queued_bytes_elevated must be at most pressure.queued_bytes_high ({h}), got {e}"
+                ));
             }
         }
         if self.check_interval.0 < Duration::from_millis(100) {
-            problems.push("pressure.check_interval must be at least 100ms".into());
+            problems.push(format!(
+                "pressure.check_interval must be at least 100ms, got {}",
+                self.check_interval
+            ));
         }
         if self.greeting_delay.0 > Duration::from_secs(60) {
-            problems.push(
-                "pressure.greeting_delay must be at most 60s (clients time out at 5 min)".into(),
-            );
+            problems.push(format!(
+                "pressure.greeting_delay must be at most 60s (clients time out at 5 min), got {}",
+                self.greeting_delay
+            ));
         }
         PressureConfig {
             disk_free_elevated: self.disk_free_elevated,
@@ -175,5 +197,8 @@ mod tests {
         assert!("x%".parse::<Amount>().is_err());
         assert_eq!(Amount::Percent(250).of(1000), 25);
         assert_eq!(Amount::Bytes(7).of(1000), 7);
+        for text in ["5%", "2.5%", "0.05%", "1GiB", "4097"] {
+            assert_eq!(text.parse::<Amount>().unwrap().to_string(), text);
+        }
     }
 }

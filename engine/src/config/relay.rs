@@ -1,10 +1,10 @@
 //! `[relay]`: who may relay, and to where.
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[relay]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RelaySection {
     client_networks: Vec<String>,

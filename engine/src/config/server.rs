@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{HumanDuration, Overrides};
 
@@ -12,7 +12,7 @@ use super::{HumanDuration, Overrides};
 const CORES_MAX: usize = 256;
 
 /// `[server]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct ServerSection {
     listen: String,
@@ -67,18 +67,54 @@ pub(super) struct Server {
 const UNPARSED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 
 impl ServerSection {
-    /// Applies `o` and checks every key but `hostname`.
-    pub(super) fn resolve(&self, o: &Overrides, problems: &mut Vec<String>) -> Server {
-        let listen_s = o.listen.as_ref().unwrap_or(&self.listen);
-        let listen = listen_s.parse().unwrap_or_else(|_| {
-            problems.push(format!("server.listen: {listen_s:?} is not IP:PORT"));
+    /// Sets the keys given on the command line; returns their names.
+    pub(super) fn apply(&mut self, o: &Overrides) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if let Some(listen) = &o.listen {
+            self.listen = listen.clone();
+            set.push("listen");
+        }
+        if let Some(dir) = &o.data_dir {
+            self.data_dir = dir.clone();
+            set.push("data_dir");
+        }
+        if let Some(cores) = o.cores {
+            self.cores = cores;
+            set.push("cores");
+        }
+        if let Some(relay_to) = &o.relay_to {
+            self.relay_to = Some(relay_to.clone());
+            set.push("relay_to");
+        }
+        if let Some(admin) = &o.admin_listen {
+            self.admin_listen = admin.clone();
+            set.push("admin_listen");
+        }
+        set
+    }
+
+    /// Relative paths are taken relative to `dir` (the config file's);
+    /// `data_dir` only when the file sets it (its default is relative to
+    /// the working directory).
+    pub(super) fn rebase(&mut self, dir: &Path, data_dir_written: bool) {
+        if data_dir_written {
+            super::rebase(&mut self.data_dir, dir);
+        }
+        if let Some(p) = &mut self.admin_token_file {
+            super::rebase(p, dir);
+        }
+    }
+
+    /// Checks every key but `hostname`.
+    pub(super) fn resolve(&self, problems: &mut Vec<String>) -> Server {
+        let listen = self.listen.parse().unwrap_or_else(|_| {
+            problems.push(format!("server.listen: {:?} is not IP:PORT", self.listen));
             UNPARSED
         });
-        let admin_s = o.admin_listen.as_ref().unwrap_or(&self.admin_listen);
-        let admin_listen = resolve_admin_listen(admin_s, problems);
-        let data_dir = o.data_dir.clone().unwrap_or_else(|| self.data_dir.clone());
-        let cores = resolve_cores(o.cores.unwrap_or(self.cores), &data_dir, problems);
-        let relay_to = o.relay_to.clone().or_else(|| self.relay_to.clone());
+        let admin_listen = resolve_admin_listen(&self.admin_listen, problems);
+        let data_dir = self.data_dir.clone();
+        let cores = resolve_cores(self.cores, &data_dir, problems);
+        let relay_to = self.relay_to.clone();
         if let Some(r) = &relay_to {
             if r.rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -132,7 +168,7 @@ fn resolve_cores(cores: usize, data_dir: &Path, problems: &mut Vec<String>) -> u
     };
     if cores > CORES_MAX {
         problems.push(format!(
-            "server.cores: {cores} is above {CORES_MAX} (the queue id has 2 hex digits of shard)"
+            "server.cores must be 0..={CORES_MAX} (the queue id has 2 hex digits of shard), got {cores}"
         ));
     }
     cores
@@ -153,7 +189,8 @@ fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn local_hostname() -> String {
+/// The machine's hostname (`gethostname`), "localhost" without one.
+pub(super) fn local_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: buf is valid for its length; gethostname NUL-terminates or
     // truncates.

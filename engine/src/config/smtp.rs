@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, HumanDuration};
 
 /// `[smtp]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct SmtpSection {
     message_size_max: ByteSize,
@@ -89,41 +89,58 @@ impl SmtpSection {
 
 /// Bounds, each with its reason.
 fn check(limits: &SmtpLimits, problems: &mut Vec<String>) {
+    let size = |n: usize| ByteSize(n as u64);
+    let time = HumanDuration;
     if !(1024..=(1 << 30)).contains(&limits.message_size_max) {
-        problems.push("smtp.message_size_max must be 1KiB..=1GiB".into());
+        problems.push(format!(
+            "smtp.message_size_max must be 1KiB..=1GiB, got {}",
+            size(limits.message_size_max)
+        ));
     }
     if !(100..=100_000).contains(&limits.recipients_max) {
-        problems.push(
-            "smtp.recipients_max must be 100..=100000 (RFC 5321 4.5.3.1.8 requires at least 100)"
-                .into(),
-        );
+        problems.push(format!(
+            "smtp.recipients_max must be 100..=100000 (RFC 5321 4.5.3.1.8 requires at least 100), got {}",
+            limits.recipients_max
+        ));
     }
     if limits.errors_max == 0 {
-        problems.push("smtp.errors_max must be at least 1".into());
+        problems.push("smtp.errors_max must be at least 1, got 0".into());
     }
     if !(2..=1000).contains(&limits.hops_max) {
         problems.push(format!(
-            "smtp.hops_max: {} is not 2..=1000",
+            "smtp.hops_max must be 2..=1000, got {}",
             limits.hops_max
         ));
     }
     if !(1..=100_000).contains(&limits.junk_commands_max) {
         problems.push(format!(
-            "smtp.junk_commands_max: {} is not 1..=100000",
+            "smtp.junk_commands_max must be 1..=100000, got {}",
             limits.junk_commands_max
         ));
     }
-    if limits.inactivity_timeout < Duration::from_secs(1)
-        || limits.session_timeout < limits.inactivity_timeout
-    {
-        problems.push("smtp.inactivity_timeout must be >= 1s and <= smtp.session_timeout".into());
+    if limits.inactivity_timeout < Duration::from_secs(1) {
+        problems.push(format!(
+            "smtp.inactivity_timeout must be at least 1s, got {}",
+            time(limits.inactivity_timeout)
+        ));
+    } else if limits.session_timeout < limits.inactivity_timeout {
+        problems.push(format!(
+            "smtp.session_timeout must be at least smtp.inactivity_timeout ({}), got {}",
+            time(limits.inactivity_timeout),
+            time(limits.session_timeout)
+        ));
     }
     if limits.message_memory_max < limits.message_size_max {
-        problems.push("smtp.message_memory_max must be at least smtp.message_size_max".into());
+        problems.push(format!(
+            "smtp.message_memory_max must be at least smtp.message_size_max ({}), got {}",
+            size(limits.message_size_max),
+            size(limits.message_memory_max)
+        ));
     }
-    if limits.connections_per_core_max == 0 || limits.connections_per_ip_max == 0 {
-        problems.push(
-            "smtp.connections_per_core_max and connections_per_ip_max must be at least 1".into(),
-        );
+    if limits.connections_per_core_max == 0 {
+        problems.push("smtp.connections_per_core_max must be at least 1, got 0".into());
+    }
+    if limits.connections_per_ip_max == 0 {
+        problems.push("smtp.connections_per_ip_max must be at least 1, got 0".into());
     }
 }

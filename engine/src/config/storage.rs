@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tern_storage::LogConfig;
 
 use super::{ByteSize, HumanDuration, SmtpLimits};
 
 /// `[storage]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct StorageSection {
     segment_size: ByteSize,
@@ -69,9 +69,7 @@ impl StorageSection {
             cursors: LogConfig::default().cursors,
         };
         if let Err(tern_storage::Error::Config(list)) = cfg.validate() {
-            problems.extend(list.into_iter().map(|p| {
-                format!("storage: {p} (record_bytes_max = smtp.message_size_max + 258 * smtp.recipients_max + 1MiB)")
-            }));
+            problems.extend(list.into_iter().map(|p| self.as_written(&p)));
         }
         let io = [IoMode::Auto, IoMode::Buffered, IoMode::Direct]
             .into_iter()
@@ -86,9 +84,46 @@ impl StorageSection {
         if io != IoMode::Buffered && cfg.zero_fill_ahead_bytes == 0 {
             // Measured: O_DIRECT writes into preallocated (unwritten) extents
             // run ~8x slower than with zero-fill ahead (BENCHMARKS.md).
-            problems.push("storage.zero_fill_ahead = 0 requires storage.io = \"buffered\"".into());
+            problems.push(format!(
+                "storage.zero_fill_ahead = 0 requires storage.io = \"buffered\", got storage.io = {:?}",
+                self.io
+            ));
         }
         (cfg, io)
+    }
+
+    /// A problem of `tern_storage::LogConfig::validate`, which names its
+    /// own fields, in the keys of this section, with the value given.
+    fn as_written(&self, problem: &str) -> String {
+        let keys = [
+            (
+                "segment_bytes_max",
+                "storage.segment_size",
+                self.segment_size,
+            ),
+            (
+                "zero_fill_ahead_bytes",
+                "storage.zero_fill_ahead",
+                self.zero_fill_ahead,
+            ),
+            (
+                "pending_bytes_max",
+                "storage.pending_bytes_max",
+                self.pending_bytes_max,
+            ),
+        ];
+        for (field, key, value) in keys {
+            if let Some(rest) = problem.strip_prefix(field) {
+                let rest = rest.split(" (got ").next().unwrap_or(rest);
+                return format!("{key}{rest}, got {value}");
+            }
+        }
+        match problem.strip_prefix("record_bytes_max") {
+            Some(rest) => format!(
+                "the largest record (smtp.message_size_max + 258 * smtp.recipients_max + 1MiB){rest}"
+            ),
+            None => format!("storage: {problem}"),
+        }
     }
 }
 /// How the log writes: through the page cache or with `O_DIRECT`.

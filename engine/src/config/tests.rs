@@ -2,6 +2,7 @@
 //! the documentation (README.md, tern.example.toml) against the defaults.
 
 use super::cluster::ShadowPreference;
+use super::keys::keys_of;
 use super::*;
 
 #[test]
@@ -199,7 +200,7 @@ fn cluster_defaults_values_and_problems() {
     assert!(
         problems
             .iter()
-            .any(|p| p.starts_with("cluster.peers[2].fingerprint: \"bad\"")),
+            .any(|p| p.starts_with("line 14: cluster.peers[2].fingerprint: \"bad\"")),
         "{problems:#?}"
     );
     // A peer without a fingerprint cannot be trusted on the shadow link.
@@ -209,7 +210,7 @@ fn cluster_defaults_values_and_problems() {
     )
     .unwrap_err();
     assert!(
-        problems[0].starts_with("cluster.peers[0].fingerprint is required"),
+        problems[0].starts_with("line 2: cluster.peers[0].fingerprint is required"),
         "{problems:#?}"
     );
     // Own id among the peers; remote_only with one site.
@@ -232,41 +233,6 @@ fn example_config_is_valid_and_states_the_defaults() {
     let example = Config::from_toml(text, &Overrides::default()).unwrap();
     let defaults = Config::from_toml("", &Overrides::default()).unwrap();
     assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
-}
-
-/// The keys serde accepts for `T`: the field names its derived
-/// `Deserialize` hands to `deserialize_struct`.
-fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-    let mut keys: &'static [&'static str] = &[];
-    let _ = T::deserialize(KeyCapture(&mut keys));
-    keys
-}
-
-/// A deserializer that only records the field names of a struct.
-struct KeyCapture<'a>(&'a mut &'static [&'static str]);
-
-impl<'de> serde::Deserializer<'de> for KeyCapture<'_> {
-    type Error = serde::de::value::Error;
-
-    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-        Err(serde::de::Error::custom("not a struct"))
-    }
-
-    fn deserialize_struct<V: serde::de::Visitor<'de>>(
-        self,
-        _name: &'static str,
-        fields: &'static [&'static str],
-        _visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        *self.0 = fields;
-        Err(serde::de::Error::custom("keys taken"))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
-    }
 }
 
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
@@ -446,25 +412,23 @@ fn auth_defaults_values_and_problems() {
     assert_eq!(a.lockout, Duration::from_secs(900));
     assert_eq!(a.failure_delay, Duration::from_secs(1));
     let text = "[server]\ndata_dir = \"/var/tern\"\n[auth]\nusers_file = \"users\"\nfailure_delay = \"0s\"\n";
-    let a = Config::from_toml(text, &Overrides::default()).unwrap().auth;
-    assert_eq!(a.users_file, Some(PathBuf::from("/var/tern/users")));
-    assert_eq!(a.failure_delay, Duration::ZERO);
-    let o = Overrides {
-        data_dir: Some("/elsewhere".into()),
-        ..Default::default()
-    };
-    let a = Config::from_toml("[auth]\nusers_file = \"/etc/tern/users\"", &o)
+    let a = Config::check_toml(text, Some(Path::new("/etc/tern")), &Overrides::default())
         .unwrap()
-        .auth;
-    assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
-    let a = Config::from_toml("[auth]\nusers_file = \"u\"", &o)
-        .unwrap()
+        .config
         .auth;
     assert_eq!(
         a.users_file,
-        Some(PathBuf::from("/elsewhere/u")),
-        "--data-dir applies"
+        Some(PathBuf::from("/etc/tern/users")),
+        "relative to the config file, not to the data directory"
     );
+    assert_eq!(a.failure_delay, Duration::ZERO);
+    let a = Config::from_toml(
+        "[auth]\nusers_file = \"/etc/tern/users\"",
+        &Overrides::default(),
+    )
+    .unwrap()
+    .auth;
+    assert_eq!(a.users_file, Some(PathBuf::from("/etc/tern/users")));
     let bad = r#"
         [auth]
         users_file = ""
@@ -475,8 +439,249 @@ fn auth_defaults_values_and_problems() {
     let problems = Config::from_toml(bad, &Overrides::default()).unwrap_err();
     assert_eq!(problems.len(), 4, "{problems:#?}");
     assert!(
-        problems.iter().all(|p| p.starts_with("auth.")),
+        problems.iter().all(|p| p.contains(": auth.")),
         "{problems:#?}"
     );
     assert!(Config::from_toml("[auth]\nusers = \"x\"", &Overrides::default()).is_err());
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_line_and_key() {
+    let text = r#"[server]
+hostnme = "mx.example.net"
+cores = "many"
+[smtp]
+recipients_max = 5
+inactivity_timeout = 30
+[smpt]
+x = 1
+[delivery]
+hostname = "mx.example.net"
+retry_initial = "0s"
+[cluster]
+peers = [ { node_id = "b", adress = "127.0.0.2:25" } ]
+"#;
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    let expect = [
+        "line 2: server.hostnme is an unknown key (did you mean `hostname`?)",
+        "line 3: server.cores: invalid type: string \"many\", expected a whole number",
+        "line 5: smtp.recipients_max must be 100..=100000 (RFC 5321 4.5.3.1.8 requires at least 100), got 5",
+        "line 6: smtp.inactivity_timeout: invalid type: integer `30`, expected a duration such as \"30s\", \"5m\" or \"2d\"",
+        "line 7: smpt is an unknown section (did you mean [smtp]?)",
+        "line 10: delivery.hostname is an unknown key (it belongs in [server])",
+        "line 11: delivery.retry_initial must be at least 100ms, got 0s",
+        "line 13: cluster.peers[0].adress is an unknown key (did you mean `address`?)",
+    ];
+    assert_eq!(problems, expect, "in file order, nothing twice");
+}
+
+#[test]
+fn a_syntax_error_is_reported_with_line_and_column() {
+    let problems = Config::from_toml("[server]\nlisten = \"127.0.0.1:25\n", &Overrides::default())
+        .unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 2, column 23: TOML syntax: "),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn list_entries_are_named_by_index_and_key() {
+    let text = r#"
+[pools.main]
+hosts = [ { address = "127.0.0.1:25" }, { address = "127.0.0.2:25", weight = "heavy" } ]
+[tls]
+certificates = [ { cert_file = "a.pem" } ]
+"#;
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "line 3: pools.main.hosts[1].weight: invalid type: string \"heavy\", expected a whole number 0..=4294967295",
+            "line 5: tls.certificates[0].key_file is required (missing)",
+        ]
+    );
+}
+
+/// The keys of `tern check-config --diff` output, as `section.key`.
+fn keys_set(text: &str) -> Vec<String> {
+    let table: toml::Table = toml::from_str(text).unwrap();
+    let mut keys = Vec::new();
+    for (section, value) in &table {
+        for (key, inner) in value.as_table().unwrap() {
+            match (section.as_str(), inner) {
+                ("pools", toml::Value::Table(pool)) => {
+                    keys.extend(pool.keys().map(|k| format!("pools.{key}.{k}")))
+                }
+                _ => keys.push(format!("{section}.{key}")),
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_effective_toml_reads_back_as_the_same_config() {
+    let text = r#"
+[server]
+listen = "127.0.0.2:2526"
+hostname = "mx.example.net"
+data_dir = "data"
+[smtp]
+message_size_max = "10MiB"
+inactivity_timeout = "300s"
+[delivery]
+retry_initial = "1500ms"
+[pools.main]
+hosts = [ { address = "127.0.0.1:25", weight = 3 } ]
+[routes]
+"*.Example.com" = "main"
+[tls]
+certificates = [ { cert_file = "certs/a.pem", key_file = "/etc/tern/a.key" } ]
+[pressure]
+memory_available_high = "2.5%"
+queued_bytes_high = "10GiB"
+"#;
+    let dir = Path::new("/etc/tern");
+    let checked = Config::check_toml(text, Some(dir), &Overrides::default()).unwrap();
+    let all = checked.to_toml(Shown::All).unwrap();
+    // Written out with absolute paths, it reads the same from anywhere.
+    let again =
+        Config::check_toml(&all, Some(Path::new("/elsewhere")), &Overrides::default()).unwrap();
+    assert_eq!(
+        format!("{:?}", again.config),
+        format!("{:?}", checked.config)
+    );
+    assert_eq!(again.to_toml(Shown::All).unwrap(), all, "a fixed point");
+    assert!(
+        all.contains("\nrecipients_max = 1000  # default\n"),
+        "{all}"
+    );
+    assert!(
+        all.contains("\ninactivity_timeout = \"5m\"  # default\n"),
+        "300s is 5m"
+    );
+    assert!(all.contains("\n# relay_to: unset (default)\n"), "{all}");
+    assert!(all.contains("\ndata_dir = \"/etc/tern/data\"\n"), "{all}");
+    // Every key of every section is there.
+    let written = keys_set(&all);
+    for key in every_key() {
+        let (section, name) = key.split_once('.').unwrap();
+        if matches!(section, "pools" | "routes") {
+            continue;
+        }
+        let unset = format!("# {name}: unset (default)");
+        assert!(
+            written.contains(&key) || sets_in_section(&all, section, &unset),
+            "{key} missing from:\n{all}"
+        );
+    }
+    let diff = checked.to_toml(Shown::Changed).unwrap();
+    assert_eq!(
+        keys_set(&diff),
+        [
+            "delivery.retry_initial",
+            "pools.main.hosts",
+            "pressure.memory_available_high",
+            "pressure.queued_bytes_high",
+            "routes.*.Example.com",
+            "server.data_dir",
+            "server.hostname",
+            "server.listen",
+            "smtp.message_size_max",
+            "tls.certificates",
+        ]
+    );
+    let again = Config::from_toml(&diff, &Overrides::default()).unwrap();
+    assert_eq!(format!("{:?}", again), format!("{:?}", checked.config));
+    // The defaults differ in nothing.
+    let none = Config::check_toml("", None, &Overrides::default())
+        .unwrap()
+        .to_toml(Shown::Changed)
+        .unwrap();
+    assert_eq!(keys_set(&none), Vec::<String>::new(), "{none}");
+}
+
+/// Does `section`'s part of the effective TOML hold `line`?
+fn sets_in_section(text: &str, section: &str, line: &str) -> bool {
+    text.split("\n[")
+        .find(|part| part.starts_with(&format!("{section}]")))
+        .is_some_and(|part| part.lines().any(|l| l == line))
+}
+
+#[test]
+fn paths_in_a_file_are_relative_to_it_and_flags_to_the_working_directory() {
+    let text = r#"
+[server]
+data_dir = "data"
+admin_token_file = "token"
+[tls]
+certificates = [ { cert_file = "a.pem", key_file = "/abs/a.key" } ]
+ca_file = "ca.pem"
+[auth]
+users_file = "users"
+"#;
+    let dir = Path::new("/etc/tern");
+    let c = Config::check_toml(text, Some(dir), &Overrides::default())
+        .unwrap()
+        .config;
+    assert_eq!(c.data_dir, dir.join("data"));
+    assert_eq!(c.admin_token_file, Some(dir.join("token")));
+    assert_eq!(c.tls.certificates[0].cert_file, dir.join("a.pem"));
+    assert_eq!(c.tls.certificates[0].key_file, PathBuf::from("/abs/a.key"));
+    assert_eq!(c.tls.ca_file, Some(dir.join("ca.pem")));
+    assert_eq!(c.auth.users_file, Some(dir.join("users")));
+    let o = Overrides {
+        data_dir: Some("here".into()),
+        ..Default::default()
+    };
+    let c = Config::check_toml(text, Some(dir), &o).unwrap().config;
+    assert_eq!(c.data_dir, PathBuf::from("here"), "--data-dir as given");
+    // The default data directory is not in the file: the working one.
+    let c = Config::check_toml("", Some(dir), &Overrides::default())
+        .unwrap()
+        .config;
+    assert_eq!(c.data_dir, PathBuf::from("./tern-data"));
+}
+
+#[test]
+fn overridden_keys_are_not_blamed_on_the_file() {
+    let o = Overrides {
+        listen: Some("nonsense".into()),
+        ..Default::default()
+    };
+    let problems = Config::from_toml("[server]\nlisten = \"127.0.0.1:25\"\n", &o).unwrap_err();
+    assert_eq!(problems, ["server.listen: \"nonsense\" is not IP:PORT"]);
+}
+
+#[test]
+fn storage_problems_name_the_keys_as_written() {
+    let text =
+        "[storage]\nsegment_size = \"1MiB\"\nzero_fill_ahead = 1000\npending_bytes_max = 0\n";
+    let problems = Config::from_toml(text, &Overrides::default()).unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("line 2: storage.segment_size must hold one maximal record"),
+        "{problems:#?}"
+    );
+    assert!(problems[0].ends_with(", got 1MiB"), "{problems:#?}");
+    assert_eq!(
+        problems[1],
+        "line 3: storage.zero_fill_ahead must be a multiple of 4096, got 1000"
+    );
+    assert_eq!(
+        problems[2],
+        "line 4: storage.pending_bytes_max must be positive, got 0"
+    );
+    for internal in [
+        "segment_bytes_max",
+        "zero_fill_ahead_bytes",
+        "record_bytes_max",
+    ] {
+        assert!(
+            problems.iter().all(|p| !p.contains(internal)),
+            "{problems:#?}"
+        );
+    }
 }

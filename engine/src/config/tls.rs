@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 
@@ -117,7 +117,7 @@ pub struct TlsConfig {
 }
 
 /// `[tls]` as written; its `Default` is the default of every key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct TlsSection {
     certificates: Vec<CertificateSection>,
@@ -130,7 +130,7 @@ pub(super) struct TlsSection {
 }
 
 /// One entry of `tls.certificates`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CertificateSection {
     cert_file: PathBuf,
@@ -152,11 +152,23 @@ impl Default for TlsSection {
 }
 
 impl TlsSection {
+    /// Relative certificate, key and CA files are taken relative to `dir`
+    /// (the config file's).
+    pub(super) fn rebase(&mut self, dir: &std::path::Path) {
+        for c in &mut self.certificates {
+            super::rebase(&mut c.cert_file, dir);
+            super::rebase(&mut c.key_file, dir);
+        }
+        if let Some(ca) = &mut self.ca_file {
+            super::rebase(ca, dir);
+        }
+    }
+
     /// Converts and checks every key.
     pub(super) fn resolve(&self, problems: &mut Vec<String>) -> TlsConfig {
         if self.certificates.len() > CERTIFICATES_MAX {
             problems.push(format!(
-                "tls.certificates has {} entries; at most {CERTIFICATES_MAX}",
+                "tls.certificates must have at most {CERTIFICATES_MAX} entries, got {}",
                 self.certificates.len()
             ));
         }
@@ -181,7 +193,10 @@ impl TlsSection {
             },
         };
         if self.reload_check_interval.0 < RELOAD_CHECK_MIN {
-            problems.push("tls.reload_check_interval must be at least 1s".into());
+            problems.push(format!(
+                "tls.reload_check_interval must be at least 1s, got {}",
+                self.reload_check_interval
+            ));
         }
         super::check_timers(
             "tls",
