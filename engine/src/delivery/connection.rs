@@ -468,7 +468,7 @@ impl Delivery {
             .iter()
             .zip(outcome.recipients)
             .map(|(&i, s)| match s {
-                RcptStatus::Delivered(_) => (i, Outcome::Delivered),
+                RcptStatus::Delivered(r) => (i, Outcome::Delivered(r, host())),
                 RcptStatus::Temporary(r) => (i, Outcome::Temporary(r, host())),
                 RcptStatus::Permanent(r) => (i, Outcome::Permanent(r, host())),
             })

@@ -16,6 +16,7 @@
 //! dispatch.rs     an attempt: read, route, group by destination (routes, MX cache)
 //! connection.rs   destinations, host slots and health, sending jobs on outbound connections
 //! writer.rs       outcomes -> DSN records + one status record per batch
+//! replies.rs      the replies of an attempt, for its status record
 //! maintenance.rs  copy-forward, cursors, reclaim, watermarks, shadow upkeep
 //! queue.rs        the sans-IO queue (entries, timers, the cursor rule)
 //! route.rs        routes, pools with failover, host health
@@ -35,6 +36,7 @@ pub mod ingest;
 mod maintenance;
 mod operate;
 pub mod queue;
+mod replies;
 mod resubmit;
 pub mod route;
 mod scheduler;
@@ -64,7 +66,8 @@ pub use writer::retry_delay;
 /// What became of one recipient in one attempt.
 #[derive(Clone, Debug)]
 enum Outcome {
-    Delivered,
+    /// Accepted by the next hop (its reply, its name).
+    Delivered(Reply, Option<String>),
     Temporary(Reply, Option<String>),
     Permanent(Reply, Option<String>),
     /// Not sent (shutdown): retry at once after restart, no attempt counted.

@@ -111,7 +111,9 @@ impl Delivery {
         let now = TimestampMs::now().0;
         let mut events = Vec::new();
         let mut copies = Vec::new();
+        let mut replies = Vec::new();
         for a in batch {
+            replies.extend(super::replies::of(a, now, &self.cfg));
             // An operator acted on it while it was in flight.
             let hold = self.apply_pending(a);
             let first_delivery = self
@@ -146,8 +148,8 @@ impl Delivery {
             c.await;
         }
         let mut recorded = true;
-        for chunk in events.chunks(EVENTS_MAX) {
-            if let Err(e) = self.shard().append_status(chunk).await {
+        for (chunk, replies) in super::replies::chunks(&events, &replies, EVENTS_MAX) {
+            if let Err(e) = self.shard().append_status_with(chunk, replies).await {
                 tracing::error!(error = %e, "cannot record delivery results; they will be retried after restart");
                 recorded = false;
                 break;
@@ -255,7 +257,7 @@ impl Delivery {
                 expired,
             };
             match r {
-                Outcome::Delivered => s.delivered.push(*i),
+                Outcome::Delivered(..) => s.delivered.push(*i),
                 Outcome::Permanent(reply, host) => s.failed.push(failed(reply, host, false)),
                 Outcome::Temporary(reply, host) if now >= expires => {
                     s.failed.push(failed(reply, host, true))

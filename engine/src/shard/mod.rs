@@ -113,7 +113,17 @@ impl Shard {
     /// records are results of accepted work: they may use the log's
     /// reserve, which new messages may not (`Class::Reserved`).
     pub async fn append_status(&self, events: &[StatusEvent]) -> tern_storage::Result<Sequence> {
-        let size = status::encoded_len(events);
+        self.append_status_with(events, &[]).await
+    }
+
+    /// Like [`Shard::append_status`], with the replies the attempts got
+    /// (what `tern queue list/show` reports).
+    pub async fn append_status_with(
+        &self,
+        events: &[StatusEvent],
+        replies: &[status::Reply],
+    ) -> tern_storage::Result<Sequence> {
+        let size = status::encoded_len_with(events, replies);
         let seq = self
             .log
             .enqueue_class(
@@ -124,7 +134,7 @@ impl Shard {
                 |seq, w| {
                     self.recent.borrow_mut().announce(seq.0, Announced::Other);
                     let mut buf = Vec::with_capacity(size);
-                    status::encode(events, &mut buf);
+                    status::encode_with(events, replies, &mut buf);
                     w.put(&buf);
                 },
             )
