@@ -210,9 +210,9 @@ mod tests {
     #[test]
     fn parses_list_and_show() {
         let e = parse_entry(
-            "00000000000001       142 Mon, 23 Nov 2026 12:33:28 +0000 a@b.c -> d@e.f, Postmaster",
+            "3FA9C100000000000001       142 Mon, 23 Nov 2026 12:33:28 +0000 a@b.c -> d@e.f, Postmaster",
         );
-        assert_eq!(e.id, "00000000000001");
+        assert_eq!(e.id, "3FA9C100000000000001");
         assert_eq!(e.size, 142);
         assert_eq!(e.from, "a@b.c");
         assert_eq!(e.recipients, vec!["d@e.f", "Postmaster"]);

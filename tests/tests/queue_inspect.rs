@@ -192,3 +192,49 @@ fn queue_list_into_a_pipe_closed_early_exits_quietly() {
     assert!(status.success(), "exit {status}, stderr {stderr:?}");
     assert_eq!(stderr, "", "nothing on stderr");
 }
+
+/// The store's transport database id (32 lowercase hex digits).
+fn database_id(tern: &TernProcess) -> String {
+    let text = std::fs::read_to_string(tern.data_dir().join("database-id")).expect("database-id");
+    text.trim_end().to_string()
+}
+
+#[test]
+fn queue_ids_differ_between_nodes_and_after_a_wipe() {
+    let nobody = PortReservation::new();
+    let mut a = TernProcess::start(Options::with_config(&config(nobody.addr())));
+    let b = TernProcess::start(Options::with_config(&config(nobody.addr())));
+    let first = |tern: &TernProcess| {
+        let mut c = tern.ehlo();
+        let id = c.send_message("s@example.org", &["r@example.com"], &message("id", &["x"]));
+        c.quit();
+        id
+    };
+    let id_a = first(&a);
+    let id_b = first(&b);
+    // The same shard and sequence (each store's first message): the store
+    // tag, the database id's first six digits, tells them apart.
+    assert_eq!(id_a[6..], id_b[6..], "{id_a} {id_b}");
+    assert_ne!(id_a, id_b);
+    assert_eq!(id_a[..6], database_id(&a)[..6].to_uppercase());
+    assert_eq!(id_b[..6], database_id(&b)[..6].to_uppercase());
+    // The Received header and `queue list` carry the same id.
+    let shown = b.queue_show(&id_b);
+    assert!(
+        String::from_utf8_lossy(shown.received()).contains(&format!(" id {id_b}\r\n")),
+        "{:?}",
+        String::from_utf8_lossy(shown.received())
+    );
+    assert_eq!(b.queue_ids(), vec![id_b.clone()]);
+    // The old 14-digit form names this node's message.
+    assert_eq!(b.queue_show(&id_b[6..]).field("id"), id_b);
+
+    // A wiped store starts its sequences again, under a new tag.
+    a.stop_gracefully();
+    std::fs::remove_dir_all(a.data_dir()).expect("wipe the data directory");
+    a.restart();
+    let id_wiped = first(&a);
+    assert_eq!(id_wiped[6..], id_a[6..], "{id_wiped} {id_a}");
+    assert_ne!(id_wiped, id_a);
+    assert_eq!(id_wiped[..6], database_id(&a)[..6].to_uppercase());
+}

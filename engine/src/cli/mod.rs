@@ -128,7 +128,7 @@ enum QueueAction {
     },
     /// Envelope and content of one message.
     Show {
-        /// Queue id (14 hex digits, as in "queued as ...").
+        /// Queue id (20 hex digits, as in "queued as ..."; the older 14-digit form is accepted).
         id: String,
         #[command(flatten)]
         common: Common,

@@ -11,12 +11,20 @@ use tern_storage::Sequence;
 use super::history::{self, Histories};
 use crate::delivery::ingest::{replay, Replayed};
 use crate::delivery::queue::{Entry, Queue};
-use crate::record::message::{decode, QueueId, StoredMessage, MESSAGE};
+use crate::record::message::{decode, QueueId, StoreTag, StoredMessage, MESSAGE};
 use crate::record::shadow::{self as shadow_record, Origin, SHADOW};
 use crate::record::status::{self, STATUS};
 
 fn shards(data_dir: &Path) -> anyhow::Result<Vec<(u16, std::path::PathBuf)>> {
     Ok(crate::layout::shard_dirs(data_dir)?)
+}
+
+/// The store tag of the data directory's queue ids (the default tag when
+/// it has no database id yet: then it has no messages either).
+pub fn store_tag(data_dir: &Path) -> anyhow::Result<StoreTag> {
+    Ok(crate::cluster::load(data_dir)?
+        .map(|id| StoreTag::of_database(id.as_bytes()))
+        .unwrap_or_default())
 }
 
 /// A queued message: its delivery state, and what the log says of each
@@ -38,6 +46,7 @@ pub struct Queued {
 /// (message records, then status records).
 pub fn queued_with_state(data_dir: &Path) -> anyhow::Result<Vec<Queued>> {
     let mut out = Vec::new();
+    let store = store_tag(data_dir)?;
     for (shard, dir) in shards(data_dir)? {
         let view = inspect(&dir)?;
         let from = view.cursor("queue").unwrap_or(Sequence(0));
@@ -63,6 +72,7 @@ pub fn queued_with_state(data_dir: &Path) -> anyhow::Result<Vec<Queued>> {
         }
         for (key, entry) in q.iter() {
             let id = QueueId {
+                store,
                 shard,
                 sequence: Sequence(*key),
             };
@@ -106,8 +116,9 @@ pub struct Handled {
 /// outcome. `only`: just that message.
 pub fn safety_net(data_dir: &Path, only: Option<QueueId>) -> anyhow::Result<Vec<Handled>> {
     let mut out = Vec::new();
+    let store = store_tag(data_dir)?;
     for (shard, dir) in shards(data_dir)? {
-        if only.is_some_and(|id| id.shard != shard) {
+        if only.is_some_and(|id| (id.store, id.shard) != (store, shard)) {
             continue;
         }
         let view = inspect(&dir)?;
@@ -132,6 +143,7 @@ pub fn safety_net(data_dir: &Path, only: Option<QueueId>) -> anyhow::Result<Vec<
                 continue;
             };
             let id = QueueId {
+                store,
                 shard,
                 sequence: Sequence(key),
             };
@@ -153,6 +165,7 @@ pub fn safety_net(data_dir: &Path, only: Option<QueueId>) -> anyhow::Result<Vec<
 /// `shadow` cursor on (local id, origin, message).
 pub fn shadow_copies(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, Origin, StoredMessage)>> {
     let mut out = Vec::new();
+    let store = store_tag(data_dir)?;
     for (shard, dir) in shards(data_dir)? {
         let view = inspect(&dir)?;
         let from = view.cursor("shadow").unwrap_or(Sequence(0));
@@ -161,6 +174,7 @@ pub fn shadow_copies(data_dir: &Path) -> anyhow::Result<Vec<(QueueId, Origin, St
                 continue;
             }
             let id = QueueId {
+                store,
                 shard,
                 sequence: rec.sequence,
             };
@@ -277,7 +291,7 @@ fn next_attempt(e: &Entry) -> String {
 /// state and its last reply) and the message of `id`: a queued message,
 /// else a handled one in the Safety Net.
 pub fn show(data_dir: &Path, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    let id: QueueId = id.parse().map_err(anyhow::Error::msg)?;
+    let id = QueueId::parse(id, store_tag(data_dir)?).map_err(anyhow::Error::msg)?;
     let queued = queued_with_state(data_dir)?
         .into_iter()
         .find(|q| q.id == id);

@@ -24,7 +24,7 @@ use super::{Attempt, Delivery, Outcome};
 use crate::config::DeliveryConfig;
 use crate::dsn::{self, Action, Notice, RecipientReport};
 use crate::metrics::CoreMetrics;
-use crate::record::message::{Encoder, QueueId, MESSAGE};
+use crate::record::message::{Encoder, MESSAGE};
 use crate::record::status::{Event, StatusEvent, EVENTS_MAX};
 use crate::shard::Announced;
 
@@ -326,7 +326,7 @@ impl Delivery {
             return_content_bytes_max: self.cfg.dsn_return_content_max,
         });
         let enc = Encoder::generated(hostname, &a.msg.mail_from, now, &content);
-        let shard = self.shard().id;
+        let shard = self.shard();
         let what = Announced::Message {
             received_ms: now,
             rcpts: 1,
@@ -334,14 +334,14 @@ impl Delivery {
         let appended = self
             .shard()
             .append(MESSAGE, TimestampMs(now), enc.len(), what, |sequence, w| {
-                enc.write(QueueId { shard, sequence }, &mut |b| w.put(b))
+                enc.write(shard.queue_id(sequence), &mut |b| w.put(b))
             })
             .await;
         let sequence: Sequence = appended.map_err(|e| {
             tracing::error!(id = %a.id, error = %e, "cannot queue the bounce");
         })?;
         CoreMetrics::inc(&self.metrics().dsns_queued);
-        let dsn = QueueId { shard, sequence };
+        let dsn = shard.queue_id(sequence);
         tracing::info!(id = %a.id, dsn = %dsn, to = %a.msg.mail_from, "bounce queued");
         // SPEC 3: the original is released (`done`) only with its DSN
         // redundant too: the writer waits for this copy before it records

@@ -333,7 +333,10 @@ mod tests {
 \x02\x01\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00\
 \x01\x00\x00\x00\x04\x00\x00\x00\x0d\x00h said: 451 x";
         assert_eq!(out, want);
-        assert_eq!(out.len(), encoded_len_with(&[e.clone()], &[r.clone()]));
+        assert_eq!(
+            out.len(),
+            encoded_len_with(std::slice::from_ref(&e), std::slice::from_ref(&r))
+        );
         assert_eq!(decode_with(&out), Ok((vec![e.clone()], vec![r])));
         assert_eq!(decode(&out), Ok(vec![e]));
     }
