@@ -113,9 +113,9 @@ impl Delivery {
         let mut copies = Vec::new();
         let mut replies = Vec::new();
         for a in batch {
-            replies.extend(super::replies::of(a, now, &self.cfg));
             // An operator acted on it while it was in flight.
             let hold = self.apply_pending(a);
+            replies.extend(super::replies::of(a, now, &self.cfg));
             let first_delivery = self
                 .queue
                 .borrow()
