@@ -131,6 +131,12 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<(DatabaseId, bool)> {
     }
 }
 
+/// The id of the store in `data_dir` without creating one (read-only, for
+/// the inspection commands); `None` when it has none yet.
+pub fn load(data_dir: &Path) -> std::io::Result<Option<DatabaseId>> {
+    read_id(&data_dir.join(DATABASE_ID_FILE))
+}
+
 /// The id in `path`; `None` if there is no such file.
 fn read_id(path: &Path) -> std::io::Result<Option<DatabaseId>> {
     let text = match std::fs::read(path) {

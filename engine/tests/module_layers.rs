@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "config", "server", "delivery", "record", "layout", "received", "auth", "tls", "ops",
-            "logging",
+            "logging", "cluster",
         ],
     ),
     (

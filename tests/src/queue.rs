@@ -12,7 +12,7 @@ use crate::smtp::show as escape;
 /// One line of `tern queue list`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Queue id (14 hex digits).
+    /// Queue id (20 hex digits).
     pub id: String,
     /// Stored message size (Received header + content).
     pub size: usize,
@@ -20,6 +20,10 @@ pub struct Entry {
     pub from: String,
     /// Recipients.
     pub recipients: Vec<String>,
+    /// The lines under it, without their indentation: per pending
+    /// recipient `RCPT: STATE, attempts N, next attempt WHEN`, then its
+    /// last reply in parentheses when there is one.
+    pub details: Vec<String>,
 }
 
 fn run(args: &[&str], data_dir: &Path) -> Output {
@@ -43,7 +47,7 @@ pub fn list(data_dir: &Path) -> Vec<Entry> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut entries = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let mut trailer = None;
     for line in stdout.lines() {
         if let Some(rest) = line.strip_prefix("-- ") {
@@ -52,6 +56,13 @@ pub fn list(data_dir: &Path) -> Vec<Entry> {
                 .and_then(|n| n.parse::<usize>().ok())
                 .unwrap_or_else(|| panic!("bad trailer {line:?}"));
             trailer = Some(n);
+            continue;
+        }
+        if let Some(detail) = line.strip_prefix("  ") {
+            let last = entries
+                .last_mut()
+                .unwrap_or_else(|| panic!("detail line before any message: {line:?}"));
+            last.details.push(detail.trim_start().to_string());
             continue;
         }
         entries.push(parse_entry(line));
@@ -76,6 +87,7 @@ fn parse_entry(line: &str) -> Entry {
             size: size.parse().ok()?,
             from: from.to_string(),
             recipients: rcpts.split(", ").map(str::to_string).collect(),
+            details: Vec::new(),
         })
     };
     parse().unwrap_or_else(|| panic!("bad queue list line {line:?}"))
@@ -198,9 +210,9 @@ mod tests {
     #[test]
     fn parses_list_and_show() {
         let e = parse_entry(
-            "00000000000001       142 Mon, 23 Nov 2026 12:33:28 +0000 a@b.c -> d@e.f, Postmaster",
+            "3FA9C100000000000001       142 Mon, 23 Nov 2026 12:33:28 +0000 a@b.c -> d@e.f, Postmaster",
         );
-        assert_eq!(e.id, "00000000000001");
+        assert_eq!(e.id, "3FA9C100000000000001");
         assert_eq!(e.size, 142);
         assert_eq!(e.from, "a@b.c");
         assert_eq!(e.recipients, vec!["d@e.f", "Postmaster"]);

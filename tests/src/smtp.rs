@@ -77,7 +77,7 @@ impl Reply {
         self.assert(code, Some(enhanced))
     }
 
-    /// The queue id of `250 2.0.0 Ok: queued as <14 hex digits>`; panics on
+    /// The queue id of `250 2.0.0 Ok: queued as <20 hex digits>`; panics on
     /// any other reply.
     #[track_caller]
     pub fn queue_id(&self) -> String {
@@ -87,8 +87,8 @@ impl Reply {
             .strip_prefix("Ok: queued as ")
             .unwrap_or_else(|| panic!("not a queued reply: {self}"));
         assert!(
-            id.len() == 14 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "queue id {id:?} is not 14 hex digits: {self}"
+            id.len() == 20 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "queue id {id:?} is not 20 hex digits: {self}"
         );
         id.to_string()
     }

@@ -133,8 +133,13 @@ pub(super) fn act(a: &Admin, req: &Req, action: &str) -> Answer {
         selector.all = true;
     }
     if let Some(id) = &selector.id {
-        if id.len() != 14 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Answer::error(400, format!("{id:?} is not a queue id (14 hex digits)"));
+        // 20 hex digits (store, shard, sequence), or the 14 of an id from
+        // before ids named their store (`crate::record::message::QueueId`).
+        if ![20, 14].contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Answer::error(
+                400,
+                format!("{id:?} is not a queue id (20 hex digits, or 14 for ids from before they named their store)"),
+            );
         }
     }
     if let Some(d) = &selector.destination {

@@ -7,17 +7,20 @@
 //! ```text
 //! mod.rs     the commands and flags (clap), and what each runs
 //! queue.rs   tern queue list/show/shadow/safety-net over the read-only inspector
+//! history.rs each recipient's last reply and final outcome, from the status records
 //! remote.rs  requests to the admin listener, with the admin token
 //! ops.rs     tern queue summary/flush/hold/release/bounce/delete, tern destination, tern resubmit
 //! user.rs    tern user add/remove/list: the SMTP AUTH users file
 //! ```
 
+pub mod history;
 mod ops;
 pub mod queue;
 mod remote;
 mod tls;
 mod user;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -147,7 +150,7 @@ enum QueueAction {
     },
     /// Envelope and content of one message.
     Show {
-        /// Queue id (14 hex digits, as in "queued as ...").
+        /// Queue id (20 hex digits, as in "queued as ..."; the older 14-digit form is accepted).
         id: String,
         #[command(flatten)]
         common: Common,
@@ -264,9 +267,28 @@ fn run_queue(action: QueueAction, out: &mut impl std::io::Write) -> anyhow::Resu
     }
 }
 
-/// Runs one command.
+/// Runs one command. Output goes through one buffer; a reader that
+/// stopped reading (`tern queue list | head`) ends the command quietly,
+/// successfully: what it wanted was printed.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = run_command(cli, &mut stdout).and_then(|()| Ok(stdout.flush()?));
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Was `e` a write to a pipe whose reader is gone?
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run_command(cli: Cli, stdout: &mut impl Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             common,
@@ -295,30 +317,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             crate::server::serve(checked.config, source)
         }
-        Command::Queue { action } => run_queue(action, &mut stdout),
+        Command::Queue { action } => run_queue(action, stdout),
         Command::Route { action } => match action {
             RouteAction::Set {
                 pattern,
                 pool,
                 admin,
-            } => admin_call(&admin, "PUT", &format!("/routes/{pattern}"), &pool),
+            } => admin_call(&admin, "PUT", &format!("/routes/{pattern}"), &pool, stdout),
             RouteAction::Clear { pattern, admin } => {
-                admin_call(&admin, "DELETE", &format!("/routes/{pattern}"), "")
+                admin_call(&admin, "DELETE", &format!("/routes/{pattern}"), "", stdout)
             }
-            RouteAction::List { admin } => admin_call(&admin, "GET", "/routes", ""),
+            RouteAction::List { admin } => admin_call(&admin, "GET", "/routes", "", stdout),
         },
         Command::Shadow {
             action: ShadowAction::Status { admin },
-        } => admin_call(&admin, "GET", "/shadow", ""),
-        Command::Reload { admin } => admin_call(&admin, "POST", "/reload", ""),
+        } => admin_call(&admin, "GET", "/shadow", "", stdout),
+        Command::Reload { admin } => admin_call(&admin, "POST", "/reload", "", stdout),
         Command::LogLevel { level, admin } => match level {
-            Some(l) => admin_call(&admin, "PUT", "/log-level", &l),
-            None => admin_call(&admin, "GET", "/log-level", ""),
+            Some(l) => admin_call(&admin, "PUT", "/log-level", &l, stdout),
+            None => admin_call(&admin, "GET", "/log-level", "", stdout),
         },
-        Command::Destination { action } => ops::destination(action, &mut stdout),
-        Command::Resubmit { action } => ops::resubmit(action, &mut stdout),
-        Command::User { action } => user::run(action, &mut stdout),
-        Command::Tls { action } => tls::run(action, &mut stdout),
-        Command::CheckConfig { common, diff } => check_config(&common, diff, &mut stdout),
+        Command::Destination { action } => ops::destination(action, stdout),
+        Command::Resubmit { action } => ops::resubmit(action, stdout),
+        Command::User { action } => user::run(action, stdout),
+        Command::Tls { action } => tls::run(action, stdout),
+        Command::CheckConfig { common, diff } => check_config(&common, diff, stdout),
     }
 }

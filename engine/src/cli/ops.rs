@@ -14,7 +14,7 @@ use super::AdminArgs;
 /// Which messages (the flags all given must match).
 #[derive(clap::Args, Clone, Default)]
 pub(super) struct Select {
-    /// Queue id (14 hex digits).
+    /// Queue id (20 hex digits, as in "queued as ..."; the older 14-digit form is accepted).
     id: Option<String>,
     /// Destination: pool:NAME, mx:DOMAIN, a pool name or a recipient domain.
     #[arg(long)]

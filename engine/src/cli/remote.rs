@@ -90,7 +90,8 @@ pub(super) fn admin_call(
     method: &str,
     path: &str,
     body: &str,
+    out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
-    print!("{}", admin_request(a, method, path, body)?);
+    write!(out, "{}", admin_request(a, method, path, body)?)?;
     Ok(())
 }

@@ -149,10 +149,7 @@ impl Delivery {
             self.open_attempts.set(self.open_attempts.get() - 1);
             return;
         };
-        let id = QueueId {
-            shard: self.shard().id,
-            sequence: Sequence(key),
-        };
+        let id = self.shard().queue_id(Sequence(key));
         let msg = match self.read_message(&entry, true) {
             Ok(m) => m,
             Err(e) => {

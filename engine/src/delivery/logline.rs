@@ -91,7 +91,7 @@ pub(super) struct Times {
 
 /// `NAME[ADDR]:PORT` (a pool host written as `HOST:PORT` without its
 /// port in the name).
-fn relay(h: &Hop) -> String {
+pub(super) fn relay(h: &Hop) -> String {
     let port = h.addr.port();
     let suffix = format!(":{port}");
     let name = h.name.strip_suffix(&suffix).unwrap_or(&h.name);

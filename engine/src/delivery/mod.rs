@@ -17,6 +17,7 @@
 //! connection.rs   destinations, host slots and health, sending jobs on outbound connections
 //! writer.rs       outcomes -> DSN records + one status record per batch
 //! logline.rs      the delivery log: one Postfix-style line per attempt and recipient group
+//! replies.rs      the replies of an attempt, for its status record
 //! maintenance.rs  copy-forward, cursors, reclaim, watermarks, shadow upkeep
 //! queue.rs        the sans-IO queue (entries, timers, the cursor rule)
 //! route.rs        routes, pools with failover, host health
@@ -37,6 +38,7 @@ mod logline;
 mod maintenance;
 mod operate;
 pub mod queue;
+mod replies;
 mod resubmit;
 pub mod route;
 mod scheduler;

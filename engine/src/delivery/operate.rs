@@ -199,8 +199,8 @@ impl Delivery {
             .map(|r| domain_of(r, &self.parts.config.hostname));
         let keys: Vec<u64> = match &sel.id {
             Some(id) => {
-                let id: QueueId = id.parse()?;
-                if id.shard != self.shard().id {
+                let id = QueueId::parse(id, self.shard().store)?;
+                if id.store != self.shard().store || id.shard != self.shard().id {
                     return Ok(Vec::new());
                 }
                 vec![id.sequence.0]
@@ -291,13 +291,7 @@ impl Delivery {
     ) -> Result<Acted, String> {
         let hits = self.select(sel).await?;
         let shard = self.shard().id;
-        let id = |key: u64| {
-            QueueId {
-                shard,
-                sequence: Sequence(key),
-            }
-            .to_string()
-        };
+        let id = |key: u64| self.shard().queue_id(Sequence(key)).to_string();
         let mut acted = Acted {
             matched: hits.len() as u64,
             in_flight: hits.iter().filter(|h| h.in_flight).count() as u64,
@@ -443,10 +437,7 @@ impl Delivery {
             .collect();
         Some(Attempt {
             key,
-            id: QueueId {
-                shard: self.shard().id,
-                sequence: Sequence(key),
-            },
+            id: self.shard().queue_id(Sequence(key)),
             msg,
             attempts: entry.attempts,
             started_ms: TimestampMs::now().0,

@@ -92,7 +92,7 @@ impl Delivery {
         let shadow = req.unresponsive_primary.as_deref();
         let mut candidates: BTreeMap<u64, Candidate> = BTreeMap::new();
         let mut already: HashSet<String> = HashSet::new();
-        let shard = self.shard().id;
+        let store = self.shard().store;
         for (n, seq) in (from..end).enumerate() {
             if n % SCAN_YIELD == 0 {
                 super::operate::pause().await;
@@ -106,18 +106,18 @@ impl Delivery {
                         continue;
                     };
                     if let Some(r) = &m.resubmitted {
-                        already.insert(r.original.clone());
+                        // An original named in the old id form is the
+                        // same message as in the new one.
+                        let original = QueueId::parse(&r.original, store)
+                            .map_or_else(|_| r.original.clone(), |id| id.to_string());
+                        already.insert(original);
                         continue;
                     }
                     if shadow.is_some() || !in_window(req, &m) {
                         continue;
                     }
                     let key = rec.origin.unwrap_or(rec.sequence).0;
-                    let original = QueueId {
-                        shard,
-                        sequence: Sequence(key),
-                    }
-                    .to_string();
+                    let original = self.shard().queue_id(Sequence(key)).to_string();
                     let c = candidates.entry(key).or_insert(Candidate {
                         seq,
                         original,
@@ -320,13 +320,7 @@ impl Delivery {
                     shard.hold_back(sequence.0);
                 }
                 assigned.set(Some(sequence));
-                enc.write(
-                    QueueId {
-                        shard: shard.id,
-                        sequence,
-                    },
-                    &mut |b| w.put(b),
-                )
+                enc.write(shard.queue_id(sequence), &mut |b| w.put(b))
             })
             .await;
         let sequence = match appended {
@@ -338,10 +332,7 @@ impl Delivery {
                 return Err(format!("cannot queue a resubmitted message: {e}"));
             }
         };
-        let id = QueueId {
-            shard: shard.id,
-            sequence,
-        };
+        let id = shard.queue_id(sequence);
         if shadowing {
             // The copy carries the content as stored, like the record.
             self.parts

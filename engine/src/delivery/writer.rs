@@ -25,7 +25,7 @@ use super::{Attempt, Delivery, Outcome};
 use crate::config::DeliveryConfig;
 use crate::dsn::{self, Action, Notice, RecipientReport};
 use crate::metrics::CoreMetrics;
-use crate::record::message::{Encoder, QueueId, MESSAGE};
+use crate::record::message::{Encoder, MESSAGE};
 use crate::record::status::{Event, StatusEvent, EVENTS_MAX};
 use crate::shard::Announced;
 
@@ -112,9 +112,11 @@ impl Delivery {
         let now = TimestampMs::now().0;
         let mut events = Vec::new();
         let mut copies = Vec::new();
+        let mut replies = Vec::new();
         for a in batch {
             // An operator acted on it while it was in flight.
             let hold = self.apply_pending(a);
+            replies.extend(super::replies::of(a, now, &self.cfg));
             let first_delivery = self
                 .queue
                 .borrow()
@@ -147,8 +149,8 @@ impl Delivery {
             c.await;
         }
         let mut recorded = true;
-        for chunk in events.chunks(EVENTS_MAX) {
-            if let Err(e) = self.shard().append_status(chunk).await {
+        for (chunk, replies) in super::replies::chunks(&events, &replies, EVENTS_MAX) {
+            if let Err(e) = self.shard().append_status_with(chunk, replies).await {
                 tracing::error!(error = %e, "cannot record delivery results; they will be retried after restart");
                 recorded = false;
                 break;
@@ -316,7 +318,7 @@ impl Delivery {
             return_content_bytes_max: self.cfg.dsn_return_content_max,
         });
         let enc = Encoder::generated(hostname, &a.msg.mail_from, now, &content);
-        let shard = self.shard().id;
+        let shard = self.shard();
         let what = Announced::Message {
             received_ms: now,
             rcpts: 1,
@@ -324,14 +326,14 @@ impl Delivery {
         let appended = self
             .shard()
             .append(MESSAGE, TimestampMs(now), enc.len(), what, |sequence, w| {
-                enc.write(QueueId { shard, sequence }, &mut |b| w.put(b))
+                enc.write(shard.queue_id(sequence), &mut |b| w.put(b))
             })
             .await;
         let sequence: Sequence = appended.map_err(|e| {
             tracing::error!(id = %a.id, error = %e, "cannot queue the bounce");
         })?;
         CoreMetrics::inc(&self.metrics().dsns_queued);
-        let dsn = QueueId { shard, sequence };
+        let dsn = shard.queue_id(sequence);
         tracing::info!(id = %a.id, dsn = %dsn, to = %a.msg.mail_from, "bounce queued");
         // SPEC 3: the original is released (`done`) only with its DSN
         // redundant too: the writer waits for this copy before it records

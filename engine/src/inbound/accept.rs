@@ -143,10 +143,7 @@ impl Inbound {
                 }
                 insufficient_storage()
             })?;
-        let id = QueueId {
-            shard: self.shard.id,
-            sequence: stored.sequence,
-        };
+        let id = self.shard.queue_id(stored.sequence);
         let verdict = self.shadow_verdict(id, stored.shadowed).await;
         self.shard.decided(stored.sequence.0);
         self.shard.notify_appended();
@@ -196,10 +193,7 @@ impl Inbound {
                         self.shard.hold_back(sequence.0);
                     }
                     assigned.set(sequence);
-                    let id = QueueId {
-                        shard: self.shard.id,
-                        sequence,
-                    };
+                    let id = self.shard.queue_id(sequence);
                     encoder.write(id, &mut |b| {
                         w.put(b);
                         if let Some(c) = kept.as_mut() {
@@ -217,10 +211,7 @@ impl Inbound {
             }
             // The queue id names the copy: wait until the log assigned it.
             let sequence = assigned.wait().await?;
-            let id = QueueId {
-                shard: self.shard.id,
-                sequence,
-            };
+            let id = self.shard.queue_id(sequence);
             Some(self.primary.copy_message(env, id, received, content).await)
         };
         let (appended, shadowed) = futures_lite::future::zip(append, shadow).await;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// no field at all matches nothing unless `all` is set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
-    /// One message by queue id (14 hex digits).
+    /// One message by queue id (20 hex digits; the 14 of an id from
+    /// before ids named their store are taken as this node's).
     pub id: Option<String>,
     /// A destination: `pool:NAME`, `mx:DOMAIN`, a pool name or a
     /// recipient domain.

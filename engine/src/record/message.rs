@@ -19,7 +19,7 @@
 //!
 //! Limits: every string is at most 65535 bytes (paths are at most 256 by
 //! RFC 5321, HELO names at most 512), at most 100 000 recipients.
-//! The queue id names shard and sequence: [`QueueId`]. A resubmitted
+//! The queue id names store, shard and sequence: [`QueueId`]. A resubmitted
 //! message (Safety Net resubmission) names the request that queued it and
 //! the message it is a copy of; no DSN is ever sent for it.
 
@@ -44,11 +44,36 @@ const FLAG_RESUBMITTED: u16 = 8;
 /// Bytes before `envelope_len` counts.
 const FIXED: usize = 12;
 
-/// Unique id of a queued message: shard and sequence. Sequences never
-/// repeat within a shard's log, so the id is unique across restarts.
-/// Written as 2 hex digits of shard and 12 of sequence, e.g. `01000000002A`.
+/// The store a queue id belongs to: the first 24 bits of the data
+/// directory's transport database id (`crate::cluster`), which is random
+/// and new with every new store. Two nodes, or one node before and after
+/// a wipe of its data directory, give different ids to their messages
+/// (unless their database ids share the first 24 bits: a chance of 1 in
+/// 16.7 million per pair).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreTag(u32);
+
+impl StoreTag {
+    /// The tag of the store whose database id is `database_id`.
+    pub fn of_database(database_id: &[u8; 16]) -> StoreTag {
+        let [a, b, c, ..] = *database_id;
+        StoreTag(u32::from_be_bytes([0, a, b, c]))
+    }
+}
+
+/// Unique id of a queued message: store, shard and sequence. Sequences
+/// never repeat within a shard's log, so the id is unique across
+/// restarts; the store tag sets apart nodes and wiped stores (a shadow's
+/// copy has its own id, from the shadow's store).
+///
+/// Written as 6 hex digits of store tag (the database id's first six,
+/// upper case), 2 of shard and 12 of sequence: `3FA9C1` `01`
+/// `00000000002A`. Ids written before they named their store are the last
+/// 14 digits alone; [`QueueId::parse`] takes those as this store's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId {
+    /// The store (data directory) the message is queued in.
+    pub store: StoreTag,
     /// Core / shard number.
     pub shard: u16,
     /// Sequence in that shard's log.
@@ -57,31 +82,63 @@ pub struct QueueId {
 
 /// Length of a formatted [`QueueId`] (fixed, so record sizes are known
 /// before the sequence is).
-pub const QUEUE_ID_LEN: usize = 14;
+pub const QUEUE_ID_LEN: usize = 20;
+
+/// Length of an id written before ids named their store (shard and
+/// sequence only).
+pub const LEGACY_QUEUE_ID_LEN: usize = 14;
 
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:02X}{:012X}",
+            "{:06X}{:02X}{:012X}",
+            self.store.0 & 0xFF_FFFF,
             self.shard & 0xFF,
             self.sequence.0 & 0xFFFF_FFFF_FFFF
         )
     }
 }
 
-impl FromStr for QueueId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() != QUEUE_ID_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{s:?} is not a queue id (14 hex digits)"));
-        }
-        let shard = u16::from_str_radix(&s[..2], 16).map_err(|e| e.to_string())?;
-        let seq = u64::from_str_radix(&s[2..], 16).map_err(|e| e.to_string())?;
+impl QueueId {
+    /// Parses an id an operator or a peer wrote: 20 hex digits (any
+    /// store: compare [`QueueId::store`]), or the 14 of an id from before
+    /// ids named their store, taken as `this_store`'s.
+    pub fn parse(s: &str, this_store: StoreTag) -> Result<QueueId, String> {
+        let hex = s.bytes().all(|b| b.is_ascii_hexdigit());
+        let (store, rest) = match s.len() {
+            QUEUE_ID_LEN if hex => (
+                StoreTag(u32::from_str_radix(&s[..6], 16).map_err(|e| e.to_string())?),
+                &s[6..],
+            ),
+            LEGACY_QUEUE_ID_LEN if hex => (this_store, s),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a queue id ({QUEUE_ID_LEN} hex digits, or {LEGACY_QUEUE_ID_LEN} for ids from before they named their store)"
+                ))
+            }
+        };
+        let shard = u16::from_str_radix(&rest[..2], 16).map_err(|e| e.to_string())?;
+        let seq = u64::from_str_radix(&rest[2..], 16).map_err(|e| e.to_string())?;
         Ok(QueueId {
+            store,
             shard,
             sequence: Sequence(seq),
         })
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = String;
+    /// The full form only (what [`QueueId`]'s `Display` writes); see
+    /// [`QueueId::parse`] for the old one.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() != QUEUE_ID_LEN {
+            return Err(format!(
+                "{s:?} is not a queue id ({QUEUE_ID_LEN} hex digits)"
+            ));
+        }
+        QueueId::parse(s, StoreTag::default())
     }
 }
 
@@ -475,6 +532,7 @@ mod tests {
             b"body\r\n",
         );
         let id = QueueId {
+            store: StoreTag(0x3FA9C1),
             shard: 1,
             sequence: Sequence(0x2A),
         };
@@ -492,7 +550,10 @@ mod tests {
             (m.size_param, m.eight_bit, m.smtputf8, m.esmtp),
             (Some(42), true, false, true)
         );
-        assert_eq!(&m.message[..], b"Received: x id 0100000000002A\r\nbody\r\n");
+        assert_eq!(
+            &m.message[..],
+            b"Received: x id 3FA9C10100000000002A\r\nbody\r\n"
+        );
         assert_eq!(m.client, "127.0.0.1:4000");
         let g = Encoder::generated("mx.example", "a@x.example", 9, b"DSN\r\n");
         let mut out = Vec::new();
@@ -510,9 +571,64 @@ mod tests {
     }
 
     #[test]
+    fn queue_ids_name_their_store() {
+        let mut db = [0u8; 16];
+        db[..4].copy_from_slice(&[0x3f, 0xa9, 0xc1, 0x77]);
+        let store = StoreTag::of_database(&db);
+        let id = QueueId {
+            store,
+            shard: 2,
+            sequence: Sequence(0x1234),
+        };
+        let text = id.to_string();
+        assert_eq!(text, "3FA9C102000000001234");
+        assert_eq!(text.len(), QUEUE_ID_LEN);
+        assert_eq!(text.parse::<QueueId>(), Ok(id));
+        assert_eq!(QueueId::parse(&text, StoreTag::default()), Ok(id));
+        assert_eq!(
+            QueueId::parse(&text.to_lowercase(), StoreTag::default()),
+            Ok(id)
+        );
+        // The old form is this store's.
+        assert_eq!(QueueId::parse("02000000001234", store), Ok(id));
+        assert!("02000000001234".parse::<QueueId>().is_err());
+        // Another store's id keeps its tag (the caller compares).
+        let other = QueueId::parse("00000102000000001234", store).unwrap();
+        assert_ne!(other, id);
+        assert_eq!((other.shard, other.sequence), (2, Sequence(0x1234)));
+        for bad in [
+            "",
+            "xyz",
+            "3FA9C10200000000123",
+            "3FA9C1020000000012345",
+            "3FA9C10200000000123G",
+            "+2000000001234",
+        ] {
+            let e = QueueId::parse(bad, store).unwrap_err();
+            assert!(e.contains("is not a queue id (20 hex digits"), "{bad}: {e}");
+        }
+        // Two stores, the same shard and sequence: different ids.
+        let mut db2 = db;
+        db2[2] ^= 1;
+        let id2 = QueueId {
+            store: StoreTag::of_database(&db2),
+            ..id
+        };
+        assert_ne!(id.to_string(), id2.to_string());
+        // The widest values fit the fixed width.
+        let max = QueueId {
+            store: StoreTag::of_database(&[0xFF; 16]),
+            shard: 0xFF,
+            sequence: Sequence(0xFFFF_FFFF_FFFF),
+        };
+        assert_eq!(max.to_string(), "FFFFFFFFFFFFFFFFFFFF");
+    }
+
+    #[test]
     fn resubmitted_round_trip() {
         let g = Encoder::generated("mx.example", "a@x.example", 9, b"Subject: s\r\n\r\nhi\r\n");
         let id = QueueId {
+            store: StoreTag::default(),
             shard: 0,
             sequence: Sequence(7),
         };

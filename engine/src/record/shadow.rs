@@ -160,6 +160,7 @@ mod tests {
         .with_preamble(origin.preamble());
         let mut out = Vec::new();
         let id = crate::record::message::QueueId {
+            store: Default::default(),
             shard: 0,
             sequence: tern_storage::Sequence(9),
         };

@@ -3,17 +3,25 @@
 //! # Layout
 //!
 //! Record kind [`STATUS`] (2). One record carries a batch of events (the
-//! outcomes collected since the previous one). Integers little endian:
+//! outcomes collected since the previous one) and, from version 2 on, the
+//! replies the attempts got. Integers little endian:
 //!
 //! ```text
-//! { u32 magic = "TNQ1" | u16 version = 1 | u16 reserved = 0 | u32 count
+//! { u32 magic = "TNQ1" | u16 version = 2 (1: no replies) | u16 reserved = 0
+//! | u32 count
 //! | count * { u64 message     (queue sequence: the message record's first
 //!                              sequence, kept across copy-forward)
 //!            | u8 event      (1 delivered, 2 bounced, 3 deferred, 4 done,
 //!                              5 snapshot, 6 held, 7 released, 8 deleted)
 //!            | u64 at_ms     (deferred/snapshot: next attempt; else when)
 //!            | u32 attempts  (attempts made so far)
-//!            | u32 n | n * u32 recipient index } }
+//!            | u32 n | n * u32 recipient index }
+//! | version 2 only: u32 replies
+//! | replies * { u64 message  (as above)
+//!              | u64 at_ms    (when the reply came)
+//!              | u32 n | n * u32 recipient index
+//!              | u16 len | len * u8 text (UTF-8: "HOST said: 451 4.3.0 ...",
+//!                                         or tern's own reply) } }
 //! ```
 //!
 //! - `delivered` / `bounced`: those recipients are final (bounced: a DSN
@@ -28,9 +36,16 @@
 //! - `held`: an operator held the message: never attempted, never
 //!   expired, until `released` (whose `at_ms` is the next attempt).
 //! - `deleted`: an operator dropped those recipients: final, no DSN.
+//! - A reply ([`Reply`]) changes no state: it is what the operator reads
+//!   (`tern queue list/show`: the last reply of each recipient). It is in
+//!   the same record as the events of its attempt. The queue in memory
+//!   does not keep replies; a snapshot does not repeat them (after a
+//!   copy-forward the last reply is known again after the next attempt).
 //!
-//! Limits: at most [`EVENTS_MAX`] events per record and 100 000 recipient
-//! indexes per event (the message limit).
+//! Version 1 records (no replies) are read as before; version 2 is
+//! written. Limits: at most [`EVENTS_MAX`] events and as many replies per
+//! record, 100 000 recipient indexes per event or reply (the message
+//! limit), [`REPLY_TEXT_MAX`] bytes of reply text.
 
 use tern_storage::RecordKind;
 
@@ -38,10 +53,17 @@ use tern_storage::RecordKind;
 pub const STATUS: RecordKind = RecordKind(2);
 
 const MAGIC: &[u8; 4] = b"TNQ1";
-const VERSION: u16 = 1;
+/// Written; [`VERSION_1`] is read too.
+const VERSION: u16 = 2;
+/// Records without replies.
+const VERSION_1: u16 = 1;
 /// Events per record (a batch is split beyond it).
 pub const EVENTS_MAX: usize = 65_536;
 const RCPTS_MAX: usize = 100_000;
+/// Bytes of one reply's text kept (longer text is cut at a character
+/// boundary): a reply line is at most 512 octets (RFC 5321 4.5.3.1.5);
+/// this keeps the host's name and two lines.
+pub const REPLY_TEXT_MAX: usize = 1024;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,28 +117,89 @@ pub struct StatusEvent {
     pub rcpts: Vec<u32>,
 }
 
+/// The reply some recipients of a message got in one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Queue sequence of the message.
+    pub message: u64,
+    /// When it came.
+    pub at_ms: u64,
+    /// Recipient indexes concerned.
+    pub rcpts: Vec<u32>,
+    /// "HOST said: CODE TEXT", or tern's own reply; at most
+    /// [`REPLY_TEXT_MAX`] bytes (see [`Reply::new`]).
+    pub text: String,
+}
+
+impl Reply {
+    /// A reply, its text cut to [`REPLY_TEXT_MAX`] bytes.
+    pub fn new(message: u64, at_ms: u64, rcpts: Vec<u32>, mut text: String) -> Reply {
+        if text.len() > REPLY_TEXT_MAX {
+            let mut cut = REPLY_TEXT_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        Reply {
+            message,
+            at_ms,
+            rcpts,
+            text,
+        }
+    }
+}
+
 /// Exact encoded size of `events`.
 pub fn encoded_len(events: &[StatusEvent]) -> usize {
-    12 + events.iter().map(|e| 25 + 4 * e.rcpts.len()).sum::<usize>()
+    encoded_len_with(events, &[])
+}
+
+/// Exact encoded size of `events` and `replies`.
+pub fn encoded_len_with(events: &[StatusEvent], replies: &[Reply]) -> usize {
+    let events_len: usize = events.iter().map(|e| 25 + 4 * e.rcpts.len()).sum();
+    let replies_len: usize = replies
+        .iter()
+        .map(|r| 22 + 4 * r.rcpts.len() + r.text.len())
+        .sum();
+    16 + events_len + replies_len
 }
 
 /// Encodes a batch (at most [`EVENTS_MAX`] events).
 pub fn encode(events: &[StatusEvent], out: &mut Vec<u8>) {
-    debug_assert!(events.len() <= EVENTS_MAX);
-    out.reserve(encoded_len(events));
+    encode_with(events, &[], out)
+}
+
+/// Encodes a batch with the attempts' replies (at most [`EVENTS_MAX`]
+/// of each; reply texts made by [`Reply::new`]).
+pub fn encode_with(events: &[StatusEvent], replies: &[Reply], out: &mut Vec<u8>) {
+    debug_assert!(events.len() <= EVENTS_MAX && replies.len() <= EVENTS_MAX);
+    out.reserve(encoded_len_with(events, replies));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    let put_rcpts = |out: &mut Vec<u8>, rcpts: &[u32]| {
+        out.extend_from_slice(&(rcpts.len() as u32).to_le_bytes());
+        for r in rcpts {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+    };
     for e in events {
         out.extend_from_slice(&e.message.to_le_bytes());
         out.push(e.event as u8);
         out.extend_from_slice(&e.at_ms.to_le_bytes());
         out.extend_from_slice(&e.attempts.to_le_bytes());
-        out.extend_from_slice(&(e.rcpts.len() as u32).to_le_bytes());
-        for r in &e.rcpts {
-            out.extend_from_slice(&r.to_le_bytes());
-        }
+        put_rcpts(out, &e.rcpts);
+    }
+    out.extend_from_slice(&(replies.len() as u32).to_le_bytes());
+    for r in replies {
+        assert!(r.text.len() <= REPLY_TEXT_MAX, "reply text not cut");
+        out.extend_from_slice(&r.message.to_le_bytes());
+        out.extend_from_slice(&r.at_ms.to_le_bytes());
+        put_rcpts(out, &r.rcpts);
+        out.extend_from_slice(&(r.text.len() as u16).to_le_bytes());
+        out.extend_from_slice(r.text.as_bytes());
     }
 }
 
@@ -125,52 +208,105 @@ pub fn encode(events: &[StatusEvent], out: &mut Vec<u8>) {
 #[error("malformed status record: {0}")]
 pub struct Malformed(&'static str);
 
-/// Decodes a batch.
+/// Decodes a batch's events (its replies are checked, not returned).
 pub fn decode(payload: &[u8]) -> Result<Vec<StatusEvent>, Malformed> {
-    let mut at = 0;
-    let mut take = |n: usize| -> Result<&[u8], Malformed> {
-        let b = payload.get(at..at + n).ok_or(Malformed("truncated"))?;
-        at += n;
+    decode_with(payload).map(|(events, _)| events)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Malformed> {
+        let b = self
+            .buf
+            .get(self.at..self.at + n)
+            .ok_or(Malformed("truncated"))?;
+        self.at += n;
         Ok(b)
-    };
-    if take(4)? != MAGIC {
-        return Err(Malformed("bad magic"));
     }
-    if u16::from_le_bytes(take(2)?.try_into().expect("2")) != VERSION {
-        return Err(Malformed("unknown version"));
+    fn u16(&mut self) -> Result<u16, Malformed> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
     }
-    take(2)?;
-    let count = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
-    if count > EVENTS_MAX {
-        return Err(Malformed("too many events"));
+    fn u32(&mut self) -> Result<u32, Malformed> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
-    let mut events = Vec::with_capacity(count);
-    for _ in 0..count {
-        let message = u64::from_le_bytes(take(8)?.try_into().expect("8"));
-        let event = Event::from_u8(take(1)?[0]).ok_or(Malformed("unknown event"))?;
-        let at_ms = u64::from_le_bytes(take(8)?.try_into().expect("8"));
-        let attempts = u32::from_le_bytes(take(4)?.try_into().expect("4"));
-        let n = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn count(&mut self) -> Result<usize, Malformed> {
+        let n = self.u32()? as usize;
+        if n > EVENTS_MAX {
+            return Err(Malformed("too many events"));
+        }
+        Ok(n)
+    }
+    fn rcpts(&mut self) -> Result<Vec<u32>, Malformed> {
+        let n = self.u32()? as usize;
         if n > RCPTS_MAX {
             return Err(Malformed("too many recipients"));
         }
-        let raw = take(4 * n)?;
-        let rcpts = raw
+        let raw = self.take(4 * n)?;
+        Ok(raw
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
-            .collect();
+            .collect())
+    }
+}
+
+/// Decodes a batch: its events and (version 2) its replies.
+pub fn decode_with(payload: &[u8]) -> Result<(Vec<StatusEvent>, Vec<Reply>), Malformed> {
+    let mut r = Reader {
+        buf: payload,
+        at: 0,
+    };
+    if r.take(4)? != MAGIC {
+        return Err(Malformed("bad magic"));
+    }
+    let version = r.u16()?;
+    if version != VERSION && version != VERSION_1 {
+        return Err(Malformed("unknown version"));
+    }
+    r.take(2)?;
+    let count = r.count()?;
+    let mut events = Vec::with_capacity(count);
+    for _ in 0..count {
+        let message = r.u64()?;
+        let event = Event::from_u8(r.take(1)?[0]).ok_or(Malformed("unknown event"))?;
         events.push(StatusEvent {
             message,
             event,
-            at_ms,
-            attempts,
-            rcpts,
+            at_ms: r.u64()?,
+            attempts: r.u32()?,
+            rcpts: r.rcpts()?,
         });
     }
-    if at != payload.len() {
+    let mut replies = Vec::new();
+    if version == VERSION {
+        let count = r.count()?;
+        replies.reserve(count);
+        for _ in 0..count {
+            let (message, at_ms, rcpts) = (r.u64()?, r.u64()?, r.rcpts()?);
+            let len = r.u16()? as usize;
+            if len > REPLY_TEXT_MAX {
+                return Err(Malformed("reply text too long"));
+            }
+            let text =
+                std::str::from_utf8(r.take(len)?).map_err(|_| Malformed("reply text not UTF-8"))?;
+            replies.push(Reply {
+                message,
+                at_ms,
+                rcpts,
+                text: text.to_owned(),
+            });
+        }
+    }
+    if r.at != payload.len() {
         return Err(Malformed("trailing bytes"));
     }
-    Ok(events)
+    Ok((events, replies))
 }
 
 #[cfg(test)]
@@ -187,20 +323,64 @@ mod tests {
             attempts: 3,
             rcpts: vec![1, 4],
         };
+        let r = Reply::new(0x0102, 9, vec![4], "h said: 451 x".into());
         let mut out = Vec::new();
-        encode(std::slice::from_ref(&e), &mut out);
-        let want: &[u8] = b"TNQ1\x01\x00\x00\x00\x01\x00\x00\x00\
+        encode_with(std::slice::from_ref(&e), std::slice::from_ref(&r), &mut out);
+        let want: &[u8] = b"TNQ1\x02\x00\x00\x00\x01\x00\x00\x00\
+\x02\x01\x00\x00\x00\x00\x00\x00\x03\x07\x00\x00\x00\x00\x00\x00\x00\
+\x03\x00\x00\x00\x02\x00\x00\x00\x01\x00\x00\x00\x04\x00\x00\x00\
+\x01\x00\x00\x00\
+\x02\x01\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00\
+\x01\x00\x00\x00\x04\x00\x00\x00\x0d\x00h said: 451 x";
+        assert_eq!(out, want);
+        assert_eq!(
+            out.len(),
+            encoded_len_with(std::slice::from_ref(&e), std::slice::from_ref(&r))
+        );
+        assert_eq!(decode_with(&out), Ok((vec![e.clone()], vec![r])));
+        assert_eq!(decode(&out), Ok(vec![e]));
+    }
+
+    #[test]
+    fn version_1_is_read() {
+        // Written before replies were recorded.
+        let v1: &[u8] = b"TNQ1\x01\x00\x00\x00\x01\x00\x00\x00\
 \x02\x01\x00\x00\x00\x00\x00\x00\x03\x07\x00\x00\x00\x00\x00\x00\x00\
 \x03\x00\x00\x00\x02\x00\x00\x00\x01\x00\x00\x00\x04\x00\x00\x00";
-        assert_eq!(out, want);
-        assert_eq!(out.len(), encoded_len(std::slice::from_ref(&e)));
-        assert_eq!(decode(&out), Ok(vec![e]));
+        let (events, replies) = decode_with(v1).unwrap();
+        assert_eq!(
+            events,
+            vec![StatusEvent {
+                message: 0x0102,
+                event: Event::Deferred,
+                at_ms: 7,
+                attempts: 3,
+                rcpts: vec![1, 4],
+            }]
+        );
+        assert!(replies.is_empty());
+        let mut v3 = v1.to_vec();
+        v3[4] = 3;
+        assert_eq!(decode(&v3), Err(Malformed("unknown version")));
+    }
+
+    #[test]
+    fn reply_text_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(REPLY_TEXT_MAX);
+        let r = Reply::new(1, 2, vec![0], long);
+        assert_eq!(r.text.len(), REPLY_TEXT_MAX);
+        assert!(r.text.chars().all(|c| c == 'é'));
+        let r = Reply::new(1, 2, vec![0], format!("x{}", "é".repeat(REPLY_TEXT_MAX)));
+        assert_eq!(r.text.len(), REPLY_TEXT_MAX - 1, "no half character");
+        let mut out = Vec::new();
+        encode_with(&[], std::slice::from_ref(&r), &mut out);
+        assert_eq!(decode_with(&out).unwrap().1, vec![r]);
     }
 
     #[test]
     fn rejects_damage() {
         let mut out = Vec::new();
-        encode(
+        encode_with(
             &[StatusEvent {
                 message: 1,
                 event: Event::Done,
@@ -208,6 +388,7 @@ mod tests {
                 attempts: 1,
                 rcpts: vec![],
             }],
+            &[Reply::new(1, 0, vec![0], "250 ok".into())],
             &mut out,
         );
         for cut in 0..out.len() {
@@ -219,18 +400,25 @@ mod tests {
         let mut long = out.clone();
         long.push(0);
         assert_eq!(decode(&long), Err(Malformed("trailing bytes")));
+        let mut not_utf8 = out.clone();
+        let last = not_utf8.len() - 1;
+        not_utf8[last] = 0xFF;
+        assert_eq!(decode(&not_utf8), Err(Malformed("reply text not UTF-8")));
     }
 
     proptest! {
         #[test]
         fn round_trip(events in proptest::collection::vec(
-            (any::<u64>(), 1u8..=8, any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..8)), 0..20)) {
+            (any::<u64>(), 1u8..=8, any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..8)), 0..20),
+            replies in proptest::collection::vec(
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u32>(), 0..8), ".{0,40}"), 0..5)) {
             let events: Vec<StatusEvent> = events.into_iter().map(|(message, ev, at_ms, attempts, rcpts)| StatusEvent {
                 message, event: Event::from_u8(ev).unwrap(), at_ms, attempts, rcpts }).collect();
+            let replies: Vec<Reply> = replies.into_iter().map(|(m, at, rcpts, text)| Reply::new(m, at, rcpts, text)).collect();
             let mut out = Vec::new();
-            encode(&events, &mut out);
-            prop_assert_eq!(out.len(), encoded_len(&events));
-            prop_assert_eq!(decode(&out).unwrap(), events);
+            encode_with(&events, &replies, &mut out);
+            prop_assert_eq!(out.len(), encoded_len_with(&events, &replies));
+            prop_assert_eq!(decode_with(&out).unwrap(), (events, replies));
         }
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(
     let c = &config;
     let shard = Shard::open(
         &c.data_dir,
+        node.shadow.database_id.as_bytes(),
         id,
         c.io,
         c.storage.clone(),

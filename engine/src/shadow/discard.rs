@@ -198,7 +198,10 @@ impl PrimaryState {
         if self.database.as_deref() != Some(db) {
             return false;
         }
-        let Ok(id) = qid.parse::<crate::record::message::QueueId>() else {
+        // Either form (ids of copies made before ids named their store are
+        // shorter); the database is the one compared above.
+        let any = crate::record::message::StoreTag::default();
+        let Ok(id) = crate::record::message::QueueId::parse(qid, any) else {
             return false;
         };
         self.watermarks
@@ -397,6 +400,7 @@ mod tests {
         use tern_storage::Sequence;
         let id = |shard, seq| {
             QueueId {
+                store: Default::default(),
                 shard,
                 sequence: Sequence(seq),
             }

@@ -234,14 +234,7 @@ impl Primary {
         if !self.shadowing() {
             return;
         }
-        let shard = self.shard.id;
-        let ids = done.map(|seq| {
-            QueueId {
-                shard,
-                sequence: Sequence(seq),
-            }
-            .to_string()
-        });
+        let ids = done.map(|seq| self.shard.queue_id(Sequence(seq)).to_string());
         lock(&self.shared.primary.discards).push(now_ms, ids);
     }
 

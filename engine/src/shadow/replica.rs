@@ -152,7 +152,7 @@ impl Replica {
             .ok_or(CopyError::BadOrigin)?;
         let ms = TimestampMs::now();
         let encoder = Encoder::new(env, peer, ms.0, None, content).with_preamble(origin.preamble());
-        let shard = self.shard.id;
+        let shard = &self.shard;
         let what = Announced::Shadow {
             at_ms: ms.0,
             origin: (
@@ -164,11 +164,11 @@ impl Replica {
         let sequence = self
             .shard
             .enqueue(SHADOW, ms, encoder.len(), what, |sequence, w| {
-                encoder.write(QueueId { shard, sequence }, &mut |b| w.put(b))
+                encoder.write(shard.queue_id(sequence), &mut |b| w.put(b))
             })
             .await?;
         Ok(PendingCopy {
-            id: QueueId { shard, sequence },
+            id: shard.queue_id(sequence),
             primary: origin.node,
             primary_id: origin.queue_id,
         })
@@ -343,10 +343,7 @@ impl Replica {
             })
             .await?;
         CoreMetrics::inc(&self.metrics.takeovers);
-        let id = QueueId {
-            shard: self.shard.id,
-            sequence: new,
-        };
+        let id = self.shard.queue_id(new);
         tracing::warn!(primary = %origin.node, primary_id = %origin.queue_id, id = %id, reason = %why,
             "took over a shadow copy");
         Ok(())

@@ -31,12 +31,15 @@ pub use failpoint::IoMode;
 pub use recent::Announced;
 use recent::Recent;
 
+use crate::record::message::{QueueId, StoreTag};
 use crate::record::status::{self, StatusEvent, STATUS};
 
 /// One core's log shard.
 pub struct Shard {
     /// Shard number (= core index).
     pub id: u16,
+    /// The store this shard belongs to (names its queue ids).
+    pub store: StoreTag,
     /// The log. Append through [`Shard::append`] / [`Shard::enqueue`],
     /// never through the log directly (the tail would miss the
     /// announcement and read the record back).
@@ -47,9 +50,11 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Opens (recovering) shard `id`'s log under `data_dir`.
+    /// Opens (recovering) shard `id`'s log under `data_dir`, the store
+    /// with the transport database id `database_id`.
     pub async fn open(
         data_dir: &Path,
+        database_id: &[u8; 16],
         id: u16,
         io: IoMode,
         storage: LogConfig,
@@ -64,10 +69,20 @@ impl Shard {
             truncated = report.truncated.is_some(), "log opened");
         Ok(Shard {
             id,
+            store: StoreTag::of_database(database_id),
             log,
             recent: RefCell::new(Recent::new(recent_cache_bytes)),
             appended: event_listener::Event::new(),
         })
+    }
+
+    /// The queue id of this shard's record `sequence`.
+    pub fn queue_id(&self, sequence: Sequence) -> QueueId {
+        QueueId {
+            store: self.store,
+            shard: self.id,
+            sequence,
+        }
     }
 
     /// Appends a record of `kind` (`size` payload bytes, written by
@@ -113,7 +128,17 @@ impl Shard {
     /// records are results of accepted work: they may use the log's
     /// reserve, which new messages may not (`Class::Reserved`).
     pub async fn append_status(&self, events: &[StatusEvent]) -> tern_storage::Result<Sequence> {
-        let size = status::encoded_len(events);
+        self.append_status_with(events, &[]).await
+    }
+
+    /// Like [`Shard::append_status`], with the replies the attempts got
+    /// (what `tern queue list/show` reports).
+    pub async fn append_status_with(
+        &self,
+        events: &[StatusEvent],
+        replies: &[status::Reply],
+    ) -> tern_storage::Result<Sequence> {
+        let size = status::encoded_len_with(events, replies);
         let seq = self
             .log
             .enqueue_class(
@@ -124,7 +149,7 @@ impl Shard {
                 |seq, w| {
                     self.recent.borrow_mut().announce(seq.0, Announced::Other);
                     let mut buf = Vec::with_capacity(size);
-                    status::encode(events, &mut buf);
+                    status::encode_with(events, replies, &mut buf);
                     w.put(&buf);
                 },
             )

@@ -45,7 +45,14 @@ async fn shadow_copy(shard: &Shard, qid: &str) -> u64 {
     let what = Announced::Other;
     let seq = shard
         .append(SHADOW, TimestampMs(5), enc.len(), what, |sequence, w| {
-            enc.write(QueueId { shard: 0, sequence }, &mut |b| w.put(b))
+            enc.write(
+                QueueId {
+                    store: Default::default(),
+                    shard: 0,
+                    sequence,
+                },
+                &mut |b| w.put(b),
+            )
         })
         .await
         .unwrap();
@@ -60,7 +67,7 @@ fn an_unreadable_copy_does_not_stop_the_upkeep_of_the_others() {
             retention_min_ms: 0,
             ..LogConfig::default()
         };
-        let shard = Shard::open(dir.path(), 0, IoMode::Buffered, storage, 1 << 20).await;
+        let shard = Shard::open(dir.path(), &[0; 16], 0, IoMode::Buffered, storage, 1 << 20).await;
         let shard = Rc::new(shard.unwrap());
         let config = Config::from_toml("", &Overrides::default()).unwrap();
         let shared = Arc::new(ShadowShared::new(DatabaseId::generate(
