@@ -208,7 +208,7 @@ fn suspicious_values_are_warned_by_check_config_and_at_start() {
         let log = tern.stderr();
         let warned = log
             .lines()
-            .filter(|l| l.contains("WARN") && l.contains("config: line "))
+            .filter(|l| l.contains("level=warn") && l.contains("config: line "))
             .count();
         if warned >= 3 && log.contains("(an open relay)") {
             break;
