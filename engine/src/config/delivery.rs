@@ -22,6 +22,8 @@ pub(super) struct DeliverySection {
     retry_initial: HumanDuration,
     retry_max: HumanDuration,
     message_expiration_timeout: HumanDuration,
+    /// 0s: no delay warnings.
+    delay_warning_time: HumanDuration,
     safety_net_hold_time: HumanDuration,
     host_down_initial: HumanDuration,
     host_down_max: HumanDuration,
@@ -53,6 +55,7 @@ impl Default for DeliverySection {
             retry_initial: HumanDuration::from_secs(60),
             retry_max: HumanDuration::from_secs(3600),
             message_expiration_timeout: HumanDuration::from_secs(2 * DAY_SECS),
+            delay_warning_time: HumanDuration::from_secs(0),
             safety_net_hold_time: HumanDuration::from_secs(2 * DAY_SECS),
             host_down_initial: HumanDuration::from_secs(30),
             host_down_max: HumanDuration::from_secs(600),
@@ -98,6 +101,9 @@ pub struct DeliveryConfig {
     pub message_expiration_timeout: Duration,
     /// Handled messages stay in the Safety Net this long.
     pub safety_net_hold_time: Duration,
+    /// One "delayed" DSN to the sender once a message has waited this long
+    /// (`None`: off, the default).
+    pub delay_warning_time: Option<Duration>,
     /// A next-hop host that failed is not tried for this long (doubling).
     pub host_down_initial: Duration,
     /// Longest time a failed host is skipped.
@@ -155,6 +161,7 @@ impl DeliverySection {
             retry_max: self.retry_max.0,
             message_expiration_timeout: self.message_expiration_timeout.0,
             safety_net_hold_time: self.safety_net_hold_time.0,
+            delay_warning_time: Some(self.delay_warning_time.0).filter(|d| !d.is_zero()),
             host_down_initial: self.host_down_initial.0,
             host_down_max: self.host_down_max.0,
             mx_port: self.mx_port,

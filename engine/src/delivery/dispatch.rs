@@ -169,6 +169,7 @@ impl Delivery {
             msg,
             attempts: entry.attempts + 1,
             started_ms: TimestampMs::now().0,
+            due_ms: entry.next_ms,
             branches: Cell::new(1),
             results: RefCell::new(Vec::with_capacity(pending.len())),
             rcpts: pending.clone(),

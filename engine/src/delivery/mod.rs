@@ -17,6 +17,7 @@
 //! connection.rs   destinations, host slots and health, sending jobs on outbound connections
 //! writer.rs       outcomes -> DSN records + one status record per batch
 //! logline.rs      the delivery log: one Postfix-style line per attempt and recipient group
+//! warning.rs      delay warnings (delivery.delay_warning_time): one "delayed" report
 //! replies.rs      the replies of an attempt, for its status record
 //! maintenance.rs  copy-forward, cursors, reclaim, watermarks, shadow upkeep
 //! queue.rs        the sans-IO queue (entries, timers, the cursor rule)
@@ -44,6 +45,7 @@ pub mod route;
 mod scheduler;
 mod summary;
 mod suspension;
+mod warning;
 mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -97,6 +99,8 @@ struct Attempt {
     /// When this attempt began (ms since the epoch; the delivery log's
     /// delays).
     started_ms: u64,
+    /// When it was due (the queue's next attempt time; 0: at once).
+    due_ms: u64,
     /// Branches (destinations) still working, plus one while dispatching.
     branches: Cell<usize>,
     results: RefCell<Vec<(u32, Outcome)>>,

@@ -441,6 +441,7 @@ impl Delivery {
             msg,
             attempts: entry.attempts,
             started_ms: TimestampMs::now().0,
+            due_ms: entry.next_ms,
             branches: std::cell::Cell::new(0),
             results: RefCell::new(results),
             rcpts: pending,

@@ -65,7 +65,7 @@ struct Failed {
 
 /// An attempt's outcomes, sorted.
 #[derive(Default)]
-struct Sorted {
+pub(super) struct Sorted {
     delivered: Vec<(u32, Reply, Rc<Hop>)>,
     failed: Vec<Failed>,
     temporary: Vec<(u32, Reply, Option<Rc<Hop>>)>,
@@ -233,6 +233,7 @@ impl Delivery {
         } else {
             CoreMetrics::inc(&self.metrics().deferred);
             let delay = retry_delay(&self.cfg, a.attempts);
+            self.warn_if_due(a, &s.temporary, now, copies).await;
             (now + delay.as_millis() as u64, a.attempts)
         };
         events.push(event(Event::Deferred, at_ms, attempts, Vec::new()));
@@ -297,7 +298,6 @@ impl Delivery {
         now: u64,
         copies: &mut Vec<glommio::Task<()>>,
     ) -> Result<(), ()> {
-        let hostname = &self.parts.config.hostname;
         let expired_text = format!(
             "the message could not be delivered within {} and expired",
             humantime::format_duration(self.cfg.message_expiration_timeout)
@@ -306,6 +306,20 @@ impl Delivery {
             .iter()
             .map(|f| report(a, f, now, &expired_text))
             .collect();
+        self.queue_report(a, &reports, now, copies, "bounce").await
+    }
+
+    /// Appends a report about `a` to its sender (a new message) and
+    /// starts its shadow copy (into `copies`). `kind`: for the log.
+    pub(super) async fn queue_report(
+        &self,
+        a: &Attempt,
+        reports: &[RecipientReport<'_>],
+        now: u64,
+        copies: &mut Vec<glommio::Task<()>>,
+        kind: &str,
+    ) -> Result<(), ()> {
+        let hostname = &self.parts.config.hostname;
         let id = a.id.to_string();
         let content = dsn::build(&Notice {
             reporting_mta: hostname,
@@ -314,7 +328,7 @@ impl Delivery {
             arrival_ms: a.msg.received_ms,
             now_ms: now,
             original: &a.msg.message,
-            recipients: &reports,
+            recipients: reports,
             return_content_bytes_max: self.cfg.dsn_return_content_max,
         });
         let enc = Encoder::generated(hostname, &a.msg.mail_from, now, &content);
@@ -330,11 +344,11 @@ impl Delivery {
             })
             .await;
         let sequence: Sequence = appended.map_err(|e| {
-            tracing::error!(id = %a.id, error = %e, "cannot queue the bounce");
+            tracing::error!(id = %a.id, error = %e, kind, "cannot queue the report");
         })?;
         CoreMetrics::inc(&self.metrics().dsns_queued);
         let dsn = shard.queue_id(sequence);
-        tracing::info!(id = %a.id, dsn = %dsn, to = %a.msg.mail_from, "bounce queued");
+        tracing::info!(id = %a.id, dsn = %dsn, to = %a.msg.mail_from, kind, "report queued");
         // SPEC 3: the original is released (`done`) only with its DSN
         // redundant too: the writer waits for this copy before it records
         // the original's status.
