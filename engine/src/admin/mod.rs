@@ -80,8 +80,11 @@ pub struct Admin {
 /// all); it stops when `admin.stop` is set.
 pub fn spawn(admin: Admin) -> anyhow::Result<JoinHandle<()>> {
     let addr = admin.addr;
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-        anyhow::anyhow!("admin listener {addr}: {e} (server.admin_listen; \"off\" disables it)")
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "{addr} is already in use by another process (another tern?); stop it or choose another server.admin_listen (\"off\" disables it)"
+        ),
+        _ => anyhow::anyhow!("admin listener {addr}: {e} (server.admin_listen; \"off\" disables it)"),
     })?;
     listener.set_nonblocking(true)?;
     let handle = std::thread::Builder::new()
