@@ -7,11 +7,13 @@
 //! mod.rs       the admin thread and the dispatch of requests
 //! listener.rs  HTTP/1.1 connections: a fixed pool of workers, bounded reads, accept back-off
 //! http.rs      limits (request line 2 KiB, body 64 KiB), the token check, JSON answers
+//! render.rs    the Prometheus text exposition of /metrics, walking ...
+//! metric_table.rs  ... the table of every metric (name, type, help, how it is read)
 //! queue.rs     GET /queue/summary, POST /queue/ACTION, /destinations (merged over the cores)
 //! resubmit.rs  /resubmit: Safety Net resubmission requests
 //! routes.rs    GET /routes, PUT and DELETE /routes/PATTERN
-//! shadow.rs    GET /shadow and the shadow gauges of /metrics
-//! pressure.rs  GET /pressure, the back pressure gauges, the failed store
+//! shadow.rs    GET /shadow
+//! pressure.rs  GET /pressure: the back pressure levels, the failed store
 //! ```
 //!
 //! Every state-changing request (POST, PUT, DELETE) needs
@@ -34,6 +36,7 @@
 
 mod http;
 mod listener;
+mod metric_table;
 mod pressure;
 mod queue;
 mod render;
@@ -179,17 +182,22 @@ impl Admin {
     }
 
     fn metrics(&self) -> String {
-        let refs: Vec<&CoreMetrics> = self.cores.iter().map(|c| c.as_ref()).collect();
-        let mut text = render::render(&refs);
-        text.push_str(&shadow::gauges(self));
-        text.push_str(&render::render_tls(&self.tls));
-        let reported = self
-            .tls
-            .verify_reported
-            .load(std::sync::atomic::Ordering::Relaxed);
-        text.push_str(&self.mta_sts.stats.render(reported));
-        text.push_str(&self.ops.stats.render());
-        text.push_str(&pressure::render(&self.pressure));
-        text
+        let held = self.shadow.replica.held_per_primary();
+        // Every configured peer has a sample (0 when nothing is held for
+        // it), and so does a former peer copies are still held for.
+        let mut shadow_held: std::collections::BTreeMap<String, u64> = (self.config.cluster.peers)
+            .iter()
+            .map(|p| (p.node_id.clone(), 0))
+            .collect();
+        shadow_held.extend(held);
+        render::render(&render::Sources {
+            cores: self.cores.iter().map(|c| c.as_ref()).collect(),
+            tls: &self.tls,
+            mta_sts: &self.mta_sts.stats,
+            ops: &self.ops.stats,
+            pressure: &self.pressure,
+            shadow_held,
+            queue: queue::gauges(self),
+        })
     }
 }

@@ -1,5 +1,4 @@
-//! `GET /shadow` (`tern shadow status`) and the shadow gauges of
-//! `/metrics`.
+//! `GET /shadow` (`tern shadow status`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -7,19 +6,6 @@ use std::time::Duration;
 use super::Admin;
 use crate::metrics::CoreMetrics;
 use crate::shadow::lock;
-
-/// `tern_shadow_queue_messages{primary=..}`: copies held here per primary.
-pub(super) fn gauges(a: &Admin) -> String {
-    let mut out = String::from(
-        "# HELP tern_shadow_queue_messages Shadow copies held here per primary\n# TYPE tern_shadow_queue_messages gauge\n",
-    );
-    for (node, n) in a.shadow.replica.held_per_primary() {
-        out.push_str(&format!(
-            "tern_shadow_queue_messages{{primary=\"{node}\"}} {n}\n"
-        ));
-    }
-    out
-}
 
 /// This node, its peers (database ids, last heartbeat, copies held for
 /// each) and the shadow counters.
