@@ -179,8 +179,9 @@ run() {
   made=$(metric "$A_ADMIN" tern_shadow_copies_made_total)
   nonred=$(metric "$A_ADMIN" tern_non_redundant_accepts_total)
   failed=$(metric "$A_ADMIN" tern_shadow_copies_failed_total)
-  shlat=$(metric "$A_ADMIN" tern_shadow_latency_microseconds_total)
-  shlat=$(python3 -c "print(f'{$shlat / $made:.0f} us' if $made else '-')")
+  shlat=$(metric "$A_ADMIN" tern_shadow_copy_seconds_sum)
+  shcount=$(metric "$A_ADMIN" tern_shadow_copy_seconds_count)
+  shlat=$(python3 -c "print(f'{$shlat * 1e6 / $shcount:.0f} us' if $shcount else '-')")
   held=-; bacc=-; bcpu=-; wb=-
   if [ "$conf" = S ]; then
     held=$(metric "$B_ADMIN" tern_shadow_copies_held_total)

@@ -1,10 +1,61 @@
 //! Counters per core (atomics written only by their own core, so never
-//! contended). The admin listener renders them (`admin/render.rs`: one
-//! table row per exported metric).
+//! contended). The admin listener renders them (`admin/metric_table.rs`:
+//! one table row per exported metric).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tern_storage::{LogStats, BATCH_BUCKETS, SYNC_BUCKETS};
+
+/// Buckets of the shadow copy latency: power-of-two microseconds up to
+/// 2^25 us (about 34 s, beyond `cluster.shadow_timeout`'s default), then
+/// the rest.
+pub const SHADOW_BUCKETS: usize = 27;
+
+/// A histogram of power-of-two buckets and the sum of what was observed
+/// (Prometheus `_bucket`, `_sum`, `_count`). Bucket `i` counts values
+/// below `2^i` and not below `2^(i-1)` (bucket 0: zero; the last bucket:
+/// everything larger). Written by one core only.
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Counts one value. No allocation, two relaxed atomic adds.
+    pub fn observe(&self, v: u64) {
+        let i = ((u64::BITS - v.leading_zeros()) as usize).min(N - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(v, Relaxed);
+    }
+
+    /// Replaces the counts and the sum (a copy of the log's histogram).
+    pub fn set(&self, buckets: &[u64; N], sum: u64) {
+        for (a, v) in self.buckets.iter().zip(buckets) {
+            a.store(*v, Relaxed);
+        }
+        self.sum.store(sum, Relaxed);
+    }
+
+    /// Per-bucket counts (not cumulative).
+    pub fn counts(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.buckets[i].load(Relaxed))
+    }
+
+    /// The sum of the values.
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Relaxed)
+    }
+}
 
 /// One core's counters.
 #[derive(Debug, Default)]
@@ -79,8 +130,9 @@ pub struct CoreMetrics {
     /// Messages accepted without a shadow copy (reject_on_shadow_failure
     /// off).
     pub non_redundant_accepts: AtomicU64,
-    /// Microseconds spent making shadow copies (sum; / attempts = mean).
-    pub shadow_latency_us: AtomicU64,
+    /// Time to make a shadow copy (one attempt over the peers), in
+    /// microseconds.
+    pub shadow_copy_us: Histogram<SHADOW_BUCKETS>,
     /// Shadow copies of peers' messages stored here.
     pub shadow_copies_held: AtomicU64,
     /// Shadow copies dropped on their primary's discard notification.
@@ -106,10 +158,10 @@ pub struct CoreMetrics {
     pub(crate) log_records: AtomicU64,
     /// Bytes the log committed.
     pub(crate) log_bytes: AtomicU64,
-    /// Group commit latency histogram (buckets of `LogStats`).
-    pub(crate) sync_us: [AtomicU64; SYNC_BUCKETS],
-    /// Records per group commit histogram.
-    pub(crate) batch_records: [AtomicU64; BATCH_BUCKETS],
+    /// Group commit latency in microseconds (copied from `LogStats`).
+    pub(crate) commit_us: Histogram<SYNC_BUCKETS>,
+    /// Records per group commit (the sum: every record committed).
+    pub(crate) batch_records: Histogram<BATCH_BUCKETS>,
 }
 
 impl CoreMetrics {
@@ -123,11 +175,25 @@ impl CoreMetrics {
         self.log_batches.store(s.batches, Relaxed);
         self.log_records.store(s.records, Relaxed);
         self.log_bytes.store(s.bytes_written, Relaxed);
-        for (a, v) in self.sync_us.iter().zip(s.sync_us_buckets) {
-            a.store(v, Relaxed);
+        self.commit_us.set(&s.sync_us_buckets, s.sync_us_total);
+        self.batch_records.set(&s.batch_records_buckets, s.records);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_sum() {
+        let h = Histogram::<4>::default();
+        for v in [0, 1, 2, 3, 4, 100] {
+            h.observe(v);
         }
-        for (a, v) in self.batch_records.iter().zip(s.batch_records_buckets) {
-            a.store(v, Relaxed);
-        }
+        // 0 | 1 | 2..3 | the rest
+        assert_eq!(h.counts(), [1, 1, 2, 2]);
+        assert_eq!(h.sum(), 110);
+        h.set(&[0, 0, 1, 0], 3);
+        assert_eq!((h.counts(), h.sum()), ([0, 0, 1, 0], 3));
     }
 }

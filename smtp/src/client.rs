@@ -124,9 +124,14 @@ pub fn noop(out: &mut Vec<u8>) {
     out.extend_from_slice(b"NOOP\r\n");
 }
 
-/// `XQDISCARD node database-id` (tern's shadow link).
-pub fn xqdiscard(out: &mut Vec<u8>, node: &str, database: &str) {
-    line(out, format_args!("XQDISCARD {node} {database}"));
+/// `XQDISCARD node database-id` (tern's shadow link), with `TAKEN=n`
+/// when `taken` is not 0 (messages of that database this shadow took
+/// over).
+pub fn xqdiscard(out: &mut Vec<u8>, node: &str, database: &str, taken: u64) {
+    match taken {
+        0 => line(out, format_args!("XQDISCARD {node} {database}")),
+        n => line(out, format_args!("XQDISCARD {node} {database} TAKEN={n}")),
+    }
 }
 
 /// `STARTTLS` (RFC 3207): on a 220 reply the caller starts the TLS

@@ -97,14 +97,20 @@ pub enum Command {
         /// The base64 initial response (`=` for an empty one).
         initial: Option<String>,
     },
-    /// `XQDISCARD <node> <database id>`: tern's shadow link, a shadow
-    /// asking its primary which of its messages it may discard (peers
-    /// only).
+    /// `XQDISCARD <node> <database id> [TAKEN=<n>]`: tern's shadow link,
+    /// a shadow asking its primary which of its messages it may discard
+    /// (peers only). `TAKEN=n`: the shadow took over `n` of the primary's
+    /// messages of that database since it last said so (the primary was
+    /// unreachable for `shadow_resubmit_time_span`), so a primary back with
+    /// that store may deliver them a second time (SPEC 4).
     XqDiscard {
         /// The asking shadow's node id.
         node: String,
         /// The primary's database id as the shadow knows it.
         database: String,
+        /// Messages of that database the shadow took over (0: none, or
+        /// the parameter was not given).
+        taken: u64,
     },
 }
 
@@ -344,10 +350,16 @@ pub fn xtext(v: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Digits of a `TAKEN=` count (below 10^10: far above any queue).
+const TAKEN_DIGITS_MAX: usize = 10;
+
 fn xqdiscard(args: &str) -> Result<Command, CommandError> {
+    const SYNTAX: CommandError = CommandError::Syntax("XQDISCARD node database-id [TAKEN=n]");
     let mut words = args.split(' ');
-    let (Some(node), Some(database), None) = (words.next(), words.next(), words.next()) else {
-        return Err(CommandError::Syntax("XQDISCARD node database-id"));
+    let (Some(node), Some(database), taken, None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(SYNTAX);
     };
     let token = |t: &str| {
         !t.is_empty()
@@ -356,11 +368,25 @@ fn xqdiscard(args: &str) -> Result<Command, CommandError> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     };
     if !token(node) || !token(database) {
-        return Err(CommandError::Syntax("XQDISCARD node database-id"));
+        return Err(SYNTAX);
     }
+    let taken = match taken {
+        None => 0,
+        Some(p) => {
+            let (key, n) = p.split_once('=').ok_or(SYNTAX)?;
+            let digits = !n.is_empty()
+                && n.len() <= TAKEN_DIGITS_MAX
+                && n.bytes().all(|b| b.is_ascii_digit());
+            if !key.eq_ignore_ascii_case("TAKEN") || !digits {
+                return Err(SYNTAX);
+            }
+            n.parse().map_err(|_| SYNTAX)?
+        }
+    };
     Ok(Command::XqDiscard {
         node: node.to_owned(),
         database: database.to_owned(),
+        taken,
     })
 }
 
@@ -536,6 +562,22 @@ mod tests {
                 Command::Auth {
                     mechanism: "LOGIN".into(),
                     initial: None,
+                },
+            ),
+            (
+                "XQDISCARD b 0123abcd",
+                Command::XqDiscard {
+                    node: "b".into(),
+                    database: "0123abcd".into(),
+                    taken: 0,
+                },
+            ),
+            (
+                "XQDISCARD b 0123abcd taken=42",
+                Command::XqDiscard {
+                    node: "b".into(),
+                    database: "0123abcd".into(),
+                    taken: 42,
                 },
             ),
         ];

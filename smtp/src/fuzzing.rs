@@ -56,7 +56,7 @@ pub fn server_input(data: &[u8]) {
                     assert!(content.len() <= 4096);
                     session.complete(Ok("id"));
                 }
-                Event::Discard { node, database } => {
+                Event::Discard { node, database, .. } => {
                     assert!(!node.is_empty() && !database.is_empty());
                     session.answer(Reply::new(250, Status(2, 0, 0), "none"));
                 }

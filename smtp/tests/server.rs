@@ -36,7 +36,7 @@ fn drive<P: Policy>(s: &mut Session<P>, input: &[u8], run: &mut Run) {
                 let id = format!("Q{}", run.messages.len());
                 s.complete(Ok(&id));
             }
-            Event::Discard { node, database } => {
+            Event::Discard { node, database, .. } => {
                 s.answer(Reply::plain(
                     250,
                     vec![format!("{node} {database}").into(), "Q1".into()],
@@ -563,6 +563,11 @@ fn shadow_link_syntax() {
         (b"XQDISCARD onlyone\r\n", "501"),
         (b"XQDISCARD a b c\r\n", "501"),
         (b"XQDISCARD a b+\r\n", "501"),
+        (b"XQDISCARD a b TAKEN=\r\n", "501"),
+        (b"XQDISCARD a b TAKEN=-1\r\n", "501"),
+        (b"XQDISCARD a b TAKEN=12345678901\r\n", "501"),
+        (b"XQDISCARD a b GIVEN=1\r\n", "501"),
+        (b"XQDISCARD a b TAKEN=1 x\r\n", "501"),
     ] {
         let r = talk_as(Peer, &[b"EHLO peer.test\r\n", line]);
         assert_eq!(

@@ -232,6 +232,7 @@ async fn write_chunk<E: Env>(shared: &Rc<Shared<E>>, mut chunk: Chunk) -> Result
     stats.records += chunk.records.len() as u64;
     stats.bytes_written += write_len;
     stats.sync_us_buckets[bucket(commit_us, SYNC_BUCKETS)] += 1;
+    stats.sync_us_total += commit_us;
     stats.batch_records_buckets[bucket(chunk.records.len() as u64, BATCH_BUCKETS)] += 1;
     let last = *chunk.records.last().expect("chunk has records");
     let (_, segment) = st.segments.iter_mut().next_back().expect("active segment");

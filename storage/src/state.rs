@@ -133,6 +133,9 @@ pub struct LogStats {
     /// fdatasync, one `LogFile::write_all_sync`): bucket `i` counts commits that took less
     /// than `2^i` microseconds (the last bucket: everything slower).
     pub sync_us_buckets: [u64; SYNC_BUCKETS],
+    /// Sum of the group commit latencies of `sync_us_buckets`, in
+    /// microseconds (the histogram's `_sum`).
+    pub sync_us_total: u64,
     /// Records per batch histogram: bucket `i` counts batches of less than
     /// `2^i` records (the last bucket: everything larger).
     pub batch_records_buckets: [u64; BATCH_BUCKETS],

@@ -172,6 +172,22 @@ fn concurrent_appenders_share_fdatasyncs() {
         assert_eq!(stats.records, 64);
         assert_eq!(stats.batches, syncs);
         assert_eq!(stats.sync_us_buckets.iter().sum::<u64>(), stats.batches);
+        // Bucket i holds commits of 2^(i-1) .. 2^i - 1 us (bucket 0: 0 us;
+        // the last one: anything slower): the sum lies within the bounds.
+        let (mut low, mut high) = (0u64, 0u64);
+        let last = stats.sync_us_buckets.len() - 1;
+        for (i, &n) in stats.sync_us_buckets.iter().enumerate() {
+            low += n * ((1u64 << i) >> 1);
+            high = match (i == last, n) {
+                (true, 1..) => u64::MAX,
+                _ => high + n * ((1u64 << i) - 1),
+            };
+        }
+        assert!(
+            (low..=high).contains(&stats.sync_us_total),
+            "sum {} outside {low}..={high}: {stats:?}",
+            stats.sync_us_total
+        );
         assert!(
             stats.batch_records_buckets[7] >= 1,
             "a batch of 64..127 records: {stats:?}"

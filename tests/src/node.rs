@@ -180,6 +180,11 @@ impl Node {
         self.launch();
     }
 
+    /// `GET /shadow` of the current start (`tern shadow status`).
+    pub fn shadow_status(&self) -> String {
+        crate::server::admin_get(self.admin, "/shadow")
+    }
+
     /// `GET /metrics` of the current start.
     pub fn metrics(&self) -> String {
         crate::server::admin_get(self.admin, "/metrics")

@@ -272,7 +272,9 @@ fn by_subject(sink: &TestSink) -> BTreeMap<String, usize> {
 /// SPEC 4 (ARCHITECTURE "Takeover", row 2): A's next hop is down, B
 /// takes over A's messages after `shadow_resubmit_time_span`; A comes back
 /// with the same store (same database id) and delivers its own queue as
-/// well. Every message arrives, each exactly twice.
+/// well. Every message arrives, each exactly twice. A is told: its log has
+/// a WARN with the count (5) and `tern shadow status` shows it, once
+/// (later heartbeats do not tell it again).
 #[test]
 fn primary_back_with_the_same_store_after_takeover_delivers_duplicates() {
     let t0 = Instant::now();
@@ -346,6 +348,37 @@ fn primary_back_with_the_same_store_after_takeover_delivers_duplicates() {
     let seen = by_subject(&sink);
     let want: BTreeMap<String, usize> = (0..5).map(|i| (format!("m{i}"), 2)).collect();
     assert_eq!(seen, want, "each message twice: B's takeover and A's own");
+    wait_until(
+        "A's status to show B's takeovers",
+        Duration::from_secs(20),
+        || a.shadow_status().contains("took-over-ours 5"),
+    );
+    let status = a.shadow_status();
+    assert!(
+        status.contains("taken over by shadows: 5 of our messages")
+            && status.contains("delivered twice"),
+        "{status}"
+    );
+    let warns: Vec<String> = a
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("a shadow took over our messages"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warns.len(), 1, "{warns:?}");
+    assert!(
+        warns[0].contains("shadow=b")
+            && warns[0].contains("messages=5")
+            && warns[0].contains("delivered twice"),
+        "{}",
+        warns[0]
+    );
+    // Told once: more heartbeats (300 ms) do not add to it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.shadow_status().contains("took-over-ours 5"));
+    // B's status names nothing taken from it.
+    let b_status = tern_tests::server::admin_get(b.admin_addr(), "/shadow");
+    assert!(b_status.contains("took-over-ours 0"), "{b_status}");
     // B does not take them over again.
     assert_eq!(b.counter("tern_shadow_takeovers_total"), 5);
     eprintln!(

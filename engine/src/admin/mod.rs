@@ -7,11 +7,13 @@
 //! mod.rs       the admin thread and the dispatch of requests
 //! listener.rs  HTTP/1.1 connections: a fixed pool of workers, bounded reads, accept back-off
 //! http.rs      limits (request line 2 KiB, body 64 KiB), the token check, JSON answers
+//! render.rs    the Prometheus text exposition of /metrics, walking ...
+//! metric_table.rs  ... the table of every metric (name, type, help, how it is read)
 //! queue.rs     GET /queue/summary, POST /queue/ACTION, /destinations (merged over the cores)
 //! resubmit.rs  /resubmit: Safety Net resubmission requests
 //! routes.rs    GET /routes, PUT and DELETE /routes/PATTERN
-//! shadow.rs    GET /shadow and the shadow gauges of /metrics
-//! pressure.rs  GET /pressure, the back pressure gauges, the failed store
+//! shadow.rs    GET /shadow
+//! pressure.rs  GET /pressure: the back pressure levels, the failed store
 //! control.rs   GET/PUT /log-level, POST /reload
 //! ```
 //!
@@ -36,6 +38,7 @@
 mod control;
 mod http;
 mod listener;
+mod metric_table;
 mod pressure;
 mod queue;
 mod render;
@@ -90,8 +93,11 @@ pub type Reload = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 /// all); it stops when `admin.stop` is set.
 pub fn spawn(admin: Admin) -> anyhow::Result<JoinHandle<()>> {
     let addr = admin.addr;
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-        anyhow::anyhow!("admin listener {addr}: {e} (server.admin_listen; \"off\" disables it)")
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "{addr} is already in use by another process (another tern?); stop it or choose another server.admin_listen (\"off\" disables it)"
+        ),
+        _ => anyhow::anyhow!("admin listener {addr}: {e} (server.admin_listen; \"off\" disables it)"),
     })?;
     listener.set_nonblocking(true)?;
     let handle = std::thread::Builder::new()
@@ -189,17 +195,23 @@ impl Admin {
     }
 
     fn metrics(&self) -> String {
-        let refs: Vec<&CoreMetrics> = self.cores.iter().map(|c| c.as_ref()).collect();
-        let mut text = render::render(&refs);
-        text.push_str(&shadow::gauges(self));
-        text.push_str(&render::render_tls(&self.tls));
-        let reported = self
-            .tls
-            .verify_reported
-            .load(std::sync::atomic::Ordering::Relaxed);
-        text.push_str(&self.mta_sts.stats.render(reported));
-        text.push_str(&self.ops.stats.render());
-        text.push_str(&pressure::render(&self.pressure));
-        text
+        let held = self.shadow.replica.held_per_primary();
+        // Every configured peer has a sample (0 when nothing is held for
+        // it), and so does a former peer copies are still held for.
+        let mut shadow_held: std::collections::BTreeMap<String, u64> = (self.config.cluster.peers)
+            .iter()
+            .map(|p| (p.node_id.clone(), 0))
+            .collect();
+        shadow_held.extend(held);
+        render::render(&render::Sources {
+            cores: self.cores.iter().map(|c| c.as_ref()).collect(),
+            tls: &self.tls,
+            mta_sts: &self.mta_sts.stats,
+            ops: &self.ops.stats,
+            pressure: &self.pressure,
+            live: &self.live,
+            shadow_held,
+            queue: queue::gauges(self),
+        })
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::http::{Answer, Req};
+use super::metric_table::DESTINATIONS_MAX;
+use super::render::QueueGauges;
 use super::Admin;
 use crate::ops::command::{
     ActBody, Acted, Action, Answer as CoreAnswer, Command, DestLine, SummaryFilter,
@@ -17,6 +19,10 @@ use crate::ops::Destination;
 
 /// Bound on the cores' answers.
 const CORE_WAIT: Duration = Duration::from_secs(60);
+/// Bound on the cores' answers for a `/metrics` scrape (well inside a
+/// scraper's usual 10 s timeout; the queue gauges are left out of a
+/// scrape that a core did not answer in time).
+const METRICS_CORE_WAIT: Duration = Duration::from_secs(5);
 
 /// Unix ms now.
 pub(super) fn now_ms() -> u64 {
@@ -108,6 +114,46 @@ pub(super) fn summary(a: &Admin, req: &Req) -> Answer {
         "recipients": recipients,
         "bytes": bytes,
     }))
+}
+
+/// The queue gauges of `/metrics`: every core's summary (the same walk as
+/// `tern queue summary`, in chunks between the core's other work), merged
+/// per destination; the largest [`DESTINATIONS_MAX`] by messages keep
+/// their name, the rest are summed as `other` (always present).
+pub(super) fn gauges(a: &Admin) -> Option<QueueGauges> {
+    let command = Command::Summary(SummaryFilter::default());
+    let answers = match a.ops.ask_all(&command, METRICS_CORE_WAIT) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "queue gauges left out of this scrape");
+            return None;
+        }
+    };
+    let mut per: BTreeMap<String, u64> = BTreeMap::new();
+    let mut oldest_age_s = 0;
+    for ans in answers {
+        let CoreAnswer::Summary(lines) = ans else {
+            continue;
+        };
+        for l in lines {
+            *per.entry(l.destination).or_insert(0) += l.messages;
+            oldest_age_s = oldest_age_s.max(l.oldest_age_s);
+        }
+    }
+    let mut destinations: Vec<(String, u64)> = per.into_iter().collect();
+    // Largest first; equal counts by name, so the set is stable.
+    destinations.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    let rest: u64 = destinations
+        .iter()
+        .skip(DESTINATIONS_MAX)
+        .map(|(_, n)| n)
+        .sum();
+    destinations.truncate(DESTINATIONS_MAX);
+    destinations.push(("other".into(), rest));
+    Some(QueueGauges {
+        destinations,
+        oldest_age_s,
+    })
 }
 
 /// `POST /queue/ACTION`.

@@ -1,26 +1,33 @@
-//! Prometheus text rendering of the per-core counters for `GET /metrics`.
+//! Prometheus text exposition (format 0.0.4) for `GET /metrics`.
 //!
-//! Every exported metric is one row of `METRICS` (name, type, help and
-//! how to read each core's samples); [`render`] walks the table, so a
-//! metric is added or renamed in one place.
+//! Every exported metric is one row of `METRICS` (`metric_table.rs`:
+//! name, type, help and how its samples are read, per core or node-wide);
+//! [`render`] walks the table, so a metric is added or renamed in one
+//! place and written once. A family without samples (no TLS session yet,
+//! no shadow peer) is left out entirely: no `# HELP` without a sample.
+//! Durations are exported in seconds, sizes in bytes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::metric_table::METRICS;
 use crate::metrics::CoreMetrics;
-use crate::tls::stats::{Direction, FAILURES};
+use crate::mta_sts::StsStats;
+use crate::ops::OpsStats;
+use crate::pressure::Pressure;
 use crate::tls::TlsStats;
 
 /// A metric's Prometheus type (its `# TYPE` line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Counter,
     Gauge,
     Histogram,
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -30,408 +37,180 @@ impl Kind {
 }
 
 /// Picks one counter out of a core's.
-type Field = fn(&CoreMetrics) -> &AtomicU64;
+pub(super) type Field = fn(&CoreMetrics) -> &AtomicU64;
 
-/// How one core's samples of a metric are read.
+/// How a metric's samples are read.
 #[derive(Clone, Copy)]
-enum Read {
-    /// One sample: `name{core="i"} value`.
-    Value(fn(&CoreMetrics) -> u64),
-    /// One sample per label value, in this order:
+pub(super) enum Read {
+    /// One sample per core: `name{core="i"} value`.
+    Core(fn(&CoreMetrics) -> u64),
+    /// One sample per core and label value, in this order:
     /// `name{core="i",label="value"} count`.
-    Labelled {
+    CoreLabelled {
         label: &'static str,
         values: &'static [(&'static str, Field)],
     },
-    /// Per-bucket counts, rendered cumulative as `name_bucket` samples with
-    /// `bound(b)` as bucket `b`'s `le` (the last one is `+Inf`), then
-    /// `name_count`.
-    Buckets {
-        counts: fn(&CoreMetrics) -> &[AtomicU64],
+    /// One histogram per core: per-bucket counts and the sum of what was
+    /// observed. Rendered cumulative as `name_bucket` with `bound(b)` as
+    /// bucket `b`'s `le` (the last one is `+Inf`), then `name_sum` (the
+    /// sum times `scale`) and `name_count`.
+    CoreHistogram {
+        get: fn(&CoreMetrics) -> (Vec<u64>, u64),
         bound: fn(usize) -> f64,
+        scale: f64,
     },
+    /// Node-wide samples, written by the function.
+    Node(fn(&Sources, &mut Samples)),
 }
 
 /// One metric of the exposition: its name, type and help are written here
 /// and nowhere else.
-struct Metric {
+pub(super) struct Metric {
+    pub(super) name: &'static str,
+    pub(super) kind: Kind,
+    pub(super) help: &'static str,
+    pub(super) read: Read,
+}
+
+/// The queue gauges, merged over the cores' queue summaries.
+#[derive(Clone, Debug, Default)]
+pub(super) struct QueueGauges {
+    /// Messages per destination, the largest first, at most
+    /// `metric_table::DESTINATIONS_MAX`, then `other` (the rest summed).
+    pub(super) destinations: Vec<(String, u64)>,
+    /// Age of the oldest queued message, in seconds (0: none queued).
+    pub(super) oldest_age_s: u64,
+}
+
+/// What the node-wide rows read.
+pub(super) struct Sources<'a> {
+    /// Every core's counters, by core.
+    pub(super) cores: Vec<&'a CoreMetrics>,
+    pub(super) tls: &'a TlsStats,
+    pub(super) mta_sts: &'a StsStats,
+    pub(super) ops: &'a OpsStats,
+    pub(super) pressure: &'a Pressure,
+    /// The config in force and its reloads.
+    pub(super) live: &'a crate::reload::Live,
+    /// Copies held here per primary node (every configured peer, 0
+    /// included).
+    pub(super) shadow_held: BTreeMap<String, u64>,
+    /// `None`: a core did not answer in time (the queue gauges are left
+    /// out of this scrape).
+    pub(super) queue: Option<QueueGauges>,
+}
+
+/// The sample lines of one metric.
+pub(super) struct Samples {
     name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    read: Read,
+    lines: String,
 }
 
-const fn counter(name: &'static str, help: &'static str, get: fn(&CoreMetrics) -> u64) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Counter,
-        help,
-        read: Read::Value(get),
+impl Samples {
+    /// `name{labels} value` (`name value` without labels).
+    pub(super) fn add(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.add_suffixed("", labels, value);
+    }
+
+    fn add_suffixed(
+        &mut self,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
+        let _ = write!(self.lines, "{}{suffix}", self.name);
+        for (i, (k, v)) in labels.iter().enumerate() {
+            let open = if i == 0 { "{" } else { "," };
+            let _ = write!(self.lines, "{open}{k}=\"{}\"", escape(v));
+        }
+        if !labels.is_empty() {
+            self.lines.push('}');
+        }
+        let _ = writeln!(self.lines, " {value}");
+    }
+
+    /// One core's histogram: cumulative buckets, the sum, the count.
+    fn histogram(&mut self, core: &str, counts: &[u64], sum: f64, bound: fn(usize) -> f64) {
+        let mut cumulative = 0;
+        for (b, count) in counts.iter().enumerate() {
+            cumulative += count;
+            let le = if b + 1 == counts.len() {
+                "+Inf".to_string()
+            } else {
+                bound(b).to_string()
+            };
+            self.add_suffixed("_bucket", &[("core", core), ("le", &le)], cumulative);
+        }
+        self.add_suffixed("_sum", &[("core", core)], sum);
+        self.add_suffixed("_count", &[("core", core)], cumulative);
     }
 }
 
-const fn gauge(name: &'static str, help: &'static str, get: fn(&CoreMetrics) -> u64) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Gauge,
-        help,
-        read: Read::Value(get),
+/// A label value as the text format wants it: `\`, `"` and newlines
+/// escaped.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
     }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
 }
-
-const fn histogram(
-    name: &'static str,
-    help: &'static str,
-    counts: fn(&CoreMetrics) -> &[AtomicU64],
-    bound: fn(usize) -> f64,
-) -> Metric {
-    Metric {
-        name,
-        kind: Kind::Histogram,
-        help,
-        read: Read::Buckets { counts, bound },
-    }
-}
-
-fn l(a: &AtomicU64) -> u64 {
-    a.load(Relaxed)
-}
-
-/// Upper bound of commit latency bucket `b` (2^b µs), in seconds.
-fn sync_bound(b: usize) -> f64 {
-    (1u64 << b) as f64 / 1e6
-}
-
-/// Upper bound of batch size bucket `b`: 2^b - 1 records.
-fn batch_bound(b: usize) -> f64 {
-    ((1u64 << b) - 1) as f64
-}
-
-/// The reasons of `tern_rejected_total`, in the order rendered.
-/// (`rejected_memory` is counted but not exported.)
-const REJECTED_REASONS: &[(&str, Field)] = &[
-    ("storage", |c| &c.rejected_storage),
-    ("relay", |c| &c.rejected_relay),
-    ("protocol", |c| &c.rejected_protocol),
-    ("pressure", |c| &c.rejected_pressure),
-];
-
-/// The results of `tern_auth_total`.
-const AUTH_RESULTS: &[(&str, Field)] = &[
-    ("success", |c| &c.auth_successes),
-    ("failure", |c| &c.auth_failures),
-    ("refused", |c| &c.auth_refused),
-];
-
-/// Every metric, in the order [`render`] writes them.
-static METRICS: &[Metric] = &[
-    gauge(
-        "tern_log_state",
-        "State of the core's log: 0 ok, 1 failed for good (the node stops)",
-        |c| l(&c.log_failed),
-    ),
-    counter(
-        "tern_greetings_delayed_total",
-        "Greetings delayed by back pressure (pressure.greeting_delay)",
-        |c| l(&c.greetings_delayed),
-    ),
-    counter(
-        "tern_downgraded_total",
-        "Messages converted to 7 bit (quoted-printable) for a next hop without 8BITMIME",
-        |c| l(&c.downgraded),
-    ),
-    counter(
-        "tern_eight_bit_as_is_total",
-        "8-bit messages sent as is to a next hop without 8BITMIME (not convertible)",
-        |c| l(&c.eight_bit_as_is),
-    ),
-    counter(
-        "tern_delivery_attempts_held_back_total",
-        "Scheduler passes that started no attempt though messages were due, because their outcome could not be recorded",
-        |c| l(&c.attempts_held_back),
-    ),
-    counter("tern_connections_total", "SMTP connections accepted", |c| {
-        l(&c.connections_total)
-    }),
-    gauge("tern_connections_open", "SMTP connections open", |c| {
-        l(&c.connections_total).saturating_sub(l(&c.connections_closed))
-    }),
-    counter(
-        "tern_connections_refused_total",
-        "Connections refused at a limit",
-        |c| l(&c.connections_refused),
-    ),
-    counter(
-        "tern_messages_accepted_total",
-        "Messages made durable and answered 250",
-        |c| l(&c.messages_accepted),
-    ),
-    counter(
-        "tern_bytes_accepted_total",
-        "Bytes of accepted messages",
-        |c| l(&c.bytes_accepted),
-    ),
-    Metric {
-        name: "tern_rejected_total",
-        kind: Kind::Counter,
-        help: "Refusals by reason",
-        read: Read::Labelled {
-            label: "reason",
-            values: REJECTED_REASONS,
-        },
-    },
-    counter(
-        "tern_session_timeouts_total",
-        "Sessions closed by a timeout",
-        |c| l(&c.timeouts),
-    ),
-    Metric {
-        name: "tern_auth_total",
-        kind: Kind::Counter,
-        help: "SMTP AUTH attempts by result (refused: the failed-attempt limit)",
-        read: Read::Labelled {
-            label: "result",
-            values: AUTH_RESULTS,
-        },
-    },
-    counter(
-        "tern_shadow_untrusted_total",
-        "XSHADOW or XQDISCARD refused: the client did not show a pinned peer certificate",
-        |c| l(&c.shadow_untrusted),
-    ),
-    counter(
-        "tern_log_batches_total",
-        "Group commits (one write + one fdatasync)",
-        |c| l(&c.log_batches),
-    ),
-    counter("tern_log_records_total", "Records made durable", |c| {
-        l(&c.log_records)
-    }),
-    counter(
-        "tern_log_bytes_written_total",
-        "Bytes written to the log",
-        |c| l(&c.log_bytes),
-    ),
-    histogram(
-        "tern_log_commit_seconds",
-        "group commit latency: the batch's write(s) and fdatasync",
-        |c| &c.sync_us,
-        sync_bound,
-    ),
-    histogram(
-        "tern_log_batch_records",
-        "Records per group commit",
-        |c| &c.batch_records,
-        batch_bound,
-    ),
-    counter(
-        "tern_delivered_recipients_total",
-        "Recipients accepted by the next hop",
-        |c| l(&c.delivered_rcpts),
-    ),
-    counter(
-        "tern_bounced_recipients_total",
-        "Recipients that failed permanently",
-        |c| l(&c.bounced_rcpts),
-    ),
-    counter(
-        "tern_expired_recipients_total",
-        "Recipients bounced because the message expired",
-        |c| l(&c.expired_rcpts),
-    ),
-    counter(
-        "tern_deferred_total",
-        "Delivery attempts that left recipients for a retry",
-        |c| l(&c.deferred),
-    ),
-    counter(
-        "tern_dsns_queued_total",
-        "Delivery status notifications queued",
-        |c| l(&c.dsns_queued),
-    ),
-    counter(
-        "tern_delivery_transactions_total",
-        "Outbound transactions started",
-        |c| l(&c.delivery_transactions),
-    ),
-    counter(
-        "tern_outbound_connections_total",
-        "Outbound connections attempted",
-        |c| l(&c.outbound_connections),
-    ),
-    counter(
-        "tern_outbound_connect_failures_total",
-        "Outbound connections that failed before a transaction",
-        |c| l(&c.outbound_connect_failures),
-    ),
-    counter(
-        "tern_unreadable_messages_total",
-        "Queued message records that could not be read",
-        |c| l(&c.unreadable),
-    ),
-    counter(
-        "tern_shadow_copies_made_total",
-        "Shadow copies of our messages made on a peer",
-        |c| l(&c.shadow_copies_made),
-    ),
-    counter(
-        "tern_shadow_copies_failed_total",
-        "Messages for which no peer took a shadow copy",
-        |c| l(&c.shadow_copies_failed),
-    ),
-    counter(
-        "tern_non_redundant_accepts_total",
-        "Messages accepted without a shadow copy",
-        |c| l(&c.non_redundant_accepts),
-    ),
-    counter(
-        "tern_shadow_latency_microseconds_total",
-        "Time spent making shadow copies",
-        |c| l(&c.shadow_latency_us),
-    ),
-    counter(
-        "tern_shadow_discards_total",
-        "Shadow copies dropped on their primary's discard notification",
-        |c| l(&c.shadow_discards),
-    ),
-    counter(
-        "tern_shadow_heartbeats_total",
-        "Discard queries answered by primaries",
-        |c| l(&c.heartbeats),
-    ),
-    counter(
-        "tern_shadow_takeovers_total",
-        "Shadow copies taken over and queued here",
-        |c| l(&c.takeovers),
-    ),
-    counter(
-        "tern_duplicates_total",
-        "Resent messages recognised and not queued again",
-        |c| l(&c.duplicates),
-    ),
-    counter(
-        "tern_shadow_copies_held_total",
-        "Shadow copies of peers' messages stored here",
-        |c| l(&c.shadow_copies_held),
-    ),
-    counter(
-        "tern_copied_forward_total",
-        "Queued messages copied out of old segments",
-        |c| l(&c.copied_forward),
-    ),
-    counter(
-        "tern_segments_reclaimed_total",
-        "Log segments deleted",
-        |c| l(&c.segments_reclaimed),
-    ),
-    gauge(
-        "tern_queue_messages",
-        "Messages in the delivery queue",
-        |c| l(&c.queue_messages),
-    ),
-    gauge(
-        "tern_queue_in_flight",
-        "Messages being delivered now",
-        |c| l(&c.queue_in_flight),
-    ),
-];
 
 impl Metric {
-    /// `# HELP`, `# TYPE`, then every core's samples.
-    fn render(&self, out: &mut String, cores: &[&CoreMetrics]) {
-        let name = self.name;
-        let kind = self.kind.as_str();
-        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", self.help);
-        for (i, c) in cores.iter().enumerate() {
+    /// The samples of this metric.
+    fn samples(&self, src: &Sources) -> Samples {
+        let mut s = Samples {
+            name: self.name,
+            lines: String::new(),
+        };
+        for (i, c) in src.cores.iter().enumerate() {
+            let core = i.to_string();
             match self.read {
-                Read::Value(get) => {
-                    let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(c));
-                }
-                Read::Labelled { label, values } => {
+                Read::Core(get) => s.add(&[("core", &core)], get(c)),
+                Read::CoreLabelled { label, values } => {
                     for (value, get) in values {
-                        let v = l(get(c));
-                        let _ = writeln!(out, "{name}{{core=\"{i}\",{label}=\"{value}\"}} {v}");
+                        s.add(&[("core", &core), (label, value)], get(c).load(Relaxed));
                     }
                 }
-                Read::Buckets { counts, bound } => buckets(out, name, i, counts(c), bound),
+                Read::CoreHistogram { get, bound, scale } => {
+                    let (counts, sum) = get(c);
+                    s.histogram(&core, &counts, sum as f64 * scale, bound);
+                }
+                Read::Node(_) => break,
             }
         }
+        if let Read::Node(f) = self.read {
+            f(src, &mut s);
+        }
+        s
     }
-}
 
-/// One core's histogram samples: cumulative buckets, then the count.
-fn buckets(
-    out: &mut String,
-    name: &str,
-    core: usize,
-    counts: &[AtomicU64],
-    bound: fn(usize) -> f64,
-) {
-    let mut cumulative = 0;
-    for (b, count) in counts.iter().enumerate() {
-        cumulative += l(count);
-        let le = if b + 1 == counts.len() {
-            "+Inf".to_string()
-        } else {
-            bound(b).to_string()
-        };
+    /// `# HELP`, `# TYPE`, then the samples; nothing without samples.
+    fn render(&self, out: &mut String, src: &Sources) {
+        let s = self.samples(src);
+        if s.lines.is_empty() {
+            return;
+        }
+        let name = self.name;
         let _ = writeln!(
             out,
-            "{name}_bucket{{core=\"{core}\",le=\"{le}\"}} {cumulative}"
+            "# HELP {name} {}\n# TYPE {name} {}",
+            self.help,
+            self.kind.as_str()
         );
+        out.push_str(&s.lines);
     }
-    let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {cumulative}");
 }
 
-/// Prometheus text exposition of all cores: every metric of `METRICS`,
-/// in its order.
-pub fn render(cores: &[&CoreMetrics]) -> String {
+/// The text exposition: every metric of `METRICS` that has samples, in the
+/// table's order.
+pub(super) fn render(src: &Sources) -> String {
     let mut out = String::new();
     for metric in METRICS {
-        metric.render(&mut out, cores);
+        metric.render(&mut out, src);
     }
-    out
-}
-
-/// The node-wide TLS counters (`crate::tls::TlsStats`).
-pub fn render_tls(t: &TlsStats) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP tern_tls_sessions_total TLS sessions by direction, version and cipher suite\n# TYPE tern_tls_sessions_total counter\n");
-    for d in [Direction::In, Direction::Out] {
-        for (version, cipher, n) in t.sessions(d) {
-            let _ = writeln!(
-                out,
-                "tern_tls_sessions_total{{direction=\"{}\",version=\"{version}\",cipher=\"{cipher}\"}} {n}",
-                d.as_str()
-            );
-        }
-    }
-    out.push_str("# HELP tern_tls_resumed_total TLS sessions resumed (no full handshake)\n# TYPE tern_tls_resumed_total counter\n");
-    for d in [Direction::In, Direction::Out] {
-        let _ = writeln!(
-            out,
-            "tern_tls_resumed_total{{direction=\"{}\"}} {}",
-            d.as_str(),
-            t.resumed(d)
-        );
-    }
-    out.push_str("# HELP tern_tls_handshake_failures_total Failed TLS handshakes by direction and reason\n# TYPE tern_tls_handshake_failures_total counter\n");
-    for d in [Direction::In, Direction::Out] {
-        for f in FAILURES {
-            let _ = writeln!(
-                out,
-                "tern_tls_handshake_failures_total{{direction=\"{}\",reason=\"{}\"}} {}",
-                d.as_str(),
-                f.as_str(),
-                t.failures(d, f)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tern_tls_cleartext_fallbacks_total Deliveries retried in clear text after a failed handshake (tls_policy = \"may\")\n# TYPE tern_tls_cleartext_fallbacks_total counter\ntern_tls_cleartext_fallbacks_total {}",
-        t.cleartext_fallbacks.load(Relaxed)
-    );
     out
 }
 
@@ -440,44 +219,123 @@ mod tests {
     use super::*;
     use tern_storage::LogStats;
 
+    struct Fixture {
+        cores: Vec<CoreMetrics>,
+        tls: TlsStats,
+        mta_sts: StsStats,
+        ops: OpsStats,
+        pressure: Pressure,
+        live: crate::reload::Live,
+    }
+
+    impl Fixture {
+        fn new(cores: usize) -> Fixture {
+            let config =
+                crate::config::Config::from_toml("", &Default::default()).expect("defaults");
+            Fixture {
+                live: crate::reload::Live::new(std::sync::Arc::new(config)),
+                cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+                tls: TlsStats::default(),
+                mta_sts: StsStats::default(),
+                ops: OpsStats::default(),
+                pressure: Pressure::new(
+                    crate::config::Config::from_toml("", &Default::default())
+                        .expect("defaults")
+                        .pressure,
+                    "/".into(),
+                    cores,
+                ),
+            }
+        }
+
+        fn render(&self, held: &[(&str, u64)], queue: Option<QueueGauges>) -> String {
+            render(&Sources {
+                cores: self.cores.iter().collect(),
+                tls: &self.tls,
+                mta_sts: &self.mta_sts,
+                ops: &self.ops,
+                pressure: &self.pressure,
+                live: &self.live,
+                shadow_held: held.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+                queue,
+            })
+        }
+    }
+
     #[test]
-    fn renders_counters_and_cumulative_histograms() {
-        let m = CoreMetrics::default();
+    fn counters_and_cumulative_histograms_with_sum_in_seconds() {
+        let f = Fixture::new(1);
+        let m = &f.cores[0];
         CoreMetrics::inc(&m.messages_accepted);
         let mut stats = LogStats::default();
         stats.sync_us_buckets[8] = 3;
         stats.sync_us_buckets[9] = 1;
+        stats.sync_us_total = 1000;
         stats.batches = 4;
+        stats.records = 9;
         m.set_log_stats(&stats);
-        let text = render(&[&m]);
+        m.shadow_copy_us.observe(1500);
+        let text = f.render(&[], None);
         assert!(text.contains("tern_messages_accepted_total{core=\"0\"} 1\n"));
         assert!(text.contains("tern_log_commit_seconds_bucket{core=\"0\",le=\"0.000256\"} 3\n"));
         assert!(text.contains("tern_log_commit_seconds_bucket{core=\"0\",le=\"0.000512\"} 4\n"));
+        assert!(text.contains("tern_log_commit_seconds_bucket{core=\"0\",le=\"+Inf\"} 4\n"));
+        assert!(text.contains("tern_log_commit_seconds_sum{core=\"0\"} 0.001\n"));
         assert!(text.contains("tern_log_commit_seconds_count{core=\"0\"} 4\n"));
-        // Every delivery and shadow counter is rendered.
-        for name in [
-            "tern_delivered_recipients_total",
-            "tern_unreadable_messages_total",
-            "tern_shadow_copies_made_total",
-            "tern_shadow_copies_failed_total",
-            "tern_non_redundant_accepts_total",
-            "tern_shadow_latency_microseconds_total",
-            "tern_shadow_copies_held_total",
-            "tern_copied_forward_total",
-            "tern_queue_messages",
-        ] {
-            assert!(
-                text.contains(&format!("{name}{{core=\"0\"}} 0\n")),
-                "{name}"
-            );
-        }
+        assert!(text.contains("tern_log_batch_records_sum{core=\"0\"} 9\n"));
+        assert!(text.contains("tern_shadow_copy_seconds_sum{core=\"0\"} 0.0015\n"));
+        assert!(text.contains("tern_shadow_copy_seconds_count{core=\"0\"} 1\n"));
         assert!(text.contains("tern_rejected_total{core=\"0\",reason=\"storage\"} 0\n"));
+        assert!(!text.contains("microseconds"));
     }
 
     #[test]
-    fn every_metric_of_the_table_has_help_type_and_samples_once() {
-        let (a, b) = (CoreMetrics::default(), CoreMetrics::default());
-        let text = render(&[&a, &b]);
+    fn node_wide_families_shadow_queue_and_destinations() {
+        let f = Fixture::new(2);
+        // No peers, no queue answer, no TLS session: those families are
+        // left out, HELP and TYPE included.
+        let text = f.render(&[], None);
+        for name in [
+            "tern_shadow_queue_messages",
+            "tern_queue_destination_messages",
+            "tern_queue_oldest_message_age_seconds",
+            "tern_tls_sessions_total",
+        ] {
+            assert!(!text.contains(name), "{name}:\n{text}");
+        }
+        let queue = QueueGauges {
+            destinations: vec![("mx:b\"x.test".into(), 3), ("other".into(), 0)],
+            oldest_age_s: 42,
+        };
+        let text = f.render(&[("a", 0), ("b", 7)], Some(queue));
+        assert!(text.contains("tern_shadow_queue_messages{primary=\"a\"} 0\n"));
+        assert!(text.contains("tern_shadow_queue_messages{primary=\"b\"} 7\n"));
+        assert!(
+            text.contains("tern_queue_destination_messages{destination=\"mx:b\\\"x.test\"} 3\n")
+        );
+        assert!(text.contains("tern_queue_destination_messages{destination=\"other\"} 0\n"));
+        assert!(text.contains("tern_queue_oldest_message_age_seconds 42\n"));
+        assert!(text.contains("tern_log_state{core=\"1\"} 0\n"));
+        assert!(text.contains("tern_pressure_level 0\n"));
+    }
+
+    #[test]
+    fn every_metric_of_the_table_is_written_once_with_samples() {
+        let f = Fixture::new(2);
+        f.tls.session(
+            crate::tls::stats::Direction::In,
+            crate::tls::TlsInfo {
+                version: "TLSv1.3",
+                cipher: "TLS13_AES_256_GCM_SHA384",
+                resumed: false,
+                peer: None,
+            },
+        );
+        let queue = QueueGauges {
+            destinations: vec![("other".into(), 0)],
+            oldest_age_s: 0,
+        };
+        let text = f.render(&[("a", 1)], Some(queue));
         let lines: Vec<&str> = text.lines().collect();
         let count = |wanted: &str| lines.iter().filter(|l| **l == wanted).count();
         let mut names = std::collections::HashSet::new();
@@ -486,8 +344,12 @@ mod tests {
             assert!(names.insert(name), "{name} twice in the table");
             assert_eq!(
                 m.kind == Kind::Histogram,
-                matches!(m.read, Read::Buckets { .. }),
-                "{name}: histogram type iff bucket samples"
+                matches!(m.read, Read::CoreHistogram { .. }),
+                "{name}: histogram type iff histogram samples"
+            );
+            assert!(
+                !name.contains("micro") && !name.contains("millis"),
+                "{name}: seconds"
             );
             assert_eq!(count(&format!("# HELP {name} {}", m.help)), 1, "{name}");
             assert_eq!(
@@ -495,14 +357,12 @@ mod tests {
                 1,
                 "{name}"
             );
-            for core in ["0", "1"] {
-                let sample = match m.read {
-                    Read::Value(_) => format!("{name}{{core=\"{core}\"}} "),
-                    Read::Labelled { .. } => format!("{name}{{core=\"{core}\","),
-                    Read::Buckets { .. } => format!("{name}_count{{core=\"{core}\"}} "),
-                };
-                assert!(lines.iter().any(|l| l.starts_with(&sample)), "{sample}");
-            }
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| !l.starts_with('#') && l.starts_with(name)),
+                "{name} has no sample"
+            );
         }
         // Nothing is rendered that the table does not name: every line is
         // a comment or a sample of the metric whose TYPE came last.
@@ -520,6 +380,25 @@ mod tests {
         assert_eq!(
             lines.iter().filter(|l| l.starts_with("# HELP ")).count(),
             METRICS.len()
+        );
+    }
+
+    #[test]
+    fn readme_lists_every_metric_of_the_table() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Metrics\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Metrics section");
+        let listed: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let table: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        assert_eq!(
+            listed, table,
+            "README's metrics table, in the table's order"
         );
     }
 }

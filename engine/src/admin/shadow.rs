@@ -1,5 +1,4 @@
-//! `GET /shadow` (`tern shadow status`) and the shadow gauges of
-//! `/metrics`.
+//! `GET /shadow` (`tern shadow status`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -8,21 +7,9 @@ use super::Admin;
 use crate::metrics::CoreMetrics;
 use crate::shadow::lock;
 
-/// `tern_shadow_queue_messages{primary=..}`: copies held here per primary.
-pub(super) fn gauges(a: &Admin) -> String {
-    let mut out = String::from(
-        "# HELP tern_shadow_queue_messages Shadow copies held here per primary\n# TYPE tern_shadow_queue_messages gauge\n",
-    );
-    for (node, n) in a.shadow.replica.held_per_primary() {
-        out.push_str(&format!(
-            "tern_shadow_queue_messages{{primary=\"{node}\"}} {n}\n"
-        ));
-    }
-    out
-}
-
 /// This node, its peers (database ids, last heartbeat, copies held for
-/// each) and the shadow counters.
+/// each, how many of our messages each took over), our messages that may
+/// be delivered twice, and the shadow counters.
 pub(super) fn status(a: &Admin) -> String {
     let c = &a.config.cluster;
     let db = a.shadow.database_id.to_string();
@@ -42,6 +29,13 @@ pub(super) fn status(a: &Admin) -> String {
     ));
     let held = a.shadow.replica.held_per_primary();
     let primaries = lock(&a.shadow.replica.primaries).clone();
+    let taken_over = lock(&a.shadow.primary.taken_over).clone();
+    let taken_total: u64 = taken_over.values().sum();
+    if taken_total > 0 {
+        out.push_str(&format!(
+            "taken over by shadows: {taken_total} of our messages (we were unreachable; we deliver them too, so they may be delivered twice, SPEC 4)\n"
+        ));
+    }
     for p in &c.peers {
         let state = primaries.get(&p.node_id);
         let seen = state.map_or("never".to_string(), |s| {
@@ -50,14 +44,15 @@ pub(super) fn status(a: &Admin) -> String {
             )
         });
         out.push_str(&format!(
-            "peer {} {} site {} database {} last-heartbeat {seen} held-for-it {}\n",
+            "peer {} {} site {} database {} last-heartbeat {seen} held-for-it {} took-over-ours {}\n",
             p.node_id,
             p.addr,
             p.site,
             state
                 .and_then(|s| s.database.clone())
                 .unwrap_or_else(|| "unknown".into()),
-            held.get(&p.node_id).copied().unwrap_or(0)
+            held.get(&p.node_id).copied().unwrap_or(0),
+            taken_over.get(&p.node_id).copied().unwrap_or(0)
         ));
     }
     out.push_str(&format!(

@@ -21,22 +21,39 @@ use super::{retry_delay, Attempt, Delivery};
 use crate::config::DeliveryConfig;
 use crate::dsn::{Action, RecipientReport};
 
-/// Is the deferral of `a` at `now` the first one at least `after` past
-/// its arrival?
-fn first_past(a: &Attempt, cfg: &DeliveryConfig, after: u64, now: u64) -> bool {
-    let received = a.msg.received_ms;
-    if now.saturating_sub(received) < after {
+/// When an attempt (its message received at `received`, its `attempts`
+/// with this one, due at `due`) was made.
+struct Timing {
+    received: u64,
+    attempts: u32,
+    due: u64,
+}
+
+impl Timing {
+    fn of(a: &Attempt) -> Timing {
+        Timing {
+            received: a.msg.received_ms,
+            attempts: a.attempts,
+            due: a.due_ms,
+        }
+    }
+}
+
+/// Is this attempt's deferral at `now` the first one at least `after`
+/// past the arrival?
+fn first_past(t: Timing, cfg: &DeliveryConfig, after: u64, now: u64) -> bool {
+    if now.saturating_sub(t.received) < after {
         return false;
     }
-    let previous = if a.attempts <= 1 {
-        received
-    } else if a.due_ms == 0 {
+    let previous = if t.attempts <= 1 {
+        t.received
+    } else if t.due == 0 {
         return false;
     } else {
-        let gap = retry_delay(cfg, a.attempts - 1).as_millis() as u64;
-        a.due_ms.saturating_sub(gap)
+        let gap = retry_delay(cfg, t.attempts - 1).as_millis() as u64;
+        t.due.saturating_sub(gap)
     };
-    previous.saturating_sub(received) < after
+    previous.saturating_sub(t.received) < after
 }
 
 impl Delivery {
@@ -55,14 +72,14 @@ impl Delivery {
         let after = after.as_millis() as u64;
         if a.msg.mail_from.is_empty()
             || a.msg.resubmitted.is_some()
-            || !first_past(a, &self.cfg, after, now)
+            || !first_past(Timing::of(a), &self.cfg, after, now)
         {
             return;
         }
         let until = a.msg.received_ms + self.cfg.message_expiration_timeout.as_millis() as u64;
         let explanation = format!(
             "the message has not been delivered yet; tern keeps trying until {}",
-            crate::received::rfc5322_date(
+            humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(until)
             )
         );
@@ -90,23 +107,11 @@ impl Delivery {
 mod tests {
     use super::*;
 
-    fn attempt(attempts: u32, due_ms: u64) -> Attempt {
-        let msg = crate::record::message::StoredMessage {
-            received_ms: 1_000_000,
-            ..Default::default()
-        };
-        Attempt {
-            key: 1,
-            id: crate::record::message::QueueId::default(),
-            msg,
+    fn attempt(attempts: u32, due: u64) -> Timing {
+        Timing {
+            received: 1_000_000,
             attempts,
-            started_ms: 0,
-            due_ms,
-            branches: Default::default(),
-            results: Default::default(),
-            rcpts: Vec::new(),
-            closed: Default::default(),
-            operator: None,
+            due,
         }
     }
 
@@ -120,18 +125,18 @@ mod tests {
         let after = 200_000; // warn after 200 s
         let at = |s: u64| t0 + s * 1000;
         // Attempt 1 at +0: too early.
-        assert!(!first_past(&attempt(1, 0), &cfg, after, at(0)));
+        assert!(!first_past(attempt(1, 0), &cfg, after, at(0)));
         // Attempt 2 (due at +60 after the first deferral at +0): too early.
-        assert!(!first_past(&attempt(2, at(60)), &cfg, after, at(60)));
+        assert!(!first_past(attempt(2, at(60)), &cfg, after, at(60)));
         // Attempt 3 at +180: previous deferral +60, still < 200 s.
-        assert!(!first_past(&attempt(3, at(180)), &cfg, after, at(180)));
+        assert!(!first_past(attempt(3, at(180)), &cfg, after, at(180)));
         // Attempt 4 at +420: previous deferral at +180 (< 200): this one.
-        assert!(first_past(&attempt(4, at(420)), &cfg, after, at(420)));
+        assert!(first_past(attempt(4, at(420)), &cfg, after, at(420)));
         // Attempt 5 at +900: previous at +420, past it already: none.
-        assert!(!first_past(&attempt(5, at(900)), &cfg, after, at(900)));
+        assert!(!first_past(attempt(5, at(900)), &cfg, after, at(900)));
         // A first attempt already past the threshold warns.
-        assert!(first_past(&attempt(1, 0), &cfg, after, at(300)));
+        assert!(first_past(attempt(1, 0), &cfg, after, at(300)));
         // An attempt made due at once by an operator: none.
-        assert!(!first_past(&attempt(4, 0), &cfg, after, at(420)));
+        assert!(!first_past(attempt(4, 0), &cfg, after, at(420)));
     }
 }

@@ -285,9 +285,9 @@ impl Inbound {
         self.replica.copies_durable(pending).await
     }
 
-    /// The answer to a shadow's `XQDISCARD`.
-    pub fn discard_answer(&self, node: &str, database: &str) -> Reply {
-        self.primary.discard_answer(node, database)
+    /// The answer to a shadow's `XQDISCARD` (`taken`: its `TAKEN=`).
+    pub fn discard_answer(&self, node: &str, database: &str, taken: u64) -> Reply {
+        self.primary.discard_answer(node, database, taken)
     }
 }
 

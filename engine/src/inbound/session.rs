@@ -330,8 +330,12 @@ async fn handle_events(
                     Err(reply) => s.complete(Err(reply)),
                 }
             }
-            Event::Discard { node, database } => {
-                s.answer(core.discard_answer(&node, &database));
+            Event::Discard {
+                node,
+                database,
+                taken,
+            } => {
+                s.answer(core.discard_answer(&node, &database, taken));
             }
             Event::StartTls => {
                 if !super::tls_auth::starttls(core, s, l, peer).await {

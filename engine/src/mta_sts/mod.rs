@@ -25,7 +25,6 @@ pub mod cache;
 pub mod fetch;
 pub mod policy;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -118,25 +117,12 @@ impl StsStats {
         self.counts[i].load(Relaxed)
     }
 
-    /// Prometheus text; `tls_reported`: certificates a `testing` policy's
-    /// hosts showed that failed verification (counted by the TLS room).
-    pub fn render(&self, tls_reported: u64) -> String {
-        let mut out = String::from(
-            "# HELP tern_mta_sts_total MTA-STS policy lookups and what delivery did under them, by outcome\n# TYPE tern_mta_sts_total counter\n",
-        );
-        for o in OUTCOMES {
-            let _ = writeln!(
-                out,
-                "tern_mta_sts_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                self.get(o)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "tern_mta_sts_total{{outcome=\"testing_tls_failure\"}} {tls_reported}"
-        );
-        out
+    /// Every outcome's name (the `outcome` label) and count, in order.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES
+            .iter()
+            .map(|&o| (o.as_str(), self.get(o)))
+            .collect()
     }
 }
 

@@ -133,26 +133,13 @@ impl OpsStats {
         }
     }
 
-    /// Prometheus text of the counters.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP tern_operator_actions_total Operator actions done through the admin API\n# TYPE tern_operator_actions_total counter\n",
-        );
-        for (i, a) in ACTIONS.iter().enumerate() {
-            out.push_str(&format!(
-                "tern_operator_actions_total{{action=\"{a}\"}} {}\n",
-                self.actions[i].load(Relaxed)
-            ));
-        }
-        out.push_str(&format!(
-            "# HELP tern_admin_unauthorized_total Admin requests refused for a missing or wrong token\n# TYPE tern_admin_unauthorized_total counter\ntern_admin_unauthorized_total {}\n",
-            self.unauthorized.load(Relaxed)
-        ));
-        out.push_str(&format!(
-            "# HELP tern_resubmitted_messages_total Safety Net messages queued again by resubmission requests\n# TYPE tern_resubmitted_messages_total counter\ntern_resubmitted_messages_total {}\n",
-            self.resubmitted.load(Relaxed)
-        ));
-        out
+    /// Every action of [`ACTIONS`] (the `action` label) and its count.
+    pub fn actions(&self) -> Vec<(&'static str, u64)> {
+        ACTIONS
+            .iter()
+            .zip(&self.actions)
+            .map(|(a, n)| (*a, n.load(Relaxed)))
+            .collect()
     }
 }
 

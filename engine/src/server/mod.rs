@@ -7,9 +7,11 @@
 //! mod.rs   serve: checks the data directory, starts the cores, signals, admin
 //! core.rs  one core: opens its shard, builds its rooms, serves, stops them in order
 //! reload.rs  SIGHUP / POST /reload: read the config again, apply what may change
+//! exclusive.rs  one tern per address and data directory (probe bind, lock file)
 //! ```
 
 pub mod core;
+pub mod exclusive;
 pub mod reload;
 
 use std::sync::Arc;
@@ -103,6 +105,7 @@ pub fn serve(mut config: Config, source: reload::Source) -> anyhow::Result<()> {
     // First: a bad users file stops the start before anything is touched.
     let users =
         crate::auth::load_users(&config).map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?;
+    let _claim = exclusive::claim(&config)?;
     let database_id = open_data_dir(&config)?;
     let tls = crate::tls::Tls::start(&config)?;
     if let Some(certs) = &tls.certs {

@@ -64,14 +64,20 @@ async fn ask(hb: &Heartbeat, peer: &Peer) -> Result<usize, String> {
         return Err("the peer does not offer XSHADOW to us".into());
     };
     let mut total = 0;
+    // The first ask of the round tells the primary of the takeovers of
+    // its current store it was not told of yet.
+    let mut taken = hb.shared.replica.untold_takeovers(&peer.node_id, &db);
     for _ in 0..ASKS_PER_ROUND_MAX {
         let mut line = Vec::new();
-        client::xqdiscard(&mut line, &cluster.node_id, &db);
+        client::xqdiscard(&mut line, &cluster.node_id, &db, taken);
         let reply = conn.command(&line).await.map_err(|e| e.to_string())?;
         if reply.code != 250 {
             conn.quit().await;
             return Err(format!("XQDISCARD refused: {}", reply.text()));
         }
+        hb.shared
+            .replica
+            .told_takeovers(&peer.node_id, &db, std::mem::take(&mut taken));
         CoreMetrics::inc(&hb.metrics.heartbeats);
         let Some(answer) = parse_answer(&reply.lines) else {
             conn.quit().await;

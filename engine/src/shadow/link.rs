@@ -320,7 +320,8 @@ async fn ask_discards(pipe: &Pipe, conn: &mut Conn) -> bool {
         return true;
     };
     let mut line = Vec::new();
-    tern_smtp::client::xqdiscard(&mut line, &pipe.node_id, &db);
+    // Takeovers are told by the heartbeat only.
+    tern_smtp::client::xqdiscard(&mut line, &pipe.node_id, &db, 0);
     let asked = timed(pipe.limit, async { Ok(conn.command(&line).await) }).await;
     match asked {
         Ok(Ok(reply)) if reply.code == 250 => {

@@ -6,8 +6,8 @@
 //! (SPEC 2.6). The inbound accept step decides what the client is told;
 //! this module only reports what happened.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,6 +37,10 @@ pub struct Shared {
     /// shadows with every `XQDISCARD` answer. Rebuilt from the log at
     /// start, so discards survive a restart.
     pub watermarks: Mutex<Watermarks>,
+    /// Per shadow node: how many of our messages (of this store) it said
+    /// it took over while we were unreachable, since this start. We
+    /// deliver them too, so they may arrive twice (SPEC 4).
+    pub taken_over: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One core's primary side.
@@ -202,14 +206,14 @@ impl Primary {
         }
     }
 
-    /// Sends `copy` and adds the time it took to
-    /// `tern_shadow_latency_microseconds_total`.
+    /// Sends `copy` and counts the time it took in
+    /// `tern_shadow_copy_seconds`.
     async fn copy(&self, copy: Copy) -> Result<String, String> {
         let started = Instant::now();
         let r = self.links.shadow(&self.config.cluster, copy).await;
         self.metrics
-            .shadow_latency_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .shadow_copy_us
+            .observe(started.elapsed().as_micros() as u64);
         r
     }
 
@@ -256,9 +260,12 @@ impl Primary {
     /// The answer to a shadow's `XQDISCARD <node> <database>` (see
     /// `shadow::discard`): nothing but our database id when it asks about
     /// another store of ours.
-    pub fn discard_answer(&self, node: &str, database: &str) -> Reply {
+    pub fn discard_answer(&self, node: &str, database: &str, taken: u64) -> Reply {
         let ours = self.shared.database_id.to_string();
         let same = database == ours;
+        if taken > 0 {
+            self.taken_over(node, taken, same);
+        }
         let marks = if same {
             lock(&self.shared.primary.watermarks).clone()
         } else {
@@ -272,5 +279,28 @@ impl Primary {
             }
         });
         Reply::plain(250, lines.into_iter().map(Into::into).collect())
+    }
+
+    /// Shadow `node` says it took over `n` of our messages of the store it
+    /// names (`same`: this one) while we were unreachable.
+    fn taken_over(&self, node: &str, n: u64, same: bool) {
+        if !same {
+            // Copies of a store we no longer have: we cannot deliver them.
+            tracing::info!(shadow = %node, messages = n, "a shadow took over messages of our former store");
+            return;
+        }
+        let total = {
+            let mut taken = lock(&self.shared.primary.taken_over);
+            let t = taken.entry(node.to_owned()).or_insert(0);
+            *t += n;
+            *t
+        };
+        tracing::warn!(
+            shadow = %node,
+            messages = n,
+            since_start = total,
+            database = %self.shared.database_id,
+            "a shadow took over our messages while we were unreachable; we deliver them too, so they may be delivered twice (SPEC 4)"
+        );
     }
 }

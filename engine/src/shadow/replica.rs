@@ -35,6 +35,11 @@ pub struct Shared {
     /// Copies held per (core, primary node), published by each core's
     /// maintenance (for `tern shadow status` and /metrics).
     pub depth: Mutex<HashMap<(u16, String), u64>>,
+    /// Copies taken over per (primary node, its database id) that the
+    /// primary was not told of yet (the heartbeat tells it with
+    /// `XQDISCARD ... TAKEN=n`, SPEC 4). In memory: a restart of this node
+    /// before the primary is back forgets them (the takeovers are logged).
+    pub untold: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 impl Shared {
@@ -53,6 +58,29 @@ impl Shared {
         lock(&self.primaries).insert(node.to_owned(), state);
         lock(&self.discarded).add(node, &answer.database, now, answer.ids);
         n
+    }
+
+    /// Takeovers of `node`'s messages of store `database` not told yet.
+    pub fn untold_takeovers(&self, node: &str, database: &str) -> u64 {
+        lock(&self.untold)
+            .get(&(node.to_owned(), database.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `node` (now with store `database`) was told of `n` takeovers of that
+    /// store. Takeovers of its older stores are forgotten: that store is
+    /// gone, so nothing of it is delivered twice.
+    pub fn told_takeovers(&self, node: &str, database: &str, n: u64) {
+        let mut untold = lock(&self.untold);
+        untold.retain(|(p, db), _| p != node || db == database);
+        let key = (node.to_owned(), database.to_owned());
+        if let Some(left) = untold.get_mut(&key) {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                untold.remove(&key);
+            }
+        }
     }
 
     /// Copies held here per primary node, summed over cores.
@@ -343,6 +371,9 @@ impl Replica {
             })
             .await?;
         CoreMetrics::inc(&self.metrics.takeovers);
+        *lock(&self.shared.replica.untold)
+            .entry((origin.node.clone(), origin.database.clone()))
+            .or_insert(0) += 1;
         let id = self.shard.queue_id(new);
         tracing::warn!(primary = %origin.node, primary_id = %origin.queue_id, id = %id, reason = %why,
             "took over a shadow copy");

@@ -92,7 +92,11 @@ impl<P: Policy> Session<P> {
             Command::Vrfy => self.vrfy(),
             Command::Help => self.help(),
             Command::NotImplemented(_) => self.not_implemented(),
-            Command::XqDiscard { node, database } => self.xqdiscard(node, database),
+            Command::XqDiscard {
+                node,
+                database,
+                taken,
+            } => self.xqdiscard(node, database, taken),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
         }

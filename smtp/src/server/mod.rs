@@ -91,6 +91,9 @@ pub enum Event {
         node: String,
         /// The primary's database id as the shadow knows it.
         database: String,
+        /// Messages of that database the shadow says it took over
+        /// (`TAKEN=`; 0 without it).
+        taken: u64,
     },
     /// `STARTTLS` was answered 220: send what [`Session::transmit`]
     /// holds, run the TLS handshake, then call

@@ -117,3 +117,25 @@ fn an_unreadable_copy_does_not_stop_the_upkeep_of_the_others() {
         shard.log.clone().close().await.unwrap();
     });
 }
+
+#[test]
+fn untold_takeovers_are_told_once_and_older_stores_forgotten() {
+    let shared = Shared::default();
+    let key = |db: &str| ("a".to_string(), db.to_string());
+    lock(&shared.untold).insert(key("old"), 2);
+    lock(&shared.untold).insert(key("now"), 5);
+    lock(&shared.untold).insert(("c".to_string(), "x".to_string()), 1);
+    assert_eq!(shared.untold_takeovers("a", "now"), 5);
+    // A takeover counted while the heartbeat was telling: it stays.
+    *lock(&shared.untold).get_mut(&key("now")).unwrap() += 1;
+    shared.told_takeovers("a", "now", 5);
+    assert_eq!(shared.untold_takeovers("a", "now"), 1);
+    assert_eq!(
+        shared.untold_takeovers("a", "old"),
+        0,
+        "a's old store is gone"
+    );
+    assert_eq!(shared.untold_takeovers("c", "x"), 1, "other primaries kept");
+    shared.told_takeovers("a", "now", 1);
+    assert!(!lock(&shared.untold).contains_key(&key("now")));
+}
