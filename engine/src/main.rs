@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     // glibc's defaults give freed memory back to the kernel eagerly (trim
     // above 128 KiB, mmap for blocks above 128 KiB, adapting), so a core
     // that frees and reallocates its batch buffers faults fresh zeroed
@@ -19,5 +19,14 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = tern_engine::cli::Cli::parse();
     let _flush_guard = tern_engine::logging::init(cli.log_format);
-    tern_engine::cli::run(cli)
+    match tern_engine::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain, each cause naming what it was about; no
+            // backtrace (an operator's error is not a crash).
+            drop(_flush_guard);
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -257,7 +257,11 @@ fn check_config(common: &Common, diff: bool, out: &mut impl std::io::Write) -> a
 
 /// `tern queue ...`: reads the data directory named by the config.
 fn run_queue(action: QueueAction, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let data_dir = |common: &Common| load(common, Overrides::default()).map(|c| c.data_dir);
+    let data_dir = |common: &Common| -> anyhow::Result<PathBuf> {
+        let dir = load(common, Overrides::default())?.data_dir;
+        crate::layout::check_readable(&dir)?;
+        Ok(dir)
+    };
     match action {
         QueueAction::List { common } => queue::list(&data_dir(&common)?, out),
         QueueAction::Shadow { common } => queue::list_shadow(&data_dir(&common)?, out),

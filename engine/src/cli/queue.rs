@@ -16,6 +16,7 @@ use crate::record::shadow::{self as shadow_record, Origin, SHADOW};
 use crate::record::status::{self, STATUS};
 
 fn shards(data_dir: &Path) -> anyhow::Result<Vec<(u16, std::path::PathBuf)>> {
+    crate::layout::check_readable(data_dir)?;
     Ok(crate::layout::shard_dirs(data_dir)?)
 }
 

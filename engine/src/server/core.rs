@@ -74,7 +74,7 @@ pub async fn run(
         c.storage.clone(),
         c.delivery.recent_cache_bytes,
     );
-    let shard = Rc::new(shard.await?);
+    let shard = Rc::new(shard.await.map_err(|e| open_failed(&e, c, id))?);
     let incoming_cpu = config.incoming_cpu.then_some(cpu);
     let listener = bind_listener(config.listen, incoming_cpu)?;
     let implicit = match config.tls.implicit_listen {
@@ -118,6 +118,32 @@ pub async fn run(
     drop(batching);
     tracing::info!(shard = id, "core stopped");
     Ok(())
+}
+
+/// A shard that cannot be opened, named with what to do; a full file
+/// system with what each core needs.
+fn open_failed(e: &anyhow::Error, c: &Config, id: u16) -> anyhow::Error {
+    let dir = crate::layout::shard_dir(&c.data_dir, usize::from(id));
+    let text = format!("{e:#}");
+    if text.contains("No space left") || text.contains("os error 28") {
+        let segment = c.storage.segment_bytes_max;
+        let free = crate::pressure::probe::disk(&c.data_dir).map_or_else(
+            |_| "unknown".into(),
+            |(free, _)| crate::config::ByteSize(free).to_string(),
+        );
+        return anyhow::anyhow!(
+            "no space left on the file system of {}: each core preallocates {} per log segment (storage.segment_size) and keeps the next one ready, so {} cores need at least {} free; {} is free. Free space, lower storage.segment_size or use fewer cores",
+            dir.display(),
+            crate::config::ByteSize(segment),
+            c.cores,
+            crate::config::ByteSize(segment * 2 * c.cores as u64),
+            free
+        );
+    }
+    anyhow::anyhow!(
+        "cannot open the log of core {id} in {}: {text}",
+        dir.display()
+    )
 }
 
 /// Builds the core's rooms: the two sides of shadow redundancy, inbound,

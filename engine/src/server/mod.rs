@@ -105,6 +105,8 @@ pub fn serve(mut config: Config, source: reload::Source) -> anyhow::Result<()> {
     // First: a bad users file stops the start before anything is touched.
     let users =
         crate::auth::load_users(&config).map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?;
+    // The data directory is checked before the lock file goes into it.
+    crate::layout::check_writable(&config.data_dir)?;
     let _claim = exclusive::claim(&config)?;
     let database_id = open_data_dir(&config)?;
     let tls = crate::tls::Tls::start(&config)?;
@@ -183,7 +185,8 @@ pub fn serve(mut config: Config, source: reload::Source) -> anyhow::Result<()> {
 /// Checks the data directory against the config and loads (or creates)
 /// the transport database id.
 fn open_data_dir(config: &Config) -> anyhow::Result<DatabaseId> {
-    tern_storage::log::create_dir_durably(&config.data_dir)?;
+    tern_storage::log::create_dir_durably(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.data_dir.display()))?;
     let shards = crate::layout::existing_shards(&config.data_dir);
     if shards > config.cores {
         // The extra shards' logs would be served by nobody: their queued
