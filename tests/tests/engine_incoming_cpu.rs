@@ -30,7 +30,8 @@ fn shards_from(tern: &TernProcess, cpu: usize, n: usize) -> Vec<u16> {
                 let content = message(&format!("from cpu {cpu}, {i}"), &["hello"]);
                 let id = c.send_message("a@example.test", &["b@example.test"], &content);
                 c.quit();
-                u16::from_str_radix(&id[..2], 16).expect("queue id starts with the shard")
+                u16::from_str_radix(&id[id.len() - 14..id.len() - 12], 16)
+                    .expect("the shard: the 2 hex digits before the sequence")
             })
             .collect()
     })

@@ -1020,11 +1020,13 @@ fn a_shadow_killed_mid_batch_keeps_every_acknowledged_copy_and_later_drops_all()
     assert_eq!(b.counter("tern_shadow_takeovers_total"), 0);
 }
 
-/// (shard, sequence) of a queue id.
+/// (shard, sequence) of a queue id (store tag, 2 hex of shard, 12 of
+/// sequence).
 fn split_id(id: &str) -> (u16, u64) {
+    let seq = id.len() - 12;
     (
-        u16::from_str_radix(&id[..2], 16).unwrap(),
-        u64::from_str_radix(&id[2..], 16).unwrap(),
+        u16::from_str_radix(&id[seq - 2..seq], 16).unwrap(),
+        u64::from_str_radix(&id[seq..], 16).unwrap(),
     )
 }
 
