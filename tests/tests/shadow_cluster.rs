@@ -362,7 +362,7 @@ fn primary_back_with_the_same_store_after_takeover_delivers_duplicates() {
     let warns: Vec<String> = a
         .stderr()
         .lines()
-        .filter(|l| l.contains(" WARN ") && l.contains("a shadow took over our messages"))
+        .filter(|l| l.contains("level=warn") && l.contains("a shadow took over our messages"))
         .map(str::to_owned)
         .collect();
     assert_eq!(warns.len(), 1, "{warns:?}");

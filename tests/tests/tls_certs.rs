@@ -89,12 +89,12 @@ fn start_fails(cert_file: &Path, key_file: &Path) -> (ExitStatus, String) {
     (status, stderr)
 }
 
-/// The `Error:` line the binary ends with.
+/// The `error:` line the binary ends with.
 fn error_line(stderr: &str) -> &str {
     stderr
         .lines()
-        .find(|l| l.starts_with("Error:"))
-        .unwrap_or_else(|| panic!("no Error: line in stderr:\n{stderr}"))
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error: line in stderr:\n{stderr}"))
 }
 
 #[test]
