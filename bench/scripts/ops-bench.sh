@@ -115,7 +115,7 @@ metric() { # name -> sum over cores
 cpu_s() { awk -v hz="$HZ" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo nan; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-warns() { local c; c=$(grep -cE ' (WARN|ERROR) ' "$1" 2>/dev/null || true); echo "${c:-0}"; }
+warns() { local c; c=$(grep -cE 'level=(warn|error) ' "$1" 2>/dev/null || true); echo "${c:-0}"; }
 py() { python3 -c "$@"; }
 # A whole second strictly after everything so far and before everything
 # after this returns (it sleeps past it), as RFC 3339.
