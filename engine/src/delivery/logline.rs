@@ -24,6 +24,7 @@
 //! - `tls`: `VERSION/CIPHER` of the connection, or `none`.
 //! - `attempts`: this message's attempts so far (with this one).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -92,19 +93,63 @@ pub(super) struct Times {
 /// `NAME[ADDR]:PORT` (a pool host written as `HOST:PORT` without its
 /// port in the name).
 pub(super) fn relay(h: &Hop) -> String {
-    let port = h.addr.port();
-    let suffix = format!(":{port}");
-    let name = h.name.strip_suffix(&suffix).unwrap_or(&h.name);
-    format!("{name}[{}]:{port}", h.addr.ip())
+    Relay(Some(h)).to_string()
 }
 
-fn secs(ms: u64) -> String {
-    format!("{:.2}", ms as f64 / 1000.0)
+/// [`relay`] without building a string (`none` without a next hop).
+struct Relay<'a>(Option<&'a Hop>);
+
+impl fmt::Display for Relay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(h) = self.0 else {
+            return f.write_str("none");
+        };
+        let port = h.addr.port();
+        let name = match h.name.rsplit_once(':') {
+            Some((host, p)) if p.parse() == Ok(port) => host,
+            _ => &h.name,
+        };
+        write!(f, "{name}[{}]:{port}", h.addr.ip())
+    }
+}
+
+/// Milliseconds as seconds with two decimals (`0.35`).
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 1000, self.0 % 1000 / 10)
+    }
+}
+
+/// `a/b/c/d` in seconds.
+struct Delays([u64; 4]);
+
+impl fmt::Display for Delays {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{}/{}/{}/{}", Secs(a), Secs(b), Secs(c), Secs(d))
+    }
+}
+
+/// `<a@x>,<b@x>`.
+struct To<'a>(&'a [&'a str]);
+
+impl fmt::Display for To<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, r) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "<{r}>")?;
+        }
+        Ok(())
+    }
 }
 
 /// Logs `items` grouped by (outcome, next hop, reply), in order of first
 /// appearance.
-pub(super) fn log(id: &str, attempts: u32, times: &Times, items: &[Item<'_>]) {
+pub(super) fn log(id: &dyn fmt::Display, attempts: u32, times: &Times, items: &[Item<'_>]) {
     let mut groups: Vec<(&Item<'_>, Vec<&str>)> = Vec::new();
     for it in items {
         let same = |g: &&mut (&Item<'_>, Vec<&str>)| {
@@ -123,37 +168,55 @@ pub(super) fn log(id: &str, attempts: u32, times: &Times, items: &[Item<'_>]) {
     }
 }
 
-fn line(id: &str, attempts: u32, t: &Times, it: &Item<'_>, rcpts: &[&str]) {
-    let to = rcpts
-        .iter()
-        .map(|r| format!("<{r}>"))
-        .collect::<Vec<_>>()
-        .join(",");
+fn line(id: &dyn fmt::Display, attempts: u32, t: &Times, it: &Item<'_>, rcpts: &[&str]) {
     let queued = t.started_ms.saturating_sub(t.received_ms);
-    let (relay, b, c, d, tls) = match it.hop {
+    let hop = it.hop.map(|h| &**h);
+    let (b, c, d, tls) = match hop {
         Some(h) => (
-            relay(h),
             h.picked_ms.saturating_sub(t.started_ms),
             h.setup_ms,
             h.xfer_ms,
             h.tls.as_deref().unwrap_or("none"),
         ),
-        None => (
-            "none".to_owned(),
-            t.now_ms.saturating_sub(t.started_ms),
-            0,
-            0,
-            "none",
-        ),
+        None => (t.now_ms.saturating_sub(t.started_ms), 0, 0, "none"),
     };
-    let delay = secs(t.now_ms.saturating_sub(t.received_ms));
-    let delays = format!("{}/{}/{}/{}", secs(queued), secs(b), secs(c), secs(d));
+    let delay = Secs(t.now_ms.saturating_sub(t.received_ms));
+    let delays = Delays([queued, b, c, d]);
     let dsn = match it.status {
         Verdict::Expired => Status(5, 4, 7),
         s => it.reply.status.unwrap_or_else(|| s.implied()),
     };
     let status = it.status.word();
-    let reply = it.reply.to_string();
-    tracing::info!(id, to = %to, relay = %relay, delay = %delay, delays = %delays,
-        dsn = %dsn, status, reply = %reply, tls, attempts, "{status}");
+    tracing::info!(id = %id, to = %To(rcpts), relay = %Relay(hop), delay = %delay,
+        delays = %delays, dsn = %dsn, status, reply = %it.reply, tls, attempts, "{status}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_written_as_postfix_writes_them() {
+        let hop = Hop {
+            name: "127.0.0.1:2526".into(),
+            addr: "127.0.0.1:2526".parse().unwrap(),
+            tls: None,
+            picked_ms: 0,
+            setup_ms: 0,
+            xfer_ms: 0,
+        };
+        assert_eq!(relay(&hop), "127.0.0.1[127.0.0.1]:2526");
+        let mx = Hop {
+            name: "mx.example".into(),
+            addr: "[2001:db8::1]:25".parse().unwrap(),
+            ..hop
+        };
+        assert_eq!(relay(&mx), "mx.example[2001:db8::1]:25");
+        assert_eq!(Relay(None).to_string(), "none");
+        assert_eq!(
+            Delays([10, 2_345, 0, 999]).to_string(),
+            "0.01/2.34/0.00/0.99"
+        );
+        assert_eq!(To(&["a@x", "b@x"]).to_string(), "<a@x>,<b@x>");
+    }
 }

@@ -399,7 +399,7 @@ fn log_lines(a: &Attempt, s: &Sorted, now: u64) {
         started_ms: a.started_ms,
         now_ms: now,
     };
-    logline::log(&a.id.to_string(), a.attempts, &times, &items);
+    logline::log(&a.id, a.attempts, &times, &items);
 }
 
 /// The DSN's report of one failed recipient.
