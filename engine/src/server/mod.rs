@@ -280,7 +280,10 @@ fn spawn_signal_thread(stop: Arc<StopFlag>, reloader: Arc<reload::Reloader>) -> 
                     );
                     stop.set();
                 } else {
-                    tracing::warn!(signal = sig, "second signal: exiting immediately");
+                    // Straight to stderr: `exit` does not wait for the
+                    // log thread, which may still hold this and earlier
+                    // lines.
+                    eprintln!("tern: second signal ({sig}): exiting immediately (everything answered 250 is durable)");
                     std::process::exit(130);
                 }
             }
