@@ -107,10 +107,13 @@ fn sigterm_lets_the_transaction_in_flight_finish() {
         }
         None => println!("new connection after SIGTERM: refused"),
     }
-    assert!(
-        tern.try_wait().is_none(),
-        "tern exited with a transaction in flight"
-    );
+    if let Some(status) = tern.try_wait() {
+        panic!(
+            "tern exited ({}) with a transaction in flight; stderr:\n{}",
+            tern_tests::server::describe(status),
+            tern.stderr()
+        );
+    }
 
     // The transaction finishes normally and is acknowledged...
     let mut rest = tail.to_vec();
