@@ -333,10 +333,12 @@ fn fake_session(tcp: TcpStream, state: Arc<Mutex<FakeState>>, stop: Arc<AtomicBo
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Recorded before the answer goes out: the primary may answer its
+        // client (and the test look here) before this thread runs again.
+        state.lock().unwrap().acked.extend(acks);
         if s.write_all(&out).and_then(|()| s.flush()).is_err() {
             return;
         }
-        state.lock().unwrap().acked.extend(acks);
         if close_after {
             let _ = s.flush();
             let _ = shut.shutdown(std::net::Shutdown::Both);
