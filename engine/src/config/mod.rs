@@ -54,6 +54,8 @@
 mod auth;
 pub(crate) mod cluster;
 mod delivery;
+#[cfg(test)]
+mod docs_tests;
 mod effective;
 mod file;
 mod keys;
