@@ -220,6 +220,7 @@ fn smtp_config(args: &SinkArgs, faults: &FaultConfig, tls: Option<sink_tls::Mode
         },
         extra_ehlo,
         shadow_ehlo: None,
+        proxy: false,
     }
 }
 

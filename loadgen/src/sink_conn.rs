@@ -217,6 +217,17 @@ fn events<P: Policy>(core: &Core, s: &mut Session<P>, qid: &mut String, closing:
                 tern_smtp::Status(4, 7, 0),
                 "AUTH is answered by the sink's hooks only",
             ))),
+            // Not a proxy, and XCLIENT is not allowed: never asked.
+            Event::Xclient(_) => s.xclient_result(Err(tern_smtp::Reply::new(
+                550,
+                tern_smtp::Status(5, 7, 0),
+                "XCLIENT is not allowed here",
+            ))),
+            Event::Mail { .. }
+            | Event::Rcpt { .. }
+            | Event::Data
+            | Event::Content { .. }
+            | Event::Reset => unreachable!("the sink's session is not in proxy mode"),
             Event::Close => *closing = true,
         }
     }

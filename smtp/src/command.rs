@@ -97,6 +97,9 @@ pub enum Command {
         /// The base64 initial response (`=` for an empty one).
         initial: Option<String>,
     },
+    /// `XCLIENT attribute=value ...` (the Postfix extension: a trusted
+    /// proxy names the real client; [`crate::xclient`]).
+    Xclient(crate::xclient::Xclient),
     /// `XQDISCARD <node> <database id> [TAKEN=<n>]`: tern's shadow link,
     /// a shadow asking its primary which of its messages it may discard
     /// (peers only). `TAKEN=n`: the shadow took over `n` of the primary's
@@ -202,6 +205,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "AUTH" => auth(args),
         "TURN" | "ETRN" | "ATRN" => Ok(Command::NotImplemented("TURN")),
         "XQDISCARD" => xqdiscard(args),
+        "XCLIENT" => crate::xclient::parse(args).map(Command::Xclient),
         _ => Err(CommandError::Unrecognized),
     }
 }

@@ -97,6 +97,8 @@ pub enum Progress {
 #[derive(Debug)]
 pub struct DataReceiver {
     body: Vec<u8>,
+    /// Content octets handed on already ([`DataReceiver::take_body`]).
+    taken: usize,
     limit: usize,
     lines: Lines,
     /// At the start of a line.
@@ -115,6 +117,7 @@ impl DataReceiver {
         let initial = if hint == 0 { 16 << 10 } else { hint };
         DataReceiver {
             body: Vec::with_capacity(initial.min(limit).min(1 << 20)),
+            taken: 0,
             limit,
             lines: Lines::default(),
             line_start: true,
@@ -144,16 +147,26 @@ impl DataReceiver {
         self.body.capacity()
     }
 
-    /// The content received, without the final `.CRLF`.
+    /// The content received, without the final `.CRLF` (after
+    /// [`DataReceiver::take_body`]: what came since).
     pub fn into_body(self) -> Vec<u8> {
         self.body
+    }
+
+    /// The content received so far, leaving the receiver empty (a proxy
+    /// handing the content on as it comes); the size limit still counts
+    /// it.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.taken += self.body.len();
+        let capacity = self.body.capacity();
+        std::mem::replace(&mut self.body, Vec::with_capacity(capacity))
     }
 
     fn keep(&mut self, bytes: &[u8]) {
         if self.error == Some(ContentError::TooLarge) {
             return;
         }
-        if self.body.len() + bytes.len() > self.limit {
+        if self.taken + self.body.len() + bytes.len() > self.limit {
             self.error = Some(ContentError::TooLarge);
             self.body = Vec::new();
             return;
@@ -262,6 +275,11 @@ impl ChunkChecker {
                 rest = &[];
             }
         }
+    }
+
+    /// A problem was seen (the message will be refused).
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
     }
 
     /// At the end of the message: the first problem, including content

@@ -18,16 +18,21 @@ impl Policy for Peer {
     fn allow_shadow(&mut self) -> bool {
         true
     }
+    fn allow_xclient(&mut self) -> bool {
+        true
+    }
 }
 
-/// Server input: the first byte picks a read size, the rest is the
-/// client's byte stream. Invariants: no panic; every reply is well formed;
+/// Server input: the first byte picks a read size (its high bit: proxy
+/// mode, the verdicts given by the lengths of what is asked), the rest is
+/// the client's byte stream. Invariants: no panic; every reply is well formed;
 /// no accepted message contains a bare CR or LF; nothing is processed
 /// after close.
 pub fn server_input(data: &[u8]) {
     let Some((&step, stream)) = data.split_first() else {
         return;
     };
+    let proxy = step & 0x80 != 0;
     let step = usize::from(step % 64) + 1;
     let config = Rc::new(ServerConfig {
         message_bytes_max: 4096,
@@ -35,6 +40,7 @@ pub fn server_input(data: &[u8]) {
         errors_max: 10,
         junk_commands_max: crate::limits::JUNK_COMMANDS_MAX_DEFAULT,
         shadow_ehlo: Some("XSHADOW fuzz 00".into()),
+        proxy,
         ..ServerConfig::default()
     });
     let mut session = Session::new(config, Peer);
@@ -43,6 +49,7 @@ pub fn server_input(data: &[u8]) {
     session.set_auth_offer(crate::server::AuthOffer::Always);
     let mut out = Vec::new();
     let mut closed = false;
+    let mut content = 0usize;
     for chunk in stream.chunks(step) {
         if closed {
             break;
@@ -70,6 +77,33 @@ pub fn server_input(data: &[u8]) {
                         Err(Reply::new(535, Status(5, 7, 8), "no"))
                     });
                 }
+                Event::Xclient(x) => session.xclient_result(if x.port.is_some() {
+                    Err(Reply::new(421, Status(4, 7, 0), "no"))
+                } else {
+                    Ok(())
+                }),
+                Event::Mail { from, .. } => session.verdict(if from.to_string().len() % 3 == 0 {
+                    Reply::new(452, Status(4, 3, 1), "full")
+                } else {
+                    Reply::new(250, Status(2, 1, 0), "Ok")
+                }),
+                Event::Rcpt { to } => session.verdict(if to.to_string().len() % 4 == 0 {
+                    Reply::new(550, Status(5, 1, 1), "no")
+                } else {
+                    Reply::new(250, Status(2, 1, 5), "Ok")
+                }),
+                Event::Data => session.verdict(Reply::new(354, Status(2, 0, 0), "go")),
+                Event::Content { bytes, last } => {
+                    assert!(proxy, "content pieces only in proxy mode");
+                    assert!(bytes.len() <= 4096 && content + bytes.len() <= 4096);
+                    assert!(bytes.len() <= crate::server::proxy::CONTENT_PIECE_BYTES + 64 * 1024);
+                    content += bytes.len();
+                    if last {
+                        content = 0;
+                        session.complete_with(Reply::new(250, Status(2, 0, 0), "Ok"));
+                    }
+                }
+                Event::Reset => content = 0,
                 Event::Close => closed = true,
             }
         }

@@ -16,6 +16,8 @@
 //!   (`server/ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `bdat.rs`, ...).
 //! - [`client`], [`transaction`]: the outbound side (command encoders,
 //!   EHLO capabilities, one pipelined mail transaction).
+//! - [`xclient`]: the XCLIENT extension (a trusted proxy names the real
+//!   client): attributes, parsing, encoding.
 //! - [`fuzzing`]: entry points shared by the fuzz targets and the corpus
 //!   replay test.
 #![warn(missing_docs)]
@@ -30,5 +32,6 @@ pub mod limits;
 pub mod reply;
 pub mod server;
 pub mod transaction;
+pub mod xclient;
 
 pub use reply::{Reply, ReplyParser, Status};

@@ -16,6 +16,7 @@ fn config() -> Rc<ServerConfig> {
         junk_commands_max: tern_smtp::limits::JUNK_COMMANDS_MAX_DEFAULT,
         extra_ehlo: Vec::new(),
         shadow_ehlo: Some("XSHADOW mx 0123abcd".into()),
+        proxy: false,
     })
 }
 
@@ -46,6 +47,7 @@ fn drive<P: Policy>(s: &mut Session<P>, input: &[u8], run: &mut Run) {
             Event::StartTls => s.tls_established(),
             Event::Auth { .. } => s.auth_result(Ok(())),
             Event::Close => run.closed = true,
+            e => panic!("not in proxy mode, no XCLIENT: {e:?}"),
         }
     }
     run.out.push_str(&String::from_utf8_lossy(s.transmit()));

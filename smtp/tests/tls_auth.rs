@@ -17,6 +17,7 @@ fn config() -> Rc<ServerConfig> {
         junk_commands_max: tern_smtp::limits::JUNK_COMMANDS_MAX_DEFAULT,
         extra_ehlo: Vec::new(),
         shadow_ehlo: None,
+        proxy: false,
     })
 }
 
@@ -80,6 +81,7 @@ impl Conv {
                 }
                 Event::Discard { .. } => panic!("no shadow link here"),
                 Event::Close => {}
+                e => panic!("not in proxy mode, no XCLIENT: {e:?}"),
             }
         }
         let t = self.s.transmit();

@@ -118,6 +118,7 @@ impl Settings {
             junk_commands_max: config.smtp.junk_commands_max,
             extra_ehlo: Vec::new(),
             shadow_ehlo,
+            proxy: false,
         });
         Settings {
             relay: Rc::new(config.relay.clone()),

@@ -356,6 +356,17 @@ async fn handle_events(
                     r => s.auth_result(r),
                 }
             }
+            Event::Xclient(_) => s.xclient_result(Err(Reply::new(
+                550,
+                Status(5, 7, 0),
+                "Error: insufficient authorization",
+            ))),
+            // This session is not in proxy mode (the front end's is).
+            Event::Mail { .. }
+            | Event::Rcpt { .. }
+            | Event::Data
+            | Event::Content { .. }
+            | Event::Reset => unreachable!("inbound sessions are not in proxy mode"),
             Event::Close => l.closing = true,
         }
     }

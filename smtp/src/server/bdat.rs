@@ -41,7 +41,7 @@ impl<P: Policy> Session<P> {
             Some(_) => None,
         };
         if let Some(r) = refusal {
-            self.tx = None;
+            self.drop_tx();
             self.error(r);
             if !matches!(self.phase, Phase::Closing { .. }) {
                 self.phase = Phase::Bdat {
@@ -51,16 +51,34 @@ impl<P: Policy> Session<P> {
             }
             return;
         }
+        if self.config.proxy && !self.tx.as_ref().expect("checked").bdat_started {
+            // The caller opens the content behind first (the chunk's
+            // bytes wait in the input meanwhile).
+            return self.ask(super::proxy::Asked::Bdat { size, last }, Event::Data);
+        }
+        self.start_chunk(size);
+    }
+
+    /// Takes a chunk of `size` octets into the transaction (or marks it
+    /// too large).
+    pub(super) fn start_chunk(&mut self, size: u64) {
+        let proxy = self.config.proxy;
         let tx = self.tx.as_mut().expect("checked");
         tx.bdat_started = true;
         let limit = self.config.message_bytes_max as u64;
         if let Some(chunks) = &mut tx.chunks {
-            if size > limit.saturating_sub(chunks.len() as u64) {
+            if size > limit.saturating_sub(tx.received) {
                 tx.chunks = None;
             } else {
                 // The client's number does not decide an allocation: grow
-                // as bytes arrive, at most 1 MiB ahead.
-                chunks.reserve((size as usize).min(1 << 20));
+                // as bytes arrive, at most 1 MiB ahead (a proxy holds one
+                // piece).
+                let ahead = if proxy {
+                    super::proxy::CONTENT_PIECE_BYTES
+                } else {
+                    1 << 20
+                };
+                chunks.reserve((size as usize).min(ahead));
             }
         }
     }
@@ -74,19 +92,33 @@ impl<P: Policy> Session<P> {
         let available = (self.input.len() - self.start) as u64;
         let take = available.min(*remaining) as usize;
         let bytes = &self.input[self.start..self.start + take];
+        let mut piece = None;
         if let Some(tx) = &mut self.tx {
             tx.checker.check(bytes);
+            tx.received += take as u64;
             if let Some(chunks) = &mut tx.chunks {
                 chunks.extend_from_slice(bytes);
+                if self.config.proxy && (tx.checker.failed() || self.abandoned.is_some()) {
+                    // Refused at the end anyway: hold nothing meanwhile.
+                    chunks.clear();
+                } else if self.config.proxy && chunks.len() >= super::proxy::CONTENT_PIECE_BYTES {
+                    piece = Some(std::mem::replace(
+                        chunks,
+                        Vec::with_capacity(chunks.capacity()),
+                    ));
+                }
             }
         }
         self.start += take;
         *remaining -= take as u64;
         if *remaining > 0 {
-            return Some(None);
+            return Some(piece.map(|bytes| Event::Content { bytes, last: false }));
         }
         let last = *last;
         self.phase = Phase::Command;
+        if self.tx.is_some() && self.end_abandoned() {
+            return None;
+        }
         let Some(tx) = &mut self.tx else {
             return None; // refused chunk fully skipped
         };
@@ -97,13 +129,14 @@ impl<P: Policy> Session<P> {
             return None;
         }
         if !last {
-            let received = tx.chunks.as_ref().map_or(0, Vec::len);
+            let received = tx.received;
             self.ok(Reply::new(
                 250,
                 Status(2, 0, 0),
                 format!("Ok: {received} octets received"),
             ));
-            return None;
+            // A proxy hands the piece on before the 250 goes out.
+            return piece.map(|bytes| Some(Event::Content { bytes, last: false }));
         }
         let error = match (&tx.chunks, tx.checker.finish()) {
             (None, _) => Some(ContentError::TooLarge),
@@ -113,7 +146,18 @@ impl<P: Policy> Session<P> {
             self.reject_content(e);
             return None;
         }
-        let content = tx.chunks.take().expect("checked");
+        let mut content = tx.chunks.take().expect("checked");
+        if self.config.proxy {
+            if let Some(mut first) = piece {
+                first.append(&mut content);
+                content = first;
+            }
+            self.phase = Phase::Waiting;
+            return Some(Some(Event::Content {
+                bytes: content,
+                last: true,
+            }));
+        }
         Some(Some(self.hand_over(content)))
     }
 }

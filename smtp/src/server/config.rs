@@ -19,6 +19,10 @@ pub struct ServerConfig {
     /// EHLO line advertised only to clients the policy allows the shadow
     /// link (`XSHADOW <node> <database id>`).
     pub shadow_ehlo: Option<String>,
+    /// Proxy mode (a front end): MAIL, RCPT and DATA are answered by the
+    /// caller and the content is handed on in pieces (see the module
+    /// documentation of [`crate::server`]).
+    pub proxy: bool,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +35,7 @@ impl Default for ServerConfig {
             junk_commands_max: crate::limits::JUNK_COMMANDS_MAX_DEFAULT,
             extra_ehlo: Vec::new(),
             shadow_ehlo: None,
+            proxy: false,
         }
     }
 }

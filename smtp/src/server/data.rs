@@ -17,7 +17,19 @@ impl<P: Policy> Session<P> {
         if tx.bdat_started {
             return self.error(reply(503, (5, 5, 1), "Error: DATA after BDAT"));
         }
-        let hint = tx.params.size.unwrap_or(0) as usize;
+        if self.config.proxy {
+            return self.ask(super::proxy::Asked::Data, Event::Data);
+        }
+        self.start_data();
+    }
+
+    /// The 354 and the content receiver.
+    pub(super) fn start_data(&mut self) {
+        // A proxy hands the content on in pieces: no buffer for all of it.
+        let hint = match &self.tx {
+            Some(tx) if !self.config.proxy => tx.params.size.unwrap_or(0) as usize,
+            _ => 0,
+        };
         self.phase = Phase::Data(DataReceiver::new(self.config.message_bytes_max, hint));
         Reply::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()]).encode(&mut self.output);
     }
@@ -32,6 +44,13 @@ impl<P: Policy> Session<P> {
         match progress {
             Progress::NeedMore => {
                 self.start = self.input.len();
+                if self.config.proxy && receiver.len() >= super::proxy::CONTENT_PIECE_BYTES {
+                    let bytes = receiver.take_body();
+                    // Content refused at its end anyway is not handed on.
+                    if receiver.error().is_none() && self.abandoned.is_none() {
+                        return Some(Some(Event::Content { bytes, last: false }));
+                    }
+                }
                 Some(None)
             }
             Progress::Fatal { consumed, error } => {
@@ -41,7 +60,7 @@ impl<P: Policy> Session<P> {
                 } else {
                     "Error: bare <LF> received"
                 };
-                self.tx = None;
+                self.drop_tx();
                 self.close_with(reply(521, (5, 5, 2), text));
                 None
             }
@@ -51,9 +70,17 @@ impl<P: Policy> Session<P> {
                 else {
                     unreachable!()
                 };
+                if self.end_abandoned() {
+                    return None;
+                }
                 if let Some(e) = receiver.error() {
                     self.reject_content(e);
                     return None;
+                }
+                if self.config.proxy {
+                    self.phase = Phase::Waiting;
+                    let bytes = receiver.into_body();
+                    return Some(Some(Event::Content { bytes, last: true }));
                 }
                 Some(Some(self.hand_over(receiver.into_body())))
             }

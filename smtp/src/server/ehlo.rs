@@ -9,7 +9,7 @@ use crate::reply::Reply;
 impl<P: Policy> Session<P> {
     /// EHLO (`esmtp`) or HELO: drops any transaction, records the name.
     pub(super) fn hello(&mut self, name: String, esmtp: bool) {
-        self.tx = None;
+        self.drop_tx();
         let host = self.config.hostname.clone();
         let r = if esmtp {
             Reply::plain(250, self.ehlo_lines(host))
@@ -36,6 +36,9 @@ impl<P: Policy> Session<P> {
         }
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".into());
+        }
+        if self.policy.allow_xclient() {
+            lines.push(crate::xclient::EHLO_LINE.into());
         }
         lines.extend(self.config.extra_ehlo.iter().cloned().map(Into::into));
         if let Some(line) = &self.config.shadow_ehlo {

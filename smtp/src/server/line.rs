@@ -46,7 +46,7 @@ impl<P: Policy> Session<P> {
         let parsed = command::parse(line);
         let too_long = line.len() + 2
             > match parsed {
-                Ok(Command::Mail { .. } | Command::Rcpt { .. }) => max,
+                Ok(Command::Mail { .. } | Command::Rcpt { .. } | Command::Xclient(_)) => max,
                 _ => COMMAND_LINE_MAX,
             };
         let ahead = self.start < self.input.len();
@@ -97,6 +97,7 @@ impl<P: Policy> Session<P> {
                 database,
                 taken,
             } => self.xqdiscard(node, database, taken),
+            Command::Xclient(x) => self.xclient(x),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
         }

@@ -1,7 +1,7 @@
 //! MAIL FROM: opens a transaction once HELO/EHLO was given, the
 //! parameters fit what we advertised, and the policy accepts the sender.
 
-use super::{reply, Policy, Session, Transaction};
+use super::{reply, Event, Policy, Session, Transaction};
 use crate::address::ReversePath;
 use crate::command::MailParams;
 use crate::data::ChunkChecker;
@@ -51,6 +51,16 @@ impl<P: Policy> Session<P> {
         if let Err(r) = self.policy.check_sender(&from, &params) {
             return self.error(r);
         }
+        if self.config.proxy {
+            let asked = super::proxy::Asked::Mail(from.clone(), params.clone());
+            return self.ask(asked, Event::Mail { from, params });
+        }
+        self.open_tx(from, params);
+        self.ok(reply(250, (2, 1, 0), "Ok"));
+    }
+
+    /// Opens the transaction MAIL started.
+    pub(super) fn open_tx(&mut self, from: ReversePath, params: MailParams) {
         self.tx = Some(Transaction {
             from,
             params,
@@ -58,7 +68,7 @@ impl<P: Policy> Session<P> {
             chunks: Some(Vec::new()),
             checker: ChunkChecker::default(),
             bdat_started: false,
+            received: 0,
         });
-        self.ok(reply(250, (2, 1, 0), "Ok"));
     }
 }

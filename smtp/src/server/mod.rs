@@ -27,7 +27,21 @@
 //!   (RFC 3030 CHUNKING), `xqdiscard.rs` (the shadow link's discard
 //!   request), `simple.rs` (RSET, NOOP, QUIT, VRFY, HELP and the verbs we
 //!   do not implement), `starttls.rs` (RFC 3207), `auth.rs` (RFC 4954
-//!   AUTH PLAIN and LOGIN).
+//!   AUTH PLAIN and LOGIN), `xclient.rs` (XCLIENT from a trusted proxy),
+//!   `proxy.rs` (proxy mode: the verdicts and the content go to the
+//!   caller, for a front end that forwards the session).
+//!
+//! # Proxy mode
+//!
+//! With [`ServerConfig::proxy`], the session keeps the protocol (framing,
+//! pipelining, limits, STARTTLS) but the answers to MAIL, RCPT and DATA
+//! come from the caller ([`Event::Mail`], [`Event::Rcpt`], [`Event::Data`],
+//! answered with [`Session::verdict`]), the content goes to the caller in
+//! pieces as it arrives ([`Event::Content`], at most
+//! [`proxy::CONTENT_PIECE_BYTES`] held), and the end-of-data reply is the
+//! caller's ([`Session::complete_with`]). [`Event::Reset`] says the
+//! transaction the caller forwarded was dropped (RSET, EHLO, refused
+//! content).
 
 use std::rc::Rc;
 
@@ -44,10 +58,12 @@ mod ehlo;
 mod line;
 mod mail;
 mod policy;
+pub mod proxy;
 mod rcpt;
 mod session;
 mod simple;
 mod starttls;
+mod xclient;
 mod xqdiscard;
 
 pub use auth::{AuthOffer, Mechanism};
@@ -112,6 +128,42 @@ pub enum Event {
         /// The password.
         password: String,
     },
+    /// `XCLIENT` from a client the policy allows it: check what it says
+    /// (e.g. the per-IP limits of the real client) and answer with
+    /// [`Session::xclient_result`]; no input is processed until then.
+    Xclient(crate::xclient::Xclient),
+    /// Proxy mode: MAIL passed the session's own checks; answer with the
+    /// reply of the server behind ([`Session::verdict`]).
+    Mail {
+        /// Reverse path.
+        from: ReversePath,
+        /// Its parameters.
+        params: MailParams,
+    },
+    /// Proxy mode: RCPT passed the session's own checks; answer with
+    /// [`Session::verdict`].
+    Rcpt {
+        /// Forward path.
+        to: ForwardPath,
+    },
+    /// Proxy mode: DATA (or the first BDAT) of a transaction with
+    /// recipients; answer with [`Session::verdict`]: a 3xx lets the
+    /// content come (the session sends its own 354 for DATA).
+    Data,
+    /// Proxy mode: a piece of the content, un-dot-stuffed (DATA) or as
+    /// chunked (BDAT); `last`: the end of the message; answer with
+    /// [`Session::complete_with`] then. Forward each piece before the
+    /// next `poll`.
+    Content {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// The message ends here.
+        last: bool,
+    },
+    /// Proxy mode: the transaction the caller forwarded is dropped (RSET,
+    /// EHLO, content refused by the session's own limits): drop it
+    /// behind too. Needs no answer.
+    Reset,
     /// Send what [`Session::transmit`] holds, then close the connection.
     Close,
 }
@@ -144,6 +196,9 @@ struct Transaction {
     chunks: Option<Vec<u8>>,
     checker: ChunkChecker,
     bdat_started: bool,
+    /// Content octets received so far (BDAT chunks, proxy mode: also
+    /// those handed on).
+    received: u64,
 }
 
 /// One server session.
@@ -177,6 +232,16 @@ pub struct Session<P> {
     auth_user: Option<String>,
     /// The user of the AUTH exchange the caller is checking.
     auth_pending: Option<String>,
+    /// What XCLIENT said the real client is (kept to the session's end).
+    xclient: xclient::Given,
+    /// Proxy mode: the command waiting for the caller's verdict.
+    asked: Option<proxy::Asked>,
+    /// Proxy mode: an event that needs no answer ([`Event::Reset`]),
+    /// returned first by `poll`.
+    notice: Option<Event>,
+    /// Proxy mode: the server behind failed mid-content; the reply at
+    /// the content's end.
+    abandoned: Option<Reply>,
 }
 
 fn reply(code: u16, status: (u8, u16, u16), text: &'static str) -> Reply {

@@ -22,6 +22,11 @@ pub trait Policy {
     fn allow_shadow(&mut self) -> bool {
         false
     }
+    /// May this client use `XCLIENT` (a trusted front end naming the
+    /// real client)? Only configured front ends should.
+    fn allow_xclient(&mut self) -> bool {
+        false
+    }
     /// RCPT TO accepted syntactically; `Err` is sent as the reply.
     fn check_recipient(&mut self, _to: &ForwardPath) -> Result<(), Reply> {
         Ok(())

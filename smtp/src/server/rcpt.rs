@@ -1,7 +1,7 @@
 //! RCPT TO: adds a recipient to the open transaction, up to
 //! `recipients_max`, if the policy accepts it.
 
-use super::{reply, Policy, Session};
+use super::{reply, Event, Policy, Session};
 use crate::address::ForwardPath;
 
 impl<P: Policy> Session<P> {
@@ -24,6 +24,9 @@ impl<P: Policy> Session<P> {
         }
         if let Err(r) = self.policy.check_recipient(&to) {
             return self.error(r);
+        }
+        if self.config.proxy {
+            return self.ask(super::proxy::Asked::Rcpt(to.clone()), Event::Rcpt { to });
         }
         self.tx.as_mut().expect("checked").recipients.push(to);
         self.ok(reply(250, (2, 1, 5), "Ok"));

@@ -30,10 +30,33 @@ impl<P: Policy> Session<P> {
             auth_offer: AuthOffer::Never,
             auth_user: None,
             auth_pending: None,
+            xclient: Default::default(),
+            asked: None,
+            notice: None,
+            abandoned: None,
         };
-        let greeting = format!("{} ESMTP tern", s.config.hostname);
-        Reply::plain(220, vec![greeting.into()]).encode(&mut s.output);
+        s.greet();
         s
+    }
+
+    /// The 220 greeting (at the start, and after XCLIENT).
+    pub(super) fn greet(&mut self) {
+        let greeting = format!("{} ESMTP tern", self.config.hostname);
+        Reply::plain(220, vec![greeting.into()]).encode(&mut self.output);
+    }
+
+    /// The policy (the caller may tell it what it learnt, e.g. the real
+    /// client after XCLIENT).
+    pub fn policy_mut(&mut self) -> &mut P {
+        &mut self.policy
+    }
+
+    /// Drops the transaction; in proxy mode one the caller forwarded is
+    /// announced ([`Event::Reset`]).
+    pub(super) fn drop_tx(&mut self) {
+        if self.tx.take().is_some() && self.config.proxy {
+            self.notice = Some(Event::Reset);
+        }
     }
 
     /// Buffers bytes received from the client.
@@ -108,20 +131,25 @@ impl<P: Policy> Session<P> {
     /// The caller made the message durable (`Ok(queue_id)`) or could not
     /// (`Err(reply)`, a 4xx for storage trouble).
     pub fn complete(&mut self, result: Result<&str, Reply>) {
-        assert!(
-            matches!(self.phase, Phase::Waiting),
-            "complete() without a message"
-        );
-        let r = match result {
-            Ok(id) => {
-                // The limit counts errors without a delivered message in
-                // between (like Postfix's smtpd_hard_error_limit).
-                self.errors = 0;
-                self.junk = 0;
-                Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}"))
-            }
+        self.complete_with(match result {
+            Ok(id) => Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}")),
             Err(r) => r,
-        };
+        });
+    }
+
+    /// Ends the message with the reply `r` (proxy mode: the reply of the
+    /// server behind; [`Session::complete`] builds its own).
+    pub fn complete_with(&mut self, r: Reply) {
+        assert!(
+            matches!(self.phase, Phase::Waiting) && self.asked.is_none(),
+            "complete_with() without a message"
+        );
+        if r.is_positive() {
+            // The limit counts errors without a delivered message in
+            // between (like Postfix's smtpd_hard_error_limit).
+            self.errors = 0;
+            self.junk = 0;
+        }
         r.encode(&mut self.output);
         self.tx = None;
         self.phase = Phase::Command;
@@ -151,6 +179,9 @@ impl<P: Policy> Session<P> {
     /// Processes buffered input. Returns an event, or `None` when more
     /// input is needed (send [`Session::transmit`] then).
     pub fn poll(&mut self) -> Option<Event> {
+        if let Some(e) = self.notice.take() {
+            return Some(e);
+        }
         loop {
             match &mut self.phase {
                 Phase::Closing { emitted } => {
@@ -210,7 +241,7 @@ impl<P: Policy> Session<P> {
 
     /// Refuses a message's content (DATA or BDAT): the transaction ends.
     pub(super) fn reject_content(&mut self, e: ContentError) {
-        self.tx = None;
+        self.drop_tx();
         self.error(match e {
             ContentError::TooLarge => reply(552, (5, 3, 4), "Error: message file too big"),
             ContentError::LineTooLong => reply(
@@ -233,8 +264,8 @@ impl<P: Policy> Session<P> {
         self.phase = Phase::Waiting;
         Event::Message {
             envelope: Envelope {
-                helo,
-                esmtp,
+                helo: self.xclient.helo.clone().unwrap_or(helo),
+                esmtp: self.xclient.esmtp.unwrap_or(esmtp),
                 from: tx.from,
                 params: tx.params,
                 recipients: tx.recipients,

@@ -7,7 +7,7 @@ use crate::Reply;
 impl<P: Policy> Session<P> {
     /// RSET: the transaction in progress (if any) is dropped.
     pub(super) fn rset(&mut self) {
-        self.tx = None;
+        self.drop_tx();
         self.junk(reply(250, (2, 0, 0), "Ok"));
     }
 
