@@ -1,4 +1,6 @@
-//! MX resolution for outbound delivery (RFC 5321 5.1, RFC 7505 null MX).
+//! DNS for outbound delivery: MX resolution (RFC 5321 5.1, RFC 7505 null
+//! MX), SRV records with their targets' addresses (RFC 2782), TXT records
+//! and host addresses.
 //!
 //! hickory-resolver needs tokio; the engine runs on glommio. So one
 //! background thread, `tern-dns`, runs a tokio current-thread runtime that
@@ -16,6 +18,10 @@
 //!                                         5. A + AAAA of every exchange, concurrently
 //!  7. await the one-slot reply <-------  6. send the answer, drop the permit
 //! ```
+//!
+//! [`Resolver::srv`] takes the same path: step 4 is the SRV query (no
+//! fallback), step 5 resolves every target but ".". [`Resolver::txt`] and
+//! [`Resolver::addresses`] stop after step 4.
 //!
 //! The thread stops when the last [`Resolver`] handle is dropped: that
 //! drop closes the request channel, the thread's loop ends, its runtime
@@ -44,17 +50,18 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// on the wire (RFC 1035 2.3.4) less the first length octet and the root.
 pub const DOMAIN_BYTES_MAX: usize = 253;
 
-/// MX exchanges resolved per domain, best preferences first. Each costs two
-/// queries (A, AAAA) and a delivery attempt tries only a few hosts anyway
-/// (Postfix tries 5 addresses); an answer may carry hundreds of records.
+/// MX exchanges resolved per domain, best preferences first (and SRV
+/// targets per name, best priorities first). Each costs two queries (A,
+/// AAAA) and a delivery attempt tries only a few hosts anyway (Postfix
+/// tries 5 addresses); an answer may carry hundreds of records.
 pub const MX_EXCHANGES_MAX: usize = 16;
 
 /// Requests queued for the resolver thread; callers wait for room beyond
 /// this, so a burst of deliveries cannot grow the queue without bound.
 const REQUESTS_QUEUED_MAX: usize = 1024;
 
-/// `mx` lookups the resolver thread runs at once (each may issue up to
-/// `2 + 2 * MX_EXCHANGES_MAX` queries).
+/// Lookups the resolver thread runs at once (an `mx` may issue up to
+/// `2 + 2 * MX_EXCHANGES_MAX` queries, an `srv` one fewer).
 const LOOKUPS_IN_FLIGHT_MAX: usize = 256;
 
 /// Where and how to resolve.
@@ -66,7 +73,8 @@ pub struct DnsConfig {
     /// Per-query timeout (default when zero: [`TIMEOUT_DEFAULT`]). Each
     /// query is tried once across the servers within this time (UDP is
     /// retransmitted inside it); an `mx` call makes up to three rounds of
-    /// queries (MX, then A and AAAA of the exchanges in parallel).
+    /// queries (MX, then A and AAAA of the exchanges in parallel), an `srv`
+    /// call two (SRV, then A and AAAA of the targets in parallel).
     pub timeout: Duration,
 }
 
@@ -77,6 +85,22 @@ pub struct MxHost {
     pub preference: u16,
     /// Host name: lower case, A-labels, no trailing dot.
     pub name: String,
+    /// IPv4 addresses first, then IPv6, each in answer order, no duplicates;
+    /// never empty.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// One SRV target (RFC 2782) and its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SrvHost {
+    /// Lower is tried first.
+    pub priority: u16,
+    /// Relative share among targets of equal priority (higher: more).
+    pub weight: u16,
+    /// The port the service listens on at `target`.
+    pub port: u16,
+    /// Host name: lower case, A-labels, no trailing dot; never ".".
+    pub target: String,
     /// IPv4 addresses first, then IPv6, each in answer order, no duplicates;
     /// never empty.
     pub addrs: Vec<IpAddr>,
@@ -103,8 +127,8 @@ pub enum MxAnswer {
 /// Why there is no answer yet.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
-    /// Timeout, SERVFAIL, refused, network error, or MX exchanges exist but
-    /// none has an address: try again later.
+    /// Timeout, SERVFAIL, refused, network error, or MX exchanges (SRV
+    /// targets) exist but none has an address: try again later.
     #[error("temporary DNS failure: {0}")]
     Temporary(String),
     /// The resolver thread could not be started / is gone.
@@ -143,6 +167,8 @@ enum Query {
     Txt,
     /// Its A and AAAA addresses ([`Resolver::addresses`]).
     Addresses,
+    /// Its SRV records and their targets' addresses ([`Resolver::srv`]).
+    Srv,
 }
 
 /// The reply to a [`Query`] of the same name.
@@ -151,6 +177,7 @@ enum Answer {
     Mx(Result<MxAnswer, DnsError>),
     Txt(Result<Vec<String>, DnsError>),
     Addresses(Result<Vec<IpAddr>, DnsError>),
+    Srv(Result<Vec<SrvHost>, DnsError>),
 }
 
 /// Why a string is not a domain name we can look up.
@@ -214,6 +241,22 @@ impl Resolver {
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         match self.ask(host, Query::Addresses).await? {
             Some(Answer::Addresses(a)) => a,
+            None => Ok(Vec::new()),
+            Some(other) => Err(mismatch(other)),
+        }
+    }
+
+    /// The SRV records of `name` (e.g. `_submission._tcp.example.com`),
+    /// each target resolved to A and AAAA, concurrently: sorted by priority
+    /// (ascending), then weight (descending), else answer order; at most
+    /// [`MX_EXCHANGES_MAX`], a target and port listed twice kept once.
+    /// Targets "." (RFC 2782: the service is not available there) and
+    /// targets without an address are left out; if records exist but no
+    /// target has an address, [`DnsError::Temporary`] (as for MX). None
+    /// (NXDOMAIN, no SRV, only ".", an invalid name): empty.
+    pub async fn srv(&self, name: &str) -> Result<Vec<SrvHost>, DnsError> {
+        match self.ask(name, Query::Srv).await? {
+            Some(Answer::Srv(a)) => a,
             None => Ok(Vec::new()),
             Some(other) => Err(mismatch(other)),
         }
@@ -341,6 +384,7 @@ fn run(
                         Addresses::None => Ok(Vec::new()),
                         Addresses::Temporary(e) => Err(temporary("A/AAAA", domain, &e)),
                     }),
+                    Query::Srv => Answer::Srv(resolve_srv(&resolver, name, domain).await),
                 };
                 tracing::debug!(%domain, ?answer, "dns: answer");
                 // The caller may have stopped waiting; nothing to do then.
@@ -409,51 +453,114 @@ fn txt_records(lookup: &Lookup) -> Vec<String> {
         .collect()
 }
 
-/// A and AAAA of every exchange, concurrently; hosts without an address
-/// are left out, and none with one is a temporary failure.
+/// A and AAAA of every exchange, concurrently; see [`resolve_hosts`].
 async fn resolve_exchanges(
     resolver: &TokioResolver,
     domain: &str,
     exchanges: Vec<(u16, Name)>,
 ) -> Result<MxAnswer, DnsError> {
-    let tasks: Vec<_> = exchanges
+    let hosts = resolve_hosts(resolver, domain, HostKind::MxExchange, exchanges).await?;
+    let hosts = hosts
         .into_iter()
-        .map(|(preference, exchange)| {
+        .map(|(preference, exchange, addrs)| MxHost {
+            preference,
+            name: host_name(&exchange),
+            addrs,
+        })
+        .collect();
+    Ok(MxAnswer::Hosts(hosts))
+}
+
+/// Steps 4 and 5 of the module doc for an SRV name: the records, then the
+/// addresses of their targets.
+async fn resolve_srv(
+    resolver: &TokioResolver,
+    name: &Name,
+    domain: &str,
+) -> Result<Vec<SrvHost>, DnsError> {
+    let records = match resolver.srv_lookup(name.clone()).await {
+        Ok(lookup) => srv_records(&lookup),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Vec::new()),
+        Err(e) => return Err(temporary("SRV", domain, &e.to_string())),
+    };
+    let targets = plan_srv(records);
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hosts = resolve_hosts(resolver, domain, HostKind::SrvTarget, targets).await?;
+    let hosts = hosts
+        .into_iter()
+        .map(|(record, target, addrs)| SrvHost {
+            priority: record.priority,
+            weight: record.weight,
+            port: record.port,
+            target: host_name(&target),
+            addrs,
+        })
+        .collect();
+    Ok(hosts)
+}
+
+/// Which hosts [`resolve_hosts`] resolves, for its messages.
+#[derive(Clone, Copy, Debug)]
+enum HostKind {
+    MxExchange,
+    SrvTarget,
+}
+
+impl HostKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostKind::MxExchange => "MX host",
+            HostKind::SrvTarget => "SRV target",
+        }
+    }
+}
+
+/// A and AAAA of every host, concurrently, each kept with its `T` and in
+/// the given order; hosts without an address are left out, and none with
+/// one is a temporary failure.
+async fn resolve_hosts<T: Send + 'static>(
+    resolver: &TokioResolver,
+    domain: &str,
+    kind: HostKind,
+    hosts: Vec<(T, Name)>,
+) -> Result<Vec<(T, Name, Vec<IpAddr>)>, DnsError> {
+    let tasks: Vec<_> = hosts
+        .into_iter()
+        .map(|(data, host)| {
             let resolver = resolver.clone();
             tokio::spawn(async move {
-                let found = addresses(&resolver, &exchange).await;
-                (preference, exchange, found)
+                let found = addresses(&resolver, &host).await;
+                (data, host, found)
             })
         })
         .collect();
-    let mut hosts = Vec::new();
+    let kind = kind.as_str();
+    let mut resolved = Vec::new();
     let mut last_error = None;
     for task in tasks {
-        let (preference, exchange, found) = task
+        let (data, host, found) = task
             .await
             .map_err(|e| temporary("A/AAAA", domain, &e.to_string()))?;
         match found {
-            Addresses::Found(addrs) => hosts.push(MxHost {
-                preference,
-                name: host_name(&exchange),
-                addrs,
-            }),
+            Addresses::Found(addrs) => resolved.push((data, host, addrs)),
             Addresses::None => {
-                tracing::debug!(domain, %exchange, "dns: MX exchange has no address");
+                tracing::debug!(domain, kind, %host, "dns: host has no address");
             }
             Addresses::Temporary(e) => {
-                tracing::debug!(domain, %exchange, error = %e, "dns: MX exchange lookup failed");
+                tracing::debug!(domain, kind, %host, error = %e, "dns: host lookup failed");
                 last_error = Some(e);
             }
         }
     }
-    if hosts.is_empty() {
+    if resolved.is_empty() {
         let why = last_error.map_or_else(String::new, |e| format!(" (last error: {e})"));
         return Err(DnsError::Temporary(format!(
-            "no MX host of {domain} has an address{why}"
+            "no {kind} of {domain} has an address{why}"
         )));
     }
-    Ok(MxAnswer::Hosts(hosts))
+    Ok(resolved)
 }
 
 fn temporary(what: &str, domain: &str, error: &str) -> DnsError {
@@ -539,6 +646,47 @@ fn mx_records(lookup: &Lookup) -> Vec<(u16, Name)> {
             _ => None,
         })
         .collect()
+}
+
+/// The fields of one SRV record but its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SrvRecord {
+    priority: u16,
+    weight: u16,
+    port: u16,
+}
+
+/// The SRV records of an answer (CNAMEs skipped), in answer order.
+fn srv_records(lookup: &Lookup) -> Vec<(SrvRecord, Name)> {
+    lookup
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::SRV(srv) => Some((
+                SrvRecord {
+                    priority: srv.priority,
+                    weight: srv.weight,
+                    port: srv.port,
+                },
+                srv.target.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pure: the targets to resolve. "." targets dropped (RFC 2782: "the
+/// service is decidedly not available at this domain"), sorted by priority
+/// ascending then weight descending (stable: answer order otherwise), a
+/// target and port listed twice kept at its best place, at most
+/// [`MX_EXCHANGES_MAX`].
+fn plan_srv(mut records: Vec<(SrvRecord, Name)>) -> Vec<(SrvRecord, Name)> {
+    records.retain(|(_, target)| !target.is_root());
+    records.sort_by_key(|(r, _)| (r.priority, std::cmp::Reverse(r.weight)));
+    let mut seen = HashSet::new();
+    records.retain(|(r, target)| seen.insert((target.to_lowercase(), r.port)));
+    records.truncate(MX_EXCHANGES_MAX);
+    records
 }
 
 /// What to do with the MX records of a domain.
@@ -658,6 +806,70 @@ mod tests {
         assert_eq!(preferences, best);
     }
 
+    fn srv(records: &[(u16, u16, u16, &str)]) -> Vec<(SrvRecord, Name)> {
+        let srv = |&(priority, weight, port, target): &(u16, u16, u16, &str)| {
+            let record = SrvRecord {
+                priority,
+                weight,
+                port,
+            };
+            (record, name(target))
+        };
+        records.iter().map(srv).collect()
+    }
+
+    #[test]
+    fn plan_srv_table() {
+        type Records = &'static [(u16, u16, u16, &'static str)];
+        let cases: &[(Records, Records)] = &[
+            (&[], &[]),
+            (&[(0, 0, 0, ".")], &[]),
+            // Priority ascending, then weight descending, else answer order.
+            (
+                &[
+                    (20, 0, 25, "c.test."),
+                    (10, 5, 25, "b.test."),
+                    (10, 50, 25, "a.test."),
+                    (10, 5, 25, "d.test."),
+                ],
+                &[
+                    (10, 50, 25, "a.test."),
+                    (10, 5, 25, "b.test."),
+                    (10, 5, 25, "d.test."),
+                    (20, 0, 25, "c.test."),
+                ],
+            ),
+            // "." among real targets is left out.
+            (
+                &[(0, 0, 0, "."), (10, 0, 587, "a.test.")],
+                &[(10, 0, 587, "a.test.")],
+            ),
+            // A target and port twice: its best place; another port: kept.
+            (
+                &[
+                    (30, 0, 25, "A.test."),
+                    (10, 0, 25, "a.test."),
+                    (20, 0, 587, "a.test."),
+                ],
+                &[(10, 0, 25, "a.test."), (20, 0, 587, "a.test.")],
+            ),
+        ];
+        for (records, want) in cases {
+            assert_eq!(plan_srv(srv(records)), srv(want), "{records:?}");
+        }
+        let many: Vec<_> = (0..40u16)
+            .rev()
+            .map(|i| (i, 0, 25, format!("t{i}.test.")))
+            .collect();
+        let many: Vec<_> = many
+            .iter()
+            .map(|(p, w, o, t)| (*p, *w, *o, t.as_str()))
+            .collect();
+        let kept = plan_srv(srv(&many));
+        let priorities: Vec<u16> = kept.iter().map(|(r, _)| r.priority).collect();
+        assert_eq!(priorities, (0..MX_EXCHANGES_MAX as u16).collect::<Vec<_>>());
+    }
+
     #[test]
     fn parse_domain_table() {
         let label63 = "a".repeat(63);
@@ -667,6 +879,7 @@ mod tests {
         let ok = [
             "example.test",
             "example.test.",
+            "_submission._tcp.example.test",
             "EXAMPLE.test",
             "localhost",
             max.as_str(),

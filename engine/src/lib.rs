@@ -40,6 +40,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod dsn;
+pub mod frontend;
 pub mod inbound;
 pub mod layout;
 pub mod logbuf;

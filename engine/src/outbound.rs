@@ -416,6 +416,38 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes `bytes` as they are (a proxy's commands and content).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.write(bytes).await
+    }
+
+    /// The next reply.
+    pub async fn read_reply(&mut self) -> Result<Reply, ConnError> {
+        self.reply().await
+    }
+
+    /// The limit of every later read and write.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// XCLIENT (a front end naming the real client): the server greets
+    /// again with 220 and is greeted again (EHLO). `Err(Refused)` when it
+    /// did not answer 220.
+    pub async fn xclient(
+        &mut self,
+        x: &tern_smtp::xclient::Xclient,
+        helo_name: &str,
+    ) -> Result<(), ConnError> {
+        let mut out = Vec::new();
+        tern_smtp::xclient::encode(&mut out, x);
+        let r = self.command(&out).await?;
+        if r.code != 220 {
+            return Err(ConnError::Refused(self.peer, r));
+        }
+        self.greet(helo_name).await
+    }
+
     /// Sends one command line and returns its reply.
     pub async fn command(&mut self, line: &[u8]) -> Result<Reply, ConnError> {
         self.write(line).await?;
@@ -433,6 +465,13 @@ impl Conn {
                 ConnError::Refused(_, r) => r.code == 421 && self.txn_replies == 1,
                 _ => false,
             }
+    }
+
+    /// Closes without QUIT (a transaction abandoned mid-content: the
+    /// server sees the connection end before the content's end, and
+    /// keeps nothing).
+    pub async fn abort(mut self) {
+        let _ = self.stream.close().await;
     }
 
     /// QUIT and close (errors ignored: the work is done).

@@ -211,6 +211,75 @@ pub fn dot_stuff(out: &mut Vec<u8>, content: &[u8]) {
     out.extend_from_slice(b".\r\n");
 }
 
+/// Dot-stuffing of content that comes in pieces (a proxy forwarding DATA
+/// as it arrives): the same output as [`dot_stuff`] of the whole.
+#[derive(Debug)]
+pub struct DotStuffer {
+    /// The next byte starts a line.
+    line_start: bool,
+    /// The last byte was a CR (its LF may start the next piece).
+    cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            line_start: true,
+            cr: false,
+        }
+    }
+}
+
+impl DotStuffer {
+    /// Appends `piece` dot-stuffed, lone CR and LF turned into CRLF.
+    pub fn push(&mut self, out: &mut Vec<u8>, piece: &[u8]) {
+        out.reserve(piece.len() + piece.len() / 64 + 2);
+        let mut i = 0;
+        if self.cr && !piece.is_empty() {
+            // The CR of the last piece was written as CRLF already.
+            self.cr = false;
+            if piece[0] == b'\n' {
+                i = 1;
+            }
+        }
+        while i < piece.len() {
+            if self.line_start && piece[i] == b'.' {
+                out.push(b'.');
+            }
+            match memchr::memchr2(b'\r', b'\n', &piece[i..]) {
+                None => {
+                    out.extend_from_slice(&piece[i..]);
+                    self.line_start = false;
+                    i = piece.len();
+                }
+                Some(n) => {
+                    out.extend_from_slice(&piece[i..i + n]);
+                    out.extend_from_slice(b"\r\n");
+                    let at = i + n;
+                    i = match (piece[at], piece.get(at + 1)) {
+                        (b'\r', Some(b'\n')) => at + 2,
+                        (b'\r', None) => {
+                            self.cr = true;
+                            at + 1
+                        }
+                        _ => at + 1,
+                    };
+                    self.line_start = true;
+                }
+            }
+        }
+    }
+
+    /// The end: a final CRLF if missing, and the `.CRLF` terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        *self = DotStuffer::default();
+    }
+}
+
 /// Appends `content` as BDAT chunks of at most `chunk_max` octets, the last
 /// marked LAST, with bare CR/LF turned into CRLF first (so the counts are
 /// of what is sent). An empty message is `BDAT 0 LAST`.
@@ -432,5 +501,41 @@ mod tests {
         let mut out = Vec::new();
         bdat(&mut out, b"a\nb", 100);
         assert_eq!(out, b"BDAT 4 LAST\r\na\r\nb");
+    }
+}
+
+#[cfg(test)]
+mod stuffer_tests {
+    use super::*;
+
+    /// Every split of a few awkward inputs stuffs as the whole does.
+    #[test]
+    fn pieces_stuff_as_the_whole() {
+        let inputs: [&[u8]; 5] = [
+            b".a\r\n..b\r\nc\r\n.\r\nend",
+            b"x\r\r\n.y\n.z\r",
+            b"\r\n.\r\n",
+            b"",
+            b"no newline",
+        ];
+        for input in inputs {
+            let mut whole = Vec::new();
+            dot_stuff(&mut whole, input);
+            for cut in 0..=input.len() {
+                for cut2 in cut..=input.len() {
+                    let mut s = DotStuffer::default();
+                    let mut out = Vec::new();
+                    s.push(&mut out, &input[..cut]);
+                    s.push(&mut out, &input[cut..cut2]);
+                    s.push(&mut out, &input[cut2..]);
+                    s.finish(&mut out);
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&whole),
+                        "{input:?} cut at {cut}, {cut2}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 
 /// TTL of every answer, and negative-caching time: short, so a test that
@@ -74,6 +74,17 @@ impl Zone {
             .chunks(255)
             .map(|c| String::from_utf8_lossy(c).into_owned());
         self.with(name, RData::TXT(TXT::new(parts.collect())))
+    }
+
+    /// Adds `name SRV priority weight port target` (RFC 2782; target "."
+    /// says the service is not available).
+    pub fn srv(self, name: &str, priority: u16, weight: u16, port: u16, target: &str) -> Zone {
+        let target = if target == "." {
+            Name::root()
+        } else {
+            self::name(target)
+        };
+        self.with(name, RData::SRV(SRV::new(priority, weight, port, target)))
     }
 
     /// Answers every query for `name` with SERVFAIL.

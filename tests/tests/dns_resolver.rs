@@ -1,13 +1,15 @@
 //! MX resolution (`tern_engine::dns::Resolver`) against the in-process
 //! test DNS server on 127.0.0.53: sorting, implicit MX, null MX, NXDOMAIN,
 //! exchanges without addresses, TCP fallback, TTL expiry, and servers that
-//! fail or never answer.
+//! fail or never answer; TXT, address and SRV lookups.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
-use tern_engine::dns::{DnsConfig, DnsError, MxAnswer, MxHost, Resolver, MX_EXCHANGES_MAX};
+use tern_engine::dns::{
+    DnsConfig, DnsError, MxAnswer, MxHost, Resolver, SrvHost, MX_EXCHANGES_MAX,
+};
 use tern_tests::dns::{TestDns, Zone, TTL_SECS};
 
 const DNS_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53));
@@ -37,6 +39,20 @@ fn host(preference: u16, name: &str, addrs: &[IpAddr]) -> MxHost {
     MxHost {
         preference,
         name: name.into(),
+        addrs: addrs.to_vec(),
+    }
+}
+
+fn srv(resolver: &Resolver, name: &str) -> Result<Vec<SrvHost>, DnsError> {
+    block_on(resolver.srv(name))
+}
+
+fn srv_host(priority: u16, weight: u16, port: u16, target: &str, addrs: &[IpAddr]) -> SrvHost {
+    SrvHost {
+        priority,
+        weight,
+        port,
+        target: target.into(),
         addrs: addrs.to_vec(),
     }
 }
@@ -264,4 +280,91 @@ fn txt_records_and_addresses() {
         [IpAddr::V4(v4(7)), IpAddr::V6(v6(7))]
     );
     assert!(block_on(r.addresses("nothing.test")).unwrap().is_empty());
+}
+
+#[test]
+fn srv_targets_sorted_with_addresses() {
+    let zone = Zone::new()
+        .srv("_submission._tcp.srv.test", 20, 0, 2587, "Backup.SRV.test.")
+        .srv("_submission._tcp.srv.test", 10, 5, 587, "mail.srv.test")
+        .srv("_submission._tcp.srv.test", 10, 50, 587, "heavy.srv.test")
+        .a("mail.srv.test", v4(1))
+        .aaaa("mail.srv.test", v6(1))
+        .a("heavy.srv.test", v4(2))
+        .aaaa("backup.srv.test", v6(3))
+        .a("backup.srv.test", v4(3));
+    let dns = TestDns::start(DNS_IP, zone);
+    let r = resolver(dns.addr());
+    let want = vec![
+        srv_host(10, 50, 587, "heavy.srv.test", &[v4(2).into()]),
+        srv_host(10, 5, 587, "mail.srv.test", &[v4(1).into(), v6(1).into()]),
+        // IPv4 first whatever the zone's order; lower case, no dot.
+        srv_host(
+            20,
+            0,
+            2587,
+            "backup.srv.test",
+            &[v4(3).into(), v6(3).into()],
+        ),
+    ];
+    assert_eq!(srv(&r, "_submission._tcp.srv.test"), Ok(want.clone()));
+    // Case and a trailing dot do not matter; the second answer is cached.
+    let queries = dns.queries();
+    assert_eq!(srv(&r, "_Submission._TCP.srv.test."), Ok(want));
+    assert_eq!(dns.queries(), queries, "served from hickory's cache");
+}
+
+#[test]
+fn srv_dot_target_and_missing_names_give_no_host() {
+    let zone = Zone::new()
+        .srv("_smtp._tcp.none.test", 0, 0, 0, ".")
+        .srv("_smtp._tcp.mixed.test", 0, 0, 0, ".")
+        .srv("_smtp._tcp.mixed.test", 10, 0, 25, "mx.mixed.test")
+        .a("mx.mixed.test", v4(4))
+        .a("plain.test", v4(5));
+    let dns = TestDns::start(DNS_IP, zone);
+    let r = resolver(dns.addr());
+    // RFC 2782: "." alone says the service is not available.
+    assert_eq!(srv(&r, "_smtp._tcp.none.test"), Ok(vec![]));
+    // "." among real targets is left out.
+    assert_eq!(
+        srv(&r, "_smtp._tcp.mixed.test"),
+        Ok(vec![srv_host(10, 0, 25, "mx.mixed.test", &[v4(4).into()])])
+    );
+    // NXDOMAIN, and a name with records but no SRV.
+    assert_eq!(srv(&r, "_smtp._tcp.missing.test"), Ok(vec![]));
+    assert_eq!(srv(&r, "plain.test"), Ok(vec![]));
+    // Not a valid name: answered without a query.
+    let queries = dns.queries();
+    assert_eq!(srv(&r, "not a name.."), Ok(vec![]));
+    assert_eq!(dns.queries(), queries);
+}
+
+#[test]
+fn srv_targets_without_address_and_servfail() {
+    let zone = Zone::new()
+        .srv("_smtp._tcp.partial.test", 5, 0, 25, "gone.partial.test")
+        .srv("_smtp._tcp.partial.test", 10, 0, 25, "mx.partial.test")
+        .a("mx.partial.test", v4(6))
+        .srv("_smtp._tcp.dead.test", 10, 0, 25, "gone.dead.test")
+        .servfail("_smtp._tcp.broken.test");
+    let dns = TestDns::start(DNS_IP, zone);
+    let r = resolver(dns.addr());
+    assert_eq!(
+        srv(&r, "_smtp._tcp.partial.test"),
+        Ok(vec![srv_host(
+            10,
+            0,
+            25,
+            "mx.partial.test",
+            &[v4(6).into()]
+        )])
+    );
+    // Records, but no target with an address: as for MX, try later.
+    match srv(&r, "_smtp._tcp.dead.test") {
+        Err(DnsError::Temporary(why)) => assert!(why.contains("dead.test"), "{why}"),
+        other => panic!("expected a temporary failure, got {other:?}"),
+    }
+    let broken = srv(&r, "_smtp._tcp.broken.test");
+    assert!(matches!(broken, Err(DnsError::Temporary(_))), "{broken:?}");
 }

@@ -81,6 +81,8 @@ pub struct Admin {
     pub pressure: Arc<crate::pressure::Pressure>,
     /// The config in force (reload).
     pub live: Arc<crate::reload::Live>,
+    /// The front end's counters (`server.role = "front-end"`).
+    pub frontend: Arc<crate::frontend::stats::Stats>,
     /// Reloads the config file (`POST /reload`, `tern reload`): what the
     /// server's reload answers, or its problems.
     pub reload: Reload,

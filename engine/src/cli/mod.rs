@@ -69,6 +69,14 @@ enum Command {
         /// Admin (metrics) listen address, or "off" (default 127.0.0.1:8025).
         #[arg(long)]
         admin_listen: Option<String>,
+        /// What this node is: "relay" (default) or "front-end" (a stateless
+        /// proxy before relays; server.role).
+        #[arg(long)]
+        role: Option<String>,
+        /// A back end of the front end, HOST:PORT[,PRIORITY] (lower first;
+        /// repeatable): the pool "backends", the default route.
+        #[arg(long = "backend", value_name = "HOST:PORT[,PRIO]")]
+        backends: Vec<String>,
     },
     /// Inspect the queue (reads the data directory; safe while running).
     Queue {
@@ -300,12 +308,16 @@ fn run_command(cli: Cli, stdout: &mut impl Write) -> anyhow::Result<()> {
             cores,
             relay_to,
             admin_listen,
+            role,
+            backends,
         } => {
             let overrides = Overrides {
                 listen,
                 cores,
                 relay_to,
                 admin_listen,
+                role,
+                backends,
                 ..Default::default()
             };
             let checked = check(&common, overrides.clone())?;

@@ -15,7 +15,7 @@ fn example_config_is_valid_and_states_the_defaults() {
 /// Every key as README.md names it (`section.key`, `pools.NAME.key`,
 /// `routes."PATTERN"`), from the section structs themselves.
 pub(super) fn every_key() -> Vec<String> {
-    let sections: [(&str, &[&str]); 12] = [
+    let sections: [(&str, &[&str]); 13] = [
         ("server", keys_of::<server::ServerSection>()),
         ("smtp", keys_of::<smtp::SmtpSection>()),
         ("relay", keys_of::<relay::RelaySection>()),
@@ -28,6 +28,7 @@ pub(super) fn every_key() -> Vec<String> {
         ("auth", keys_of::<auth::AuthSection>()),
         ("mta_sts", keys_of::<mta_sts::MtaStsSection>()),
         ("pressure", keys_of::<pressure::PressureSection>()),
+        ("frontend", keys_of::<frontend::FrontendSection>()),
     ];
     let names: Vec<&str> = sections
         .iter()

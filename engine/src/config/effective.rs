@@ -85,6 +85,7 @@ pub(super) fn render(file: &FileConfig, config: &Config, shown: Shown) -> Result
     section(&mut out, "auth", &file.auth, &[], shown)?;
     section(&mut out, "mta_sts", &file.mta_sts, &[], shown)?;
     section(&mut out, "pressure", &file.pressure, &[], shown)?;
+    section(&mut out, "frontend", &file.frontend, &[], shown)?;
     Ok(out)
 }
 

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 
 use super::keys::{closest, keys_of, toml_key};
 use super::FileConfig;
-use super::{auth, cluster, delivery, mta_sts, pools, pressure, relay, server, smtp, storage, tls};
+use super::{
+    auth, cluster, delivery, frontend, mta_sts, pools, pressure, relay, server, smtp, storage, tls,
+};
 
 /// A section of the file: a struct whose `Default` holds every default.
 pub(super) trait Section: DeserializeOwned + Default {
@@ -59,12 +61,13 @@ impl Section for tls::TlsSection {
 impl Section for auth::AuthSection {}
 impl Section for mta_sts::MtaStsSection {}
 impl Section for pressure::PressureSection {}
+impl Section for frontend::FrontendSection {}
 
 /// The keys of a section.
 type KeysOf = fn() -> &'static [&'static str];
 
 /// The sections of plain keys, for "it belongs in [server]".
-const SECTIONS: [(&str, KeysOf); 10] = [
+const SECTIONS: [(&str, KeysOf); 11] = [
     ("server", keys_of::<server::ServerSection>),
     ("smtp", keys_of::<smtp::SmtpSection>),
     ("relay", keys_of::<relay::RelaySection>),
@@ -75,6 +78,7 @@ const SECTIONS: [(&str, KeysOf); 10] = [
     ("auth", keys_of::<auth::AuthSection>),
     ("mta_sts", keys_of::<mta_sts::MtaStsSection>),
     ("pressure", keys_of::<pressure::PressureSection>),
+    ("frontend", keys_of::<frontend::FrontendSection>),
 ];
 
 /// The line of every key in the file, by path as problems name it
@@ -269,6 +273,7 @@ pub(super) fn parse(text: &str, dir: Option<&Path>, problems: &mut Vec<String>) 
         auth: reader.section("auth", take("auth")),
         mta_sts: reader.section("mta_sts", take("mta_sts")),
         pressure: reader.section("pressure", take("pressure")),
+        frontend: reader.section("frontend", take("frontend")),
     };
     let dropped = reader.dropped;
     if let Some(dir) = dir {

@@ -21,6 +21,7 @@
 //! tls.rs        [tls]       -> TlsConfig; TlsPolicy (delivery.tls_policy, pools.NAME.tls_policy)
 //! auth.rs       [auth]      -> AuthConfig (SMTP AUTH users file, failure limits)
 //! pressure.rs   [pressure]  -> PressureConfig (back pressure thresholds)
+//! frontend.rs   [frontend]  -> FrontendConfig (server.role = "front-end")
 //! ```
 //!
 //! # Defaults
@@ -58,6 +59,7 @@ mod delivery;
 mod docs_tests;
 mod effective;
 mod file;
+mod frontend;
 mod keys;
 mod mta_sts;
 mod pools;
@@ -85,8 +87,10 @@ use cluster::ClusterConfig;
 pub use auth::{AuthConfig, AUTH_DELAY_MAX};
 pub use delivery::DeliveryConfig;
 pub use effective::Shown;
+pub use frontend::{ClientIdentity, FrontendConfig};
+pub use server::Role;
 pub use mta_sts::MtaStsConfig;
-pub use pools::{Pool, PoolHost, SMARTHOST_POOL};
+pub use pools::{Pool, PoolHost, BACKENDS_POOL, SMARTHOST_POOL};
 pub use pressure::{Amount, PressureConfig};
 pub use relay::RelayRules;
 pub use smtp::SmtpLimits;
@@ -139,6 +143,8 @@ pub struct FileConfig {
     mta_sts: mta_sts::MtaStsSection,
     #[serde(default)]
     pressure: pressure::PressureSection,
+    #[serde(default)]
+    frontend: frontend::FrontendSection,
 }
 
 /// Command-line values that override the file.
@@ -154,6 +160,11 @@ pub struct Overrides {
     pub relay_to: Option<String>,
     /// `--admin-listen`.
     pub admin_listen: Option<String>,
+    /// `--role`.
+    pub role: Option<String>,
+    /// `--backend HOST:PORT[,PRIO]` (repeatable): the front end's pool
+    /// `backends`, the default route.
+    pub backends: Vec<String>,
 }
 
 /// The resolved configuration.
@@ -205,6 +216,10 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     /// `[pressure]`: back pressure thresholds.
     pub pressure: PressureConfig,
+    /// `server.role`: a relay, or a front end before relays.
+    pub role: Role,
+    /// `[frontend]`.
+    pub frontend: FrontendConfig,
 }
 
 /// A configuration that passed its checks, with its warnings.
@@ -277,6 +292,12 @@ impl Config {
         for key in parsed.file.server.apply(overrides) {
             parsed.lines.forget(&format!("server.{key}"));
         }
+        pools::apply_backends(
+            &overrides.backends,
+            &mut parsed.file.pools,
+            &mut parsed.file.routes,
+            &mut problems,
+        );
         let mut resolved = Vec::new();
         let config = Config::resolve(&parsed.file, &mut resolved);
         problems.extend(
@@ -314,7 +335,11 @@ impl Config {
         let auth = f.auth.resolve(problems);
         let mta_sts = f.mta_sts.resolve(problems);
         let pressure = f.pressure.resolve(problems);
+        let frontend = f.frontend.resolve(problems);
+        pools::check_role(server.role, &pools, &routes, problems);
         Config {
+            role: server.role,
+            frontend,
             listen: server.listen,
             hostname,
             data_dir: server.data_dir,

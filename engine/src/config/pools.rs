@@ -18,6 +18,9 @@ pub(super) struct PoolSection {
     hosts: Vec<PoolHostSection>,
     failover: Option<String>,
     tls_policy: Option<String>,
+    /// A DNS SRV name (`_smtp._tcp.site1.example`) whose targets are the
+    /// hosts (front end only).
+    srv: Option<String>,
 }
 
 /// One entry of `pools.NAME.hosts` (`address` is required).
@@ -63,6 +66,89 @@ pub struct Pool {
     pub failover: Option<String>,
     /// Outbound TLS to this pool's hosts (`None`: `delivery.tls_policy`).
     pub tls_policy: Option<super::tls::TlsPolicy>,
+    /// Hosts from this DNS SRV name, looked up at run time (front end
+    /// only; `hosts` then lists only fixed extra hosts).
+    pub srv: Option<String>,
+}
+
+/// Name of the front end's pool made from `--backend` flags.
+pub const BACKENDS_POOL: &str = "backends";
+
+/// `--backend HOST:PORT[,PRIO]` flags become the pool `backends` (and the
+/// route `*` to it, unless the file routes `*`).
+pub(super) fn apply_backends(
+    specs: &[String],
+    pools: &mut BTreeMap<String, PoolSection>,
+    routes: &mut Routes,
+    problems: &mut Vec<String>,
+) {
+    if specs.is_empty() {
+        return;
+    }
+    let mut hosts = Vec::new();
+    for spec in specs {
+        let (address, priority) = match spec.split_once(',') {
+            Some((a, p)) => match p.trim().parse::<u16>() {
+                Ok(p) => (a.trim(), p),
+                Err(_) => {
+                    problems.push(format!(
+                        "--backend {spec:?}: the priority after the comma must be a number 0-65535"
+                    ));
+                    continue;
+                }
+            },
+            None => (spec.trim(), default_priority()),
+        };
+        hosts.push(PoolHostSection {
+            address: address.to_owned(),
+            priority,
+            weight: default_weight(),
+        });
+    }
+    pools.insert(
+        BACKENDS_POOL.into(),
+        PoolSection {
+            hosts,
+            ..PoolSection::default()
+        },
+    );
+    routes
+        .entry("*".into())
+        .or_insert_with(|| BACKENDS_POOL.into());
+}
+
+/// A front end needs a default route (`routes."*"`, implied when there is
+/// one pool); `srv` pools are for front ends only.
+pub(super) fn check_role(
+    role: super::Role,
+    pools: &Pools,
+    routes: &Routes,
+    problems: &mut Vec<String>,
+) {
+    match role {
+        super::Role::FrontEnd => {
+            if pools.is_empty() {
+                problems.push(
+                    "server.role = \"front-end\" needs back ends: [pools.NAME] or --backend HOST:PORT"
+                        .into(),
+                );
+            } else if pools.len() > 1 && !routes.contains_key("*") {
+                problems.push(
+                    "server.role = \"front-end\" with several pools needs routes.\"*\" (the default back-end pool)"
+                        .into(),
+                );
+            }
+        }
+        super::Role::Relay => {
+            for (name, p) in pools {
+                if p.srv.is_some() {
+                    problems.push(format!(
+                        "pools.{name}.srv: SRV pools are for server.role = \"front-end\" (a relay delivers by MX)"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Pools by name.
@@ -104,7 +190,22 @@ pub(super) fn resolve(
 
 impl PoolSection {
     fn resolve(&self, name: &str, problems: &mut Vec<String>) -> Pool {
-        if self.hosts.is_empty() {
+        if let Some(srv) = &self.srv {
+            let dns = srv.trim_end_matches('.');
+            let ok = !dns.is_empty()
+                && dns.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !ok {
+                problems.push(format!(
+                    "pools.{name}.srv: {srv:?} is not a DNS name like _smtp._tcp.site1.example"
+                ));
+            }
+        }
+        if self.hosts.is_empty() && self.srv.is_none() {
             problems.push(format!(
                 "pools.{name}.hosts is empty: a pool needs at least one {{ address = \"HOST:PORT\" }}"
             ));
@@ -129,6 +230,7 @@ impl PoolSection {
                 .tls_policy
                 .as_deref()
                 .map(|t| super::tls::policy(&format!("pools.{name}.tls_policy"), t, problems)),
+            srv: self.srv.as_ref().map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
         }
     }
 }
@@ -147,6 +249,7 @@ fn smarthost_pool(relay_to: &str, problems: &mut Vec<String>) -> Option<Pool> {
             }],
             failover: None,
             tls_policy: None,
+            srv: None,
         }),
         Err(e) => {
             // A malformed value was reported with `[server]`; this is a

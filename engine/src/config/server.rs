@@ -31,6 +31,8 @@ pub(super) struct ServerSection {
     incoming_cpu: bool,
     /// A level or `TARGET=LEVEL` list (`RUST_LOG` wins when set).
     log_level: String,
+    /// `relay` or `front-end`.
+    role: String,
 }
 
 impl Default for ServerSection {
@@ -46,12 +48,24 @@ impl Default for ServerSection {
             shutdown_grace: HumanDuration::from_secs(30),
             incoming_cpu: false,
             log_level: "info".into(),
+            role: "relay".into(),
         }
     }
 }
 
+/// What a node is (`server.role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The relay: accepts, stores, shadows and delivers mail.
+    Relay,
+    /// A stateless SMTP proxy before relays (SPEC 7): queues nothing,
+    /// answers end of data with its back end's reply.
+    FrontEnd,
+}
+
 /// The resolved `[server]` keys but `hostname` (see [`resolve_hostname`]).
 pub(super) struct Server {
+    pub(super) role: Role,
     pub(super) listen: SocketAddr,
     pub(super) data_dir: PathBuf,
     pub(super) cores: usize,
@@ -90,6 +104,10 @@ impl ServerSection {
             self.admin_listen = admin.clone();
             set.push("admin_listen");
         }
+        if let Some(role) = &o.role {
+            self.role = role.clone();
+            set.push("role");
+        }
         set
     }
 
@@ -126,7 +144,18 @@ impl ServerSection {
         if let Err(e) = crate::logging::parse(&self.log_level) {
             problems.push(format!("server.log_level: {e}"));
         }
+        let role = match self.role.as_str() {
+            "relay" => Role::Relay,
+            "front-end" => Role::FrontEnd,
+            other => {
+                problems.push(format!(
+                    "server.role must be \"relay\" or \"front-end\", got {other:?}"
+                ));
+                Role::Relay
+            }
+        };
         Server {
+            role,
             log_level: self.log_level.trim().to_owned(),
             listen,
             data_dir,

@@ -47,6 +47,8 @@ pub struct NodeState {
     pub pressure: Arc<crate::pressure::Pressure>,
     /// The config in force (SIGHUP, `tern reload`).
     pub live: Arc<crate::reload::Live>,
+    /// The front end's counters (a front end only).
+    pub frontend: Arc<crate::frontend::stats::Stats>,
 }
 
 /// A core's rooms, built by [`run`].
@@ -64,6 +66,9 @@ pub async fn run(
     node: NodeState,
     metrics: Arc<CoreMetrics>,
 ) -> anyhow::Result<()> {
+    if config.role == crate::config::Role::FrontEnd {
+        return super::front::run(shard, cpu, config, node, metrics).await;
+    }
     let id = shard as u16;
     let c = &config;
     let shard = Shard::open(

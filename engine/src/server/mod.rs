@@ -12,6 +12,7 @@
 
 pub mod core;
 pub mod exclusive;
+pub mod front;
 pub mod reload;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ pub fn serve(mut config: Config, source: reload::Source) -> anyhow::Result<()> {
     let live = Arc::new(crate::reload::Live::new(config.clone()));
     let node = NodeState {
         live: live.clone(),
+        frontend: Arc::default(),
         stop: Arc::default(),
         per_ip: Arc::default(),
         routes: Arc::default(),
@@ -156,6 +158,7 @@ pub fn serve(mut config: Config, source: reload::Source) -> anyhow::Result<()> {
             ops: node.ops.clone(),
             pressure: node.pressure.clone(),
             live: live.clone(),
+            frontend: node.frontend.clone(),
             reload: Box::new(move |why| reloader.reload(why)),
         })?),
         None => None,

@@ -103,6 +103,12 @@ impl<P: Policy> Session<P> {
         self.tx.is_none() && matches!(self.phase, Phase::Command)
     }
 
+    /// The name the client gave in HELO/EHLO and whether it was EHLO
+    /// (`None` before either).
+    pub fn helo(&self) -> Option<(&str, bool)> {
+        self.helo.as_ref().map(|(n, e)| (n.as_str(), *e))
+    }
+
     /// Error replies sent so far in the session (for metrics).
     pub fn error_count(&self) -> u32 {
         self.errors_total
