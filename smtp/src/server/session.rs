@@ -185,10 +185,11 @@ impl<P: Policy> Session<P> {
     /// Processes buffered input. Returns an event, or `None` when more
     /// input is needed (send [`Session::transmit`] then).
     pub fn poll(&mut self) -> Option<Event> {
-        if let Some(e) = self.notice.take() {
-            return Some(e);
-        }
         loop {
+            // A dropped transaction is announced before anything after it.
+            if let Some(e) = self.notice.take() {
+                return Some(e);
+            }
             match &mut self.phase {
                 Phase::Closing { emitted } => {
                     if *emitted {

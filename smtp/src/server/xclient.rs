@@ -35,14 +35,17 @@ impl<P: Policy> Session<P> {
 
     /// The caller's answer to [`Event::Xclient`]: `Ok`: the session takes
     /// the attributes (the `LOGIN=` user as authenticated) and greets
-    /// again; `Err(reply)` is sent instead (e.g. `421` for a client over
-    /// its connection limit: then also call [`Session::shutdown`]).
+    /// again; `Err(reply)` is sent instead (a `421`, e.g. for a client
+    /// over its connection limit, also ends the session).
     pub fn xclient_result(&mut self, result: Result<(), Reply>) {
         let Some(Asked::Xclient(x)) = self.asked.take() else {
             panic!("xclient_result() without XCLIENT");
         };
         self.phase = Phase::Command;
         if let Err(r) = result {
+            if r.code == 421 {
+                return self.close_with(r);
+            }
             return self.error(r);
         }
         if let Some(helo) = x.helo {
