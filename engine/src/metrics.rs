@@ -97,6 +97,11 @@ pub struct CoreMetrics {
     pub auth_failures: AtomicU64,
     /// SMTP AUTH attempts refused by the failed-attempt limit (421).
     pub auth_refused: AtomicU64,
+    /// XCLIENT from a front end taken (the session is the real client's).
+    pub xclient_accepted: AtomicU64,
+    /// XCLIENT from a front end refused: the real client is over
+    /// `smtp.connections_per_ip_max` (421 4.7.0).
+    pub xclient_refused: AtomicU64,
     /// XSHADOW or XQDISCARD from a client that is not a pinned peer.
     pub shadow_untrusted: AtomicU64,
     /// Recipients delivered to a next hop.

@@ -21,7 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "admin",
         &[
             "config", "delivery", "metrics", "shadow", "stop", "received", "tls", "mta_sts", "ops",
-            "pressure", "logging", "reload",
+            "pressure", "logging", "reload", "frontend",
         ],
     ),
     (
@@ -29,7 +29,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "admin", "config", "delivery", "inbound", "shadow", "shard", "metrics", "logbuf",
             "stop", "cluster", "layout", "auth", "tls", "mta_sts", "ops", "pressure", "reload",
-            "logging",
+            "logging", "frontend",
+        ],
+    ),
+    (
+        "frontend",
+        &[
+            "config", "delivery", "inbound", "outbound", "dns", "metrics", "reload", "stop", "tls",
+            "logbuf",
         ],
     ),
     (

@@ -47,6 +47,12 @@ const fn node(
     }
 }
 
+/// Is this node a front end, or has it proxied (its families have
+/// samples then; a relay's are left out)?
+fn is_front_end(s: &Sources) -> bool {
+    s.live.get().role == crate::config::Role::FrontEnd || l(&s.frontend.sessions) > 0
+}
+
 fn l(a: &AtomicU64) -> u64 {
     a.load(Relaxed)
 }
@@ -76,6 +82,12 @@ const AUTH_RESULTS: &[(&str, Field)] = &[
     ("success", |c| &c.auth_successes),
     ("failure", |c| &c.auth_failures),
     ("refused", |c| &c.auth_refused),
+];
+
+/// The results of `tern_xclient_total`.
+const XCLIENT_RESULTS: &[(&str, Field)] = &[
+    ("accepted", |c| &c.xclient_accepted),
+    ("refused", |c| &c.xclient_refused),
 ];
 
 const DIRECTIONS: [Direction; 2] = [Direction::In, Direction::Out];
@@ -125,6 +137,15 @@ pub(super) static METRICS: &[Metric] = &[
         read: Read::CoreLabelled {
             label: "result",
             values: AUTH_RESULTS,
+        },
+    },
+    Metric {
+        name: "tern_xclient_total",
+        kind: Kind::Counter,
+        help: "XCLIENT from front ends by result (refused: the real client over smtp.connections_per_ip_max)",
+        read: Read::CoreLabelled {
+            label: "result",
+            values: XCLIENT_RESULTS,
         },
     },
     counter(
@@ -479,6 +500,81 @@ pub(super) static METRICS: &[Metric] = &[
         |s, out| {
             out.add(&[("result", "applied")], l(&s.live.applied));
             out.add(&[("result", "refused")], l(&s.live.failed));
+        },
+    ),
+    // The front end (server.role = "front-end"); no samples on a relay.
+    node(
+        "tern_frontend_sessions_total",
+        Kind::Counter,
+        "Client sessions the front end proxied",
+        |s, out| {
+            if is_front_end(s) {
+                out.add(&[], l(&s.frontend.sessions));
+            }
+        },
+    ),
+    node(
+        "tern_frontend_transactions_total",
+        Kind::Counter,
+        "Transactions forwarded (MAIL accepted by a back end)",
+        |s, out| {
+            if is_front_end(s) {
+                out.add(&[], l(&s.frontend.transactions));
+            }
+        },
+    ),
+    node(
+        "tern_frontend_messages_total",
+        Kind::Counter,
+        "End-of-data replies of the back ends passed to clients: accepted (2xx) or refused (5xx)",
+        |s, out| {
+            if is_front_end(s) {
+                out.add(&[("result", "accepted")], l(&s.frontend.messages));
+                out.add(&[("result", "refused")], l(&s.frontend.refused));
+            }
+        },
+    ),
+    node(
+        "tern_frontend_backend_failures_total",
+        Kind::Counter,
+        "Back-end failures by reason (connect, session, xclient, lost, deferred, unavailable)",
+        |s, out| {
+            if is_front_end(s) {
+                for (reason, n) in s.frontend.failures() {
+                    out.add(&[("reason", reason)], n);
+                }
+            }
+        },
+    ),
+    node(
+        "tern_frontend_backend_connections_total",
+        Kind::Counter,
+        "Connections opened to the back ends of each pool",
+        |s, out| {
+            for (pool, p) in s.frontend.pools() {
+                out.add(&[("pool", &pool)], l(&p.connections));
+            }
+        },
+    ),
+    node(
+        "tern_frontend_eod_seconds",
+        Kind::Histogram,
+        "From the end of a client's data to the back end's reply, per pool",
+        |s, out| {
+            for (pool, p) in s.frontend.pools() {
+                let sum = p.eod_us.sum() as f64 * 1e-6;
+                out.histogram_labelled(&[("pool", &pool)], &p.eod_us.counts(), sum, us_bound);
+            }
+        },
+    ),
+    node(
+        "tern_frontend_route_pool",
+        Kind::Gauge,
+        "The pool each route's transactions went to last (1): the route's own, or a failover pool",
+        |s, out| {
+            for (route, pool) in s.frontend.routes() {
+                out.add(&[("route", &route), ("pool", &pool)], 1);
+            }
         },
     ),
     node(

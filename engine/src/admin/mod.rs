@@ -214,6 +214,7 @@ impl Admin {
             live: &self.live,
             shadow_held,
             queue: queue::gauges(self),
+            frontend: &self.frontend,
         })
     }
 }

@@ -98,6 +98,9 @@ pub(super) struct Sources<'a> {
     /// `None`: a core did not answer in time (the queue gauges are left
     /// out of this scrape).
     pub(super) queue: Option<QueueGauges>,
+    /// The front end's counters (zero on a relay: its families are left
+    /// out).
+    pub(super) frontend: &'a crate::frontend::stats::Stats,
 }
 
 /// The sample lines of one metric.
@@ -131,6 +134,17 @@ impl Samples {
 
     /// One core's histogram: cumulative buckets, the sum, the count.
     fn histogram(&mut self, core: &str, counts: &[u64], sum: f64, bound: fn(usize) -> f64) {
+        self.histogram_labelled(&[("core", core)], counts, sum, bound);
+    }
+
+    /// A histogram with `labels`: cumulative buckets, the sum, the count.
+    pub(super) fn histogram_labelled(
+        &mut self,
+        labels: &[(&str, &str)],
+        counts: &[u64],
+        sum: f64,
+        bound: fn(usize) -> f64,
+    ) {
         let mut cumulative = 0;
         for (b, count) in counts.iter().enumerate() {
             cumulative += count;
@@ -139,10 +153,12 @@ impl Samples {
             } else {
                 bound(b).to_string()
             };
-            self.add_suffixed("_bucket", &[("core", core), ("le", &le)], cumulative);
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.add_suffixed("_bucket", &with_le, cumulative);
         }
-        self.add_suffixed("_sum", &[("core", core)], sum);
-        self.add_suffixed("_count", &[("core", core)], cumulative);
+        self.add_suffixed("_sum", labels, sum);
+        self.add_suffixed("_count", labels, cumulative);
     }
 }
 
@@ -226,6 +242,7 @@ mod tests {
         ops: OpsStats,
         pressure: Pressure,
         live: crate::reload::Live,
+        frontend: crate::frontend::stats::Stats,
     }
 
     impl Fixture {
@@ -238,6 +255,7 @@ mod tests {
                 tls: TlsStats::default(),
                 mta_sts: StsStats::default(),
                 ops: OpsStats::default(),
+                frontend: Default::default(),
                 pressure: Pressure::new(
                     crate::config::Config::from_toml("", &Default::default())
                         .expect("defaults")
@@ -258,6 +276,7 @@ mod tests {
                 live: &self.live,
                 shadow_held: held.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
                 queue,
+                frontend: &self.frontend,
             })
         }
     }
@@ -335,6 +354,10 @@ mod tests {
             destinations: vec![("other".into(), 0)],
             oldest_age_s: 0,
         };
+        // A front end's figures (a relay has none).
+        CoreMetrics::inc(&f.frontend.sessions);
+        f.frontend.pool("site1").eod_us.observe(1500);
+        f.frontend.route_uses("site1", "site2");
         let text = f.render(&[("a", 1)], Some(queue));
         let lines: Vec<&str> = text.lines().collect();
         let count = |wanted: &str| lines.iter().filter(|l| **l == wanted).count();
@@ -342,11 +365,16 @@ mod tests {
         for m in METRICS {
             let name = m.name;
             assert!(names.insert(name), "{name} twice in the table");
-            assert_eq!(
-                m.kind == Kind::Histogram,
-                matches!(m.read, Read::CoreHistogram { .. }),
-                "{name}: histogram type iff histogram samples"
+            assert!(
+                m.kind == Kind::Histogram || !matches!(m.read, Read::CoreHistogram { .. }),
+                "{name}: histogram samples need the histogram type"
             );
+            if m.kind == Kind::Histogram {
+                assert!(
+                    lines.iter().any(|l| l.starts_with(&format!("{name}_bucket{{"))),
+                    "{name}: a histogram has buckets"
+                );
+            }
             assert!(
                 !name.contains("micro") && !name.contains("millis"),
                 "{name}: seconds"

@@ -337,6 +337,7 @@ mod tests {
                     .collect(),
                 failover: failover.map(String::from),
                 tls_policy: None,
+                srv: None,
             },
         )
     }

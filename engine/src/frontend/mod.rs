@@ -42,9 +42,6 @@ use crate::stop::Shutdown;
 use crate::tls::Tls;
 use stats::{PoolStats, Stats};
 
-/// Host-down backoff of back ends: from 1 s, doubling, at most 5 min.
-const HOST_DOWN_INITIAL: Duration = Duration::from_secs(1);
-
 /// The settings a session starts with (kept to its end).
 pub struct Settings {
     /// The configuration in force when the session began.
@@ -167,7 +164,7 @@ impl Frontend {
             tls: p.tls,
             resolver,
             health: RefCell::new(Health::new(
-                HOST_DOWN_INITIAL,
+                config.delivery.host_down_initial,
                 config.delivery.host_down_max,
             )),
             srv: RefCell::default(),
@@ -302,4 +299,118 @@ pub async fn run_core(
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Arc<Config> {
+        Arc::new(Config::from_toml(text, &Default::default()).expect("valid"))
+    }
+
+    const SITES: &str = r#"
+        [server]
+        role = "front-end"
+        [pools.site1]
+        hosts = [{ address = "127.0.0.2:25" }, { address = "127.0.0.3:25", priority = 5 }]
+        failover = "site2"
+        [pools.site2]
+        hosts = [{ address = "127.0.0.4:25" }]
+        failover = "site1"
+        [routes]
+        "*" = "site1"
+        "example.org" = "site2"
+    "#;
+
+    #[test]
+    fn the_pool_of_a_recipient_domain() {
+        let overrides = RouteOverrides::default();
+        let s = Settings::new(config(SITES), &overrides);
+        assert!(s.by_domain, "a domain route: the pool is chosen at RCPT");
+        assert_eq!(s.default_pool, "site1");
+        assert_eq!(s.pool_for("example.org"), "site2");
+        assert_eq!(s.pool_for("other.example"), "site1");
+        assert_eq!(s.pool_for(""), "site1");
+        overrides.set("*", "site2");
+        let s = Settings::new(config(SITES), &overrides);
+        assert_eq!(s.pool_for("other.example"), "site2", "tern route set");
+        let one = config(
+            r#"
+            [server]
+            role = "front-end"
+            [pools.only]
+            hosts = [{ address = "127.0.0.2:25" }]
+            "#,
+        );
+        let s = Settings::new(one, &RouteOverrides::default());
+        assert!(!s.by_domain, "one pool: MAIL goes at once");
+        assert_eq!(s.pool_for("any.example"), "only");
+    }
+
+    #[test]
+    fn failover_pools_are_later_tiers_without_loops() {
+        let c = config(SITES);
+        let cache = RefCell::new(choose::SrvCache::default());
+        let list = futures_lite::future::block_on(choose::candidates(&cache, None, &c, "site1"));
+        let seen: Vec<(String, u32, String)> = list
+            .iter()
+            .map(|(c, p)| (c.addr.to_string(), c.priority, p.to_string()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("127.0.0.2:25".into(), 0, "site1".into()),
+                ("127.0.0.3:25".into(), 5, "site1".into()),
+                ("127.0.0.4:25".into(), 1 << 16, "site2".into()),
+            ]
+        );
+        let mut h = Health::new(Duration::from_secs(1), Duration::from_secs(4));
+        let plain: Vec<_> = list.iter().map(|(c, _)| c.clone()).collect();
+        assert_eq!(h.pick(&plain, 0, &[], 7).unwrap().addr.to_string(), "127.0.0.2:25");
+        h.mark_down("127.0.0.2:25".parse().unwrap(), 0, "refused");
+        h.mark_down("127.0.0.3:25".parse().unwrap(), 0, "refused");
+        assert_eq!(
+            h.pick(&plain, 0, &[], 7).unwrap().addr.to_string(),
+            "127.0.0.4:25",
+            "the whole site down: the failover pool"
+        );
+        assert_eq!(
+            h.pick(&plain, 1000, &[], 7).unwrap().addr.to_string(),
+            "127.0.0.2:25",
+            "back after the backoff: fail back"
+        );
+    }
+
+    #[test]
+    fn a_front_end_needs_back_ends_and_srv_is_for_front_ends() {
+        let e = Config::from_toml("[server]\nrole = \"front-end\"\n", &Default::default())
+            .unwrap_err();
+        assert!(e.iter().any(|p| p.contains("needs back ends")), "{e:?}");
+        let e = Config::from_toml(
+            "[pools.a]\nsrv = \"_smtp._tcp.a.example\"\n",
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(e.iter().any(|p| p.contains("pools.a.srv")), "{e:?}");
+        let two = "[server]\nrole = \"front-end\"\n[pools.a]\nhosts = [{ address = \"127.0.0.2:25\" }]\n[pools.b]\nhosts = [{ address = \"127.0.0.3:25\" }]\n";
+        let e = Config::from_toml(two, &Default::default()).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("routes.\"*\"")), "{e:?}");
+        let flags = crate::config::Overrides {
+            role: Some("front-end".into()),
+            backends: vec!["127.0.0.2:2525".into(), "127.0.0.3:2525,10".into()],
+            ..Default::default()
+        };
+        let c = Config::from_toml("", &flags).expect("--backend flags");
+        let pool = &c.pools[crate::config::BACKENDS_POOL];
+        assert_eq!(pool.hosts.len(), 2);
+        assert_eq!(pool.hosts[1].priority, 10);
+        assert_eq!(c.routes["*"], crate::config::BACKENDS_POOL);
+        let bad = crate::config::Overrides {
+            backends: vec!["127.0.0.2:2525,x".into()],
+            ..flags
+        };
+        let e = Config::from_toml("", &bad).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("--backend")), "{e:?}");
+    }
 }

@@ -2,7 +2,12 @@
 //! the accept loop, and admission against the connection limits
 //! (`connections_per_core_max`, `connections_per_ip_max`: else `421 4.7.0`
 //! and close). The per-IP table is shared by all cores and touched once
-//! per connection, never per message.
+//! per connection (and once per XCLIENT), never per message.
+//!
+//! A front end's connections (`relay.front_end_networks`) are not counted
+//! per IP at connect: all its sessions come from its one address. Its
+//! XCLIENT names the real client, and the session is then counted under
+//! that address ([`Slot::count_as`]).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -49,10 +54,69 @@ impl Admission {
     }
 }
 
-/// Releases a connection slot (core and per-IP) when the session ends.
-struct Slot {
+/// One fewer connection from `ip` (the entry goes at zero).
+fn release(map: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = map.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&ip);
+        }
+    }
+}
+
+/// A connection slot (core and per-IP), released when the session ends.
+pub(super) struct Slot {
     inbound: Rc<Inbound>,
-    ip: IpAddr,
+    /// The address the session is counted under in the per-IP table;
+    /// `None`: under none (a front end's own connection).
+    ip: Option<IpAddr>,
+    /// The connection comes from a front end (`relay.front_end_networks`
+    /// when it was admitted): it may use XCLIENT.
+    front_end: bool,
+}
+
+impl Slot {
+    /// Did the connection come from a front end?
+    pub(super) fn front_end(&self) -> bool {
+        self.front_end
+    }
+
+    /// Counts the session under `ip` from now on (XCLIENT named the real
+    /// client; `None`: under no address, the front end's own), releasing
+    /// the address it was counted under. `Err`: `ip` already has
+    /// `per_ip_max` connections; nothing changed.
+    pub(super) fn count_as(&mut self, ip: Option<IpAddr>, per_ip_max: usize) -> Result<(), ()> {
+        let ip = ip.map(super::relay::canonical);
+        let mut map = self.inbound.admission.per_ip.lock();
+        move_count(&mut map, self.ip, ip, per_ip_max)?;
+        self.ip = ip;
+        Ok(())
+    }
+}
+
+/// Moves one connection from address `from` to address `to` in the
+/// per-IP table (`None`: no address). `Err`: `to` already has `max`;
+/// nothing changed.
+fn move_count(
+    map: &mut HashMap<IpAddr, usize>,
+    from: Option<IpAddr>,
+    to: Option<IpAddr>,
+    max: usize,
+) -> Result<(), ()> {
+    if from == to {
+        return Ok(());
+    }
+    if let Some(to) = to {
+        let n = map.get(&to).copied().unwrap_or(0);
+        if n >= max {
+            return Err(());
+        }
+        map.insert(to, n + 1);
+    }
+    if let Some(from) = from {
+        release(map, from);
+    }
+    Ok(())
 }
 
 impl Drop for Slot {
@@ -60,12 +124,8 @@ impl Drop for Slot {
         let a = &self.inbound.admission;
         a.open.set(a.open.get() - 1);
         CoreMetrics::inc(&a.metrics.connections_closed);
-        let mut map = a.per_ip.lock();
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
+        if let Some(ip) = self.ip {
+            release(&mut a.per_ip.lock(), ip);
         }
     }
 }
@@ -77,28 +137,39 @@ fn admit(inbound: &Rc<Inbound>, ip: IpAddr) -> Option<Slot> {
     if a.open.get() >= limits.connections_per_core_max {
         return None;
     }
-    let mut map = a.per_ip.lock();
-    let n = map.entry(ip).or_insert(0);
-    if *n >= limits.connections_per_ip_max {
-        return None;
+    let ip = super::relay::canonical(ip);
+    let front_end = super::xclient::is_front_end(&settings.relay, ip);
+    // A front end's sessions are counted under their real clients once
+    // XCLIENT names them, not under its own address.
+    if !front_end {
+        let mut map = a.per_ip.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limits.connections_per_ip_max {
+            return None;
+        }
+        *n += 1;
     }
-    *n += 1;
-    drop(map);
     a.open.set(a.open.get() + 1);
     CoreMetrics::inc(&a.metrics.connections_total);
     Some(Slot {
         inbound: inbound.clone(),
-        ip,
+        ip: (!front_end).then_some(ip),
+        front_end,
     })
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let reply = Reply::new(
+/// The reply to a client over a connection limit (at connect, or after
+/// XCLIENT named it).
+pub(super) fn too_many_connections() -> Reply {
+    Reply::new(
         421,
         Status(4, 7, 0),
         "Error: too many connections, try again later",
-    );
-    let _ = stream.write_all(&reply.to_bytes()).await;
+    )
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(&too_many_connections().to_bytes()).await;
     let _ = stream.close().await;
 }
 
@@ -139,8 +210,8 @@ pub async fn accept_loop(inbound: &Rc<Inbound>, listener: &TcpListener, implicit
             Some(slot) => {
                 let inbound = inbound.clone();
                 glommio::spawn_local(async move {
-                    super::session::run(inbound, stream, peer, implicit).await;
-                    drop(slot);
+                    // The session drops the slot when it ends.
+                    super::session::run(inbound, stream, peer, implicit, slot).await;
                 })
                 .detach();
             }
@@ -175,4 +246,31 @@ pub fn bind_listener(
     // SAFETY: the fd is a bound, listening TCP socket that we own and
     // hand over.
     Ok(unsafe { TcpListener::from_raw_fd(sk.into_raw_fd()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_moves_to_its_real_clients_count() {
+        let a: IpAddr = "192.0.2.9".parse().unwrap();
+        let b: IpAddr = "192.0.2.10".parse().unwrap();
+        let mut map = HashMap::new();
+        // A front end's session (counted nowhere) becomes a's.
+        assert_eq!(move_count(&mut map, None, Some(a), 1), Ok(()));
+        assert_eq!(map, HashMap::from([(a, 1)]));
+        // Another one for a is over the limit: nothing changes.
+        assert_eq!(move_count(&mut map, None, Some(a), 1), Err(()));
+        assert_eq!(move_count(&mut map, Some(b), Some(a), 1), Err(()));
+        assert_eq!(map, HashMap::from([(a, 1)]));
+        // The same client again: no change, whatever the limit.
+        assert_eq!(move_count(&mut map, Some(a), Some(a), 1), Ok(()));
+        // From a to b: a's entry goes.
+        assert_eq!(move_count(&mut map, Some(a), Some(b), 1), Ok(()));
+        assert_eq!(map, HashMap::from([(b, 1)]));
+        // Back to the front end's own address: counted nowhere.
+        assert_eq!(move_count(&mut map, Some(b), None, 1), Ok(()));
+        assert!(map.is_empty());
+    }
 }

@@ -10,6 +10,7 @@
 //! relay.rs     relay control (which recipients this client may send to)
 //! accept.rs    the accept step: record + shadow copy, replies to storage and shadow failures
 //! tls_auth.rs  STARTTLS, implicit TLS, SMTP AUTH (offer, handshake, login check)
+//! xclient.rs   XCLIENT from a front end: the real client's address, per-IP count, login
 //! ```
 
 pub mod accept;
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod relay;
 pub mod session;
 mod tls_auth;
+mod xclient;
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;

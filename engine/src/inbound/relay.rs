@@ -5,7 +5,8 @@
 //! A client that authenticated (SMTP AUTH) may relay anywhere. A cluster
 //! peer is known by the certificate it shows in TLS (pinned in
 //! `cluster.peers[].fingerprint`), never by its address: only then may it
-//! use XSHADOW and XQDISCARD.
+//! use XSHADOW and XQDISCARD. Behind a front end (XCLIENT, `xclient.rs`)
+//! the decision is made again for the real client the front end names.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -43,20 +44,43 @@ pub struct RelayPolicy {
     rules: Rc<RelayRules>,
 }
 
+/// `ip` as the networks name it: an IPv4-mapped IPv6 address (a
+/// dual-stack listener's IPv4 client) as the IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl RelayPolicy {
     /// Decides once per connection whether the client's address is
     /// trusted; `trust` says later whether it is a peer.
     pub fn new(rules: Rc<RelayRules>, client: IpAddr, trust: Rc<Trust>) -> RelayPolicy {
-        let client = match client {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        RelayPolicy {
-            client_in_networks: rules.client_networks.iter().any(|n| n.contains(&client)),
+        let mut p = RelayPolicy {
+            client_in_networks: false,
             authenticated: false,
             trust,
             rules,
-        }
+        };
+        p.set_client(client);
+        p
+    }
+
+    /// The client is `client` from now on (XCLIENT named the real client
+    /// behind a front end): decides again whether its address may relay.
+    pub fn set_client(&mut self, client: IpAddr) {
+        let client = canonical(client);
+        self.client_in_networks = self
+            .rules
+            .client_networks
+            .iter()
+            .any(|n| n.contains(&client));
+    }
+
+    /// The client is no longer authenticated (XCLIENT `LOGIN=[UNAVAILABLE]`).
+    pub fn forget_authentication(&mut self) {
+        self.authenticated = false;
     }
 }
 
@@ -106,6 +130,7 @@ mod tests {
         let rules = Rc::new(RelayRules {
             client_networks: vec!["127.0.0.0/8".parse().unwrap()],
             recipient_domains: vec![],
+            front_end_networks: vec![],
         });
         let pins = [Fingerprint([1; 32]), Fingerprint([2; 32])];
         let trust = Rc::new(Trust::default());
@@ -131,6 +156,7 @@ mod tests {
         let rules = Rc::new(RelayRules {
             client_networks: vec![],
             recipient_domains: vec![],
+            front_end_networks: vec![],
         });
         let mut p = RelayPolicy::new(rules, "192.0.2.9".parse().unwrap(), Rc::default());
         assert!(p.check_recipient(&rcpt("anywhere.example")).is_err());
@@ -140,10 +166,31 @@ mod tests {
     }
 
     #[test]
+    fn the_real_client_behind_a_front_end_is_decided_again() {
+        let rules = Rc::new(RelayRules {
+            client_networks: vec!["127.0.0.0/8".parse().unwrap()],
+            recipient_domains: vec![],
+            front_end_networks: vec!["127.0.0.5/32".parse().unwrap()],
+        });
+        let mut p = RelayPolicy::new(rules, "127.0.0.5".parse().unwrap(), Rc::default());
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_ok());
+        p.set_client("192.0.2.9".parse().unwrap());
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_err());
+        p.set_client("::ffff:127.0.0.9".parse().unwrap());
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_ok());
+        p.set_client("192.0.2.9".parse().unwrap());
+        p.authenticated("alice");
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_ok());
+        p.forget_authentication();
+        assert!(p.check_recipient(&rcpt("anywhere.example")).is_err());
+    }
+
+    #[test]
     fn loopback_relays_others_only_to_listed_domains() {
         let rules = Rc::new(RelayRules {
             client_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             recipient_domains: vec!["local.example".into()],
+            front_end_networks: vec![],
         });
         let mut local =
             RelayPolicy::new(rules.clone(), "127.0.0.3".parse().unwrap(), Rc::default());

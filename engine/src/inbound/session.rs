@@ -2,7 +2,8 @@
 //! the buffer, the deadlines and the quotas; `tern_smtp::server::Session`
 //! owns the protocol). Reads, feeds the session, turns a complete message
 //! into a durable log record, and writes the replies (pipelined replies go
-//! out in one write). STARTTLS and AUTH are in `tls_auth.rs`.
+//! out in one write). STARTTLS and AUTH are in `tls_auth.rs`, XCLIENT
+//! (the real client behind a front end) in `xclient.rs`.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -31,8 +32,25 @@ pub(super) struct CountingPolicy {
     inner: RelayPolicy,
     refused: Rc<std::cell::Cell<u32>>,
     metrics: std::sync::Arc<CoreMetrics>,
+    /// The client (the real one, once XCLIENT named it).
     client: SocketAddr,
     pressure: std::sync::Arc<crate::pressure::Pressure>,
+    /// The connection is from a front end: it may use XCLIENT.
+    front_end: bool,
+}
+
+impl CountingPolicy {
+    /// XCLIENT named the real client: relay control (and the log lines)
+    /// are about it from now on. `logged_out`: `LOGIN=[UNAVAILABLE]`, it
+    /// is not authenticated (`LOGIN=user` comes through
+    /// [`Policy::authenticated`]).
+    pub(super) fn real_client(&mut self, client: SocketAddr, logged_out: bool) {
+        self.client = client;
+        self.inner.set_client(client.ip());
+        if logged_out {
+            self.inner.forget_authentication();
+        }
+    }
 }
 
 impl Policy for CountingPolicy {
@@ -55,6 +73,9 @@ impl Policy for CountingPolicy {
     }
     fn allow_shadow(&mut self) -> bool {
         self.inner.allow_shadow()
+    }
+    fn allow_xclient(&mut self) -> bool {
+        self.front_end
     }
     fn authenticated(&mut self, user: &str) {
         self.inner.authenticated(user)
@@ -153,11 +174,24 @@ pub(super) struct Loop {
     pub(super) trust: Rc<Trust>,
     /// The settings this session started with (kept across a reload).
     pub(super) settings: Rc<super::Settings>,
+    /// The client: the connection's peer, or the real client a front
+    /// end named with XCLIENT (relay control, the accept step, AUTH's
+    /// limiter and log lines are about it).
+    pub(super) client: SocketAddr,
+    /// The connection's slot (the per-IP count follows `client`).
+    pub(super) slot: super::listener::Slot,
 }
 
 /// Serves one accepted connection to its end. `implicit`: the listener
 /// is implicit TLS (RFC 8314): the handshake comes before the greeting.
-pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: bool) {
+/// `slot` (its admission) is released when the session ends.
+pub(super) async fn run(
+    core: Rc<Inbound>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit: bool,
+    slot: super::listener::Slot,
+) {
     let _ = tcp.set_nodelay(true);
     let settings = core.settings();
     let refused = Rc::new(std::cell::Cell::new(0));
@@ -168,6 +202,7 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
         metrics: core.metrics.clone(),
         client: peer,
         pressure: core.pressure.clone(),
+        front_end: slot.front_end(),
     };
     let mut l = Loop {
         closing: false,
@@ -179,6 +214,8 @@ pub async fn run(core: Rc<Inbound>, tcp: TcpStream, peer: SocketAddr, implicit: 
         tls: None,
         trust,
         settings: settings.clone(),
+        client: peer,
+        slot,
     };
     let limits = &settings.config.smtp;
     if !greet_under_pressure(&core, &mut l.stream, peer).await {
@@ -325,7 +362,7 @@ async fn handle_events(
                     tls: l.tls.map(|t| (t.version, t.cipher)),
                     auth: envelope.authenticated.as_deref(),
                 };
-                match core.accept(&envelope, &content, peer, &trace).await {
+                match core.accept(&envelope, &content, l.client, &trace).await {
                     Ok(id) => s.complete(Ok(&id.to_string())),
                     Err(reply) => s.complete(Err(reply)),
                 }
@@ -348,19 +385,17 @@ async fn handle_events(
                 user,
                 password,
             } => {
-                let r =
-                    super::tls_auth::authenticate(core, peer, mechanism, &authzid, &user, password);
+                let client = l.client;
+                let r = super::tls_auth::authenticate(
+                    core, client, mechanism, &authzid, &user, password,
+                );
                 match r.await {
                     // The limiter refused the client: end the session.
                     Err(reply) if reply.code == 421 => s.shutdown(reply),
                     r => s.auth_result(r),
                 }
             }
-            Event::Xclient(_) => s.xclient_result(Err(Reply::new(
-                550,
-                Status(5, 7, 0),
-                "Error: insufficient authorization",
-            ))),
+            Event::Xclient(x) => super::xclient::answer(core, s, l, peer, x),
             // This session is not in proxy mode (the front end's is).
             Event::Mail { .. }
             | Event::Rcpt { .. }
