@@ -652,7 +652,8 @@ fn reset_is_returned_by_the_poll_that_dropped_the_transaction() {
     let tx: &[u8] = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n";
     let big = format!("{}\r\n.\r\n", "x".repeat(999));
     let chunk = format!("BDAT 1200 LAST\r\n{}", "y".repeat(1200));
-    let cases: [(&str, Vec<&[u8]>, &[u8]); 5] = [
+    type Case<'a> = (&'a str, Vec<&'a [u8]>, &'a [u8]);
+    let cases: [Case; 5] = [
         ("RSET", vec![tx], b"RSET\r\n"),
         ("EHLO", vec![tx], b"EHLO client.test\r\n"),
         ("HELO", vec![tx], b"HELO client.test\r\n"),
@@ -693,7 +694,8 @@ fn reset_is_returned_by_the_poll_that_dropped_the_transaction() {
 fn reset_comes_before_the_events_of_what_follows() {
     let big = format!("{}\r\n.\r\n", "x".repeat(999));
     let bdat = format!("BDAT 1200 LAST\r\n{}", "y".repeat(1200));
-    let cases: [(&str, Vec<Vec<u8>>, &[&str]); 5] = [
+    type Case<'a> = (&'a str, Vec<Vec<u8>>, &'a [&'a str]);
+    let cases: [Case; 5] = [
         (
             "RSET, MAIL in one read",
             vec![
