@@ -4,7 +4,8 @@
 # `tern-loadgen sink` on CPU 0) takes N messages from `tern-loadgen send`
 # (closed loop, --concurrency C, 4 KiB, CPU 0) either directly or through
 # a tern front end (`--role front-end --cores 1`, CPU 0, XCLIENT to the
-# back end, which lists it in relay.front_end_networks). Per run: the
+# back end, which lists 127.0.0.1 in relay.front_end_networks: the front
+# end connects out from it). Per run: the
 # sender's acceptance throughput and end-of-data p50/p99 (tern-loadgen's
 # report), and the process CPU (utime + stime of all threads,
 # /proc/PID/stat) per message of the back end and of the front end.
@@ -37,7 +38,7 @@ cores = 1
 relay_to = "127.0.0.1:$sp"
 [relay]
 client_networks = ["127.0.0.0/8"]
-front_end_networks = ["127.0.0.3"]
+front_end_networks = ["127.0.0.1"]
 TOML
   taskset -c 1 "$TERN" serve --config "$w/backend.toml" 2>"$w/backend.log" &
   be=$!
@@ -62,7 +63,11 @@ TOML
   fi
   taskset -c 0 "$LG" send --target "$target" --messages "$N" --concurrency "$C" --size 4096 \
     --quiet --json "$w/send.json" >/dev/null 2>&1
-  wait $sink || { echo "sink did not get $N messages ($mode)" >&2; kill $be $fe 2>/dev/null; exit 1; }
+  wait $sink || {
+    echo "sink did not get $N messages ($mode); logs in $w" >&2
+    tail -5 "$w"/*.log "$w/sink.out" >&2
+    kill $be $fe 2>/dev/null; exit 1
+  }
   becpu=$(awk '{print $14 + $15}' /proc/$be/stat)
   fecpu=0
   if [ -n "$fe" ]; then fecpu=$(awk '{print $14 + $15}' /proc/$fe/stat); kill $fe; wait $fe 2>/dev/null || true; fi

@@ -990,11 +990,9 @@ fn xclient_inside_a_transaction_is_503() {
 #[test]
 fn xclient_refused_by_the_caller_sends_its_reply() {
     let mut c = Conv::with(config(false), FrontEnd::default(), |ev| match ev {
-        Event::Xclient(_) => Answer::Xclient(Err(Reply::new(
-            550,
-            Status(5, 7, 0),
-            "Not from 192.0.2.7",
-        ))),
+        Event::Xclient(_) => {
+            Answer::Xclient(Err(Reply::new(550, Status(5, 7, 0), "Not from 192.0.2.7")))
+        }
         e => accept_all(e),
     });
     c.send(b"EHLO front.internal\r\n");

@@ -14,6 +14,7 @@ pub mod acked;
 pub mod admin;
 pub mod crash;
 pub mod dns;
+pub mod frontend;
 pub mod https;
 pub mod node;
 pub mod pki;

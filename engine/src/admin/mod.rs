@@ -213,7 +213,11 @@ impl Admin {
             pressure: &self.pressure,
             live: &self.live,
             shadow_held,
-            queue: queue::gauges(self),
+            // A front end has no queue to ask its cores about.
+            queue: match self.live.get().role {
+                crate::config::Role::FrontEnd => None,
+                crate::config::Role::Relay => queue::gauges(self),
+            },
             frontend: &self.frontend,
         })
     }

@@ -371,7 +371,9 @@ mod tests {
             );
             if m.kind == Kind::Histogram {
                 assert!(
-                    lines.iter().any(|l| l.starts_with(&format!("{name}_bucket{{"))),
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(&format!("{name}_bucket{{"))),
                     "{name}: a histogram has buckets"
                 );
             }

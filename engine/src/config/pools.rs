@@ -230,7 +230,10 @@ impl PoolSection {
                 .tls_policy
                 .as_deref()
                 .map(|t| super::tls::policy(&format!("pools.{name}.tls_policy"), t, problems)),
-            srv: self.srv.as_ref().map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
+            srv: self
+                .srv
+                .as_ref()
+                .map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
         }
     }
 }

@@ -60,6 +60,22 @@ impl Router {
         }
     }
 
+    /// The route pattern that decides for `domain` (`None`: no route).
+    pub fn pattern(&self, domain: &str) -> Option<String> {
+        if self.routes.contains_key(domain) {
+            return Some(domain.to_owned());
+        }
+        let mut rest = domain;
+        while let Some((_, parent)) = rest.split_once('.') {
+            let p = format!("*.{parent}");
+            if self.routes.contains_key(&p) {
+                return Some(p);
+            }
+            rest = parent;
+        }
+        self.routes.contains_key("*").then(|| "*".to_owned())
+    }
+
     /// The target for `domain` (already lower case).
     pub fn route(&self, domain: &str) -> Target {
         if let Some(p) = self.routes.get(domain) {

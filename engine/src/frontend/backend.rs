@@ -34,6 +34,9 @@ pub(super) struct Backend {
     conn: Conn,
     /// The pool it belongs to.
     pub(super) pool: Rc<str>,
+    /// The pool the route named (`pool` or, after a failover, the pool
+    /// this one stands in for).
+    pub(super) route: Rc<str>,
     /// The host.
     pub(super) addr: SocketAddr,
     stats: Arc<PoolStats>,
@@ -99,6 +102,7 @@ impl Backend {
                     crate::metrics::CoreMetrics::inc(&stats.connections);
                     return Ok(Backend {
                         conn,
+                        route: pool.clone(),
                         pool,
                         addr: c.addr,
                         stats,
@@ -236,10 +240,7 @@ impl Backend {
         self.out.clear();
         match &mut self.content {
             Content::Idle => {
-                return Err(ConnError::Protocol(
-                    self.addr,
-                    "content before DATA".into(),
-                ))
+                return Err(ConnError::Protocol(self.addr, "content before DATA".into()))
             }
             Content::Chunks => {
                 let head = if last {

@@ -30,9 +30,10 @@ impl SrvCache {
         pool: &Pool,
         name: &str,
     ) -> Rc<Vec<Candidate>> {
-        let fresh = cache.borrow().answers.get(name).and_then(|(at, c)| {
-            (at.elapsed() < config.frontend.srv_refresh).then(|| c.clone())
-        });
+        let fresh =
+            cache.borrow().answers.get(name).and_then(|(at, c)| {
+                (at.elapsed() < config.frontend.srv_refresh).then(|| c.clone())
+            });
         if let Some(c) = fresh {
             return c;
         }
@@ -104,7 +105,10 @@ pub(super) async fn candidates(
             ));
         }
         if let Some(srv) = &pool.srv {
-            for c in SrvCache::hosts(cache, resolver, config, pool, srv).await.iter() {
+            for c in SrvCache::hosts(cache, resolver, config, pool, srv)
+                .await
+                .iter()
+            {
                 let mut c = c.clone();
                 c.priority |= tier << 16;
                 out.push((c, label.clone()));

@@ -86,6 +86,27 @@ impl Settings {
         }
     }
 
+    /// The route pattern that names `pool` (for the metrics: the first
+    /// route to it, `*` for the default; the pool's name without one).
+    fn pattern_for(&self, pool: &str) -> String {
+        if pool == self.default_pool {
+            if let Some(p) = self.router.pattern("") {
+                return p;
+            }
+        }
+        let mut routes: Vec<(String, String)> = self
+            .config
+            .routes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        routes.sort();
+        routes
+            .into_iter()
+            .find(|(k, _)| self.pool_for(k.trim_start_matches("*.")) == pool)
+            .map_or_else(|| pool.to_owned(), |(k, _)| k)
+    }
+
     /// The pool for a recipient domain (lower case; "" for the default).
     fn pool_for(&self, domain: &str) -> &str {
         match self.router.route(domain) {
@@ -287,8 +308,11 @@ pub async fn run_core(
     tracing::info!(cpu = ?incoming_cpu, role = "front-end", "listener bound");
     match &tls_listener {
         Some(t) => {
-            futures_lite::future::zip(accept_loop(&fe, &listener, false), accept_loop(&fe, t, true))
-                .await;
+            futures_lite::future::zip(
+                accept_loop(&fe, &listener, false),
+                accept_loop(&fe, t, true),
+            )
+            .await;
         }
         None => accept_loop(&fe, &listener, false).await,
     }
@@ -367,7 +391,10 @@ mod tests {
         );
         let mut h = Health::new(Duration::from_secs(1), Duration::from_secs(4));
         let plain: Vec<_> = list.iter().map(|(c, _)| c.clone()).collect();
-        assert_eq!(h.pick(&plain, 0, &[], 7).unwrap().addr.to_string(), "127.0.0.2:25");
+        assert_eq!(
+            h.pick(&plain, 0, &[], 7).unwrap().addr.to_string(),
+            "127.0.0.2:25"
+        );
         h.mark_down("127.0.0.2:25".parse().unwrap(), 0, "refused");
         h.mark_down("127.0.0.3:25".parse().unwrap(), 0, "refused");
         assert_eq!(
@@ -384,8 +411,8 @@ mod tests {
 
     #[test]
     fn a_front_end_needs_back_ends_and_srv_is_for_front_ends() {
-        let e = Config::from_toml("[server]\nrole = \"front-end\"\n", &Default::default())
-            .unwrap_err();
+        let e =
+            Config::from_toml("[server]\nrole = \"front-end\"\n", &Default::default()).unwrap_err();
         assert!(e.iter().any(|p| p.contains("needs back ends")), "{e:?}");
         let e = Config::from_toml(
             "[pools.a]\nsrv = \"_smtp._tcp.a.example\"\n",

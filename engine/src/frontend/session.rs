@@ -77,7 +77,7 @@ impl Proxy<'_> {
         pool: &str,
         helo: Option<(&str, bool)>,
     ) -> Result<&mut Backend, Reply> {
-        if self.backend.as_ref().is_some_and(|b| &*b.pool != pool) {
+        if self.backend.as_ref().is_some_and(|b| &*b.route != pool) {
             if let Some(b) = self.backend.take() {
                 b.close().await;
             }
@@ -94,10 +94,13 @@ impl Proxy<'_> {
             let b = Backend::open(self.fe, &config, &candidates, &client)
                 .await
                 .map_err(|_| unavailable())?;
+            let mut b = b;
             if &*b.pool != pool {
                 tracing::debug!(route_pool = pool, pool = %b.pool, "failing over");
             }
-            self.fe.stats.route_uses(pool, &b.pool);
+            b.route = Rc::from(pool);
+            let pattern = self.settings.pattern_for(pool);
+            self.fe.stats.route_uses(&pattern, &b.pool);
             self.backend = Some(b);
         }
         Ok(self.backend.as_mut().expect("set above"))
@@ -145,7 +148,7 @@ impl Proxy<'_> {
             if !r.is_positive() {
                 return r;
             }
-        } else if self.backend.as_ref().is_some_and(|b| &*b.pool != pool) {
+        } else if self.backend.as_ref().is_some_and(|b| &*b.route != pool) {
             // One transaction goes to one back end: the client sends these
             // recipients again in a transaction of their own (RFC 5321
             // 4.5.3.1.10).

@@ -122,6 +122,9 @@ impl Stats {
 
     /// The pool each route used last.
     pub fn routes(&self) -> BTreeMap<String, String> {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
